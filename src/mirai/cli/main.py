@@ -1,0 +1,48 @@
+"""Entry point of the ``mirai`` command.
+
+Each subcommand lives in its own module under ``mirai.cli`` and exposes
+``add_parser(subparsers)``, which registers its parser and sets ``func``. Modules import
+their heavy dependencies inside ``func`` so that ``mirai --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mirai.errors import MiraiError
+# Subcommand modules, in the order ``mirai --help`` lists them.
+COMMANDS = [
+    "convert",
+    "sample",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mirai", description="Autoregressive image generation with foresight alignment."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"mirai.cli.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except MiraiError as err:
+        print(f"mirai {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+if __name__ == "__main__":
+    sys.exit(main())

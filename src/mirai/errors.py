@@ -1,0 +1,24 @@
+"""Errors that the command line reports as one clear line instead of a traceback.
+
+Each message says what is wrong and what to do about it.
+"""
+
+
+class MiraiError(Exception):
+    """Base class for user-facing errors."""
+
+
+class ConfigError(MiraiError, ValueError):
+    """A config file or override is malformed, names an unknown key, or holds a bad value."""
+
+
+class CheckpointError(MiraiError):
+    """A checkpoint is missing, corrupt, unsafe, or does not match the requested model."""
+
+
+class DataError(MiraiError):
+    """A dataset or code store is missing, corrupt, or does not match the config."""
+
+
+class TrainingError(MiraiError):
+    """Training cannot continue (for example a NaN loss); the last good checkpoint is kept."""

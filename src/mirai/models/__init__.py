@@ -1,0 +1,13 @@
+"""Models: LlamaGen's GPT and VQ tokenizer, registered with the checkpoint code."""
+
+from mirai import checkpoint
+from mirai.models.gpt import GPT, GPTArgs
+from mirai.models.registry import GPT_CONFIGS, build_gpt, gpt_args
+
+checkpoint.register_kind(
+    "gpt", GPT,
+    build=lambda name, args: GPT(GPTArgs(**args)),
+    describe=lambda model: (getattr(model, "name", "GPT"), model.args.to_dict()),
+)
+
+__all__ = ["GPT", "GPTArgs", "GPT_CONFIGS", "build_gpt", "gpt_args"]

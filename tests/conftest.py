@@ -1,0 +1,15 @@
+import os
+
+# Never let a test reach for a model hub (a look-up retries for a minute before failing).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TORCH_HOME", os.path.join(os.path.dirname(__file__), "..", ".cache-test-torch"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
