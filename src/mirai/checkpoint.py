@@ -47,7 +47,9 @@ def register_kind(kind: str, cls: type, build: Callable[[str, dict], nn.Module],
 
 
 def _ensure_registered() -> None:
-    # Importing the model packages registers their kinds.
+    # Importing the packages that define checkpointable networks registers their kinds.
+    import mirai.evaluation.fashion_classifier  # noqa: F401
+    import mirai.foresight.encoders  # noqa: F401
     import mirai.models  # noqa: F401
 
 
@@ -111,6 +113,7 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a published checkpoint should be readable like any file
     try:
         write(tmp)
         for f in tmp.iterdir():  # make the data durable before the rename publishes it
@@ -184,10 +187,15 @@ def read_torch_file(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        detail = str(err)
+        if "Unsupported global" in detail:
+            reason = "it holds pickled Python objects that are not plain tensors"
+        else:
+            reason = "it is corrupt, or it holds pickled data other than plain tensors"
         raise CheckpointError(
-            f"{path} holds pickled Python objects that are not plain tensors, so it was not loaded"
-            " (loading it could run arbitrary code). Re-save its state dict with torch.save(model.state_dict())"
-            f" or convert it where you trust it. Details: {str(err).splitlines()[0]}"
+            f"{path} was not loaded: {reason}. Only weights are read (torch.load with weights_only=True), "
+            "because unpickling arbitrary objects can run code. Re-save just the state dict "
+            "(torch.save(model.state_dict(), ...)) where you trust the file."
         ) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"{path} is not a readable PyTorch file (corrupt or truncated?): {err}") from None

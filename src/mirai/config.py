@@ -148,16 +148,31 @@ def to_dict(cfg: Any) -> dict:
     return plain(dataclasses.asdict(cfg))
 
 
-def read_yaml(path: str | Path) -> dict:
+def deep_merge(base: dict, update: dict) -> dict:
+    """``update`` laid over ``base``: sections merge key by key, values replace."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
+    """Read a YAML config. A top-level ``base: other.yaml`` (relative to this file) is read
+    first and this file's keys are laid over it, so ablation configs state only what differs."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
+    if path.resolve() in _seen:
+        raise ConfigError(f"config file {path} includes itself through 'base'")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    base = data.pop("base", None)
+    if base is not None:
+        data = deep_merge(read_yaml(path.parent / base, _seen + (path.resolve(),)), data)
     return data
 
 

@@ -14,8 +14,15 @@ import sys
 from mirai.errors import MiraiError
 # Subcommand modules, in the order ``mirai --help`` lists them.
 COMMANDS = [
+    "tokenizer",
+    "extract",
+    "data",
+    "train",
     "convert",
     "sample",
+    "evaluate",
+    "flops",
+    "encoder",
 ]
 
 

@@ -253,7 +253,7 @@ class GPT(nn.Module):
         final norm) is also returned, as ``(logits, {layer: hidden})``. ``stop_after=l``
         skips everything after block l and returns only that block's output (no logits).
         """
-        if self.args.cls_token_num + tokens.size(1) > self.freqs_cis.size(0):
+        if tokens.size(1) > self.args.seq_len - 1:
             raise ValueError(
                 f"{tokens.size(1)} input tokens do not fit a {self.args.grid_size}x{self.args.grid_size} grid"
                 f" (at most {self.args.seq_len - 1}); is grid_size set to the tokenizer's grid?"

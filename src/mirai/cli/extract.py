@@ -1,0 +1,94 @@
+"""``mirai extract``: tokenize a dataset's views once into a memory-mapped code store."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_IMAGE_SIZE = {"fashion-mnist": 32, "folder": 256}
+DEFAULT_VIEWS = {"fashion-mnist": "flip", "folder": "ten_crop"}
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "extract",
+        help="tokenize a dataset (all views of every image) into a code store",
+        description="Encodes every view of every image with a VQ tokenizer and writes codes.npy, labels.npy "
+        "and manifest.json to --out. Class folders: 4 corner + centre crops of an ADM centre crop at "
+        "crop-ratio x the image size, and their mirrors (LlamaGen's ten crops). Fashion-MNIST: the image "
+        "padded to 32 px and its mirror.",
+    )
+    p.add_argument("--tokenizer", required=True, help="Mirai VQ checkpoint directory")
+    p.add_argument("--ema", action="store_true", help="use the tokenizer's EMA weights")
+    p.add_argument("--dataset", required=True, choices=["fashion-mnist", "folder"])
+    p.add_argument("--split", default="train", choices=["train", "test"],
+                   help="Fashion-MNIST split (recorded only, for folders)")
+    p.add_argument("--root", help="dataset folder (Fashion-MNIST: found automatically when omitted; "
+                   "folder: the directory whose sub-folders are the classes)")
+    p.add_argument("--num-classes", type=int, help="expected class count; a folder with another count is an error")
+    p.add_argument("--image-size", type=int, help="view size in pixels (default 32 for fashion-mnist, 256 for folder)")
+    p.add_argument("--views", choices=["ten_crop", "flip"],
+                   help="which views to extract (default ten_crop for folder, flip for fashion-mnist)")
+    p.add_argument("--crop-ratio", type=float, default=1.1, help="ten_crop: centre-crop size / image size")
+    p.add_argument("--per-class", type=int, help="keep only the first K images of each class (sorted order)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (each adds all its views)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes decoding images")
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--out", required=True, help="code store directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing code store at --out")
+    p.set_defaults(func=run)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    from mirai.data.codes import MANIFEST
+    from mirai.errors import DataError
+
+    if not out.exists():
+        return
+    if not (out / MANIFEST).is_file():
+        # The store replaces --out wholesale, so never point it at a folder holding anything else.
+        if out.is_dir() and not any(out.iterdir()):
+            return
+        raise DataError(f"{out} exists and is not a code store; choose a new --out directory")
+    if not overwrite:
+        raise DataError(f"{out} already holds a code store; pass --overwrite to replace it")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from mirai import checkpoint
+    from mirai.data.codes import extract
+    from mirai.data.views import ViewSpec
+    from mirai.errors import DataError
+
+    out = Path(args.out)
+    _check_out(out, args.overwrite)
+    if args.per_class is not None and args.per_class < 1:
+        raise DataError(f"--per-class must be positive, got {args.per_class}")
+    if args.dataset == "fashion-mnist":
+        from mirai.data.fashion_mnist import FashionMNIST
+
+        source = FashionMNIST(args.split, args.root, args.per_class)
+        if args.num_classes is not None and args.num_classes != len(source.class_names):
+            raise DataError(f"Fashion-MNIST has {len(source.class_names)} classes, "
+                            f"not --num-classes {args.num_classes}")
+    else:
+        from mirai.data.folders import ImageFolder
+
+        if args.root is None:
+            raise DataError("--dataset folder needs --root, the directory whose sub-folders are the classes")
+        source = ImageFolder.scan(args.root, args.num_classes, args.per_class)
+    spec = ViewSpec.from_dict({
+        "kind": args.views or DEFAULT_VIEWS[args.dataset],
+        "image_size": args.image_size or DEFAULT_IMAGE_SIZE[args.dataset],
+        "crop_ratio": args.crop_ratio,
+    })
+    vq = checkpoint.load(args.tokenizer, use_ema=args.ema, kind="vq")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    store = extract(vq, source, spec, out, tokenizer_path=args.tokenizer, tokenizer_ema=args.ema,
+                    batch_size=args.batch_size, num_workers=args.workers, device=device)
+    g = store.grid_size
+    print(f"wrote {len(store)} images x {store.num_views} views of {g}x{g} codes "
+          f"({store.vocab_size}-code tokenizer, {store.num_classes} classes) to {out}")
+    return 0

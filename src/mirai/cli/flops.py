@@ -1,0 +1,91 @@
+"""``mirai flops``: per-image training FLOPs of the baseline, Mirai-I and Mirai-E (Table 15's convention)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "flops",
+        help="per-image training FLOPs of a config (baseline, Mirai-I, Mirai-E)",
+        description="Counts dense matmuls only (embedding lookups as one-hot matmuls, no attention scores), "
+        "2 FLOPs per multiply-add, training = 3x forward, frozen teacher/encoder = 1x forward: the "
+        "convention that reproduces the paper's Table 15. Flags override the config file.",
+    )
+    p.add_argument("--config", help="training YAML; its model: and foresight: sections are read")
+    p.add_argument("--model", help="GPT config name (default GPT-B, or the config's)")
+    p.add_argument("--grid", type=int, help="token grid side g (default 16)")
+    p.add_argument("--vocab", type=int, help="codebook size V (default 16384)")
+    p.add_argument("--classes", type=int, help="number of classes (default 1000)")
+    p.add_argument("--source", choices=["none", "encoder", "ema", "all"],
+                   help="what to count (default: the config's source, or all without a config)")
+    p.add_argument("--k", type=int, help="number of foresight heads")
+    p.add_argument("--layer", type=int, help="aligned GPT block (1-based)")
+    p.add_argument("--head", choices=["mlp", "transformer"], help="head type")
+    p.add_argument("--encoder", help="Mirai-I encoder name for its forward FLOPs (default: the config's or DINOv2)")
+    p.add_argument("--encoder-res", type=int, help="encoder input size in pixels (default patch * g)")
+    p.add_argument("--attention-scores", action="store_true", help="also count QK^T and AV")
+    p.add_argument("--no-embedding", action="store_true", help="do not count embedding lookups")
+    p.set_defaults(func=run)
+
+
+def _heads(k: int) -> str:
+    return f"{k} head" + ("s" if k != 1 else "")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mirai.config import from_dict, read_yaml
+    from mirai.errors import ConfigError
+    from mirai.foresight.config import ForesightConfig
+    from mirai.foresight.flops import Convention, training_flops, vit_shape
+    from mirai.models import gpt_args
+
+    data = read_yaml(args.config) if args.config else {}
+    model = data.get("model") or {}
+    if not isinstance(model, dict):
+        raise ConfigError(f"{args.config}: the model section must be a mapping")
+    gpt = gpt_args(
+        args.model or model.get("name") or "GPT-B",
+        vocab_size=args.vocab or model.get("vocab_size") or 16384,
+        grid_size=args.grid or model.get("grid_size") or 16,
+        num_classes=args.classes or model.get("num_classes") or 1000,
+        **(model.get("overrides") or {}),
+    )
+    section = dict(data.get("foresight") or {})
+    for key in ("k", "layer", "head"):
+        if getattr(args, key) is not None:
+            section[key] = getattr(args, key)
+    source = args.source or (section.get("source", "none") if args.config else "all")
+    sources = ["encoder", "ema"] if source == "all" else [] if source == "none" else [source]
+    conv = Convention(embedding=not args.no_embedding, attention_scores=args.attention_scores)
+
+    rows = [("baseline (next-token prediction)", training_flops(gpt, conv=conv))]
+    base = rows[0][1]["total"]
+    for name in sources:
+        cfg = from_dict(ForesightConfig, {**section, "source": name}, "foresight")
+        k = cfg.num_heads()
+        if name == "ema":
+            layer = cfg.resolve_layer(gpt.n_layer)
+            what = "at the output" if cfg.output_diagnostic else f"+ teacher to block {layer}"
+            rows.append((f"+ Mirai-E ({_heads(k)} {what})", training_flops(gpt, cfg, conv=conv)))
+            continue
+        spec = args.encoder or cfg.encoder_spec(gpt.dim)
+        shape = vit_shape(spec if isinstance(spec, str) else str(spec.get("name", "")))
+        rows.append((f"+ Mirai-I ({_heads(k)}, encoder not counted)",
+                     training_flops(gpt, cfg, conv=conv, target_dim=shape.width if shape else None)))
+        if shape is None:
+            print(f"note: {spec!r} is not a ViT name; its forward is not counted (heads assume C=768)")
+            continue
+        res = args.encoder_res or shape.patch * gpt.grid_size
+        rows.append((f"+ Mirai-I incl. {shape.name} forward at {res} px",
+                     training_flops(gpt, cfg, shape, res, conv)))
+
+    print(f"{args.model or model.get('name') or 'GPT-B'}: {gpt.n_layer} layers, width {gpt.dim}, "
+          f"{gpt.grid_size}x{gpt.grid_size} tokens, vocabulary {gpt.vocab_size}")
+    print(f"{'':58s} {'FLOPs/image':>12s} {'overhead':>9s}  parts")
+    for label, parts in rows:
+        overhead = "-" if parts is rows[0][1] else f"{100 * (parts['total'] / base - 1):+.1f}%"
+        detail = ", ".join(f"{k} {v:.3g}" for k, v in parts.items() if k != "total")
+        print(f"{label:58s} {parts['total']:12.3e} {overhead:>9s}  {detail}")
+    return 0

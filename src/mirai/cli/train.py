@@ -1,0 +1,37 @@
+"""``mirai train``: train a GPT (baseline or with foresight) from a YAML config plus overrides."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a GPT on a code store (one process, or many under torchrun)",
+        description="Example: mirai train --config configs/fashion/baseline.yaml steps=500 optim.lr=3e-4. "
+        "Overrides are dotted keys of the config (see mirai.training.config.TrainConfig). Under torchrun "
+        "each process joins the DDP group (gloo on CPU, NCCL on GPU); optim.batch_size is the global batch.",
+    )
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=3e-4 foresight.source=ema")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+                   help="continue the run in run_dir from its latest checkpoint (or from CHECKPOINT)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from mirai.config import load_config, to_dict
+    from mirai.training.config import TrainConfig
+    from mirai.training.trainer import summary_json, train
+
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return 0
+    result = train(cfg, resume=args.resume)
+    print(summary_json(result))
+    return 0

@@ -1,0 +1,96 @@
+"""Reading LlamaGen's released ``.pt`` checkpoints into Mirai modules.
+
+LlamaGen stores no config beside its weights, so the architecture is inferred from tensor
+shapes (depth, width, vocabulary, classes) and matched against the named configs; the
+token grid is not in the weights and comes from the caller (16 for 256 px, 24 for 384 px).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from mirai.checkpoint import Checkpoint, llamagen_state_dicts, load_state_dict_checked, read_torch_file
+from mirai.errors import CheckpointError
+from mirai.models.gpt import GPT
+from mirai.models.registry import GPT_CONFIGS, gpt_args, infer_gpt_name
+
+
+def detect_kind(state: dict[str, torch.Tensor]) -> str:
+    if "tok_embeddings.weight" in state:
+        return "gpt"
+    if "quantize.embedding.weight" in state:
+        return "vq"
+    raise CheckpointError(
+        f"cannot tell whether this is a GPT or a VQ state dict (first keys: {sorted(state)[:6]})"
+    )
+
+
+def gpt_from_llamagen_state(
+    state: dict[str, torch.Tensor], name: str | None = None, grid_size: int = 16, class_dropout_prob: float = 0.1
+) -> GPT:
+    """Build a GPT whose shapes match a LlamaGen c2i state dict, and load it strictly."""
+    try:
+        vocab_size, dim = state["tok_embeddings.weight"].shape
+        class_rows = state["cls_embedding.embedding_table.weight"].shape[0]
+        wqkv = state["layers.0.attention.wqkv.weight"].shape[0]
+    except KeyError as err:
+        raise CheckpointError(f"not a LlamaGen class-conditional GPT state dict: key {err} is missing") from None
+    n_layer = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k)))
+    inferred = infer_gpt_name(n_layer, dim)
+    name = name or inferred
+    if name is None:
+        raise CheckpointError(
+            f"no named GPT config has {n_layer} layers of width {dim}; pass the model name "
+            f"(one of {sorted(GPT_CONFIGS)}) with the right n_head"
+        )
+    n_head = GPT_CONFIGS[name]["n_head"]
+    head_dim = dim // n_head
+    n_kv_head = (wqkv // head_dim - n_head) // 2
+    num_classes = class_rows - 1 if class_dropout_prob > 0 else class_rows
+    args = gpt_args(
+        name, dim=dim, n_layer=n_layer, vocab_size=vocab_size, num_classes=num_classes, grid_size=grid_size,
+        n_kv_head=n_kv_head, class_dropout_prob=class_dropout_prob,
+    )
+    model = GPT(args)
+    model.name = name
+    load_state_dict_checked(model, state)
+    return model
+
+
+def read_llamagen(path: str | Path, kind: str | None = None, name: str | None = None, grid_size: int = 16) -> Checkpoint:
+    """Read a LlamaGen GPT or VQ ``.pt`` (any container; DDP/FSDP/compile prefixes) as a Checkpoint."""
+    from mirai.checkpoint import describe
+    from mirai.models.vq import vq_from_llamagen_state
+
+    model_state, ema_state = llamagen_state_dicts(read_torch_file(path), path)
+    kind = kind or detect_kind(model_state)
+    if kind == "gpt":
+        module = gpt_from_llamagen_state(model_state, name=name, grid_size=grid_size)
+        if ema_state is not None:
+            load_state_dict_checked(module, ema_state)  # the EMA must have the same shapes
+    elif kind == "vq":
+        module = vq_from_llamagen_state(model_state)
+    else:
+        raise CheckpointError(f"unknown kind {kind!r}: use 'gpt' or 'vq'")
+    kind, name, args = describe(module)
+    model_state = {k: v for k, v in model_state.items() if k != "freqs_cis"}
+    if ema_state is not None:
+        ema_state = {k: v for k, v in ema_state.items() if k != "freqs_cis"}
+    return Checkpoint(kind, name, args, model_state, ema_state, {"source": str(path), "converted_from": "llamagen"})
+
+
+def load_module(
+    path: str | Path, kind: str, prefer_ema: bool = True, name: str | None = None, grid_size: int = 16
+) -> torch.nn.Module:
+    """A GPT or VQ in eval mode from a Mirai directory or a LlamaGen ``.pt`` (EMA weights when
+    the file has them and ``prefer_ema``)."""
+    from mirai.checkpoint import read_checkpoint
+
+    path = Path(path)
+    ckpt = read_llamagen(path, kind=kind, name=name, grid_size=grid_size) if path.is_file() else read_checkpoint(path)
+    if ckpt.kind != kind:
+        raise CheckpointError(f"{path} holds a {ckpt.kind!r} checkpoint, but a {kind!r} one is needed here")
+    return ckpt.build(use_ema=prefer_ema and ckpt.ema is not None).eval()

@@ -1,0 +1,393 @@
+"""The code store: a dataset tokenized once, read memory-mapped during training.
+
+A store is a directory::
+
+    manifest.json   what was tokenized, how, and with which tokenizer (see ``extract``)
+    codes.npy       (N, V, g, g) code ids of every image's V views; uint16, or int32 past 65536 codes
+    labels.npy      (N,) int64 class labels
+    files.txt       class-folder datasets only: each image's path under the dataset root
+
+``codes.npy`` is a plain ``.npy`` file, so ``np.load(..., mmap_mode="r")`` maps it without
+reading it: ImageNet's 1.28 M × 10 × 16 × 16 uint16 codes (6.5 GB) cost no RAM up front.
+The manifest keeps enough about the source (dataset, split, subset, file order, view
+spec) for ``CodeStore.source_image`` to re-render the exact pixels behind any code row,
+which is what the Mirai-I foresight encoder needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+import PIL
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from mirai.checkpoint import atomic_write_dir
+from mirai.data.transforms import to_model_range, to_unit_range
+from mirai.data.views import ViewSpec, render_view, render_views
+from mirai.errors import DataError
+
+FORMAT = "mirai-codes"
+VERSION = 1
+MANIFEST, CODES, LABELS, FILES = "manifest.json", "codes.npy", "labels.npy", "files.txt"
+
+
+class ImageSource(Protocol):
+    """What extraction needs from a dataset (``FashionMNIST`` and ``ImageFolder`` provide it)."""
+
+    labels: np.ndarray
+    class_names: list[str]
+
+    def __len__(self) -> int: ...
+    def image(self, index: int) -> np.ndarray: ...
+    def describe(self) -> dict: ...
+
+
+def code_dtype(vocab_size: int) -> np.dtype:
+    """The smallest dtype the store uses for ``vocab_size`` code ids."""
+    return np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.int32)
+
+
+def state_hash(module: nn.Module) -> str:
+    """SHA-256 of a module's weights (names, shapes, dtypes, bytes), independent of the file format."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def describe_tokenizer(vq: nn.Module, path: str | Path | None, ema: bool = False) -> dict:
+    """Manifest entry identifying the tokenizer (and whether its EMA weights) that produced a store."""
+    return {
+        "path": None if path is None else str(Path(path).resolve()),
+        "ema": ema,
+        "name": getattr(vq, "name", type(vq).__name__),
+        "args": vq.args.to_dict() if hasattr(vq, "args") else {},
+        "sha256": state_hash(vq),
+    }
+
+
+def open_source(description: dict, class_names: list[str], files: list[str] | None = None,
+                root: str | Path | None = None) -> ImageSource:
+    """Reopen the dataset a store was extracted from; ``root`` overrides a moved dataset's folder."""
+    kind = description.get("kind")
+    if kind == "fashion-mnist":
+        from mirai.data.fashion_mnist import FashionMNIST
+
+        return FashionMNIST(description["split"], root or description.get("root"), description.get("per_class"))
+    if kind == "folder":
+        from mirai.data.folders import ImageFolder
+
+        if files is None:
+            raise DataError(f"a class-folder store needs its {FILES}, which is missing")
+        return ImageFolder.from_files(root or description["root"], class_names, files, description.get("per_class"))
+    raise DataError(f"unknown dataset kind {kind!r} in the store manifest")
+
+
+class _Views(Dataset):
+    """All views of image i as uint8 (V, H, W, 3), so a DataLoader can decode/resize in workers."""
+
+    def __init__(self, source: ImageSource, spec: ViewSpec):
+        self.source, self.spec = source, spec
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(render_views(self.source.image(index), self.spec))
+
+
+def extract(
+    vq: nn.Module,
+    source: ImageSource,
+    spec: ViewSpec,
+    out: str | Path,
+    *,
+    tokenizer_path: str | Path | None = None,
+    tokenizer_ema: bool = False,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> "CodeStore":
+    """Tokenize every view of every image of ``source`` with ``vq`` into a store at ``out``.
+
+    ``tokenizer_path``/``tokenizer_ema`` only go into the manifest, so that ``mirai data check``
+    can reload the same tokenizer. ``batch_size`` counts images (each contributes
+    ``spec.num_views`` crops to the batch). The store appears at ``out`` only once complete;
+    an existing store there is replaced.
+    """
+    from tqdm import tqdm
+
+    factor = vq.downsample_factor
+    if spec.image_size % factor:
+        raise DataError(f"image size {spec.image_size} is not a multiple of the tokenizer's downsampling "
+                        f"factor {factor}; choose --image-size {max(factor, spec.image_size // factor * factor)}")
+    if len(source) == 0:
+        raise DataError("the dataset is empty: nothing to extract")
+    grid = spec.image_size // factor
+    n, v = len(source), spec.num_views
+    dtype = code_dtype(vq.codebook_size)
+    vq = vq.to(device).eval()
+    loader = DataLoader(_Views(source, spec), batch_size=batch_size, num_workers=num_workers)
+    labels = np.asarray(source.labels, dtype=np.int64)
+    if labels.min() < 0 or labels.max() >= len(source.class_names):
+        raise DataError(f"labels span [{labels.min()}, {labels.max()}] but there are {len(source.class_names)} classes")
+    manifest = {
+        "format": FORMAT, "version": VERSION,
+        "num_images": n, "num_views": v, "grid_size": grid, "vocab_size": int(vq.codebook_size),
+        "num_classes": len(source.class_names), "class_names": list(source.class_names),
+        "codes_dtype": dtype.name, "views": spec.to_dict(), "dataset": source.describe(),
+        "tokenizer": describe_tokenizer(vq, tokenizer_path, tokenizer_ema), "pillow_version": PIL.__version__,
+    }
+
+    def write(tmp: Path) -> None:
+        codes = np.lib.format.open_memmap(tmp / CODES, mode="w+", dtype=dtype, shape=(n, v, grid, grid))
+        start = 0
+        with torch.inference_mode(), tqdm(total=n, desc="extract codes", unit="img", disable=not progress) as bar:
+            for views in loader:
+                b = views.shape[0]
+                x = to_model_range(views.flatten(0, 1).to(device))  # move uint8, not 4x larger floats
+                idx = vq.encode_to_indices(x).view(b, v, grid, grid)
+                codes[start:start + b] = idx.cpu().numpy().astype(dtype)
+                start += b
+                bar.update(b)
+        codes.flush()
+        del codes
+        np.save(tmp / LABELS, labels)
+        files = getattr(source, "files", None)
+        if files is not None:
+            if any("\n" in f for f in files):
+                raise DataError("an image file name contains a newline; rename it before extracting")
+            (tmp / FILES).write_text("\n".join(files) + "\n", encoding="utf-8")
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+    atomic_write_dir(out, write)
+    return CodeStore.open(out)
+
+
+class CodeStore:
+    """A memory-mapped code store. Open one with ``CodeStore.open(path)``."""
+
+    def __init__(self, path: Path, manifest: dict, codes: np.ndarray, labels: np.ndarray,
+                 files: list[str] | None, source_root: str | Path | None = None):
+        self.path, self.manifest, self.codes, self.labels, self.files = path, manifest, codes, labels, files
+        self.source_root = source_root
+        self._source: ImageSource | None = None
+
+    @classmethod
+    def open(cls, path: str | Path, source_root: str | Path | None = None) -> "CodeStore":
+        """Map the store at ``path``; ``source_root`` points ``source_image`` at a moved dataset."""
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise DataError(f"{path} is not a code store (no {MANIFEST}); create one with `mirai extract`")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(f"{manifest_path} is corrupt JSON ({err}); re-run mirai extract") from None
+        if manifest.get("format") != FORMAT:
+            raise DataError(f"{manifest_path} is not a Mirai code-store manifest")
+        if manifest.get("version", 0) > VERSION:
+            raise DataError(f"{path} was written by a newer Mirai (store version {manifest['version']}); upgrade mirai")
+        try:
+            codes = np.load(path / CODES, mmap_mode="r")
+            labels = np.load(path / LABELS)
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: cannot read {CODES}/{LABELS} ({err}); re-run mirai extract") from None
+        n, v, g = manifest["num_images"], manifest["num_views"], manifest["grid_size"]
+        if codes.shape != (n, v, g, g) or codes.dtype != np.dtype(manifest["codes_dtype"]):
+            raise DataError(f"{path / CODES} has shape {codes.shape} {codes.dtype} but the manifest says "
+                            f"{(n, v, g, g)} {manifest['codes_dtype']}: the store is damaged; re-run mirai extract")
+        if labels.shape != (n,):
+            raise DataError(f"{path / LABELS} holds {labels.shape} labels, expected ({n},): re-run mirai extract")
+        files = None
+        if (path / FILES).is_file():
+            files = (path / FILES).read_text(encoding="utf-8").splitlines()
+            if len(files) != n:
+                raise DataError(f"{path / FILES} lists {len(files)} images, expected {n}: re-run mirai extract")
+        return cls(path, manifest, codes, labels, files, source_root)
+
+    def __getstate__(self) -> dict:
+        # Pickling a memmap copies its data; DataLoader workers started with "spawn" remap the file instead.
+        return dict(self.__dict__, codes=None, _source=None)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.codes = np.load(self.path / CODES, mmap_mode="r")
+
+    # ---------------------------------------------------------------- description
+    def __len__(self) -> int:
+        return self.manifest["num_images"]
+
+    @property
+    def num_views(self) -> int:
+        return self.manifest["num_views"]
+
+    @property
+    def grid_size(self) -> int:
+        return self.manifest["grid_size"]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.manifest["vocab_size"]
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest["num_classes"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.manifest["class_names"]
+
+    @property
+    def view_spec(self) -> ViewSpec:
+        return ViewSpec.from_dict(self.manifest["views"])
+
+    def validate(self, vocab_size: int | None = None, grid_size: int | None = None,
+                 num_classes: int | None = None) -> None:
+        """Raise ``DataError`` naming the first way this store disagrees with a model config."""
+        tok = self.manifest["tokenizer"]
+        if vocab_size is not None and vocab_size != self.vocab_size:
+            raise DataError(
+                f"store {self.path} was extracted with a {self.vocab_size}-code tokenizer, config says "
+                f"vocab_size={vocab_size}: re-run mirai extract with a {vocab_size}-code tokenizer or set "
+                f"model.vocab_size={self.vocab_size} (the store's tokenizer: {tok['name']} at {tok['path']})"
+            )
+        if grid_size is not None and grid_size != self.grid_size:
+            spec = self.view_spec
+            raise DataError(
+                f"store {self.path} holds {self.grid_size}x{self.grid_size} token grids ({spec.image_size} px "
+                f"images), config says grid_size={grid_size}: re-run mirai extract with --image-size "
+                f"{grid_size * spec.image_size // self.grid_size} or set model.grid_size={self.grid_size}"
+            )
+        if num_classes is not None and num_classes != self.num_classes:
+            raise DataError(
+                f"store {self.path} has {self.num_classes} classes, config says num_classes={num_classes}: "
+                f"set model.num_classes={self.num_classes} or extract the intended dataset"
+            )
+
+    # ---------------------------------------------------------------- contents
+    def tokens(self, index: int, view: int) -> np.ndarray:
+        """Code ids ``(g, g)`` of one view of one image, as int64."""
+        return np.asarray(self.codes[index, view], dtype=np.int64)
+
+    def source(self) -> ImageSource:
+        """The dataset the store was extracted from (opened on first use)."""
+        if self._source is None:
+            pillow = self.manifest.get("pillow_version")
+            if pillow != PIL.__version__:
+                warnings.warn(f"store {self.path} was rendered with Pillow {pillow}, this is Pillow "
+                              f"{PIL.__version__}: resized views may differ slightly from the extracted ones")
+            source = open_source(self.manifest["dataset"], self.class_names, self.files, self.source_root)
+            if len(source) != len(self):
+                raise DataError(f"the dataset behind {self.path} now has {len(source)} images, the store "
+                                f"{len(self)}: it changed since extraction; re-run mirai extract")
+            self._source = source
+        return self._source
+
+    def source_image(self, index: int, view: int) -> np.ndarray:
+        """The exact uint8 ``(H, W, 3)`` pixels whose codes are ``codes[index, view]``."""
+        return render_view(self.source().image(index), view, self.view_spec)
+
+    def source_images(self, indices: Sequence[int], views: Sequence[int]) -> torch.Tensor:
+        """``source_image`` of several rows as float ``(B, 3, H, W)`` in [0, 1] (foresight encoder input)."""
+        spec, source = self.view_spec, self.source()
+        pixels = np.stack([render_view(source.image(int(i)), int(v), spec) for i, v in zip(indices, views)])
+        return to_unit_range(pixels)
+
+    def load_tokenizer(self, path: str | Path | None = None, strict: bool = False) -> nn.Module | None:
+        """The tokenizer that made the codes (from ``path`` or the manifest), checked by weight hash.
+
+        When it is missing or differs, returns None with a warning, or raises ``DataError`` if
+        ``strict``: decoding with another tokenizer would give plausible-looking wrong images.
+        """
+        from mirai import checkpoint
+
+        recorded = self.manifest["tokenizer"]
+        path = path or recorded.get("path")
+        problem = None
+        if path is None or not Path(path).exists():
+            problem = (f"the tokenizer of {self.path} ({recorded.get('path')}) is not available; "
+                       "pass the original checkpoint explicitly")
+        else:
+            vq = checkpoint.load(path, use_ema=recorded.get("ema", False), kind="vq")
+            if state_hash(vq) == recorded["sha256"]:
+                return vq
+            problem = (f"tokenizer {path} is not the one {self.path} was extracted with (weights differ); "
+                       "pass the original checkpoint")
+        if strict:
+            raise DataError(problem)
+        warnings.warn(problem)
+        return None
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The SplitMix64 finaliser on uint64 arrays: a cheap, well-spread 64-bit hash."""
+    with np.errstate(over="ignore"):  # the arithmetic is meant to wrap modulo 2**64
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _views(seed: int, epoch: int, indices: np.ndarray, num_views: int) -> np.ndarray:
+    key = _splitmix64(_splitmix64(np.uint64(seed & _MASK64)) ^ np.uint64(epoch & _MASK64))
+    return (_splitmix64(key ^ indices.astype(np.uint64)) % np.uint64(num_views)).astype(np.int64)
+
+
+def random_view(seed: int, epoch: int, index: int, num_views: int) -> int:
+    """The view of image ``index`` used in ``epoch``: a pure function of its arguments, so any
+    worker, process, DDP rank or resumed run draws the same view without sharing RNG state."""
+    return int(_views(seed, epoch, np.array([index]), num_views)[0])
+
+
+def epoch_views(seed: int, epoch: int, n: int, num_views: int) -> np.ndarray:
+    """``random_view`` of images ``0..n-1`` at once, int64 ``(n,)`` (1.28 M images in ~50 ms)."""
+    return _views(seed, epoch, np.arange(n), num_views)
+
+
+class CodeDataset(Dataset):
+    """Training items from a store: one random view per image per epoch.
+
+    Each item is ``(tokens (g*g,) long, label long, image index, view index)``, plus the view's
+    pixels as float ``(3, H, W)`` in [0, 1] when ``with_images`` (for Mirai-I). Call
+    ``set_epoch`` before each epoch; the epoch lives in shared memory so DataLoader workers,
+    persistent ones included, see the change.
+    """
+
+    def __init__(self, store: CodeStore, seed: int = 0, with_images: bool = False):
+        self.store, self.seed, self.with_images = store, seed, with_images
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def view_of(self, index: int, epoch: int | None = None) -> int:
+        return random_view(self.seed, self.epoch if epoch is None else epoch, index, self.store.num_views)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, index: int) -> tuple:
+        view = self.view_of(index)
+        tokens = torch.from_numpy(self.store.tokens(index, view).reshape(-1))
+        item = (tokens, torch.tensor(int(self.store.labels[index])), index, view)
+        if self.with_images:
+            item += (to_unit_range(self.store.source_image(index, view))[0],)
+        return item

@@ -1,0 +1,206 @@
+"""ADM-format ``.npz`` files: sample batches and reference batches.
+
+**Sample batch** (written by ``mirai sample``, read here): ``arr_0`` uint8 ``(N, H, W, 3)``,
+plus ``labels`` ``(N,)`` (the class each image was generated for) and ``tokens``.
+
+**Reference batch** — the keys of ADM's ``VIRTUAL_imagenet256_labeled.npz`` and friends,
+all optional except that either images or statistics must be present:
+
+=============  ==========================================================================
+``arr_0``      uint8 ``(N, H, W, 3)`` reference images
+``mu``         ``(2048,)`` mean of Inception pool_3 features
+``sigma``      ``(2048, 2048)`` their covariance
+``mu_s``       ``(2023,)`` mean of the spatial (``mixed_6/conv``) features, for sFID
+``sigma_s``    ``(2023, 2023)`` their covariance
+=============  ==========================================================================
+
+ADM stores no activations: its evaluator re-runs Inception on ``arr_0`` to get them for
+precision/recall. Files written by ``mirai evaluate make-ref`` add, so that no network
+has to run on the reference again:
+
+=====================  ==================================================================
+``pool``, ``logits``   Inception pool features ``(N, 2048)`` and unbiased logits ``(N, 1008)``
+``labels``             ``(N,)`` class labels, when known
+``fashion_*``          the same statistics and activations from the Fashion-MNIST
+                       evaluator (``fashion_mu``, ``fashion_sigma``, ``fashion_pool``,
+                       ``fashion_logits``); no spatial features
+``meta``               a JSON string: which network (weights fingerprint) made each set
+=====================  ==================================================================
+
+ADM's evaluator reads such a file unchanged (it looks only at ``arr_0`` and the statistics).
+Everything is read with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from mirai.errors import DataError
+
+IMAGES_KEY = "arr_0"
+# Per evaluator, the key prefix of its statistics; Inception's are ADM's own unprefixed names.
+PREFIXES = {"inception": "", "fashion": "fashion_"}
+_FIELDS = ("mu", "sigma", "mu_s", "sigma_s", "pool", "logits")
+
+
+class NpzImages:
+    """Batches of ``arr_0`` streamed from an ``.npz`` without loading the whole array.
+
+    A 50 000 × 256² batch is ~10 GB; reading it slice by slice from the zip member keeps
+    memory at one batch. Arrays stored in Fortran order (rare) are loaded whole instead.
+    """
+
+    def __init__(self, path: str | Path, key: str = IMAGES_KEY) -> None:
+        self.path, self.key = Path(path), key
+        if not self.path.is_file():
+            raise DataError(f"{self.path} does not exist")
+        try:
+            with zipfile.ZipFile(self.path) as archive, archive.open(f"{key}.npy") as member:
+                self.shape, self.fortran_order, self.dtype = _read_npy_header(member)
+        except KeyError:
+            raise DataError(f"{self.path} has no {key!r} array (an ADM batch keeps its images in {key!r})") from None
+        except (zipfile.BadZipFile, ValueError, OSError) as err:
+            raise DataError(f"{self.path} is not a readable .npz file: {err}") from None
+        if self.dtype != np.uint8 or len(self.shape) != 4 or self.shape[-1] != 3:
+            raise DataError(f"{self.path}: {key!r} must be uint8 (N, H, W, 3) images, "
+                            f"got {self.dtype} {self.shape}")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        return self.shape[1], self.shape[2]
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        """Consecutive ``(≤batch_size, H, W, 3)`` uint8 arrays covering all images in order."""
+        if self.fortran_order:
+            images = np.ascontiguousarray(np.load(self.path, allow_pickle=False)[self.key])
+            yield from (images[i:i + batch_size] for i in range(0, len(images), batch_size))
+            return
+        image_bytes = int(np.prod(self.shape[1:]))
+        with zipfile.ZipFile(self.path) as archive, archive.open(f"{self.key}.npy") as member:
+            _read_npy_header(member)
+            for start in range(0, len(self), batch_size):
+                count = min(batch_size, len(self) - start)
+                data = member.read(count * image_bytes)
+                if len(data) != count * image_bytes:
+                    raise DataError(f"{self.path}: {self.key!r} is truncated (ended inside image {start + len(data) // image_bytes})")
+                yield np.frombuffer(data, dtype=np.uint8).reshape(count, *self.shape[1:])
+
+
+def _read_npy_header(member) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(member)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(member)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(member)
+    raise ValueError(f"unsupported .npy format version {version}")
+
+
+def read_labels(path: str | Path, count: int | None = None) -> np.ndarray | None:
+    """The ``labels`` array of an ``.npz`` as int64, or None if absent; checked against ``count``."""
+    with np.load(path, allow_pickle=False) as data:
+        if "labels" not in data.files:
+            return None
+        labels = np.asarray(data["labels"]).astype(np.int64).reshape(-1)
+    if count is not None and len(labels) != count:
+        raise DataError(f"{path}: 'labels' has {len(labels)} entries but there are {count} images")
+    return labels
+
+
+@dataclass
+class FeatureSet:
+    """What one feature network says about one image set; any field may be missing."""
+
+    mu: np.ndarray | None = None
+    sigma: np.ndarray | None = None
+    mu_s: np.ndarray | None = None
+    sigma_s: np.ndarray | None = None
+    pool: np.ndarray | None = None
+    logits: np.ndarray | None = None
+
+    @classmethod
+    def from_features(cls, features: dict[str, np.ndarray]) -> "FeatureSet":
+        """Statistics and activations from a network's outputs (``pool``, ``logits``, optional ``spatial``)."""
+        from mirai.evaluation.metrics import feature_statistics
+
+        mu, sigma = feature_statistics(features["pool"])
+        mu_s, sigma_s = feature_statistics(features["spatial"]) if "spatial" in features else (None, None)
+        return cls(mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s, pool=features["pool"],
+                   logits=features.get("logits"))
+
+
+@dataclass
+class Reference:
+    """A reference batch: its path, whether it holds images, labels, per-network features and provenance."""
+
+    path: Path
+    num_images: int | None
+    resolution: tuple[int, int] | None
+    labels: np.ndarray | None
+    features: dict[str, FeatureSet] = field(default_factory=dict)
+    # network name -> {"fingerprint": ..., "weights": ...}; empty for ADM's own files.
+    networks: dict[str, dict] = field(default_factory=dict)
+
+    def images(self) -> NpzImages:
+        if self.num_images is None:
+            raise DataError(f"reference {self.path} has no images ({IMAGES_KEY!r}), only statistics")
+        return NpzImages(self.path)
+
+
+def read_reference(path: str | Path) -> Reference:
+    """Read a reference ``.npz`` (ADM's or ours); statistics are loaded, images only opened."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"reference batch {path} does not exist")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path} is not a readable .npz reference batch: {err}") from None
+    with data:
+        keys = set(data.files)
+        features = {}
+        for network, prefix in PREFIXES.items():
+            present = {name: np.asarray(data[prefix + name]) for name in _FIELDS if prefix + name in keys}
+            if present:
+                features[network] = FeatureSet(**present)
+        meta = json.loads(str(data["meta"])) if "meta" in keys else {}
+    images = NpzImages(path) if IMAGES_KEY in keys else None
+    if images is None and not features:
+        raise DataError(f"{path} holds neither images ({IMAGES_KEY!r}) nor statistics (mu/sigma): "
+                        "not a reference batch")
+    num_images = len(images) if images is not None else None
+    labels = read_labels(path, num_images)
+    return Reference(path, num_images, images.resolution if images is not None else None, labels,
+                     features, meta.get("networks", {}))
+
+
+def write_reference(path: str | Path, features: dict[str, FeatureSet], networks: dict[str, dict],
+                    images: np.ndarray | None = None, labels: np.ndarray | None = None) -> Path:
+    """Write a reference ``.npz`` with ADM's key names (see the module docstring)."""
+    arrays: dict[str, np.ndarray] = {}
+    if images is not None:
+        arrays[IMAGES_KEY] = np.ascontiguousarray(images, dtype=np.uint8)
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels, dtype=np.int64)
+    for network, feature_set in features.items():
+        for name in _FIELDS:
+            value = getattr(feature_set, name)
+            if value is not None:
+                arrays[PREFIXES[network] + name] = value
+    arrays["meta"] = np.array(json.dumps({"format": "mirai-reference", "version": 1, "networks": networks}))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # np.savez adds ".npz" to names without it; write to a temporary name and rename so a
+    # crash never leaves a half-written reference at the final path.
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,261 @@
+"""The evaluation suite: run a feature network over sample and reference batches, score them.
+
+Two feature networks ("evaluators") are supported:
+
+* ``inception`` — ADM's Inception-V3 (``mirai.evaluation.inception``): FID, sFID, Inception
+  Score, precision and recall, as in the paper's tables.
+* ``fashion`` — the supervised Fashion-MNIST classifier (``mirai.evaluation.fashion_classifier``)
+  for 32×32 runs: FID, precision and recall on its penultimate features, Inception Score
+  from its class probabilities, class accuracy of the samples, and the evaluator's noise
+  floor: the same metrics between two random halves of the reference set, i.e. the score a
+  perfect generator would get up to sampling noise at that sample size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from mirai.errors import DataError
+from mirai.evaluation import metrics
+from mirai.evaluation.reference import FeatureSet, NpzImages, Reference, read_labels, read_reference, write_reference
+
+EVALUATORS = ("inception", "fashion")
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def state_fingerprint(module: nn.Module) -> str:
+    """Short SHA-256 of a module's weights, recorded with reference statistics to catch mismatched networks."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_network(evaluator: str, inception_weights: str | Path | None = None,
+                 fashion_evaluator: str | Path | None = None, device: str | None = None) -> tuple[nn.Module, dict]:
+    """(network, provenance) for ``evaluator``; provenance = weights source and fingerprint."""
+    device = device or default_device()
+    if evaluator == "inception":
+        from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+        from mirai.evaluation.inception import InceptionV3Features
+
+        network = InceptionV3Features(inception_weights)
+        source = str(inception_weights) if inception_weights is not None else URL_INCEPTION_V3
+    elif evaluator == "fashion":
+        from mirai.evaluation.fashion_classifier import default_evaluator_path, load_fashion_classifier
+
+        network = load_fashion_classifier(fashion_evaluator)
+        source = str(fashion_evaluator) if fashion_evaluator is not None else str(default_evaluator_path())
+    else:
+        raise DataError(f"unknown evaluator {evaluator!r}; choose one of {list(EVALUATORS)}")
+    info = {"weights": source, "fingerprint": state_fingerprint(network)}
+    return network.to(device).eval(), info
+
+
+def extract_features(network: nn.Module, images: NpzImages | np.ndarray, batch_size: int = 64,
+                     desc: str = "features") -> dict[str, np.ndarray]:
+    """Every output of ``network.extract`` over all images, concatenated as float32 arrays."""
+    from tqdm import tqdm
+
+    device = next(network.parameters()).device
+    if isinstance(images, NpzImages):
+        batches, count = images.batches(batch_size), len(images)
+    else:
+        batches, count = (images[i:i + batch_size] for i in range(0, len(images), batch_size)), len(images)
+    outputs: dict[str, list[np.ndarray]] = {}
+    for batch in tqdm(batches, total=math.ceil(count / batch_size), desc=desc, unit="batch"):
+        # np.array copies: streamed batches are read-only views of the file's bytes.
+        with torch.no_grad():
+            result = network.extract(torch.from_numpy(np.array(batch)).to(device))
+        for name, value in result.items():
+            outputs.setdefault(name, []).append(value.float().cpu().numpy())
+    return {name: np.concatenate(parts) for name, parts in outputs.items()}
+
+
+def reference_features(ref: Reference, network: nn.Module, info: dict, batch_size: int = 64) -> FeatureSet:
+    """The reference's features for ``network``: stored ones when they were made by it, else computed from its images.
+
+    ADM's reference files carry statistics but no activations and no provenance; their
+    statistics are used as they are (they come from the standard Inception) and the
+    activations precision/recall needs are computed from ``arr_0``, as ADM does.
+    """
+    stored = ref.features.get(network.name)
+    recorded = ref.networks.get(network.name, {}).get("fingerprint")
+    if stored is not None and recorded is not None and recorded != info["fingerprint"]:
+        if ref.num_images is None:
+            raise DataError(
+                f"the {network.name} statistics in {ref.path} were made by other weights (fingerprint {recorded}, "
+                f"this network {info['fingerprint']}) and the file has no images to recompute them; remake it "
+                "with `mirai evaluate make-ref` using the same weights"
+            )
+        warnings.warn(f"{ref.path}: stored {network.name} statistics come from other weights; recomputing from its images")
+        stored = None
+    if stored is not None and stored.pool is not None and stored.mu is not None:
+        return stored
+    if ref.num_images is None:
+        if stored is None or stored.mu is None:
+            raise DataError(f"{ref.path} has no {network.name} statistics and no images to compute them from")
+        return stored  # statistics only: FID/sFID, no precision/recall
+    computed = FeatureSet.from_features(extract_features(network, ref.images(), batch_size, desc="reference"))
+    if stored is not None:
+        # Keep the file's statistics (ADM's own numbers); the images only add the activations.
+        for name in ("mu", "sigma", "mu_s", "sigma_s"):
+            if getattr(stored, name) is not None:
+                setattr(computed, name, getattr(stored, name))
+    return computed
+
+
+def score(samples: dict[str, np.ndarray], ref: FeatureSet, labels: np.ndarray | None = None,
+          num_classes: int | None = None, device: str = "cpu") -> dict[str, float | None]:
+    """ADM's metrics of sample features against reference features (None where an input is missing).
+
+    ``class_accuracy`` needs the samples' ``labels`` and a classifier (``num_classes``)
+    whose classes are the labels' classes.
+    """
+    mu, sigma = metrics.feature_statistics(samples["pool"])
+    result: dict[str, float | None] = {
+        "fid": metrics.frechet_distance_from_stats(mu, sigma, ref.mu, ref.sigma),
+        "sfid": None, "inception_score": None, "precision": None, "recall": None, "class_accuracy": None,
+    }
+    if "spatial" in samples and ref.mu_s is not None:
+        result["sfid"] = metrics.frechet_distance_from_stats(*metrics.feature_statistics(samples["spatial"]),
+                                                             ref.mu_s, ref.sigma_s)
+    if "logits" in samples:
+        result["inception_score"] = metrics.inception_score(samples["logits"])
+    if ref.pool is not None and min(len(ref.pool), len(samples["pool"])) > metrics.PR_NEIGHBOURS:
+        result["precision"], result["recall"] = metrics.precision_recall(ref.pool, samples["pool"], device=device)
+    if labels is not None and num_classes is not None and "logits" in samples:
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise DataError(f"sample labels must lie in 0..{num_classes - 1} for this evaluator, "
+                            f"got {labels.min()}..{labels.max()}")
+        result["class_accuracy"] = float(np.mean(samples["logits"].argmax(axis=1) == labels))
+    return result
+
+
+def noise_floor(ref: FeatureSet, labels: np.ndarray | None = None, num_classes: int | None = None,
+                device: str = "cpu", seed: int = 0) -> dict[str, float | int | None]:
+    """The metrics of one random half of the reference against the other half.
+
+    The halves come from a fixed permutation (``seed``) so the number is reproducible and
+    does not depend on how the reference happens to be ordered.
+    """
+    if ref.pool is None:
+        raise DataError("the noise floor needs reference activations; remake the reference with make-ref")
+    order = np.random.default_rng(seed).permutation(len(ref.pool))
+    half_a, half_b = order[: len(order) // 2], order[len(order) // 2:]
+    samples = {"pool": ref.pool[half_a]}
+    if ref.logits is not None:
+        samples["logits"] = ref.logits[half_a]
+    floor = score(samples, FeatureSet.from_features({"pool": ref.pool[half_b]}),
+                  labels[half_a] if labels is not None else None, num_classes, device)
+    floor.pop("sfid")
+    floor["half_size"] = len(half_a)
+    return floor
+
+
+def pick_evaluator(samples: NpzImages, ref: Reference) -> str:
+    """``fashion`` for 32×32 samples against a reference with Fashion-MNIST statistics, else ``inception``."""
+    return "fashion" if samples.resolution == (32, 32) and "fashion" in ref.features else "inception"
+
+
+def evaluate(samples_path: str | Path, ref_path: str | Path, evaluator: str = "auto",
+             inception_weights: str | Path | None = None, fashion_evaluator: str | Path | None = None,
+             batch_size: int = 64, device: str | None = None, with_noise_floor: bool | None = None,
+             log: Callable[[str], None] = print) -> dict:
+    """Score an ADM-format sample batch against a reference batch; returns the JSON-ready report.
+
+    ``with_noise_floor`` defaults to on for the Fashion-MNIST evaluator only (for Inception it
+    costs another 2048-d matrix square root and ADM's tables do not report it).
+    """
+    device = device or default_device()
+    samples = NpzImages(samples_path)
+    if len(samples) < 2:
+        raise DataError(f"{samples_path} holds {len(samples)} image(s); FID needs at least 2")
+    ref = read_reference(ref_path)
+    if evaluator == "auto":
+        evaluator = pick_evaluator(samples, ref)
+    if evaluator == "fashion" and samples.resolution != (32, 32):
+        raise DataError(f"the Fashion-MNIST evaluator takes 32×32 images; {samples_path} holds "
+                        f"{samples.resolution[0]}×{samples.resolution[1]}")
+    if with_noise_floor is None:
+        with_noise_floor = evaluator == "fashion"
+    network, info = load_network(evaluator, inception_weights, fashion_evaluator, device)
+    num_classes = getattr(network, "num_classes", None)  # classifiers only: enables class accuracy
+    if ref.resolution is not None and ref.resolution != samples.resolution:
+        log(f"note: samples are {samples.resolution[0]}×{samples.resolution[1]}, reference images "
+            f"{ref.resolution[0]}×{ref.resolution[1]} (resize samples to the reference resolution to compare like with like)")
+    labels = read_labels(samples_path, len(samples))
+    ref_set = reference_features(ref, network, info, batch_size)
+    sample_features = extract_features(network, samples, batch_size, desc="samples")
+    report = {
+        "samples": str(samples_path), "num_samples": len(samples), "reference": str(ref_path),
+        "num_reference": int(len(ref_set.pool)) if ref_set.pool is not None else ref.num_images,
+        "evaluator": evaluator, "network": info,
+        "metrics": score(sample_features, ref_set, labels, num_classes, device),
+    }
+    if with_noise_floor:
+        report["noise_floor"] = noise_floor(ref_set, ref.labels, num_classes, device)
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The metrics as aligned text lines, each beside its noise floor when one was computed."""
+    names = {"fid": "FID", "sfid": "sFID", "inception_score": "Inception Score", "precision": "Precision",
+             "recall": "Recall", "class_accuracy": "Class accuracy"}
+    floor = report.get("noise_floor", {})
+    lines = [f"{report['evaluator']} evaluator, {report['num_samples']} samples vs {report['num_reference']} reference images"]
+    if floor:
+        lines.append(f"  [in brackets: noise floor = one random half of the reference vs the other, "
+                     f"{floor['half_size']} images each]")
+    for key, label in names.items():
+        value = report["metrics"].get(key)
+        if value is None:
+            continue
+        line = f"  {label:<16} {value:10.4f}"
+        if floor.get(key) is not None:
+            line += f"   [{floor[key]:.4f}]"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def make_reference(out: str | Path, images: str | Path | None = None, dataset: str | None = None,
+                   split: str = "test", data_root: str | Path | None = None, evaluators: tuple[str, ...] = ("inception",),
+                   inception_weights: str | Path | None = None, fashion_evaluator: str | Path | None = None,
+                   keep_images: bool = True, batch_size: int = 64, device: str | None = None) -> Path:
+    """Write a reference batch from an image ``.npz`` (``arr_0``) or a dataset split, with each evaluator's features."""
+    if (images is None) == (dataset is None):
+        raise DataError("give exactly one image source: an images .npz or a dataset")
+    if dataset is not None:
+        if dataset != "fashion-mnist":
+            raise DataError(f"unknown dataset {dataset!r}; the built-in one is 'fashion-mnist'")
+        from mirai.data.fashion_mnist import load_fashion_mnist
+        from mirai.data.transforms import fashion_mnist_to_rgb
+
+        grey, labels = load_fashion_mnist(split, root=data_root)
+        source: NpzImages | np.ndarray = fashion_mnist_to_rgb(grey)
+    else:
+        source = NpzImages(images)
+        labels = read_labels(images, len(source))
+    features, networks = {}, {}
+    for evaluator in evaluators:
+        network, info = load_network(evaluator, inception_weights, fashion_evaluator, device)
+        features[evaluator] = FeatureSet.from_features(extract_features(network, source, batch_size, desc=evaluator))
+        networks[evaluator] = info
+        del network
+    kept = None
+    if keep_images:
+        kept = source if isinstance(source, np.ndarray) else np.concatenate(list(source.batches(1024)))
+    return write_reference(out, features, networks, images=kept, labels=labels)

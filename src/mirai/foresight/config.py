@@ -1,0 +1,105 @@
+"""``ForesightConfig``: the ``foresight:`` section of a training config.
+
+Fields left at ``None`` take the paper's default for the chosen source (method.md
+sections 3-5), resolved by the accessors below rather than written into the config, so
+a saved config says "default" where the user did not choose:
+
+=================  ===========================  ================================
+field              Mirai-I (``encoder``)        Mirai-E (``ema``)
+=================  ===========================  ================================
+k                  1                            3 (current, right, below)
+lambdas            const 2                      step 2 -> 1 at half of training
+warmup             none                         15 epochs
+layer              round(2/3 * n_layer) (8 of 12 for GPT-B) for both
+=================  ===========================  ================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from mirai.errors import ConfigError
+from mirai.foresight.pairs import DEFAULT_K, head_shifts
+from mirai.foresight.schedules import LambdaSchedule, default_lambda, default_warmup
+
+
+@dataclass
+class ForesightConfig:
+    """Foresight alignment settings; ``source: none`` trains with next-token prediction only."""
+
+    source: Literal["none", "encoder", "ema"] = "none"
+    layout: Literal["grid2d", "raster1d", "reference"] = "grid2d"
+    k: int | None = None  # number of heads; defaults to len(offsets) or the source's K
+    offsets: list[tuple[int, int]] | None = None  # explicit (d_row, d_col) per head, grid2d only
+    layer: int | None = None  # 1-based GPT block aligned; None: round(2/3 * n_layer)
+    head: Literal["mlp", "transformer"] = "mlp"
+    head_hidden: int | None = None  # MLP width; None: min(2048, 4 * model width)
+    lambdas: list[LambdaSchedule] | None = None  # one for every head, or one per head
+    warmup: float | None = None  # NTP-only span before foresight starts, in warmup_unit
+    warmup_unit: Literal["fraction", "epoch", "step"] = "epoch"
+    reduction: Literal["sum", "mean"] = "sum"  # over heads: sum (authors' scripts) or mean (paper Eq. 11)
+    align_class_token: bool = True  # Mirai-E: also pair the class position with the teacher's
+    pair_with: Literal["current", "next"] = "current"  # cell of the token just read, or the one predicted
+    # Mirai-I only (ignored by other sources, so one file can switch source by override):
+    encoder: str | dict | None = None  # mirai.foresight.encoders.build_encoder spec; None: see encoder_spec
+    cache_features: bool = False  # read precomputed features by batch["feature_index"]
+    output_diagnostic: bool = False  # Table 1 ablation: CE heads on the last block instead of alignment
+
+    @property
+    def enabled(self) -> bool:
+        return self.source != "none"
+
+    def num_heads(self) -> int:
+        if self.offsets is not None:
+            return len(self.offsets)
+        return self.k if self.k is not None else DEFAULT_K[self.source]
+
+    def schedules(self) -> list[LambdaSchedule]:
+        """One lambda schedule per head."""
+        given = self.lambdas or [default_lambda(self.source)]
+        return given * self.num_heads() if len(given) == 1 else list(given)
+
+    def warmup_spec(self) -> tuple[float, str]:
+        """(length, unit) of the NTP-only warm-up."""
+        return default_warmup(self.source) if self.warmup is None else (self.warmup, self.warmup_unit)
+
+    def encoder_spec(self, model_dim: int) -> str | dict:
+        """The encoder to build: as configured, else DINOv2-B/14, or DINOv2-L/14 from GPT-L's width up (Table 8)."""
+        if self.encoder is not None:
+            return self.encoder
+        return "dinov2_vitl14" if model_dim >= 1024 else "dinov2_vitb14"
+
+    def resolve_layer(self, n_layer: int) -> int:
+        layer = self.layer if self.layer is not None else max(1, round(2 * n_layer / 3))
+        if not 1 <= layer <= n_layer:
+            raise ConfigError(f"foresight.layer={layer} is outside the model's blocks 1..{n_layer}")
+        return layer
+
+    def validate(self) -> None:
+        if not self.enabled:
+            return
+        if self.k is not None and self.k < 1:
+            raise ConfigError(f"foresight.k must be at least 1, got {self.k}")
+        if self.offsets is not None and self.k is not None and self.k != len(self.offsets):
+            raise ConfigError(f"foresight.k={self.k} disagrees with the {len(self.offsets)} offsets given")
+        head_shifts(self.layout, self.num_heads(), self.offsets)  # raises on a bad layout/offsets mix
+        if self.layer is not None and self.layer < 1:
+            raise ConfigError(f"foresight.layer is 1-based, got {self.layer}")
+        if self.head_hidden is not None and (self.head != "mlp" or self.head_hidden < 1):
+            raise ConfigError("foresight.head_hidden sets the width of the mlp head: a positive int, head: mlp")
+        if self.lambdas is not None and len(self.lambdas) not in (1, self.num_heads()):
+            raise ConfigError(
+                f"foresight.lambdas has {len(self.lambdas)} schedules for {self.num_heads()} heads;"
+                " give one for all heads or one per head"
+            )
+        for schedule in self.lambdas or []:
+            schedule.validate()
+        if self.warmup is None and self.warmup_unit != "epoch":
+            raise ConfigError("foresight.warmup_unit needs foresight.warmup (the default warm-up is in epochs)")
+        if self.warmup is not None and self.warmup < 0:
+            raise ConfigError(f"foresight.warmup must be non-negative, got {self.warmup}")
+        if self.output_diagnostic and self.source != "ema":
+            raise ConfigError(
+                "foresight.output_diagnostic replaces Mirai-E's alignment by output-level heads; set source: ema"
+            )

@@ -1,0 +1,100 @@
+"""The foresight loss: L_F = sum_k lambda_k * mean_{b, pairs} -cos(f_k, rho_k(h)) (method.md section 2).
+
+``reduction="sum"`` adds the weighted heads (the authors' scripts, which produced the
+published tables); ``"mean"`` divides by K (the paper's Eq. 11). The module's only
+parameters are the heads; the source (EMA model or encoder) stays outside it.
+``HeadsLoss`` holds what the foresight loss shares with the output-level diagnostic
+(heads, pairs, lambda schedules, warm-up); the subclasses say what a head is scored on.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mirai.foresight.base import Progress
+from mirai.foresight.schedules import LambdaSchedule, warming_up
+from mirai.foresight.sources import Source
+
+
+class HeadsLoss(nn.Module, ABC):
+    """K heads on GPT block ``layer``; head k is scored at its (student, target) pairs, weighted lambda_k."""
+
+    name = "heads"
+
+    def __init__(
+        self,
+        heads: list[nn.Module],
+        head_pairs: list[tuple[torch.Tensor, torch.Tensor]],
+        schedules: list[LambdaSchedule],
+        layer: int,
+        warmup: tuple[float, str] = (0.0, "epoch"),
+        reduction: str = "sum",
+    ):
+        super().__init__()
+        if not len(heads) == len(head_pairs) == len(schedules):
+            raise ValueError(f"{len(heads)} heads, {len(head_pairs)} pair lists and {len(schedules)} schedules")
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+        self.heads, self.schedules = nn.ModuleList(heads), schedules
+        self.layer, self.hidden_layers = layer, (layer,)
+        self.warmup, self.reduction = warmup, reduction
+        for k, (student, target) in enumerate(head_pairs):  # buffers: they follow .to(device), never saved
+            self.register_buffer(f"student{k}", student, persistent=False)
+            self.register_buffer(f"target{k}", target, persistent=False)
+
+    @abstractmethod
+    def targets(self, batch: dict) -> torch.Tensor:
+        """What the heads are scored against, (B, T, ...), indexed by target position."""
+
+    @abstractmethod
+    def head_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean loss of one head's predictions (B, P, out) against its targets (B, P, ...)."""
+
+    def forward(
+        self, batch: dict, hidden: dict[int, torch.Tensor], progress: Progress
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        lambdas = [schedule(progress) for schedule in self.schedules]
+        if warming_up(progress, *self.warmup):
+            return {}, {f"{self.name}/lambda{k}": 0.0 for k in range(len(lambdas))}
+        h, f = hidden[self.layer], self.targets(batch)
+        losses = []
+        for k, head in enumerate(self.heads):
+            student, target = getattr(self, f"student{k}"), getattr(self, f"target{k}")
+            # The whole sequence goes through the head: the transformer head attends across it.
+            losses.append(self.head_loss(head(h)[:, student], f[:, target]))
+        per_head = torch.stack(losses)
+        total = (per_head * per_head.new_tensor(lambdas)).sum()
+        if self.reduction == "mean":
+            total = total / len(losses)
+        logs = {f"{self.name}/loss{k}": v for k, v in enumerate(per_head.detach().tolist())}
+        logs.update({f"{self.name}/lambda{k}": lam for k, lam in enumerate(lambdas)})
+        return {self.name: total}, logs
+
+
+class ForesightLoss(HeadsLoss):
+    """Negative cosine similarity between each head's projection and the source's stop-gradient targets."""
+
+    name = "foresight"
+
+    def __init__(
+        self,
+        source: Source,
+        heads: list[nn.Module],
+        head_pairs: list[tuple[torch.Tensor, torch.Tensor]],
+        schedules: list[LambdaSchedule],
+        layer: int,
+        warmup: tuple[float, str] = (0.0, "epoch"),
+        reduction: str = "sum",
+    ):
+        super().__init__(heads, head_pairs, schedules, layer, warmup, reduction)
+        self.source = source  # a plain object, so the EMA model / encoder is not registered here
+
+    def targets(self, batch: dict) -> torch.Tensor:
+        return self.source.targets(batch)
+
+    def head_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return -F.cosine_similarity(pred.float(), target.float(), dim=-1).mean()

@@ -1,0 +1,112 @@
+"""Autoregressive decoding with a KV cache and classifier-free guidance on logits."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+
+from mirai.models.gpt import GPT
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Set to -inf every logit outside the top-k, and outside the smallest set whose probability
+    reaches top-p (the most likely token is always kept)."""
+    if top_k is not None and 0 < top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0.0 < top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # Drop a token when the tokens ranked above it already hold top_p of the mass.
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def guide(logits: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """Classifier-free guidance: the batch holds [cond; uncond]; returns uncond + s (cond - uncond)."""
+    cond, uncond = logits.chunk(2, dim=0)
+    return uncond + cfg_scale * (cond - uncond)
+
+
+def sample_logits(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One token per row from (B, V) logits; temperature 0 means greedy."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _in_interval(step: int, total: int, interval: Sequence[float] | None) -> bool:
+    if interval is None:
+        return True
+    start, end = interval
+    return start <= step / total < end
+
+
+@torch.no_grad()
+def generate(
+    model: GPT,
+    labels: torch.Tensor,
+    cfg_scale: float = 1.0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    guidance_interval: Sequence[float] | None = None,
+    dtype: torch.dtype = torch.float32,
+    use_kv_cache: bool = True,
+) -> torch.Tensor:
+    """Sample token grids (B, N) for class ``labels`` (B,).
+
+    ``cfg_scale`` != 1 runs the conditional and unconditional (null class) halves in one batch
+    and mixes their logits; ``guidance_interval=(a, b)`` applies guidance only to the
+    fraction [a, b) of the sequence (plain conditional logits elsewhere). ``dtype`` bf16
+    runs under autocast. ``use_kv_cache=False`` recomputes the whole prefix every step
+    (slow; the reference the cache is tested against).
+    """
+    args = model.args
+    n_tokens = args.seq_len
+    batch = labels.size(0)
+    guided = cfg_scale != 1.0
+    if guided and args.class_dropout_prob <= 0:
+        raise ValueError("classifier-free guidance needs a model trained with class dropout (it has no null class)")
+    cond = torch.cat([labels, torch.full_like(labels, args.num_classes)]) if guided else labels
+    device = labels.device
+    autocast = (
+        torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    )
+    was_training = model.training
+    model.eval()
+    tokens = torch.empty(batch, 0, dtype=torch.long, device=device)
+    try:
+        if use_kv_cache:
+            model.setup_kv_cache(cond.size(0), dtype=dtype if dtype != torch.float32 else None)
+        with autocast:
+            for step in range(n_tokens):
+                if not use_kv_cache:
+                    context = tokens.repeat(2, 1) if guided else tokens
+                    logits = model(context, cond)[:, -1]
+                elif step == 0:
+                    logits = model.decode(model.embed(None, cond), start_pos=0)
+                else:
+                    last = tokens[:, -1:].repeat(2, 1) if guided else tokens[:, -1:]
+                    logits = model.decode(model.tok_embeddings(last), start_pos=args.cls_token_num + step - 1)
+                logits = logits.float()
+                if guided:
+                    logits = guide(logits, cfg_scale) if _in_interval(step, n_tokens, guidance_interval) else logits[:batch]
+                next_token = sample_logits(logits, temperature, top_k, top_p, generator)
+                tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+    finally:
+        model.clear_kv_cache()
+        model.train(was_training)
+    return tokens

@@ -1,0 +1,320 @@
+"""The training loop: next-token prediction plus whatever auxiliary loss the config asks for.
+
+One process or many (``torchrun``, DDP: gloo on CPU, NCCL on GPU). The data order is a pure
+function of (seed, epoch), and the step fixes where in an epoch we are, so resuming from a
+checkpoint — which also restores optimizer, EMA, heads and RNG state — continues exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from mirai.config import save_yaml, to_dict
+from mirai.errors import ConfigError, TrainingError
+from mirai.foresight import build_auxiliary_loss
+from mirai.foresight.base import Progress
+from mirai.models import GPT, build_gpt
+from mirai.training import state as run_state
+from mirai.training.config import TrainConfig
+from mirai.training.data import TrainingData
+from mirai.training.distributed import DistInfo, barrier, init_distributed
+from mirai.training.metrics import MetricsLogger
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and embeddings (>= 2 dims) only, as LlamaGen does."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    if o.schedule == "cosine":
+        t = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
+        return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+    return o.lr
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+
+
+def ntp_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of position p predicting token p (the class position predicts x_1)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
+
+
+class Objective(nn.Module):
+    """The GPT and the auxiliary heads as one module, so that one DDP wrapper syncs both."""
+
+    def __init__(self, gpt: GPT, auxiliary: nn.Module | None):
+        super().__init__()
+        self.gpt = gpt
+        self.auxiliary = auxiliary
+
+    def forward(self, batch: dict, progress: Progress) -> tuple[torch.Tensor, dict]:
+        tokens, labels = batch["tokens"], batch["labels"]
+        layers = self.auxiliary.hidden_layers if self.auxiliary is not None else ()
+        out = self.gpt(tokens[:, :-1], labels, hidden_layers=layers)
+        logits, hidden = out if layers else (out, {})
+        loss = ntp_loss(logits, tokens)
+        logs = {"loss/ntp": loss.detach()}
+        if self.auxiliary is not None:
+            terms, aux_logs = self.auxiliary(batch, hidden, progress)
+            for name, term in terms.items():
+                loss = loss + term
+                logs[f"loss/{name}"] = term.detach()
+            logs.update(aux_logs)
+        logs["loss/total"] = loss.detach()
+        return loss, logs
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    val_nll: float | None
+    checkpoint: Path | None
+
+
+class Trainer:
+    """Builds everything a run needs from a ``TrainConfig`` and runs it (``fit``)."""
+
+    def __init__(self, cfg: TrainConfig, dist: DistInfo | None = None):
+        self.cfg = cfg
+        self.dist = dist or init_distributed(cfg.device)
+        self.device = self.dist.device
+        self.run_dir = Path(cfg.run_dir)
+        torch.manual_seed(cfg.seed + self.dist.rank)
+
+        self.data = TrainingData(cfg, rank=self.dist.rank, world_size=self.dist.world_size)
+        m = cfg.model
+        dropout_off = {} if cfg.dropout else dict(
+            token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0, attn_dropout_p=0.0
+        )
+        # Class dropout stays in the architecture (the null class row exists) but may be switched off.
+        self.gpt = build_gpt(
+            m.name, vocab_size=self.data.vocab_size, grid_size=self.data.grid_size,
+            num_classes=self.data.num_classes, **{**m.overrides, **dropout_off},
+        ).to(self.device)
+        if not cfg.dropout:
+            self.gpt.cls_embedding.dropout_prob = 0.0
+        self.ema = copy.deepcopy(self.gpt).eval().requires_grad_(False)
+        auxiliary = build_auxiliary_loss(cfg.foresight, self.gpt, self.ema)
+        if auxiliary is not None:
+            auxiliary.to(self.device)
+        self.objective = Objective(self.gpt, auxiliary)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.objective, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas,
+            fused=self.device.type == "cuda",
+        )
+        self.step_fn: nn.Module = self.objective
+        if self.dist.enabled:
+            # Heads get no gradient during a foresight warm-up: let DDP tolerate unused parameters.
+            self.step_fn = DistributedDataParallel(
+                self.objective, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=auxiliary is not None,
+            )
+        if cfg.compile:
+            self.gpt.compile()  # in place: the module (and its state-dict names) stay the same
+        self.autocast_dtype = self._autocast_dtype()
+        self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.data.steps_per_epoch)
+        self.step = 0
+        self.best_val = math.inf
+        self._stop_signal: int | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def _autocast_dtype(self) -> torch.dtype | None:
+        p = self.cfg.precision
+        if p == "fp32" or (p == "auto" and not (self.device.type == "cuda" and torch.cuda.is_bf16_supported())):
+            return None
+        return torch.bfloat16
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def progress(self) -> Progress:
+        return Progress(step=self.step, epoch=self.step / self.data.steps_per_epoch,
+                        fraction=self.step / max(1, self.total_steps))
+
+    def ema_decay(self) -> float:
+        decay = self.cfg.ema.decay
+        if self.cfg.ema.warmup:
+            decay = min(decay, (1 + self.step) / (10 + self.step))
+        return decay
+
+    def _handle_signal(self, signum, frame) -> None:
+        self._stop_signal = signum
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        lr = learning_rate(cfg, self.step, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.step_fn.train()
+        progress = self.progress()
+        logs: dict[str, float] = {}
+        micro_batches = self.data.step_batches(self.step, self.device)
+        for i, batch in enumerate(micro_batches):
+            # Gradients are all-reduced once per optimizer step, on the last micro-batch.
+            skip_sync = self.dist.enabled and i < len(micro_batches) - 1
+            with self.step_fn.no_sync() if skip_sync else nullcontext():
+                with self._autocast():
+                    loss, step_logs = self.step_fn(batch, progress)
+                step_logs = {k: float(v) for k, v in step_logs.items()}
+                if not math.isfinite(step_logs["loss/total"]):
+                    raise TrainingError(
+                        f"loss became {step_logs['loss/total']} at step {self.step} ({step_logs}); nothing was "
+                        f"saved from this step, the last good checkpoint in {self.run_dir / 'checkpoints'} is "
+                        "intact. Lower optim.lr, check the data, or use precision=fp32, then resume with --resume."
+                    )
+                (loss / len(micro_batches)).backward()
+            for k, v in step_logs.items():
+                logs[k] = logs.get(k, 0.0) + v / len(micro_batches)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.objective.parameters(), cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        update_ema(self.ema, self.gpt, self.ema_decay())
+        self.step += 1
+        logs.update({"lr": lr, "grad_norm": float(grad_norm), "epoch": self.step / self.data.steps_per_epoch})
+        return logs
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def validation_nll(self, model: GPT) -> float | None:
+        """Mean NLL per token (nats) of ``model`` on the held-out store (canonical view 0)."""
+        if self.data.val is None:
+            return None
+        was_training = model.training
+        model.eval()
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # (total NLL, token count)
+        for batch in self.data.val_batches(self.device):
+            with self._autocast():
+                logits = model(batch["tokens"][:, :-1], batch["labels"])
+            sums[0] += F.cross_entropy(logits.flatten(0, 1).float(), batch["tokens"].flatten(), reduction="sum")
+            sums[1] += batch["tokens"].numel()
+        if self.dist.enabled:
+            torch.distributed.all_reduce(sums)
+        model.train(was_training)
+        return (sums[0] / sums[1]).item()
+
+    def sample_grid(self, name: str) -> Path | None:
+        """A grid from the EMA weights, one row per class (at most 10 classes, 10 each)."""
+        from mirai.data.images import save_image_grid
+        from mirai.sampling.pipeline import sample_batch
+
+        vq = self.data.tokenizer(self.device)
+        if vq is None:
+            return None
+        classes = min(10, self.data.num_classes)
+        labels = torch.arange(classes, device=self.device).repeat_interleave(10)
+        images, _ = sample_batch(self.ema, vq, labels, self.cfg.sampling, seed=self.cfg.seed)
+        path = self.run_dir / "samples" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image_grid(images, 10, path)
+        return path
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, val_nll: float | None = None) -> Path:
+        """Collective (all ranks call it); rank 0 writes."""
+        path = run_state.save_training_checkpoint(self, val_nll)
+        if val_nll is not None and val_nll < self.best_val:
+            self.best_val = val_nll
+            run_state.save_training_checkpoint(self, val_nll, name="best")
+        return path
+
+    def resume(self, path: str | Path | None = None) -> None:
+        run_state.load_training_checkpoint(self, path)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> TrainResult:
+        cfg, is_main = self.cfg, self.dist.is_main
+        if is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_yaml(cfg, self.run_dir / "config.yaml")
+        logger = MetricsLogger(self.run_dir, enabled=is_main, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
+                               config=to_dict(cfg))
+        previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.run_dir.name}", unit="step",
+                   disable=not is_main, dynamic_ncols=True)
+        last_ckpt, val_nll = None, None
+        try:
+            tic, window = time.perf_counter(), 0
+            while self.step < self.total_steps:
+                logs = self.train_step()
+                window += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    elapsed = time.perf_counter() - tic
+                    logs["images_per_s"] = window * cfg.optim.batch_size / elapsed
+                    tic, window = time.perf_counter(), 0
+                    logger.log(self.step, logs)
+                    bar.set_postfix(loss=f"{logs['loss/ntp']:.3f}")
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
+                    val_nll = self._evaluate(logger)
+                if cfg.sample_every and self.step % cfg.sample_every == 0 and is_main:
+                    self.sample_grid(f"step_{self.step:07d}")
+                if self._stop_signal is not None:
+                    last_ckpt = self.save(val_nll)
+                    name = signal.Signals(self._stop_signal).name
+                    bar.write(f"{name} received: saved {last_ckpt} at step {self.step}; continue with --resume")
+                    raise KeyboardInterrupt
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
+                    last_ckpt = self.save(val_nll)
+            val_nll = self._evaluate(logger)
+            last_ckpt = self.save(val_nll)
+            if is_main:
+                self.sample_grid("final")
+            barrier()
+        finally:
+            bar.close()
+            logger.close()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return TrainResult(self.run_dir, self.step, val_nll, last_ckpt)
+
+    def _evaluate(self, logger: MetricsLogger) -> float | None:
+        ema_nll = self.validation_nll(self.ema)
+        if ema_nll is not None:
+            logger.log(self.step, {"val/nll_ema": ema_nll, "val/nll_raw": self.validation_nll(self.gpt)})
+        return ema_nll
+
+
+def train(cfg: TrainConfig, resume: str | bool | None = None) -> TrainResult:
+    """Train from ``cfg``; ``resume=True`` continues from the run's latest checkpoint, a path from that one."""
+    trainer = Trainer(cfg)
+    if resume:
+        trainer.resume(None if resume is True else resume)
+    elif (Path(cfg.run_dir) / "checkpoints").exists() and any((Path(cfg.run_dir) / "checkpoints").iterdir()):
+        raise ConfigError(
+            f"{cfg.run_dir} already holds checkpoints: pass --resume to continue it, or choose another run_dir"
+        )
+    return trainer.fit()
+
+
+def summary_json(result: TrainResult) -> str:
+    return json.dumps({"run_dir": str(result.run_dir), "step": result.step, "val_nll": result.val_nll,
+                       "checkpoint": str(result.checkpoint) if result.checkpoint else None})

@@ -1,0 +1,114 @@
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+from mirai import checkpoint
+from mirai.convert import gpt_from_llamagen_state, load_module, read_llamagen
+from mirai.errors import CheckpointError
+from mirai.models import build_gpt
+
+
+def nano(**kw):
+    return build_gpt("GPT-Nano", vocab_size=40, grid_size=4, num_classes=5, **kw)
+
+
+def same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_round_trip_with_ema_and_config(tmp_path):
+    model, ema = nano(), nano()
+    checkpoint.save(tmp_path / "ck", model, ema=ema, meta={"step": 3})
+    assert sorted(os.listdir(tmp_path / "ck")) == ["config.json", "ema.safetensors", "model.safetensors"]
+    config = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert config["kind"] == "gpt" and config["name"] == "GPT-Nano" and config["meta"] == {"step": 3}
+    assert same_weights(checkpoint.load(tmp_path / "ck"), model)
+    assert same_weights(checkpoint.load(tmp_path / "ck", use_ema=True), ema)
+    assert not checkpoint.load(tmp_path / "ck").training
+
+
+def test_overwrite_is_atomic_and_failure_keeps_old(tmp_path, monkeypatch):
+    first = nano()
+    checkpoint.save(tmp_path / "ck", first)
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "save_file", boom)
+    with pytest.raises(OSError):
+        checkpoint.save(tmp_path / "ck", nano())
+    monkeypatch.undo()
+    assert same_weights(checkpoint.load(tmp_path / "ck"), first)
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temp dirs left behind
+
+
+def test_pickle_bomb_is_refused_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Bomb:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"model": Bomb()}, f)
+    with pytest.raises(CheckpointError, match="was not loaded: it (holds pickled|is corrupt)"):
+        read_llamagen(path)
+    assert not marker.exists()
+
+
+def test_corrupt_files_give_clear_errors(tmp_path):
+    checkpoint.save(tmp_path / "ck", nano())
+    (tmp_path / "ck" / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        checkpoint.load(tmp_path / "ck")
+    (tmp_path / "bad.pt").write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="not loaded: it is corrupt"):
+        read_llamagen(tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        checkpoint.load(tmp_path / "nowhere")
+
+
+def test_mismatched_weights_list_the_keys(tmp_path):
+    model = nano()
+    state = model.state_dict()
+    state["extra.weight"] = torch.zeros(1)
+    del state["norm.weight"]
+    with pytest.raises(CheckpointError, match=r"missing keys \['norm.weight'\].*unexpected keys \['extra.weight'\]"):
+        checkpoint.load_state_dict_checked(nano(), state)
+    with pytest.raises(CheckpointError, match="tok_embeddings.weight: checkpoint"):
+        checkpoint.load_state_dict_checked(nano(), build_gpt("GPT-Nano", vocab_size=41, grid_size=4,
+                                                             num_classes=5).state_dict())
+
+
+@pytest.mark.parametrize("container", ["model", "module", "state_dict", "bare", "ddp", "compiled"])
+def test_llamagen_containers_load_strictly(tmp_path, container):
+    model = nano()
+    state = dict(model.state_dict())
+    state["freqs_cis"] = torch.zeros(17, 16, 2)  # stray buffer some LlamaGen files carry
+    if container == "ddp":
+        payload = {"model": {f"module.{k}": v for k, v in state.items()}}
+    elif container == "compiled":
+        payload = {"model": {f"_orig_mod.{k}": v for k, v in state.items()}, "ema": state}
+    elif container == "bare":
+        payload = state
+    else:
+        payload = {container: state, "optimizer": {}, "steps": 10}
+    torch.save(payload, tmp_path / "c2i.pt")
+    ckpt = read_llamagen(tmp_path / "c2i.pt", grid_size=4)
+    assert ckpt.kind == "gpt" and ckpt.name == "GPT-Nano"
+    assert same_weights(ckpt.build(), model)
+    assert (ckpt.ema is not None) == (container == "compiled")
+    assert same_weights(load_module(tmp_path / "c2i.pt", "gpt", grid_size=4), model)
+
+
+def test_llamagen_gpt_b_shapes_infer_the_config():
+    with torch.device("meta"):
+        state = build_gpt("GPT-B").state_dict()
+    with torch.device("meta"):
+        model = gpt_from_llamagen_state(state, grid_size=16)
+    assert model.name == "GPT-B" and model.args.num_classes == 1000 and model.args.vocab_size == 16384

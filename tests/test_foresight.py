@@ -1,0 +1,391 @@
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import mirai.foresight as foresight
+from mirai.config import from_dict
+from mirai.errors import ConfigError
+from mirai.foresight import (
+    EMASource, EncoderSource, ForesightConfig, ForesightLoss, LambdaSchedule, MLPHead, OutputDiagnosticLoss,
+    Progress, TransformerHead, build_auxiliary_loss, pairs,
+)
+from mirai.foresight.heads import default_hidden
+from mirai.foresight.pairs import REFERENCE_SHIFTS, nearest_future_offsets
+from mirai.models import build_gpt
+
+G, V, CLASSES = 4, 32, 5
+
+
+def tiny_gpt(**kw):
+    return build_gpt("GPT-Nano", vocab_size=V, grid_size=G, num_classes=CLASSES, **kw)
+
+
+def as_lists(head_pairs):
+    return [list(zip(s.tolist(), t.tolist())) for s, t in head_pairs]
+
+
+def at(epoch=100.0, fraction=0.5, step=1000):
+    return Progress(step=step, epoch=epoch, fraction=fraction)
+
+
+def batch_of(b=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return {"tokens": torch.randint(0, V, (b, G * G), generator=gen),
+            "labels": torch.randint(0, CLASSES, (b,), generator=gen)}
+
+
+class PatchEncoder(nn.Module):
+    """Stand-in for a foresight encoder: one feature per 4x4 patch of a 16x16 image, raster order."""
+
+    feature_dim = 12
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Conv2d(3, self.feature_dim, kernel_size=4, stride=4)
+        self.dropout = nn.Dropout(0.5)  # must be off when used as a target
+
+    def forward(self, images01):
+        return self.dropout(self.proj(images01)).flatten(2).transpose(1, 2)
+
+
+# ---------------------------------------------------------------------------------------- pairs
+def test_pairs_is_the_package_function():
+    assert foresight.pairs is pairs and callable(foresight.pairs)
+
+
+def test_nearest_future_offsets_order():
+    assert nearest_future_offsets(3) == [(0, 0), (0, 1), (1, 0)]  # current, right, below
+    assert nearest_future_offsets(4)[3] == (1, -1)  # next ring: below-left before below-right (raster order)
+    assert all(dr > 0 or dc >= 0 for dr, dc in nearest_future_offsets(16))  # never a generated cell
+
+
+def test_grid2d_ema_pairs_by_hand_4x4():
+    # Student p read cell p-1; teacher p' read cell p'-1. Right of cell c is c+1 (not at col 3);
+    # below is c+4 (not in row 3); teacher positions stop at 15 (cell 15 is never read).
+    current, right, below = as_lists(pairs(4, "grid2d", "ema", k=3))
+    assert current == [(p, p) for p in range(16)]
+    assert right == [(0, 0), (1, 2), (2, 3), (3, 4), (5, 6), (6, 7), (7, 8), (9, 10), (10, 11), (11, 12),
+                     (13, 14), (14, 15)]
+    assert below == [(0, 0)] + [(p, p + 4) for p in range(1, 12)]
+    without_class = as_lists(pairs(4, "grid2d", "ema", k=3, align_class_token=False))
+    assert [h[0] for h in without_class] == [(1, 1), (1, 2), (1, 5)]
+
+
+def test_grid2d_encoder_pairs_current_and_next():
+    (current,) = as_lists(pairs(4, "grid2d", "encoder"))
+    assert current == [(p, p - 1) for p in range(1, 16)]  # the class position is never aligned
+    (predicted,) = as_lists(pairs(4, "grid2d", "encoder", pair_with="next"))
+    assert predicted == [(p, p) for p in range(1, 16)]
+    _, right, below = as_lists(pairs(4, "grid2d", "encoder", k=3))
+    assert right == [(p, p) for p in range(1, 16) if (p - 1) % 4 != 3]
+    assert below == [(p, p + 3) for p in range(1, 13)]
+
+
+def test_explicit_offsets():
+    (up_left,) = as_lists(pairs(4, "grid2d", "encoder", offsets=[(-1, -1)]))
+    assert up_left == [(p, p - 6) for p in range(5, 16) if (p - 1) % 4 != 0]  # row >= 1 and col >= 1
+    with pytest.raises(ConfigError):
+        pairs(4, "raster1d", "ema", offsets=[(0, 1)])
+
+
+def test_raster1d_pairs_by_hand_4x4():
+    heads = as_lists(pairs(4, "raster1d", "ema", k=3))
+    for shift, head in enumerate(heads):
+        assert head == [(0, 0)] + [(p, p + shift) for p in range(1, 16 - shift)]  # runs across row ends
+    enc = as_lists(pairs(4, "raster1d", "encoder", k=2))
+    assert enc[1] == [(p, p) for p in range(1, 16)]
+
+
+def test_reference_layout_is_the_authors_flat_shifts_with_wrap():
+    n = 256
+    heads = pairs(16, "reference", "ema", k=10)
+    shifts = list(REFERENCE_SHIFTS) + [9]  # head >= 9: 1-D shift by the head index
+    for shift, (s, t) in zip(shifts, heads):
+        assert s[0] == 0 and t[0] == 0  # class with class in every head
+        assert torch.equal(t[1:] - s[1:], torch.full_like(s[1:], shift))
+        assert s[1:].tolist() == list(range(1, n - shift))
+    s, t = heads[1]
+    assert 16 in s.tolist() and t[s.tolist().index(16)] == 17  # p=16 read the row's last cell: "right" wraps
+    # Written for 16-wide grids and used unchanged: on a 4x4 grid "+16" leaves the sequence entirely.
+    assert as_lists(pairs(4, "reference", "ema", k=3))[2] == [(0, 0)]
+
+
+@pytest.mark.parametrize("g", [1, 2, 3, 5, 7])
+@pytest.mark.parametrize("source", ["encoder", "ema"])
+def test_grid2d_never_crosses_a_row_end(g, source):
+    offsets = nearest_future_offsets(9)
+    for (dr, dc), (s, t) in zip(offsets, pairs(g, "grid2d", source, k=9, align_class_token=False)):
+        cell_s = s - 1
+        cell_t = t - 1 if source == "ema" else t
+        assert torch.equal(cell_t // g - cell_s // g, torch.full_like(s, dr))
+        assert torch.equal(cell_t % g - cell_s % g, torch.full_like(s, dc))
+        # every in-grid pair is kept (the teacher never read the last cell): count them directly
+        last = g * g - 1 if source == "ema" else g * g
+        expected = sum(
+            1 for c in range(g * g - 1)
+            if 0 <= c // g + dr < g and 0 <= c % g + dc < g and (c // g + dr) * g + c % g + dc < last
+        )
+        assert len(s) == expected
+
+
+def test_mirai_i_pairs_each_position_with_the_cell_of_the_token_it_just_read():
+    g = 5
+    tokens = torch.arange(g * g)  # the token at cell c has id c
+    sequence = torch.cat([torch.tensor([-1]), tokens[:-1]])  # [class, x_1 .. x_{N-1}] as the GPT reads it
+    ((s, t),) = pairs(g, "grid2d", "encoder")
+    assert torch.equal(sequence[s], t)
+
+
+# ---------------------------------------------------------------------------------------- heads
+def test_head_parameter_counts_match_the_paper():
+    mlp = sum(p.numel() for p in MLPHead(768, 768, 2048).parameters())
+    transformer = sum(p.numel() for p in TransformerHead(768, 768).parameters())
+    assert round(mlp / 1e6, 2) == 7.34
+    assert round(transformer / 1e6, 2) == 7.68
+    assert default_hidden(768) == 2048 and default_hidden(1280) == 2048 and default_hidden(64) == 256
+
+
+def test_transformer_head_mixes_positions_mlp_head_does_not():
+    x = torch.randn(1, 6, 16)
+    y = x.clone()
+    y[0, 5] = torch.randn(16)  # change only the last position
+    for head, mixes in ((MLPHead(16, 8), False), (TransformerHead(16, 8), True)):
+        changed = (head(x) - head(y))[0, :5].abs().max() > 1e-6
+        assert bool(changed) == mixes
+
+
+# ---------------------------------------------------------------------------------------- schedules
+def test_const_and_step_schedules():
+    assert LambdaSchedule()(at()) == 2.0
+    half = LambdaSchedule(kind="step", values=[2, 1], at=[0.5])
+    assert half(at(fraction=0.49)) == 2.0 and half(at(fraction=0.5)) == 1.0
+    three = LambdaSchedule(kind="step", values=[2, 1, 0.5], at=[80, 200], unit="epoch")
+    assert [three(at(epoch=e)) for e in (0, 79.9, 80, 199, 200, 300)] == [2, 2, 1, 1, 0.5, 0.5]
+    by_step = LambdaSchedule(kind="step", values=[3, 0], at=[10], unit="step")
+    assert by_step(at(step=9)) == 3 and by_step(at(step=10)) == 0
+
+
+def test_cosine_schedule():
+    cos = LambdaSchedule(kind="cosine", values=[2, 0])
+    assert cos(at(fraction=0)) == pytest.approx(2) and cos(at(fraction=1)) == pytest.approx(0)
+    assert cos(at(fraction=0.5)) == pytest.approx(1) and cos(at(fraction=0.25)) == pytest.approx(1 + math.sqrt(0.5))
+    window = LambdaSchedule(kind="cosine", values=[2, 1], at=[10, 20], unit="epoch")
+    assert window(at(epoch=5)) == 2 and window(at(epoch=15)) == pytest.approx(1.5) and window(at(epoch=30)) == 1
+
+
+@pytest.mark.parametrize("spec", [
+    dict(kind="const", values=[1, 2]),
+    dict(kind="step", values=[2, 1]),
+    dict(kind="step", values=[2, 1, 0.5], at=[0.6, 0.3]),
+    dict(kind="step", values=[2, 1], at=[1.5]),
+    dict(kind="cosine", values=[2, 0], unit="epoch"),
+    dict(kind="const", values=[-1]),
+])
+def test_bad_schedules_are_rejected(spec):
+    with pytest.raises(ConfigError):
+        from_dict(LambdaSchedule, spec)
+
+
+# ---------------------------------------------------------------------------------------- config
+def test_config_defaults_follow_the_paper():
+    ema = from_dict(ForesightConfig, {"source": "ema"})
+    assert ema.num_heads() == 3 and ema.warmup_spec() == (15.0, "epoch")
+    assert ema.schedules() == [LambdaSchedule(kind="step", values=[2.0, 1.0], at=[0.5])] * 3
+    enc = from_dict(ForesightConfig, {"source": "encoder"})
+    assert enc.num_heads() == 1 and enc.warmup_spec() == (0.0, "epoch") and enc.schedules() == [LambdaSchedule()]
+    assert [ema.resolve_layer(n) for n in (12, 24, 36, 48)] == [8, 16, 24, 32]
+    assert enc.encoder_spec(768) == "dinov2_vitb14" and enc.encoder_spec(1024) == "dinov2_vitl14"
+    per_head = from_dict(ForesightConfig, {"source": "ema", "k": 2, "lambdas": [{"values": [1]}, {"values": [3]}]})
+    assert [s(at()) for s in per_head.schedules()] == [1, 3]
+
+
+@pytest.mark.parametrize("data", [
+    {"source": "ema", "k": 0},
+    {"source": "ema", "k": 2, "lambdas": [{"values": [1]}] * 3},
+    {"source": "ema", "layout": "raster1d", "offsets": [[0, 1]]},
+    {"source": "ema", "k": 2, "offsets": [[0, 1]]},
+    {"source": "encoder", "output_diagnostic": True},
+    {"source": "ema", "head": "transformer", "head_hidden": 512},
+    {"source": "ema", "warmup_unit": "step"},
+    {"source": "ema", "warmup": -1},
+    {"source": "ema", "typo": 1},
+])
+def test_bad_configs_are_rejected(data):
+    with pytest.raises(ConfigError):
+        from_dict(ForesightConfig, data)
+
+
+def test_disabled_config_builds_nothing():
+    assert build_auxiliary_loss(ForesightConfig(), tiny_gpt(), None) is None
+
+
+# ---------------------------------------------------------------------------------------- sources
+def test_ema_teacher_targets_are_the_ema_models_block_output_in_eval_mode():
+    model = tiny_gpt(class_dropout_prob=0.5)
+    ema = copy.deepcopy(model).train()
+    ema.layers[0].attention.eval()  # a mixed-mode module tree must come back exactly as it was
+    modes = [m.training for m in ema.modules()]
+    batch = batch_of()
+    targets = EMASource(ema, layer=1).targets(batch)
+    assert [m.training for m in ema.modules()] == modes
+    reference = copy.deepcopy(ema).eval()(batch["tokens"][:, :-1], batch["labels"], stop_after=1)
+    assert targets.shape == (4, G * G, 64) and not targets.requires_grad
+    torch.testing.assert_close(targets, reference)  # no dropout, true labels, same weights
+
+
+def test_ema_source_checks_the_layer():
+    with pytest.raises(ConfigError):
+        EMASource(tiny_gpt(), layer=3)
+
+
+def test_encoder_source_runs_the_encoder_frozen_or_reads_the_cache():
+    encoder = PatchEncoder().train()
+    images = torch.rand(4, 3, 16, 16)
+    batch = {**batch_of(), "images": images}
+    source = EncoderSource(encoder)
+    targets = source.targets(batch)
+    assert encoder.training and source.feature_dim == 12
+    torch.testing.assert_close(targets, encoder.eval()(images))
+    cache = torch.randn(10, G * G, 12)
+    cached = EncoderSource(None, cache).targets({**batch_of(), "feature_index": torch.tensor([3, 1, 4, 1])})
+    assert torch.equal(cached, cache[[3, 1, 4, 1]])
+    with pytest.raises(ConfigError):
+        source.targets({**batch_of(), "images": torch.rand(4, 3, 8, 8)})  # a 2x2 feature grid for 4x4 tokens
+
+
+# ---------------------------------------------------------------------------------------- the loss
+class HiddenAsTarget:
+    """A source whose targets are the student's own hidden states: perfect alignment through identity heads."""
+
+    feature_dim = 64
+
+    def __init__(self):
+        self.hidden = None
+
+    def targets(self, batch):
+        return self.hidden
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_loss_weights_heads_by_lambda_and_reduces(reduction):
+    source = HiddenAsTarget()
+    head_pairs = pairs(G, "grid2d", "encoder", offsets=[(0, 0), (0, 0)], pair_with="next")  # target = student pos
+    schedules = [LambdaSchedule(values=[2.0]), LambdaSchedule(values=[0.5])]
+    loss = ForesightLoss(source, [nn.Identity(), nn.Identity()], head_pairs, schedules, layer=1, reduction=reduction)
+    source.hidden = torch.randn(3, G * G, 64)
+    terms, logs = loss(batch_of(3), {1: source.hidden}, at())
+    expected = -(2.0 + 0.5) / (2 if reduction == "mean" else 1)
+    assert terms["foresight"].item() == pytest.approx(expected, abs=1e-5)
+    assert logs["foresight/loss0"] == pytest.approx(-1.0, abs=1e-5)
+    assert logs["foresight/lambda0"] == 2.0 and logs["foresight/lambda1"] == 0.5
+
+
+def test_warmup_turns_foresight_off_until_it_ends():
+    model, ema = tiny_gpt(), tiny_gpt()
+    loss = build_auxiliary_loss(from_dict(ForesightConfig, {"source": "ema"}), model, ema)
+    batch = batch_of()
+    _, hidden = model(batch["tokens"][:, :-1], batch["labels"], hidden_layers=loss.hidden_layers)
+    terms, logs = loss(batch, hidden, at(epoch=14.9))
+    assert terms == {} and logs["foresight/lambda0"] == 0.0
+    terms, logs = loss(batch, hidden, at(epoch=15.0, fraction=0.2))
+    assert set(terms) == {"foresight"} and logs["foresight/lambda2"] == 2.0
+    assert build_auxiliary_loss(from_dict(ForesightConfig, {"source": "encoder"}), model, None,
+                                encoder=PatchEncoder()).warmup == (0.0, "epoch")
+    steps = from_dict(ForesightConfig, {"source": "ema", "warmup": 100, "warmup_unit": "step"})
+    assert build_auxiliary_loss(steps, model, ema)(batch, hidden, at(step=99))[0] == {}
+
+
+def test_no_gradient_reaches_the_teacher_and_only_heads_are_parameters():
+    model = tiny_gpt()
+    ema = copy.deepcopy(model)
+    loss = build_auxiliary_loss(from_dict(ForesightConfig, {"source": "ema", "warmup": 0}), model, ema)
+    assert loss.hidden_layers == (1,)  # round(2/3 * 2 blocks)
+    head_params = {id(p) for p in loss.heads.parameters()}
+    assert {id(p) for p in loss.parameters()} == head_params
+    assert all(k.startswith("heads.") for k in loss.state_dict())
+    batch = batch_of()
+    logits, hidden = model(batch["tokens"][:, :-1], batch["labels"], hidden_layers=loss.hidden_layers)
+    terms, _ = loss(batch, hidden, at())
+    terms["foresight"].backward()
+    assert all(p.grad is None for p in ema.parameters())
+    assert model.layers[0].attention.wqkv.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in loss.parameters())
+
+
+def test_no_gradient_reaches_the_encoder():
+    model, encoder = tiny_gpt(), PatchEncoder()
+    loss = build_auxiliary_loss(from_dict(ForesightConfig, {"source": "encoder"}), model, None, encoder=encoder)
+    assert loss.heads[0].net[-1].out_features == PatchEncoder.feature_dim
+    assert not any(p is q for p in loss.parameters() for q in encoder.parameters())
+    batch = {**batch_of(), "images": torch.rand(4, 3, 16, 16)}
+    _, hidden = model(batch["tokens"][:, :-1], batch["labels"], hidden_layers=loss.hidden_layers)
+    loss(batch, hidden, at())[0]["foresight"].backward()
+    assert all(p.grad is None for p in encoder.parameters())
+    assert model.tok_embeddings.weight.grad is not None
+
+
+def test_cached_features_need_a_cache():
+    cfg = from_dict(ForesightConfig, {"source": "encoder", "cache_features": True})
+    with pytest.raises(ConfigError):
+        build_auxiliary_loss(cfg, tiny_gpt(), None, encoder=PatchEncoder())
+    loss = build_auxiliary_loss(cfg, tiny_gpt(), None, features=torch.randn(8, G * G, 6))
+    assert loss.source.encoder is None and loss.heads[0].net[-1].out_features == 6
+
+
+def test_ema_source_needs_the_ema_model():
+    with pytest.raises(ConfigError):
+        build_auxiliary_loss(from_dict(ForesightConfig, {"source": "ema"}), tiny_gpt(), None)
+
+
+def _optimise(loss, model, batch, steps=12):
+    opt = torch.optim.Adam([*model.parameters(), *loss.parameters()], lr=3e-3)
+    values = []
+    for _ in range(steps):
+        _, hidden = model(batch["tokens"][:, :-1], batch["labels"], hidden_layers=loss.hidden_layers)
+        term = loss(batch, hidden, at())[0]["foresight"]
+        opt.zero_grad()
+        term.backward()
+        opt.step()
+        values.append(term.item())
+    return values
+
+
+@pytest.mark.parametrize("head", ["mlp", "transformer"])
+def test_training_lowers_the_alignment_loss_with_the_ema_teacher(head):
+    torch.manual_seed(0)
+    model = tiny_gpt()
+    ema = tiny_gpt()  # a different network, so the alignment starts far from perfect
+    loss = build_auxiliary_loss(from_dict(ForesightConfig, {"source": "ema", "warmup": 0, "head": head}), model, ema)
+    values = _optimise(loss, model, batch_of(8))
+    assert values[-1] < values[0] - 0.3, values
+
+
+def test_training_lowers_the_alignment_loss_with_an_encoder():
+    torch.manual_seed(0)
+    model = tiny_gpt()
+    loss = build_auxiliary_loss(from_dict(ForesightConfig, {"source": "encoder"}), model, None, encoder=PatchEncoder())
+    values = _optimise(loss, model, {**batch_of(8), "images": torch.rand(8, 3, 16, 16)})
+    assert values[-1] < values[0] - 0.3, values
+
+
+# ---------------------------------------------------------------------------------------- diagnostic
+def test_output_diagnostic_predicts_the_tokens_the_ema_pairs_point_at():
+    model = tiny_gpt()
+    cfg = from_dict(ForesightConfig, {"source": "ema", "output_diagnostic": True, "warmup": 0})
+    loss = build_auxiliary_loss(cfg, model, None)  # needs no teacher
+    assert isinstance(loss, OutputDiagnosticLoss) and loss.hidden_layers == (model.args.n_layer,)
+    assert {id(p) for p in loss.parameters()} == {id(p) for p in loss.heads.parameters()}
+    # head 0 (offset 0, 0) at position p predicts tokens[:, p], the next token, like NTP
+    assert torch.equal(loss.student0, loss.target0)
+    batch = batch_of()
+    _, hidden = model(batch["tokens"][:, :-1], batch["labels"], hidden_layers=loss.hidden_layers)
+    terms, logs = loss(batch, hidden, at(fraction=0.1))  # lambda 2 before the step at half of training
+    # A zero-initialised output layer predicts uniformly: every head starts at ln V.
+    assert logs["output_foresight/loss1"] == pytest.approx(math.log(V), rel=1e-4)
+    assert terms["output_foresight"].item() == pytest.approx(3 * 2.0 * math.log(V), rel=1e-4)
+    terms["output_foresight"].backward()
+    assert model.output.weight.grad.abs().sum() > 0 and model.layers[0].attention.wqkv.weight.grad is not None
+    assert all(p.grad is not None for p in loss.parameters())
