@@ -26,12 +26,17 @@ def run(args: argparse.Namespace) -> int:
 
     from mirai.config import load_config, to_dict
     from mirai.training.config import TrainConfig
+    from mirai.training.distributed import is_main, shutdown
     from mirai.training.trainer import summary_json, train
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
-    result = train(cfg, resume=args.resume)
-    print(summary_json(result))
+    try:
+        result = train(cfg, resume=args.resume)
+        if is_main():
+            print(summary_json(result))
+    finally:
+        shutdown()
     return 0

@@ -79,7 +79,7 @@ class EncoderSource:
         tokens = batch["tokens"]
         if self.features is not None and "feature_index" in batch:
             index = batch["feature_index"].to(self.features.device)
-            out = self.features[index].to(tokens.device, non_blocking=True)
+            out = self.features[index].to(tokens.device, non_blocking=True).float()
         elif self.encoder is not None and "images" in batch:
             with frozen_eval(self.encoder):
                 out = self.encoder(batch["images"])

@@ -46,9 +46,13 @@ class TrainingData:
         self.steps_per_epoch = len(self.store) // batch
         if self.steps_per_epoch == 0:
             raise ConfigError(f"optim.batch_size={batch} is larger than the {len(self.store)} training images")
-        self.with_images = cfg.foresight.source == "encoder"
+        encoder_source = cfg.foresight.source == "encoder"
+        # Mirai-I reads the exact pixels of each code row, or their precomputed features.
+        self.with_images = encoder_source and not cfg.foresight.cache_features
+        self.with_feature_index = encoder_source and cfg.foresight.cache_features
 
-    def _batch(self, store: CodeStore, indices: np.ndarray, views: np.ndarray, device, with_images: bool) -> dict:
+    def _batch(self, store: CodeStore, indices: np.ndarray, views: np.ndarray, device, with_images: bool,
+               with_feature_index: bool = False) -> dict:
         tokens = torch.from_numpy(store.codes[indices, views].reshape(len(indices), -1).astype(np.int64))
         batch = {
             "tokens": tokens.to(device),
@@ -58,6 +62,8 @@ class TrainingData:
         }
         if with_images:
             batch["images"] = store.source_images(indices, views).to(device)
+        if with_feature_index:
+            batch["feature_index"] = torch.from_numpy(indices * store.num_views + views)
         return batch
 
     def step_batches(self, step: int, device) -> list[dict]:
@@ -69,7 +75,7 @@ class TrainingData:
         mine = global_indices.reshape(self.world_size, -1)[self.rank]
         views = epoch_views(self.cfg.seed, epoch, len(self.store), self.store.num_views)
         return [
-            self._batch(self.store, chunk, views[chunk], device, self.with_images)
+            self._batch(self.store, chunk, views[chunk], device, self.with_images, self.with_feature_index)
             for chunk in mine.reshape(self.cfg.optim.grad_accum, -1)
         ]
 
@@ -80,6 +86,24 @@ class TrainingData:
         for start in range(0, len(indices), self.micro_batch):
             chunk = indices[start : start + self.micro_batch]
             yield self._batch(self.val, chunk, np.zeros_like(chunk), device, with_images=False)
+
+    def encoder_features(self, encoder: torch.nn.Module, batch_size: int = 256) -> torch.Tensor:
+        """``encoder`` features of every stored (image, view) row, row ``image * num_views + view``.
+
+        For small datasets (``foresight.cache_features``): the encoder then runs once per view
+        instead of once per step. Memory: ``images x views x g^2 x C`` float16 values.
+        """
+        from mirai.foresight.encoders import cache_features
+
+        n, v = len(self.store), self.store.num_views
+        rows = np.arange(n * v)
+
+        def batches():
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start : start + batch_size]
+                yield self.store.source_images(chunk // v, chunk % v)
+
+        return cache_features(encoder, batches(), n * v, desc="foresight features")
 
     @cached_property
     def _vq(self):

@@ -58,3 +58,14 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(run_dir: str | Path, step: int) -> None:
+    """Drop records after ``step``: a resumed run logs those steps again from its checkpoint."""
+    path = Path(run_dir) / "metrics.jsonl"
+    records = read_metrics(run_dir)
+    if any(r["step"] > step for r in records):
+        kept = "".join(json.dumps(r) + "\n" for r in records if r["step"] <= step)
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text(kept)
+        tmp.replace(path)

@@ -31,7 +31,7 @@ from mirai.training import state as run_state
 from mirai.training.config import TrainConfig
 from mirai.training.data import TrainingData
 from mirai.training.distributed import DistInfo, barrier, init_distributed
-from mirai.training.metrics import MetricsLogger
+from mirai.training.metrics import MetricsLogger, truncate_metrics
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
@@ -105,7 +105,8 @@ class Trainer:
         self.dist = dist or init_distributed(cfg.device)
         self.device = self.dist.device
         self.run_dir = Path(cfg.run_dir)
-        torch.manual_seed(cfg.seed + self.dist.rank)
+        # Every rank builds identical weights (the EMA and the heads are never broadcast by DDP)...
+        torch.manual_seed(cfg.seed)
 
         self.data = TrainingData(cfg, rank=self.dist.rank, world_size=self.dist.world_size)
         m = cfg.model
@@ -120,7 +121,7 @@ class Trainer:
         if not cfg.dropout:
             self.gpt.cls_embedding.dropout_prob = 0.0
         self.ema = copy.deepcopy(self.gpt).eval().requires_grad_(False)
-        auxiliary = build_auxiliary_loss(cfg.foresight, self.gpt, self.ema)
+        auxiliary = build_auxiliary_loss(cfg.foresight, self.gpt, self.ema, **self._encoder_inputs())
         if auxiliary is not None:
             auxiliary.to(self.device)
         self.objective = Objective(self.gpt, auxiliary)
@@ -135,6 +136,7 @@ class Trainer:
                 self.objective, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=auxiliary is not None,
             )
+        torch.manual_seed(cfg.seed + 1_000 * (1 + self.dist.rank))  # ...then draws its own dropout masks.
         if cfg.compile:
             self.gpt.compile()  # in place: the module (and its state-dict names) stay the same
         self.autocast_dtype = self._autocast_dtype()
@@ -144,6 +146,16 @@ class Trainer:
         self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ helpers
+    def _encoder_inputs(self) -> dict:
+        """Mirai-I with ``cache_features``: run the encoder over every stored view once, up front."""
+        f = self.cfg.foresight
+        if f.source != "encoder" or not f.cache_features:
+            return {}
+        from mirai.foresight.encoders import build_encoder
+
+        encoder = build_encoder(f.encoder_spec(self.gpt.args.dim), self.data.grid_size, device=self.device)
+        return {"features": self.data.encoder_features(encoder)}
+
     def _autocast_dtype(self) -> torch.dtype | None:
         p = self.cfg.precision
         if p == "fp32" or (p == "auto" and not (self.device.type == "cuda" and torch.cuda.is_bf16_supported())):
@@ -248,6 +260,8 @@ class Trainer:
 
     def resume(self, path: str | Path | None = None) -> None:
         run_state.load_training_checkpoint(self, path)
+        if self.dist.is_main:
+            truncate_metrics(self.run_dir, self.step)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainResult:

@@ -1,0 +1,135 @@
+"""Shared helpers of the benchmark scripts: arguments, machine description, interleaved timing, JSON.
+
+Benchmarks report *ratios measured within one run*: the compared variants are run in
+alternating order, round after round, and each round gives one ratio; the median over
+rounds is reported. Absolute times are printed too, but only the ratios travel between
+machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def base_parser(doc: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (small sizes, few repeats)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--repeats", type=int, help="timed rounds (default: per script, fewer with --quick)")
+    parser.add_argument("--out", type=Path, help="JSON output (default benchmarks/results/NAME.json)")
+    return parser
+
+
+def setup(args: argparse.Namespace) -> torch.device:
+    torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device is visible to PyTorch")
+    return torch.device(args.device)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def machine(device: torch.device) -> dict:
+    """What the numbers were measured on (recorded in every JSON)."""
+    info = {
+        "nproc": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "loadavg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def warn_if_busy(threads: int) -> None:
+    """Other processes on the cores inflate small-op latency (OpenMP threads wait for each other)."""
+    if not hasattr(os, "getloadavg"):
+        return
+    load = os.getloadavg()[0]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if load > 0.5 and load + threads > cores + 0.5:
+        print(f"warning: load average {load:.1f} on {cores} cores before starting; with {threads} threads this "
+              "run shares the cores with other work, and ratios between variants of different op "
+              "granularity are distorted (try --threads 1 or an idle machine)", file=sys.stderr)
+
+
+def interleaved(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                device: torch.device | None = None) -> tuple[dict[str, list[float]], dict[str, object]]:
+    """Run each variant ``warmup`` times, then ``repeats`` rounds in alternating order.
+
+    Returns (seconds per call, one list per variant in round order) and the last result of
+    each variant. Round r runs the variants forwards when r is even, backwards when odd, so
+    slow drifts (thermal, other load) hit every variant alike.
+    """
+    names = list(variants)
+    last: dict[str, object] = {}
+    for name in names:
+        for _ in range(warmup):
+            last[name] = variants[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            if device is not None:
+                sync(device)
+            start = time.perf_counter()
+            last[name] = variants[name]()
+            if device is not None:
+                sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times, last
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def round_ratios(times: dict[str, list[float]], variant: str, reference: str) -> list[float]:
+    """Per-round ratios time(variant) / time(reference)."""
+    return [a / b for a, b in zip(times[variant], times[reference])]
+
+
+def spread(values: list[float]) -> str:
+    """``min-max`` of a list, for the table."""
+    return f"{min(values):.3g}-{max(values):.3g}" if values else "-"
+
+
+def print_table(headers: list[str], rows: list[list[object]]) -> None:
+    cells = [[str(h) for h in headers]] + [[c if isinstance(c, str) else f"{c:.4g}" if isinstance(c, float)
+                                            else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for i, row in enumerate(cells):
+        print("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def write_json(name: str, payload: dict, out: Path | None = None) -> Path:
+    path = out or RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(f"wrote {path}")
+    return path

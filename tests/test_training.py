@@ -1,0 +1,305 @@
+"""The training loop on tiny models and stores: learning, exact resume, DDP equivalence,
+signals, NaN handling, Mirai-I/E end to end, and the train/sample CLI. CPU-only, offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.multiprocessing as mp
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from mirai import checkpoint
+from mirai.cli.main import main
+from mirai.config import apply_overrides, from_dict, read_yaml
+from mirai.data.codes import extract
+from mirai.data.folders import ImageFolder
+from mirai.data.views import ViewSpec
+from mirai.errors import ConfigError, DataError, TrainingError
+from mirai.models import build_vq
+from mirai.training import trainer as trainer_module
+from mirai.training.config import TrainConfig
+from mirai.training.metrics import read_metrics
+from mirai.training.trainer import Trainer, train
+
+TINY_VIT = {"depth": 1, "embed_dim": 32, "num_heads": 2}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models gain nothing from a second thread, and a busy 2-core machine makes it slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """Train and validation stores: 3 classes of 8 px images, 4x4 tokens from a 64-code VQ, 10 views."""
+    root = tmp_path_factory.mktemp("stores")
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 8), ("val", 2)):
+        for c, name in enumerate(["a", "b", "c"]):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                # Class-dependent brightness gives the model something to learn.
+                pixels = np.clip(rng.normal(60 + 70 * c, 30, (10, 10, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    torch.manual_seed(0)
+    vq = build_vq("VQ-Tiny", codebook_size=64, codebook_dim=4).eval()
+    vq_dir = checkpoint.save(root / "vq", vq)
+    spec = ViewSpec("ten_crop", 8)
+    for split in ("train", "val"):
+        extract(vq, ImageFolder.scan(root / split), spec, root / f"codes_{split}", tokenizer_path=vq_dir,
+                progress=False)
+    encoder = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=56, num_classes=0,
+                                **TINY_VIT)
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(root / "vit.safetensors"))
+    return root
+
+
+def make_cfg(stores: Path, run_dir: Path, **overrides) -> TrainConfig:
+    base = {
+        "run_dir": str(run_dir), "seed": 3, "steps": 6, "device": "cpu", "precision": "fp32",
+        "log_every": 1, "eval_every": 0, "save_every": 0, "keep_last": 2,
+        "model": {"name": "GPT-Nano"},
+        "data": {"codes": str(stores / "codes_train"), "val_codes": str(stores / "codes_val"), "val_images": 0},
+        "optim": {"lr": 3e-3, "batch_size": 8},
+        "ema": {"decay": 0.9, "warmup": True},
+        "sampling": {"cfg_scale": 1.5},
+    }
+    return from_dict(TrainConfig, apply_overrides(base, [f"{k}={v}" for k, v in overrides.items()]))
+
+
+def encoder_overrides(stores: Path) -> dict:
+    spec = {"name": "dinov2_vits14", "weights": str(stores / "vit.safetensors"), "model_args": TINY_VIT}
+    return {"foresight.source": "encoder", "foresight.encoder": json.dumps(spec), "foresight.warmup": 0}
+
+
+def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ------------------------------------------------------------------------------------ one process
+def test_training_learns_and_writes_a_complete_run(stores, tmp_path):
+    cfg = make_cfg(stores, tmp_path / "run", steps=30, eval_every=10, save_every=10)
+    result = train(cfg)
+    run = Path(result.run_dir)
+    records = read_metrics(run)
+    losses = [r["loss/ntp"] for r in records if "loss/ntp" in r]
+    assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3
+    vals = [r["val/nll_ema"] for r in records if "val/nll_ema" in r]
+    assert len(vals) == 3 and result.val_nll == vals[-1] and vals[-1] < np.log(64)
+    # keep_last=2 step checkpoints plus the best one; the final one is what the result names.
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "step_0000020", "step_0000030"]
+    assert result.checkpoint == run / "checkpoints" / "step_0000030"
+    assert (run / "samples" / "final.png").is_file()
+    # The saved config rebuilds the run's config exactly; the checkpoint holds it too.
+    assert from_dict(TrainConfig, read_yaml(run / "config.yaml")) == cfg
+    assert from_dict(TrainConfig, read_yaml(result.checkpoint / "train_config.yaml")) == cfg
+    ema = checkpoint.load(result.checkpoint, use_ema=True)
+    assert ema.args.n_layer == 2 and ema.args.vocab_size == 64 and ema.args.grid_size == 4
+
+
+def test_gradient_accumulation_matches_one_big_batch(stores, tmp_path):
+    results = []
+    for accum in (1, 2):
+        t = Trainer(make_cfg(stores, tmp_path / f"a{accum}", dropout=False, **{"optim.grad_accum": accum}))
+        for _ in range(3):
+            t.train_step()
+        results.append(weights(t.gpt))
+    for k in results[0]:
+        torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("source", ["none", "ema", "encoder"])
+def test_resume_continues_exactly(stores, tmp_path, source):
+    """2k steps in one go == k steps, stop, resume for k more (dropout on: RNG state is restored)."""
+    extra = {"none": {}, "ema": {"foresight.source": "ema", "foresight.warmup": 2, "foresight.warmup_unit": "step"},
+             "encoder": encoder_overrides(stores)}[source]
+    whole = Trainer(make_cfg(stores, tmp_path / "whole", steps=6, **extra))
+    whole.fit()
+    # Same budget (schedules depend on the fraction of training done), stopped half way.
+    first = Trainer(make_cfg(stores, tmp_path / "split", steps=6, **extra))
+    for _ in range(3):
+        first.train_step()
+    first.save()
+    second = Trainer(make_cfg(stores, tmp_path / "split", steps=6, **extra))
+    second.resume()
+    assert second.step == 3
+    second.fit()
+    assert_same(weights(whole.gpt), weights(second.gpt))
+    assert_same(weights(whole.ema), weights(second.ema))
+    if source != "none":
+        assert_same(weights(whole.objective.auxiliary), weights(second.objective.auxiliary))
+    assert_same(whole.optimizer.state_dict()["state"][0], second.optimizer.state_dict()["state"][0])
+
+
+def test_existing_run_needs_resume(stores, tmp_path):
+    cfg = make_cfg(stores, tmp_path / "run", steps=2)
+    train(cfg)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(cfg)
+    result = train(make_cfg(stores, tmp_path / "run", steps=4), resume=True)
+    assert result.step == 4
+
+
+def test_sigterm_saves_a_checkpoint_then_stops(stores, tmp_path, monkeypatch):
+    step = Trainer.train_step
+
+    def step_then_signal(self):
+        logs = step(self)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return logs
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    cfg = make_cfg(stores, tmp_path / "run", steps=10)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith("step")] == [
+        "step_0000003"]
+    assert signal.getsignal(signal.SIGTERM) is not None  # the handler was restored
+    monkeypatch.setattr(Trainer, "train_step", step)
+    assert train(cfg, resume=True).step == 10
+
+
+def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(stores, tmp_path, monkeypatch):
+    cfg = make_cfg(stores, tmp_path / "run", steps=4, save_every=2)
+    train(cfg)
+    saved = tmp_path / "run" / "checkpoints" / "step_0000004"
+    before = load_file(str(saved / "model.safetensors"))
+    ntp = trainer_module.ntp_loss
+    calls = {"n": 0}
+
+    def poisoned(logits, tokens):
+        calls["n"] += 1
+        loss = ntp(logits, tokens)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(trainer_module, "ntp_loss", poisoned)
+    with pytest.raises(TrainingError, match=r"loss became nan at step 5.*last good checkpoint"):
+        train(make_cfg(stores, tmp_path / "run", steps=8, save_every=2), resume=True)
+    assert_same(before, load_file(str(saved / "model.safetensors")))
+    assert checkpoint.load(saved, use_ema=True) is not None
+
+
+def test_config_errors_name_the_fix(stores, tmp_path):
+    with pytest.raises(ConfigError, match="exactly one of steps and epochs"):
+        Trainer(make_cfg(stores, tmp_path / "r", epochs=1))
+    with pytest.raises(ConfigError, match=r"config.optim: unknown key.*lerning_rate.*lr"):
+        make_cfg(stores, tmp_path / "r", **{"optim.lerning_rate": 1})
+    with pytest.raises(DataError, match="64-code tokenizer.*vocab_size=512"):
+        Trainer(make_cfg(stores, tmp_path / "r", **{"model.vocab_size": 512}))
+    with pytest.raises(DataError, match="grid_size=16"):
+        Trainer(make_cfg(stores, tmp_path / "r", **{"model.grid_size": 16}))
+    with pytest.raises(ConfigError, match="not divisible"):
+        Trainer(make_cfg(stores, tmp_path / "r", **{"optim.batch_size": 9, "optim.grad_accum": 2}))
+    with pytest.raises(ConfigError, match="data.codes"):
+        Trainer(make_cfg(stores, tmp_path / "r", **{"data.codes": ""}))
+
+
+# ------------------------------------------------------------------------------------ foresight
+def test_mirai_e_trains_its_heads_and_exports_a_plain_gpt(stores, tmp_path):
+    cfg = make_cfg(stores, tmp_path / "run", steps=12, **{
+        "foresight.source": "ema", "foresight.warmup": 4, "foresight.warmup_unit": "step"})
+    result = train(cfg)
+    records = [r for r in read_metrics(result.run_dir) if "loss/ntp" in r]
+    # NTP only during the warm-up, then three heads with lambda 2 -> 1 at half of training.
+    assert all("loss/foresight" not in r and r["loss/total"] == r["loss/ntp"] for r in records[:4])
+    assert all(r["loss/total"] == pytest.approx(r["loss/ntp"] + r["loss/foresight"]) for r in records[4:])
+    assert {"foresight/loss0", "foresight/loss2", "foresight/lambda0"} <= records[-1].keys()
+    assert records[5]["foresight/lambda0"] == 2.0 and records[-1]["foresight/lambda0"] == 1.0
+    ckpt = checkpoint.read_checkpoint(result.checkpoint)
+    assert not any("head" in k for k in ckpt.model)  # heads are training-only
+    assert load_file(str(result.checkpoint / "auxiliary.safetensors"))
+
+
+def test_mirai_i_feature_cache_gives_the_same_targets(stores, tmp_path):
+    live = Trainer(make_cfg(stores, tmp_path / "live", **encoder_overrides(stores)))
+    cached = Trainer(make_cfg(stores, tmp_path / "cached", **encoder_overrides(stores),
+                              **{"foresight.cache_features": True}))
+    batch_live = live.data.step_batches(0, live.device)[0]
+    batch_cached = cached.data.step_batches(0, cached.device)[0]
+    assert "images" in batch_live and "feature_index" in batch_cached and "images" not in batch_cached
+    targets_live = live.objective.auxiliary.source.targets(batch_live)
+    targets_cached = cached.objective.auxiliary.source.targets(batch_cached)
+    torch.testing.assert_close(targets_cached, targets_live, atol=2e-3, rtol=2e-3)  # float16 cache
+    logs = [cached.train_step() for _ in range(15)]
+    assert logs[-1]["foresight/loss0"] < logs[0]["foresight/loss0"]
+
+
+# ------------------------------------------------------------------------------------ DDP
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        t = Trainer(from_dict(TrainConfig, cfg_dict))
+        t.fit()
+        if rank == 0:
+            torch.save({"gpt": weights(t.gpt), "ema": weights(t.ema), "heads": weights(t.objective.auxiliary)}, out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_on_two_processes_matches_one_process(stores, tmp_path):
+    from mirai.config import to_dict
+
+    cfg = make_cfg(stores, tmp_path / "ddp", steps=4, dropout=False, eval_every=2,
+                   **{"foresight.source": "ema", "foresight.warmup": 1, "foresight.warmup_unit": "step"})
+    single = Trainer(make_cfg(stores, tmp_path / "single", steps=4, dropout=False, eval_every=2,
+                              **{"foresight.source": "ema", "foresight.warmup": 1, "foresight.warmup_unit": "step"}))
+    single.fit()
+    out = tmp_path / "ddp.pt"
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), to_dict(cfg), str(out)), nprocs=2, start_method="spawn")
+    ddp = torch.load(out, weights_only=True)
+    for name, module in (("gpt", single.gpt), ("ema", single.ema), ("heads", single.objective.auxiliary)):
+        for k, v in weights(module).items():
+            torch.testing.assert_close(ddp[name][k], v, rtol=1e-4, atol=1e-5, msg=f"{name}.{k}")
+    single_vals = [r["val/nll_ema"] for r in read_metrics(tmp_path / "single") if "val/nll_ema" in r]
+    ddp_vals = [r["val/nll_ema"] for r in read_metrics(tmp_path / "ddp") if "val/nll_ema" in r]
+    np.testing.assert_allclose(ddp_vals, single_vals, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ CLI
+def test_cli_train_then_sample(stores, tmp_path, capsys):
+    config = tmp_path / "cfg.yaml"
+    config.write_text(
+        f"run_dir: {tmp_path / 'run'}\nsteps: 3\ndevice: cpu\nprecision: fp32\nsave_every: 0\neval_every: 0\n"
+        f"model: {{name: GPT-Nano}}\ndata: {{codes: {stores / 'codes_train'}}}\noptim: {{batch_size: 8}}\n"
+    )
+    assert main(["train", "--config", str(config), "optim.lr=1e-3", "--print-config"]) == 0
+    assert "lr: 0.001" in capsys.readouterr().out
+    assert main(["train", "--config", str(config), "optim.lr=1e-3"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["step"] == 3 and summary["val_nll"] is None
+    out = tmp_path / "samples"
+    assert main(["sample", "--gpt", summary["checkpoint"], "--vq", str(stores / "vq"), "--out", str(out),
+                 "--per-class", "2", "--device", "cpu", "--batch-size", "4"]) == 0
+    npz = np.load(out / "samples.npz")
+    assert npz["arr_0"].shape == (6, 8, 8, 3) and npz["arr_0"].dtype == np.uint8
+    assert npz["labels"].tolist() == [0, 0, 1, 1, 2, 2] and npz["tokens"].shape == (6, 16)
+    assert (out / "grid.png").is_file()
