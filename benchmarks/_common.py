@@ -74,33 +74,35 @@ def warn_if_busy(threads: int) -> None:
     if load > 0.5 and load + threads > cores + 0.5:
         print(f"warning: load average {load:.1f} on {cores} cores before starting; with {threads} threads this "
               "run shares the cores with other work, and ratios between variants of different op "
-              "granularity are distorted (try --threads 1 or an idle machine)", file=sys.stderr)
+              "granularity are distorted" + (" (try --threads 1, or an idle machine)" if threads > 1 else
+                                         " (an idle machine gives cleaner numbers)"), file=sys.stderr)
 
 
 def interleaved(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
-                device: torch.device | None = None) -> tuple[dict[str, list[float]], dict[str, object]]:
+                device: torch.device | None = None) -> tuple[dict[str, list[float]], dict[str, list[object]]]:
     """Run each variant ``warmup`` times, then ``repeats`` rounds in alternating order.
 
-    Returns (seconds per call, one list per variant in round order) and the last result of
-    each variant. Round r runs the variants forwards when r is even, backwards when odd, so
-    slow drifts (thermal, other load) hit every variant alike.
+    Returns (seconds per call, one list per variant in round order) and what each timed
+    call returned (same layout). Round r runs the variants forwards when r is even,
+    backwards when odd, so slow drifts (thermal, other load) hit every variant alike.
     """
     names = list(variants)
-    last: dict[str, object] = {}
     for name in names:
         for _ in range(warmup):
-            last[name] = variants[name]()
+            variants[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
+    results: dict[str, list[object]] = {name: [] for name in names}
     for r in range(repeats):
         for name in (names if r % 2 == 0 else names[::-1]):
             if device is not None:
                 sync(device)
             start = time.perf_counter()
-            last[name] = variants[name]()
+            out = variants[name]()
             if device is not None:
                 sync(device)
             times[name].append(time.perf_counter() - start)
-    return times, last
+            results[name].append(out)
+    return times, results
 
 
 def median(values: list[float]) -> float:

@@ -156,12 +156,27 @@ def deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def find_config(path: str | Path) -> Path:
+    """``path`` itself, else the config of that name shipped with Mirai (``fashion/baseline.yaml``
+    or ``configs/fashion/baseline.yaml``), so the named configs work from any directory."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    packaged = PACKAGED_CONFIGS.joinpath(*parts) if parts and not path.is_absolute() else None
+    if packaged is not None and packaged.is_file():
+        return packaged
+    shipped = sorted(str(p.relative_to(PACKAGED_CONFIGS)) for p in PACKAGED_CONFIGS.rglob("*.yaml"))
+    raise ConfigError(f"config file {path} does not exist (configs shipped with Mirai: {', '.join(shipped)})")
+
+
 def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
     """Read a YAML config. A top-level ``base: other.yaml`` (relative to this file) is read
     first and this file's keys are laid over it, so ablation configs state only what differs."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+    path = find_config(path)
     if path.resolve() in _seen:
         raise ConfigError(f"config file {path} includes itself through 'base'")
     try:

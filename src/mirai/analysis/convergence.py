@@ -259,9 +259,11 @@ class Scorer:
     def score_checkpoint(self, path: Path, samples: Path) -> dict:
         """Sample ``num_samples`` images from the checkpoint's EMA weights and score them against both references."""
         b = self.bench
-        gpt = checkpoint.load(path, use_ema=True, kind="gpt").to(self.device)
-        labels = class_labels(gpt.args.num_classes, b.num_samples, b.class_sampling, seed=b.sample_seed)
-        sample_to_npz(gpt, self.vq, labels, samples, b.sampling, seed=b.sample_seed, batch_size=b.sample_batch_size)
+        if not samples.is_file():  # else a previous attempt sampled them and stopped before scoring
+            gpt = checkpoint.load(path, use_ema=True, kind="gpt").to(self.device)
+            labels = class_labels(gpt.args.num_classes, b.num_samples, b.class_sampling, seed=b.sample_seed)
+            sample_to_npz(gpt, self.vq, labels, samples, b.sampling, seed=b.sample_seed,
+                          batch_size=b.sample_batch_size)
         with np.load(samples) as data:
             images, labels = data["arr_0"], data["labels"]
         features = extract_features(self.network, images, b.eval_batch_size, desc="sample features")
@@ -327,14 +329,16 @@ def read_results(out_dir: Path) -> dict[str, list[dict]]:
 def _check_same_scoring(bench: BenchConfig, out_dir: Path) -> None:
     """Refuse to add records scored differently from the ones already in ``out_dir``."""
     previous = out_dir / "bench.yaml"
-    if not previous.is_file() or not (out_dir / "results.json").is_file():
+    scored = [out_dir / name for name in ("results.json", "reference.json", "reference")]
+    if not previous.is_file() or not any(p.exists() for p in scored):
         return
     old, new = read_yaml(previous), to_dict(bench)
     changed = [k for k in SCORING_KEYS if old.get(k) != new[k]]
     if changed:
         raise ConfigError(f"{out_dir} holds results scored with other {', '.join(changed)} "
-                          f"({', '.join(f'{k}: {old.get(k)!r}' for k in changed)}); use another out_dir, "
-                          "or delete its results.json to rescore everything")
+                          f"({', '.join(f'{k}: {old.get(k)!r}' for k in changed)}); use another out_dir, or "
+                          "delete results.json, reference.json, reference/ and grid_*.png there to rescore "
+                          "everything (the training runs are kept)")
 
 
 def _check_same_training(run: Run) -> None:

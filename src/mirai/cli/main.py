@@ -12,8 +12,10 @@ import importlib
 import sys
 
 from mirai.errors import MiraiError
+
 # Subcommand modules, in the order ``mirai --help`` lists them.
 COMMANDS = [
+    "demo",
     "tokenizer",
     "extract",
     "data",
@@ -23,6 +25,8 @@ COMMANDS = [
     "evaluate",
     "flops",
     "encoder",
+    "bench",
+    "analyze",
 ]
 
 

@@ -1,0 +1,209 @@
+"""The convergence benchmark on tiny models and stores: outputs and their schema, resumability
+(no work on a rerun, exact continuation of an interrupted run), and clear config errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from mirai import checkpoint
+from mirai.analysis import convergence
+from mirai.analysis.convergence import BenchConfig, format_table, plan_runs, run_convergence, summary_rows
+from mirai.cli.main import main
+from mirai.config import from_dict, load_config
+from mirai.data.codes import extract
+from mirai.data.folders import ImageFolder
+from mirai.data.views import ViewSpec
+from mirai.errors import ConfigError
+from mirai.foresight.encoders import ASSETS
+
+RECORD_KEYS = {"seed", "step", "fid", "precision", "recall", "inception_score", "class_accuracy", "val_nll",
+               "fid_recon", "precision_recon", "recall_recon", "num_samples"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> Path:
+    """Train/test stores of 32 px images (3 classes) tokenized by the committed 8x8 VQ, and a base config."""
+    root = tmp_path_factory.mktemp("bench")
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 4), ("test", 4)):
+        for c in range(3):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = np.clip(rng.normal(50 + 80 * c, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    vq_dir = ASSETS / "vq8"
+    vq = checkpoint.load(vq_dir, kind="vq")
+    for split in ("train", "test"):
+        extract(vq, ImageFolder.scan(root / split), ViewSpec("flip", 32), root / f"codes_{split}",
+                tokenizer_path=vq_dir, progress=False)
+    base = {
+        "device": "cpu", "precision": "fp32", "log_every": 1, "steps": 1000, "run_dir": "ignored",
+        "model": {"name": "GPT-Nano"},
+        "data": {"codes": str(root / "codes_train"), "val_codes": str(root / "codes_test"), "val_images": 0},
+        "optim": {"lr": 3e-3, "batch_size": 4},
+        "ema": {"decay": 0.9, "warmup": True},
+    }
+    (root / "base.yaml").write_text(yaml.safe_dump(base))
+    return root
+
+
+def bench_dict(setup: Path, out: Path, **changes) -> dict:
+    bench = {
+        "out_dir": str(out), "train_config": str(setup / "base.yaml"),
+        "variants": {
+            "baseline": [],
+            "mirai_i": ["foresight.source=encoder", "foresight.encoder=fashion8",
+                        "foresight.lambdas=[{kind: const, values: [0.5]}]"],
+        },
+        "seeds": [0], "steps": 4, "eval_at": [2], "num_samples": 12, "sample_batch_size": 6,
+        "sampling": {"cfg_scale": 1.5}, "reference_codes": str(setup / "codes_test"), "device": "cpu",
+        "eval_batch_size": 64,
+    }
+    bench.update(changes)
+    return bench
+
+
+class Counter:
+    """Wraps a function and counts its calls (and remembers their keyword arguments)."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append(kwargs)
+        return self.fn(*args, **kwargs)
+
+
+def test_bench_writes_results_and_resumes_without_redoing_work(setup, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bench"
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump(bench_dict(setup, out)))
+    trained = Counter(convergence.train)
+    sampled = Counter(convergence.sample_to_npz)
+    monkeypatch.setattr(convergence, "train", trained)
+    monkeypatch.setattr(convergence, "sample_to_npz", sampled)
+
+    assert main(["bench", "convergence", "--config", str(config)]) == 0
+    assert len(trained.calls) == 2 and len(sampled.calls) == 4  # 2 runs x checkpoints at steps 2 and 4
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"baseline", "mirai_i"}
+    for records in results.values():
+        assert [(r["seed"], r["step"]) for r in records] == [(0, 2), (0, 4)]
+        for r in records:
+            assert set(r) == RECORD_KEYS
+            assert r["fid"] > 0 and r["fid_recon"] > 0 and r["inception_score"] >= 1
+            assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and 0 <= r["class_accuracy"] <= 1
+            assert r["val_nll"] is not None and 0 < r["val_nll"] < np.log(512) + 0.5
+    # Both runs trained from the same seed: same first batch, so the same first NTP loss.
+    first = [json.loads((out / "runs" / v / "seed_0" / "metrics.jsonl").read_text().splitlines()[0])["loss/ntp"]
+             for v in ("baseline", "mirai_i")]
+    assert first[0] == pytest.approx(first[1])
+    floors = json.loads((out / "reference.json").read_text())
+    assert floors["tokenizer_floor"]["fid"] >= 0 and floors["num_images"] == 12
+    table = (out / "results.md").read_text()
+    for row in ("| baseline@2 |", "| baseline@4 |", "| mirai_i@4 |", "| mirai_i@last2 |"):
+        assert row in table
+    assert "FID↓" in table and "IS↑" in table and "Tokenizer floor" in table
+    for name in ("fid_vs_steps.png", "grid_baseline.png", "grid_mirai_i.png"):
+        assert Image.open(out / name).size[0] > 50
+    assert not list((out / "samples").rglob("*.npz"))  # keep_samples: false
+
+    # A rerun does nothing new: no training, no sampling, the same records.
+    stamp = (out / "results.json").stat().st_mtime_ns
+    assert main(["bench", "convergence", "--config", str(config)]) == 0
+    assert len(trained.calls) == 2 and len(sampled.calls) == 4
+    assert json.loads((out / "results.json").read_text()) == results
+    assert (out / "results.json").stat().st_mtime_ns == stamp
+
+    # Interrupted after step 2: the run resumes from its checkpoint and reproduces step 4 exactly.
+    run_dir = out / "runs" / "baseline" / "seed_0"
+    for name in ("step_0000004", "best"):
+        shutil.rmtree(run_dir / "checkpoints" / name)
+    partial = dict(results, baseline=results["baseline"][:1])
+    (out / "results.json").write_text(json.dumps(partial))
+    bench = load_config(BenchConfig, config)
+    again = run_convergence(bench)
+    assert trained.calls[-1] == {"resume": True} and len(trained.calls) == 3 and len(sampled.calls) == 5
+    for key in ("fid", "fid_recon", "val_nll", "precision", "recall", "class_accuracy"):
+        assert again["baseline"][1][key] == pytest.approx(results["baseline"][1][key], rel=1e-5, abs=1e-7), key
+
+    # Records scored one way are never mixed with records scored another way.
+    with pytest.raises(ConfigError, match="num_samples"):
+        run_convergence(from_dict(BenchConfig, bench_dict(setup, out, num_samples=20)))
+    # A changed training config is caught before the old run is mistaken for it.
+    changed = bench_dict(setup, out, train_overrides=["optim.lr=1e-3"])
+    with pytest.raises(ConfigError, match="optim.lr"):
+        run_convergence(from_dict(BenchConfig, changed))
+
+
+def test_bad_variants_fail_before_any_training(setup, tmp_path, monkeypatch):
+    monkeypatch.setattr(convergence, "train", lambda *a, **k: pytest.fail("trained despite a bad config"))
+    out = tmp_path / "bench"
+    bad_key = bench_dict(setup, out, variants={"baseline": [], "broken": ["foresight.nope=1"]})
+    with pytest.raises(ConfigError, match=r"variant 'broken'.*nope.*valid keys"):
+        run_convergence(from_dict(BenchConfig, bad_key))
+    bad_value = bench_dict(setup, out, variants={"broken": ["foresight.source=dino"]})
+    with pytest.raises(ConfigError, match=r"variant 'broken'.*'dino' is not one of"):
+        run_convergence(from_dict(BenchConfig, bad_value))
+    budget = bench_dict(setup, out, variants={"longer": ["steps=8"]})
+    with pytest.raises(ConfigError, match=r"variant 'longer'.*'steps', which the bench controls"):
+        run_convergence(from_dict(BenchConfig, budget))
+    with pytest.raises(ConfigError, match=r"eval_at \[9\] lie outside 1..steps=4"):
+        from_dict(BenchConfig, bench_dict(setup, out, eval_at=[9]))
+    with pytest.raises(ConfigError, match="variants.x: unknown key"):
+        from_dict(BenchConfig, bench_dict(setup, out, variants={"x": {"cfg": "a.yaml"}}))
+    assert not out.exists()
+
+
+def test_plan_shares_budget_and_checkpoint_schedule(setup, tmp_path, capsys):
+    bench = from_dict(BenchConfig, bench_dict(setup, tmp_path / "b", seeds=[1, 2], steps=12, eval_at=[4, 8]))
+    runs = plan_runs(bench)
+    assert [(r.variant, r.seed) for r in runs] == [("baseline", 1), ("baseline", 2), ("mirai_i", 1), ("mirai_i", 2)]
+    for r in runs:
+        assert (r.cfg.steps, r.cfg.seed, r.cfg.save_every, r.cfg.eval_every, r.cfg.keep_last) == (12, r.seed, 4, 4, 3)
+        assert r.run_dir == tmp_path / "b" / "runs" / r.variant / f"seed_{r.seed}"
+    assert runs[2].cfg.foresight.source == "encoder" and runs[0].cfg.foresight.source == "none"
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump(bench_dict(setup, tmp_path / "b")))
+    assert main(["bench", "convergence", "--config", str(config), "--dry-run", "seeds=[3]"]) == 0
+    assert "2 runs x 2 checkpoints [2, 4]" in capsys.readouterr().out
+    assert not (tmp_path / "b").exists()
+
+
+def test_table_reports_mean_and_spread_over_seeds(setup, tmp_path):
+    bench = from_dict(BenchConfig, bench_dict(setup, tmp_path, seeds=[0, 1], steps=6, eval_at=[2, 4],
+                                              average_last=2, variants={"a": []}))
+
+    def record(seed, step, fid):
+        return {"seed": seed, "step": step, "fid": fid, "fid_recon": fid / 2, "inception_score": 2.0,
+                "precision": 0.5, "recall": 0.25, "class_accuracy": 0.9, "val_nll": None}
+
+    results = {"a": [record(0, 2, 30.0), record(0, 4, 20.0), record(0, 6, 10.0),
+                     record(1, 2, 34.0), record(1, 4, 24.0), record(1, 6, 14.0)]}
+    rows = dict(summary_rows(bench, results))
+    assert [r["fid"] for r in rows["a@6"]] == [10.0, 14.0]
+    assert [r["fid"] for r in rows["a@last2"]] == [15.0, 19.0]  # each seed over steps 4 and 6
+    floors = {"num_images": 12, "reference_codes": "x",
+              "tokenizer_floor": {"fid": 1.0, "precision": 0.9, "recall": 0.9, "inception_score": 3.0,
+                                  "class_accuracy": 0.95, "num_images": 12},
+              "noise_floor": {"fid": 0.5, "half_size": 6}}
+    table = format_table(bench, results, floors)
+    assert "| a@2 | 32 ± 2.8 | 16 ± 1.4 | 2 ± 0 |" in table
+    assert "| a@last2 | 17 ± 2.8 |" in table and table.count("| – |") == 4  # val NLL unknown in every row
