@@ -29,11 +29,16 @@ def base_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
     parser.add_argument("--repeats", type=int, help="timed rounds (default: per script, fewer with --quick)")
-    parser.add_argument("--out", type=Path, help="JSON output (default benchmarks/results/NAME.json)")
+    parser.add_argument("--out", type=Path, help="JSON output (default benchmarks/results/NAME.json, NAME-quick.json with --quick)")
     return parser
 
 
+_START: dict = {}
+
+
 def setup(args: argparse.Namespace) -> torch.device:
+    _START.update(time=time.strftime("%Y-%m-%d %H:%M:%S"),
+                  loadavg=os.getloadavg() if hasattr(os, "getloadavg") else None)
     torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device is visible to PyTorch")
@@ -55,9 +60,11 @@ def machine(device: torch.device) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": str(device),
-        "loadavg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "loadavg_at_start": _START.get("loadavg"),  # 1, 5, 15-minute load averages
+        "loadavg_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "started": _START.get("time"),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -129,8 +136,10 @@ def print_table(headers: list[str], rows: list[list[object]]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
-def write_json(name: str, payload: dict, out: Path | None = None) -> Path:
-    path = out or RESULTS_DIR / f"{name}.json"
+def write_json(name: str, payload: dict, out: Path | None = None, quick: bool = False) -> Path:
+    """``benchmarks/results/NAME.json`` (``NAME-quick.json`` for --quick runs, so that a smoke run
+    never overwrites recorded results), or ``out``."""
+    path = out or RESULTS_DIR / f"{name}{'-quick' if quick else ''}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     print(f"wrote {path}")

@@ -237,14 +237,14 @@ def main() -> None:
     for n in names:
         mem = memory[n]
         enc_key = "mirai_i_with_encoder" if n == "mirai_i" else n
-        row = [n, C.median(times[n]), step_ratio[n], fb_ratio[n],
+        row = [n, C.median(times[n]), batch_size / C.median(times[n]), step_ratio[n], fb_ratio[n],
                fratio("table15", n) or 1.0, fratio("table15", enc_key) or 1.0, fratio("executed", n) or 1.0,
                f"{mem['saved_activations_bytes'] / MiB:.0f}",
                f"{mem['saved_activations_bytes'] / memory['baseline']['saved_activations_bytes']:.3f}"]
         if device.type == "cuda":
             row += [f"{mem['cuda_peak_bytes'] / MiB:.0f}", f"{mem['cuda_step_increase_bytes'] / MiB:.0f}"]
         rows.append(row)
-    headers = ["variant", "step s", "step ratio", "fwd+bwd ratio", "FLOPs T15", "T15+enc", "FLOPs exec",
+    headers = ["variant", "step s", "images/s", "step ratio", "fwd+bwd ratio", "FLOPs T15", "T15+enc", "FLOPs exec",
                "saved MiB", "saved ratio"]
     if device.type == "cuda":
         headers += ["peak MiB", "step +MiB"]
@@ -264,6 +264,7 @@ def main() -> None:
         "parameters": n_params,
         "seconds_per_step": times,
         "seconds_fwd_bwd": fwd_bwd,
+        "images_per_s": {n: batch_size / C.median(t) for n, t in times.items()},
         "step_time_ratio_to_baseline": step_ratio,
         "fwd_bwd_time_ratio_to_baseline": fb_ratio,
         "step_time_ratio_per_round": {n: C.round_ratios(times, n, "baseline") for n in names},
@@ -275,7 +276,7 @@ def main() -> None:
                          "forward (torch.autograd.graph.saved_tensors_hooks); cuda_*: "
                          "torch.cuda.max_memory_allocated over one full step after reset_peak_memory_stats",
         "losses_last_round": {n: results[n][-1]["loss"] for n in names},
-    }, args.out)
+    }, args.out, args.quick)
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ def main() -> None:
         "speedup_naive_over_cached": speedup,
         "speedup_per_round": ratios,
         "tokens_identical": identical,
-    }, args.out)
+    }, args.out, args.quick)
 
 
 if __name__ == "__main__":

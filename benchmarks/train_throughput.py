@@ -154,7 +154,7 @@ def main() -> None:
                      "repeats": repeats, "warmup": args.warmup, "compile": args.compile, "quick": args.quick,
                      "threads": args.threads, "variants": {n: VARIANTS[n] for n in names}, "extra": args.set},
         "results": report,
-    }, args.out)
+    }, args.out, args.quick)
 
 
 if __name__ == "__main__":

@@ -44,10 +44,13 @@ class DemoSettings:
     num_samples: int = 1000
     seed: int = 0
     device: str = "auto"
+    per_class: int | None = None  # keep the first K training images of each class (low-resource runs)
+    overrides: tuple[str, ...] = ()  # training-config overrides for every variant, e.g. optim.batch_size=32
 
 
-def ensure_codes(split: str, out: Path, device: str) -> Path:
-    """The Fashion-MNIST ``split`` tokenized by the committed tokenizer (image and its mirror)."""
+def ensure_codes(split: str, out: Path, device: str, per_class: int | None = None) -> Path:
+    """The Fashion-MNIST ``split`` (optionally the first ``per_class`` images of each class)
+    tokenized by the committed tokenizer (image and its mirror)."""
     from mirai.data.fashion_mnist import FashionMNIST
 
     try:
@@ -56,7 +59,7 @@ def ensure_codes(split: str, out: Path, device: str) -> Path:
     except DataError:
         pass  # missing or incomplete: (re)extract
     vq = checkpoint.load(TOKENIZER, kind="vq")
-    extract(vq, FashionMNIST(split), ViewSpec("flip", 32), out, tokenizer_path=TOKENIZER, batch_size=256,
+    extract(vq, FashionMNIST(split, per_class=per_class), ViewSpec("flip", 32), out, tokenizer_path=TOKENIZER, batch_size=256,
             device=device)
     return out
 
@@ -76,6 +79,7 @@ def train_variant(name: str, settings: DemoSettings, codes: dict[str, Path]) -> 
         f"run_dir={run_dir}", f"data.codes={codes['train']}", f"data.val_codes={codes['test']}",
         f"steps={settings.steps}", f"seed={settings.seed}", f"device={settings.device}",
         f"save_every={max(1, settings.steps // 4)}", f"eval_every={max(1, settings.steps // 4)}",
+        *settings.overrides,
     ])
     final = run_dir / "checkpoints" / f"step_{settings.steps:07d}"
     if final.is_dir():
@@ -127,7 +131,9 @@ def run_demo(settings: DemoSettings) -> dict[str, dict]:
     device = suite.default_device() if settings.device == "auto" else settings.device
     settings.out.mkdir(parents=True, exist_ok=True)
     print(f"[1/3] tokenizing Fashion-MNIST with {TOKENIZER.name} (8x8 tokens, 512 codes)")
-    codes = {split: ensure_codes(split, settings.out / "codes" / split, device) for split in ("train", "test")}
+    train_codes = "train" if settings.per_class is None else f"train_{settings.per_class}_per_class"
+    codes = {"train": ensure_codes("train", settings.out / "codes" / train_codes, device, settings.per_class),
+             "test": ensure_codes("test", settings.out / "codes" / "test", device)}
     reference = ensure_reference(settings.out / "fashion_test_reference.npz", device)
     reports = {}
     for i, name in enumerate(settings.variants):

@@ -181,7 +181,8 @@ def plan_runs(bench: BenchConfig) -> list[Run]:
             except ConfigError as err:
                 raise ConfigError(f"variant {name!r} (from {path}): {err}") from None
             runs.append(Run(name, seed, cfg))
-    return runs
+    # Seed-major: a bench stopped early still compares every variant on the seeds it finished.
+    return sorted(runs, key=lambda run: bench.seeds.index(run.seed))
 
 
 def _device(name: str) -> torch.device:

@@ -19,6 +19,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--num-samples", type=int, default=1000, help="samples scored per variant (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--per-class", type=int, help="train on the first K images of each class only")
+    p.add_argument("overrides", nargs="*", help="training-config overrides for every variant, e.g. optim.lr=5e-4")
     p.set_defaults(func=run)
 
 
@@ -29,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from mirai.errors import ConfigError
 
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
-    if not variants or args.steps < 1 or args.num_samples < 2:
-        raise ConfigError("give at least one variant, --steps >= 1 and --num-samples >= 2")
-    run_demo(DemoSettings(Path(args.out), variants, args.steps, args.num_samples, args.seed, args.device))
+    if not variants or args.steps < 1 or args.num_samples < 2 or (args.per_class is not None and args.per_class < 1):
+        raise ConfigError("give at least one variant, --steps >= 1, --num-samples >= 2 and --per-class >= 1")
+    run_demo(DemoSettings(Path(args.out), variants, args.steps, args.num_samples, args.seed, args.device,
+                          args.per_class, tuple(args.overrides)))
     return 0
