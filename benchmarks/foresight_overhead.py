@@ -166,6 +166,7 @@ def main() -> None:
             start = time.perf_counter()
             with autocast():
                 loss, logs = objective(batch, progress)
+            logs = {k: float(v) for k, v in logs.items()}  # as Trainer.train_step (its finite-loss check)
             loss.backward()
             C.sync(device)
             fwd_bwd = time.perf_counter() - start

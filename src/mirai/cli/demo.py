@@ -15,11 +15,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--variants", default="baseline,mirai_i",
                    help="comma-separated configs/fashion names (default baseline,mirai_i)")
-    p.add_argument("--steps", type=int, default=1000, help="training steps per variant (default 1000)")
+    p.add_argument("--steps", type=int, default=400, help="training steps per variant (default 400)")
     p.add_argument("--num-samples", type=int, default=1000, help="samples scored per variant (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--per-class", type=int, help="train on the first K images of each class only")
+    p.add_argument("--per-class", type=int, default=3000,
+                   help="train on the first K images of each class (default 3000; 0 = all 60 000)")
     p.add_argument("overrides", nargs="*", help="training-config overrides for every variant, e.g. optim.lr=5e-4")
     p.set_defaults(func=run)
 
@@ -31,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from mirai.errors import ConfigError
 
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
-    if not variants or args.steps < 1 or args.num_samples < 2 or (args.per_class is not None and args.per_class < 1):
-        raise ConfigError("give at least one variant, --steps >= 1, --num-samples >= 2 and --per-class >= 1")
+    if not variants or args.steps < 1 or args.num_samples < 2 or args.per_class < 0:
+        raise ConfigError("give at least one variant, --steps >= 1, --num-samples >= 2 and --per-class >= 0")
     run_demo(DemoSettings(Path(args.out), variants, args.steps, args.num_samples, args.seed, args.device,
-                          args.per_class, tuple(args.overrides)))
+                          args.per_class or None, tuple(args.overrides)))
     return 0
