@@ -121,16 +121,20 @@ def test_bench_writes_results_and_resumes_without_redoing_work(setup, tmp_path, 
     for row in ("| baseline@2 |", "| baseline@4 |", "| mirai_i@4 |", "| mirai_i@last2 |"):
         assert row in table
     assert "FID↓" in table and "IS↑" in table and "Tokenizer floor" in table
-    for name in ("fid_vs_steps.png", "grid_baseline.png", "grid_mirai_i.png"):
+    for name in ("fid_vs_steps.png", "grid_baseline.png", "grid_mirai_i.png", "tsne_maps.png", "curves.png"):
         assert Image.open(out / name).size[0] > 50
+    maps = json.loads((out / "tsne_maps.json").read_text())
+    assert maps["images"] == [0] and list(maps["maps"]) == ["baseline", "mirai_i"]
+    assert {m["layer"] for m in maps["maps"].values()} == {1}  # foresight default: 2/3 of GPT-Nano's 2 blocks
+    assert maps["maps"]["mirai_i"]["checkpoint"].endswith("mirai_i/seed_0/checkpoints/step_0000004")
     assert not list((out / "samples").rglob("*.npz"))  # keep_samples: false
 
     # A rerun does nothing new: no training, no sampling, the same records.
-    stamp = (out / "results.json").stat().st_mtime_ns
+    stamps = {name: (out / name).stat().st_mtime_ns for name in ("results.json", "tsne_maps.png", "tsne_maps.json")}
     assert main(["bench", "convergence", "--config", str(config)]) == 0
     assert len(trained.calls) == 2 and len(sampled.calls) == 4
     assert json.loads((out / "results.json").read_text()) == results
-    assert (out / "results.json").stat().st_mtime_ns == stamp
+    assert {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps
 
     # Interrupted after step 2: the run resumes from its checkpoint and reproduces step 4 exactly.
     run_dir = out / "runs" / "baseline" / "seed_0"
@@ -175,11 +179,12 @@ def test_bad_variants_fail_before_any_training(setup, tmp_path, monkeypatch):
 def test_plan_shares_budget_and_checkpoint_schedule(setup, tmp_path, capsys):
     bench = from_dict(BenchConfig, bench_dict(setup, tmp_path / "b", seeds=[1, 2], steps=12, eval_at=[4, 8]))
     runs = plan_runs(bench)
-    assert [(r.variant, r.seed) for r in runs] == [("baseline", 1), ("baseline", 2), ("mirai_i", 1), ("mirai_i", 2)]
+    # Seed-major: a bench stopped early has compared every variant on the seeds it finished.
+    assert [(r.variant, r.seed) for r in runs] == [("baseline", 1), ("mirai_i", 1), ("baseline", 2), ("mirai_i", 2)]
     for r in runs:
         assert (r.cfg.steps, r.cfg.seed, r.cfg.save_every, r.cfg.eval_every, r.cfg.keep_last) == (12, r.seed, 4, 4, 3)
         assert r.run_dir == tmp_path / "b" / "runs" / r.variant / f"seed_{r.seed}"
-    assert runs[2].cfg.foresight.source == "encoder" and runs[0].cfg.foresight.source == "none"
+    assert runs[1].cfg.foresight.source == "encoder" and runs[0].cfg.foresight.source == "none"
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump(bench_dict(setup, tmp_path / "b")))
     assert main(["bench", "convergence", "--config", str(config), "--dry-run", "seeds=[3]"]) == 0

@@ -23,6 +23,9 @@ batch by batch. Layout of ``OUT``::
     reference.json        tokenizer floor and evaluator noise floor
     results.json          variant -> [{seed, step, fid, precision, recall, ...}]
     results.md            the table (mean ± std over seeds), fid_vs_steps.png, grid_VARIANT.png
+    tsne_maps.png, .json  t-SNE token maps of one test image (paper Fig. 9) by each variant's final
+                          checkpoint of the first seed, with their smoothness scores
+    curves.png            training curves of every run: NTP loss, foresight head losses, validation NLL
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ import torch
 from tqdm import tqdm
 
 from mirai import checkpoint
+from mirai.analysis.curves import plot_curves
+from mirai.analysis.tsne import tsne_maps
 from mirai.config import apply_overrides, from_dict, parse_override, read_yaml, save_yaml, to_dict
 from mirai.data.codes import CodeStore
 from mirai.data.images import save_image_grid
@@ -60,6 +65,7 @@ SCORING_KEYS = ("num_samples", "class_sampling", "sample_seed", "sample_batch_si
                 "reference_codes", "evaluator")
 METRICS = ("fid", "precision", "recall", "inception_score", "class_accuracy")
 EVALUATOR_RESOLUTION = (32, 32)
+TSNE_IMAGE = 0  # the test image of tsne_maps.png
 
 
 @dataclass
@@ -93,6 +99,9 @@ class BenchConfig:
     device: str = "auto"  # sampling and scoring: auto (cuda when available) | cpu | cuda
     average_last: int = 3  # the table's summary row averages each seed over its last N scored checkpoints
     keep_samples: bool = False  # keep each checkpoint's sample .npz (ADM layout) after scoring
+    # GPT block of tsne_maps.png; None: each variant's foresight layer (default 2/3 of the depth).
+    # The map is drawn once: delete tsne_maps.png after changing this.
+    tsne_layer: int | None = None
 
     def validate(self) -> None:
         if not self.variants:
@@ -117,6 +126,8 @@ class BenchConfig:
             raise ConfigError("average_last must be at least 1")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device {self.device!r}: choose auto, cpu or cuda")
+        if self.tsne_layer is not None and self.tsne_layer < 1:
+            raise ConfigError(f"tsne_layer is a 1-based GPT block, got {self.tsne_layer}")
 
     def variant_specs(self) -> dict[str, Variant]:
         specs = {}
@@ -149,6 +160,10 @@ class Run:
     @property
     def run_dir(self) -> Path:
         return Path(self.cfg.run_dir)
+
+    @property
+    def final_checkpoint(self) -> Path:
+        return self.run_dir / "checkpoints" / f"step_{self.cfg.steps:07d}"
 
 
 def _check_overrides(overrides: list[str], where: str) -> None:
@@ -415,15 +430,21 @@ def run_convergence(bench: BenchConfig) -> dict[str, list[dict]]:
     floors_path = out / "reference.json"
     if not floors_path.is_file():
         _write_json(floors_path, get_scorer().floors())
-    for name in bench.variants:
-        grid = out / f"grid_{name}.png"
+    first_seed = [run for run in runs if run.seed == bench.seeds[0]]
+    for run in first_seed:
+        grid = out / f"grid_{run.variant}.png"
         if not grid.is_file():
-            final = Path(bench.out_dir) / "runs" / name / f"seed_{bench.seeds[0]}" / "checkpoints" / \
-                f"step_{bench.steps:07d}"
-            get_scorer().grid(final, grid)
+            get_scorer().grid(run.final_checkpoint, grid)
+    maps = out / "tsne_maps.png"
+    if not (maps.is_file() and maps.with_suffix(".json").is_file()):
+        layers = [bench.tsne_layer if bench.tsne_layer is not None else run.cfg.foresight.layer for run in first_seed]
+        tsne_maps([run.final_checkpoint for run in first_seed], bench.reference_codes, maps, layers=layers,
+                  image_indices=[TSNE_IMAGE], labels=[run.variant for run in first_seed],
+                  device=_device(bench.device))
     floors = json.loads(floors_path.read_text())
     (out / "results.md").write_text(format_table(bench, results, floors))
     plot_fid(bench, results, floors, out / "fid_vs_steps.png")
+    plot_curves([run.run_dir for run in runs], out / "curves.png")
     return results
 
 

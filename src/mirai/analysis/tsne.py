@@ -1,160 +1,184 @@
-"""t-SNE maps of what a GPT block has learned about whole images, scored by k-NN class accuracy.
+"""t-SNE maps of one image's token states (the paper's Fig. 5/9), scored by their spatial smoothness.
 
-The paper argues (Fig. 5/9) that foresight makes the AR model's hidden states more globally
-organised. Here each image is one point: its tokens go through the GPT, the hidden states at
-a block (residual stream after it) are mean-pooled over the token positions, and the points
-are embedded with t-SNE and coloured by class. The same can be drawn for the foresight
-encoder's features, i.e. the representation Mirai-I aligns to.
+For one image, the hidden state after GPT block ``l`` of every grid cell — the residual stream
+at the position that has just read the cell's token — is embedded in 2-D with t-SNE. Each 2-D
+point becomes a colour through a fixed bivariate colour map and is painted at its cell, so a
+representation that is organised by where it is in the image gives a smooth field of colour
+and one that is not gives speckle.
 
-A picture alone cannot be compared across runs, so each map comes with the leave-one-out
-k-NN class accuracy of the pooled features (and of the 2-D map).
-
-The class input defaults to the null class: a class-conditional GPT reads the label at
-position 0, and every later state attends to it, so with the true label the pooled states
-separate by class even in a model that has learned nothing about the images.
+A picture cannot be compared across runs, so each map comes with a smoothness score: the mean
+distance between 4-neighbour cells over the mean distance between any two cells (lower =
+smoother; about 1 when the field has no spatial structure). It is reported for the map's
+colours (what the figure shows) and for the states themselves (no t-SNE involved).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from mirai import checkpoint
+from mirai.analysis.curves import run_labels
 from mirai.data.codes import CodeStore
 from mirai.errors import ConfigError, DataError
+from mirai.foresight.config import ForesightConfig
 from mirai.models.gpt import GPT
 
-
-def knn_accuracy(features: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
-    """Leave-one-out accuracy of a majority vote among each point's ``k`` nearest neighbours (Euclidean).
-
-    Ties go to the lowest class id. Needs more than ``k`` points.
-    """
-    x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-    if x.ndim != 2 or len(x) != len(y):
-        raise DataError(f"expected (N, D) features and N labels, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if len(x) <= k:
-        raise DataError(f"k-NN with k={k} needs more than {k} points, got {len(x)}")
-    correct = 0
-    for start in range(0, len(x), 1024):
-        distances = torch.cdist(x[start:start + 1024], x)
-        rows = torch.arange(distances.shape[0])
-        distances[rows, rows + start] = float("inf")  # leave the point itself out
-        neighbours = distances.topk(k, dim=1, largest=False).indices
-        votes = torch.nn.functional.one_hot(y[neighbours], int(y.max()) + 1).sum(dim=1)
-        correct += int((votes.argmax(dim=1) == y[start:start + 1024]).sum())
-    return correct / len(x)
+Condition = Literal["null", "label"]
 
 
-def balanced_subset(labels: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
-    """Sorted indices of about ``count`` images, the same number from each class (all if ``count`` >= N)."""
-    if count >= len(labels):
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    per_class = max(1, count // len(classes))
-    picked = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes]
-    return np.sort(np.concatenate(picked))
+def class_inputs(gpt: GPT, labels: np.ndarray, condition: Condition) -> torch.Tensor:
+    """The class input of each image: its label, or the null class (which needs a GPT trained with class dropout)."""
+    if condition == "label":
+        return torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    if gpt.args.class_dropout_prob <= 0:
+        raise ConfigError("this GPT was trained without class dropout, so it has no null class: use condition=label")
+    return torch.full((len(labels),), gpt.args.num_classes, dtype=torch.int64)
 
 
 @torch.no_grad()
-def gpt_features(gpt: GPT, store: CodeStore, indices: np.ndarray, layer: int,
-                 condition: Literal["null", "label"] = "null", batch_size: int = 256) -> np.ndarray:
-    """Per image, the block-``layer`` hidden states of view 0's tokens, mean-pooled over token positions."""
+def cell_states(gpt: GPT, tokens: torch.Tensor, classes: torch.Tensor, layer: int) -> torch.Tensor:
+    """The block-``layer`` state (B, g*g, dim) of every grid cell of ``tokens`` (B, g*g) in raster order.
+
+    Cell ``c``'s state is the one at position ``c + 1`` of ``[class, x_0, ..., x_{N-1}]``: the
+    position that has just read the cell's token (method.md §3). The training forward stops one
+    token short (the last token is only predicted), so the blocks are run here on the whole grid
+    to give the last cell a state too; causal attention leaves every other state as in training.
+    """
     args = gpt.args
     if not 1 <= layer <= args.n_layer:
         raise ConfigError(f"layer {layer} is outside the model's blocks 1..{args.n_layer}")
-    if condition == "null" and args.class_dropout_prob <= 0:
-        raise ConfigError("this GPT was trained without class dropout, so it has no null class: use condition=label")
+    if tokens.shape[1:] != (args.seq_len,):
+        raise DataError(f"expected (B, {args.seq_len}) tokens of a {args.grid_size}x{args.grid_size} grid, "
+                        f"got {tuple(tokens.shape)}")
+    h = gpt.embed(tokens, classes)
+    rope = gpt.freqs_cis[: h.size(1)]
+    for block in gpt.layers[:layer]:
+        h = block(h, rope)
+    return h[:, args.cls_token_num:]
+
+
+def image_states(gpt: GPT, store: CodeStore, indices: Sequence[int], layer: int,
+                 condition: Condition) -> torch.Tensor:
+    """``cell_states`` of view 0 of the store's images ``indices``."""
+    args = gpt.args
     store.validate(vocab_size=args.vocab_size, grid_size=args.grid_size,
                    num_classes=args.num_classes if condition == "label" else None)
+    indices = np.asarray(indices)
     device = next(gpt.parameters()).device
-    pooled = []
-    for start in tqdm(range(0, len(indices), batch_size), desc=f"GPT block {layer}", unit="batch"):
-        chunk = indices[start:start + batch_size]
-        tokens = torch.from_numpy(np.asarray(store.codes[chunk, 0], dtype=np.int64).reshape(len(chunk), -1))
-        labels = torch.from_numpy(store.labels[chunk]) if condition == "label" else \
-            torch.full((len(chunk),), args.num_classes)
-        _, hidden = gpt(tokens[:, :-1].to(device), labels.to(device), hidden_layers=(layer,))
-        # Positions from cls_token_num on have read image tokens; the class positions have not.
-        pooled.append(hidden[layer][:, args.cls_token_num:].float().mean(dim=1).cpu().numpy())
-    return np.concatenate(pooled)
-
-
-def encoder_features(encoder: torch.nn.Module, store: CodeStore, indices: np.ndarray,
-                     batch_size: int = 256) -> np.ndarray:
-    """Per image, a foresight encoder's grid features of view 0's pixels, mean-pooled over the grid."""
-    device = next(encoder.parameters()).device
-    pooled = []
-    for start in tqdm(range(0, len(indices), batch_size), desc="encoder", unit="batch"):
-        chunk = indices[start:start + batch_size]
-        images = store.source_images(chunk, np.zeros_like(chunk)).to(device)
-        pooled.append(encoder(images).mean(dim=1).cpu().numpy())
-    return np.concatenate(pooled)
+    tokens = torch.from_numpy(np.asarray(store.codes[indices, 0], dtype=np.int64).reshape(len(indices), -1))
+    classes = class_inputs(gpt, store.labels[indices], condition)
+    return cell_states(gpt, tokens.to(device), classes.to(device), layer)
 
 
 def tsne_embed(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
-    """2-D t-SNE coordinates (PCA initialisation, so reruns give the same map)."""
+    """2-D t-SNE coordinates (PCA initialisation, so reruns give the same map).
+
+    The perplexity is capped at a third of the points, so that small sets (an 8x8 grid) still embed.
+    """
     from sklearn.manifold import TSNE
 
-    perplexity = min(perplexity, (len(features) - 1) / 3)  # sklearn requires perplexity < N
+    perplexity = min(perplexity, (len(features) - 1) / 3)
     return TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
                 random_state=seed).fit_transform(np.asarray(features, dtype=np.float32))
 
 
-def plot_maps(maps: dict[str, np.ndarray], labels: np.ndarray, class_names: list[str],
-              scores: dict[str, dict[str, float]], out: str | Path) -> None:
-    """One scatter panel per map, points coloured by class, k-NN accuracies in the panel titles."""
-    from matplotlib import colormaps
+def grid_colours(coords: np.ndarray) -> np.ndarray:
+    """Colours (g, g, 3) in [0, 1] of 2-D points (g, g, 2), one per grid cell.
+
+    Each axis is scaled to [0, 1] over the grid, then (x, y) -> (R, G, B) = (x, y, 1 - (x + y) / 2):
+    the corners of the embedding are blue (0, 0), pink (1, 0), green (0, 1) and yellow (1, 1).
+    """
+    xy = np.asarray(coords, dtype=np.float64)
+    if xy.ndim != 3 or xy.shape[-1] != 2:
+        raise DataError(f"expected (g, g, 2) coordinates, got shape {xy.shape}")
+    low = xy.min(axis=(0, 1))
+    span = xy.max(axis=(0, 1)) - low
+    xy = (xy - low) / np.where(span > 0, span, 1.0)
+    x, y = xy[..., 0], xy[..., 1]
+    return np.stack([x, y, 1 - (x + y) / 2], axis=-1)
+
+
+def smoothness(grid: np.ndarray) -> float:
+    """Mean distance between 4-neighbour cells of a (g, g, D) field over the mean distance between any
+    two of its cells: well below 1 for a spatially smooth field, about 1 for one without spatial structure."""
+    from scipy.spatial.distance import pdist
+
+    f = np.asarray(grid, dtype=np.float64)
+    if f.ndim != 3 or f.shape[0] * f.shape[1] < 3:
+        raise DataError(f"expected a (g, g, D) field of at least 3 cells, got shape {f.shape}")
+    neighbours = np.concatenate([np.linalg.norm(f[1:] - f[:-1], axis=-1).ravel(),
+                                 np.linalg.norm(f[:, 1:] - f[:, :-1], axis=-1).ravel()])
+    pairs = pdist(f.reshape(-1, f.shape[-1])).mean()
+    if pairs == 0:
+        raise DataError("all cells of the field are identical: smoothness is undefined")
+    return float(neighbours.mean() / pairs)
+
+
+def plot_token_maps(images: list[tuple[str, np.ndarray]], maps: dict[str, list[np.ndarray]],
+                    titles: dict[str, list[str]], out: str | Path) -> None:
+    """One row per image: the image, then each checkpoint's colour map (g, g, 3) of it."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5 * len(maps), 5), layout="constrained")
-    colours = colormaps["tab10" if len(class_names) <= 10 else "tab20"]
-    for i, (title, points) in enumerate(maps.items(), start=1):
-        ax = fig.add_subplot(1, len(maps), i)
-        for c, name in enumerate(class_names):
-            mask = labels == c
-            if mask.any():
-                ax.scatter(points[mask, 0], points[mask, 1], s=4, color=colours(c % colours.N), label=name)
-        s = scores[title]
-        ax.set_title(f"{title}\n{s['k']}-NN acc: features {s['knn_features']:.3f}, map {s['knn_map']:.3f}",
-                     fontsize="medium")
+    cols = 1 + len(maps)
+    fig = Figure(figsize=(2.8 * cols, 3.1 * len(images)), layout="constrained")
+    for row, (caption, pixels) in enumerate(images):
+        ax = fig.add_subplot(len(images), cols, row * cols + 1)
+        ax.imshow(pixels)
+        ax.set_title(caption, fontsize="small")
+        for col, label in enumerate(maps, start=2):
+            ax = fig.add_subplot(len(images), cols, row * cols + col)
+            ax.imshow(maps[label][row], interpolation="nearest")
+            ax.set_title(titles[label][row], fontsize="small")
+    for ax in fig.axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.axes[-1].legend(fontsize="small", markerscale=3, loc="center left", bbox_to_anchor=(1, 0.5))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
 
 
-def tsne_report(checkpoint_path: str | Path, codes: str | Path, layer: int, out: str | Path,
-                encoder: str | None = None, num_images: int = 2000, condition: Literal["null", "label"] = "null",
-                use_ema: bool = True, k: int = 10, perplexity: float = 30.0, seed: int = 0,
-                device: str = "cpu") -> dict:
-    """Draw the t-SNE map(s) into ``out``, write their k-NN accuracies beside it (``.json``) and return them."""
-    gpt = checkpoint.load(checkpoint_path, use_ema=use_ema, kind="gpt").to(device)
-    store = CodeStore.open(codes)
-    indices = balanced_subset(store.labels, num_images, seed)
-    labels = store.labels[indices]
-    features = {f"GPT block {layer} ({condition} class)": gpt_features(gpt, store, indices, layer, condition)}
-    if encoder is not None:
-        from mirai.foresight.encoders import build_encoder
+def tsne_maps(checkpoints: Sequence[str | Path], codes: str | Path, out: str | Path,
+              layers: Sequence[int | None] | None = None, image_indices: Sequence[int] = (0,),
+              labels: Sequence[str] | None = None, condition: Condition = "label", use_ema: bool = True,
+              perplexity: float = 30.0, seed: int = 0, device: str | torch.device = "cpu") -> dict:
+    """Draw every checkpoint's token map of each image into ``out``, write the smoothness scores beside it
+    (``.json``) and return them.
 
-        net = build_encoder(encoder, store.grid_size, device=device)
-        features[f"encoder {encoder}"] = encoder_features(net, store, indices)
-    maps, scores = {}, {}
-    for title, feats in features.items():
-        maps[title] = tsne_embed(feats, seed, perplexity)
-        scores[title] = {"k": k, "knn_features": knn_accuracy(feats, labels, k),
-                         "knn_map": knn_accuracy(maps[title], labels, k)}
-    plot_maps(maps, labels, store.class_names, scores, out)
-    report = {"checkpoint": str(checkpoint_path), "weights": "ema" if use_ema else "raw", "codes": str(codes),
-              "layer": layer, "condition": condition, "num_images": int(len(indices)), "maps": scores,
+    ``layers``: one GPT block per checkpoint; None (or a None entry) is the foresight default,
+    2/3 of the depth. ``labels`` name the checkpoints (default: the shortest distinct path tails).
+    """
+    layers = list(layers) if layers is not None else [None] * len(checkpoints)
+    labels = list(labels) if labels is not None else run_labels([Path(c) for c in checkpoints])
+    if not checkpoints or len(layers) != len(checkpoints) or len(labels) != len(checkpoints):
+        raise ConfigError(f"give at least one checkpoint and one layer and label per checkpoint; got "
+                          f"{len(checkpoints)} checkpoints, {len(layers)} layers, {len(labels)} labels")
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"checkpoint labels must differ, got {labels}")
+    store = CodeStore.open(codes)
+    bad = [i for i in image_indices if not 0 <= i < len(store)]
+    if not image_indices or bad:
+        raise DataError(f"image indices {bad or '[]'}: choose some in 0..{len(store) - 1} of {codes}")
+    maps, titles, scores = {}, {}, {}
+    for path, layer, label in zip(checkpoints, layers, labels):
+        gpt = checkpoint.load(path, use_ema=use_ema, kind="gpt").to(device)
+        layer = layer if layer is not None else ForesightConfig().resolve_layer(gpt.args.n_layer)
+        g = gpt.args.grid_size
+        states = image_states(gpt, store, image_indices, layer, condition).float().cpu().numpy().reshape(
+            len(image_indices), g, g, -1)
+        maps[label] = [grid_colours(tsne_embed(s.reshape(g * g, -1), seed, perplexity).reshape(g, g, 2))
+                       for s in states]
+        scores[label] = {"checkpoint": str(path), "layer": layer,
+                         "smoothness": [smoothness(m) for m in maps[label]],
+                         "smoothness_states": [smoothness(s) for s in states]}
+        titles[label] = [f"{label}\nblock {layer}, smoothness {s:.3f}" for s in scores[label]["smoothness"]]
+    images = [(f"image {i}: {store.class_names[store.labels[i]]}", store.source_image(i, 0)) for i in image_indices]
+    plot_token_maps(images, maps, titles, out)
+    report = {"codes": str(codes), "images": [int(i) for i in image_indices], "condition": condition,
+              "weights": "ema" if use_ema else "raw", "perplexity": perplexity, "seed": seed, "maps": scores,
               "figure": str(out)}
     Path(out).with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     return report

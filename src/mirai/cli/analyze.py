@@ -1,10 +1,13 @@
-"""``mirai analyze``: training curves of several runs, and t-SNE maps of a GPT block's representations.
+"""``mirai analyze``: training curves of several runs, token maps of a GPT block (Fig. 9) and class maps.
 
 Examples::
 
-    mirai analyze curves runs/fashion/baseline runs/fashion/mirai_i --key val/nll_ema --out curves.png
-    mirai analyze tsne runs/fashion/mirai_i/checkpoints/best --codes runs/codes/fashion-vq8-test \\
-        --layer 3 --encoder fashion8 --out tsne.png
+    mirai analyze curves runs/fashion/baseline runs/fashion/mirai_i --out curves.png
+    mirai analyze tsne --checkpoint runs/fashion/baseline/checkpoints/best \\
+        --checkpoint runs/fashion/mirai_i/checkpoints/best --labels baseline mirai_i \\
+        --codes runs/codes/fashion-vq8-test --layer 2 --image-index 0 7 --out maps.png
+    mirai analyze classmap runs/fashion/mirai_i/checkpoints/best --codes runs/codes/fashion-vq8-test \\
+        --layer 3 --encoder fashion8 --out classmap.png
 """
 
 from __future__ import annotations
@@ -13,23 +16,53 @@ import argparse
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("analyze", help="training curves and t-SNE maps of learned representations")
+    parser = subparsers.add_parser("analyze", help="training curves, token maps and class maps of representations")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    p = actions.add_parser("curves", help="plot one metrics.jsonl series of several runs",
-                           description="One line per run of KEY against step, from each RUN_DIR/metrics.jsonl.")
+    p = actions.add_parser(
+        "curves", help="plot metrics.jsonl series of several runs, one panel per metric",
+        description="One panel per metric, one line per run against step, from each RUN_DIR/metrics.jsonl. "
+        "By default: loss/ntp, every auxiliary head's loss (foresight/loss0, foresight/loss1, ...) and "
+        "val/nll_ema, those that were logged.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--key", default="val/nll_ema", help="metric to plot (default val/nll_ema)")
+    p.add_argument("--key", action="append", dest="keys", metavar="KEY",
+                   help="metric to plot instead of the defaults; repeat for several panels")
     p.add_argument("--out", required=True, help="figure file (.png, .pdf, .svg)")
     p.add_argument("--smooth", type=float, default=0.0, help="exponential smoothing weight in [0, 1) (default 0)")
-    p.add_argument("--log-y", action="store_true", help="logarithmic y axis")
+    p.add_argument("--log-y", action="store_true", help="logarithmic y axes")
     p.set_defaults(func=curves)
 
     p = actions.add_parser(
-        "tsne", help="t-SNE of per-image pooled GPT hidden states, coloured by class, with k-NN accuracy",
-        description="Mean-pools the hidden states after block --layer over each image's token positions, embeds "
-        "the images with t-SNE and colours them by class; --encoder adds the same map for a foresight encoder's "
-        "features. Writes OUT and OUT with suffix .json (k-NN class accuracy of the features and of the map).",
+        "tsne", help="t-SNE map of one image's token states per checkpoint (paper Fig. 9), with a smoothness score",
+        description="For each image, embeds the states after GPT block --layer of its g*g grid cells with t-SNE, "
+        "colours each cell by its 2-D position through a fixed 2-D colour map, and draws one panel per "
+        "checkpoint beside the image. Smoothness = mean distance between neighbouring cells / mean distance "
+        "between any two cells (lower = smoother, about 1 = no spatial structure). Writes OUT and OUT with "
+        "suffix .json.",
+    )
+    p.add_argument("--checkpoint", action="append", dest="checkpoints", required=True, metavar="CKPT",
+                   help="GPT checkpoint directory (e.g. RUN/checkpoints/best); repeat to compare runs")
+    p.add_argument("--codes", required=True, help="code store holding the images (e.g. the test split)")
+    p.add_argument("--layer", type=int, help="1-based GPT block (default: the foresight default, 2/3 of the depth)")
+    p.add_argument("--out", required=True, help="figure file (.png, .pdf, .svg)")
+    p.add_argument("--image-index", type=int, nargs="+", default=[0], dest="image_indices", metavar="I",
+                   help="images of the store to map, one row each (default 0)")
+    p.add_argument("--labels", nargs="+", metavar="NAME", help="one panel title per checkpoint "
+                   "(default: the shortest distinct tails of the checkpoint paths)")
+    p.add_argument("--condition", choices=["label", "null"], default="label",
+                   help="class input of the GPT: the image's label (default) or the null class")
+    p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity, at most a third of the "
+                   "cells (default 30)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.set_defaults(func=tsne)
+
+    p = actions.add_parser(
+        "classmap", help="t-SNE of per-image pooled GPT states, coloured by class, with k-NN accuracy",
+        description="Mean-pools the states after block --layer over each image's grid cells, embeds the images "
+        "with t-SNE and colours them by class; --encoder adds the same map for a foresight encoder's features. "
+        "Writes OUT and OUT with suffix .json (k-NN class accuracy of the features and of the map).",
     )
     p.add_argument("checkpoint", help="GPT checkpoint directory (e.g. RUN/checkpoints/best)")
     p.add_argument("--codes", required=True, help="code store whose images are embedded (e.g. the test split)")
@@ -45,27 +78,44 @@ def add_parser(subparsers) -> None:
     p.add_argument("--perplexity", type=float, default=30.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.set_defaults(func=tsne)
+    p.set_defaults(func=classmap)
 
 
 def curves(args: argparse.Namespace) -> int:
     from mirai.analysis.curves import plot_curves
 
-    plotted = plot_curves(args.run_dirs, args.key, args.out, smooth=args.smooth, log_y=args.log_y)
-    for label, (steps, values) in plotted.items():
-        print(f"{label}: {len(steps)} points, last {args.key} = {values[-1]:.4g} at step {steps[-1]}")
+    plotted = plot_curves(args.run_dirs, args.out, keys=args.keys, smooth=args.smooth, log_y=args.log_y)
+    for key, runs in plotted.items():
+        for label, (steps, values) in runs.items():
+            print(f"{label}: {len(steps)} points, last {key} = {values[-1]:.4g} at step {steps[-1]}")
     print(f"wrote {args.out}")
     return 0
 
 
 def tsne(args: argparse.Namespace) -> int:
     from pathlib import Path
+    from statistics import mean
 
-    from mirai.analysis.tsne import tsne_report
+    from mirai.analysis.tsne import tsne_maps
 
-    report = tsne_report(args.checkpoint, args.codes, args.layer, args.out, encoder=args.encoder,
-                         num_images=args.num_images, condition=args.condition, use_ema=not args.raw_weights,
-                         k=args.k, perplexity=args.perplexity, seed=args.seed, device=args.device)
+    report = tsne_maps(args.checkpoints, args.codes, args.out, layers=[args.layer] * len(args.checkpoints),
+                       image_indices=args.image_indices, labels=args.labels, condition=args.condition,
+                       use_ema=not args.raw_weights, perplexity=args.perplexity, seed=args.seed, device=args.device)
+    for label, s in report["maps"].items():
+        print(f"{label} (block {s['layer']}): smoothness {mean(s['smoothness']):.4f} (map), "
+              f"{mean(s['smoothness_states']):.4f} (states), mean over {len(s['smoothness'])} image(s)")
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}")
+    return 0
+
+
+def classmap(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mirai.analysis.classmap import classmap_report
+
+    report = classmap_report(args.checkpoint, args.codes, args.layer, args.out, encoder=args.encoder,
+                             num_images=args.num_images, condition=args.condition, use_ema=not args.raw_weights,
+                             k=args.k, perplexity=args.perplexity, seed=args.seed, device=args.device)
     for title, s in report["maps"].items():
         print(f"{title}: {s['k']}-NN class accuracy {s['knn_features']:.4f} (features), {s['knn_map']:.4f} (t-SNE map)")
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}")

@@ -21,8 +21,9 @@ def add_parser(subparsers) -> None:
         help="train variants x seeds, score each checkpoint (FID, IS, precision, recall, class accuracy)",
         description="Trains every (variant, seed) of a bench config for the same steps, scores the EMA weights "
         "at each eval_at checkpoint with the Fashion-MNIST evaluator against the real test images and against "
-        "the tokenizer's reconstructions, and writes OUT/results.json, results.md, fid_vs_steps.png and "
-        "grid_VARIANT.png. Resumable: rerun the same command after an interruption.",
+        "the tokenizer's reconstructions, and writes OUT/results.json, results.md, fid_vs_steps.png, "
+        "grid_VARIANT.png, tsne_maps.png (+ .json) and curves.png. Resumable: rerun the same command after an "
+        "interruption; a rerun only adds what is missing.",
     )
     p.add_argument("--config", required=True, help="bench YAML (see mirai.analysis.convergence.BenchConfig)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the bench config, e.g. seeds=[0]")
@@ -44,5 +45,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {r.variant:<16} seed {r.seed}  {r.cfg.model.name}  foresight={f.source:<8} {r.run_dir}")
         return 0
     run_convergence(bench)
-    print(f"wrote {bench.out_dir}/results.json, results.md, fid_vs_steps.png and grid_*.png")
+    print(f"wrote {bench.out_dir}/results.json, results.md, fid_vs_steps.png, grid_*.png, tsne_maps.png and "
+          "curves.png")
     return 0
