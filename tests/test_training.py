@@ -303,3 +303,8 @@ def test_cli_train_then_sample(stores, tmp_path, capsys):
     assert npz["arr_0"].shape == (6, 8, 8, 3) and npz["arr_0"].dtype == np.uint8
     assert npz["labels"].tolist() == [0, 0, 1, 1, 2, 2] and npz["tokens"].shape == (6, 16)
     assert (out / "grid.png").is_file()
+
+
+def test_a_warmup_longer_than_the_run_is_refused(stores, tmp_path):
+    with pytest.raises(ConfigError, match="foresight.warmup is 15 epoch.*never start"):
+        Trainer(make_cfg(stores, tmp_path / "r", **{"foresight.source": "ema"}))  # default: 15 epochs

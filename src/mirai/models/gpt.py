@@ -258,7 +258,10 @@ class GPT(nn.Module):
                 f"{tokens.size(1)} input tokens do not fit a {self.args.grid_size}x{self.args.grid_size} grid"
                 f" (at most {self.args.seq_len - 1}); is grid_size set to the tokenizer's grid?"
             )
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.args.vocab_size):
+        # Skipped under torch.compile: a data-dependent branch would split the graph (and sync a GPU).
+        if not torch.compiler.is_compiling() and tokens.numel() and (
+            tokens.min() < 0 or tokens.max() >= self.args.vocab_size
+        ):
             raise ValueError(
                 f"token ids must lie in [0, {self.args.vocab_size}); got [{int(tokens.min())}, {int(tokens.max())}]."
                 " Is the tokenizer's codebook the size the model was built for?"

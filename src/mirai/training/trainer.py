@@ -141,11 +141,26 @@ class Trainer:
             self.gpt.compile()  # in place: the module (and its state-dict names) stay the same
         self.autocast_dtype = self._autocast_dtype()
         self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.data.steps_per_epoch)
+        self._check_foresight_starts()
         self.step = 0
         self.best_val = math.inf
         self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ helpers
+    def _check_foresight_starts(self) -> None:
+        """A warm-up as long as the run (e.g. Mirai-E's default 15 epochs in a short run) would
+        silently train a baseline."""
+        f = self.cfg.foresight
+        if not f.enabled:
+            return
+        length, unit = f.warmup_spec()
+        end = {"step": self.total_steps, "epoch": self.total_steps / self.data.steps_per_epoch, "fraction": 1.0}[unit]
+        if length >= end:
+            raise ConfigError(
+                f"foresight.warmup is {length:g} {unit}(s) but the run ends at {end:g} {unit}(s): the foresight "
+                "loss would never start. Shorten it, e.g. foresight.warmup=0.15 foresight.warmup_unit=fraction"
+            )
+
     def _encoder_inputs(self) -> dict:
         """Mirai-I with ``cache_features``: run the encoder over every stored view once, up front."""
         f = self.cfg.foresight
