@@ -34,6 +34,9 @@ from mirai.training.trainer import train
 
 ASSETS = Path(__file__).parent / "assets" / "fashion"
 TOKENIZER = ASSETS / "vq8"
+# Laid over the fashion configs for the demo's short run: 400 steps learn more with a larger LR
+# and a shorter warm-up (baseline val NLL 3.61 against 3.86 with the configs' 1e-3 / 100 steps).
+SHORT_RUN = ("optim.lr=2e-3", "optim.warmup_steps=40")
 
 
 @dataclass
@@ -81,7 +84,7 @@ def train_variant(name: str, settings: DemoSettings, codes: dict[str, Path]) -> 
         f"run_dir={run_dir}", f"data.codes={codes['train']}", f"data.val_codes={codes['test']}",
         f"steps={settings.steps}", f"seed={settings.seed}", f"device={settings.device}",
         f"save_every={max(1, settings.steps // 2)}", f"eval_every={max(1, settings.steps // 2)}",
-        *settings.overrides,
+        *SHORT_RUN, *settings.overrides,
     ])
     final = run_dir / "checkpoints" / f"step_{settings.steps:07d}"
     if final.is_dir():
