@@ -27,7 +27,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
         assert report["num_samples"] == 40 and report["num_reference"] == 10_000
         assert 0 <= report["metrics"]["class_accuracy"] <= 1 and report["metrics"]["fid"] > 0
         assert report["val_nll_ema"] is not None
-        assert (out / variant / "grid.png").is_file()
+        assert (out / variant / "samples" / "final.png").is_file()
         assert (out / variant / "checkpoints" / "step_0000004").is_dir()
     assert "Fashion-MNIST demo" in (out / "results.md").read_text()
     # A second run finds every stage done: nothing is retrained or resampled.

@@ -16,13 +16,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from mirai import checkpoint
 from mirai.config import load_config
 from mirai.data.codes import CodeStore, extract
-from mirai.data.images import save_image_grid
 from mirai.data.views import ViewSpec
 from mirai.errors import DataError
 from mirai.evaluation import suite
@@ -64,8 +60,8 @@ def ensure_codes(split: str, out: Path, device: str, per_class: int | None = Non
     except DataError:
         pass  # missing or incomplete: (re)extract
     vq = checkpoint.load(TOKENIZER, kind="vq")
-    extract(vq, FashionMNIST(split, per_class=per_class), ViewSpec("flip", 32), out, tokenizer_path=TOKENIZER, batch_size=256,
-            device=device)
+    extract(vq, FashionMNIST(split, per_class=per_class), ViewSpec("flip", 32), out, tokenizer_path=TOKENIZER,
+            batch_size=256, device=device)
     return out
 
 
@@ -94,7 +90,7 @@ def train_variant(name: str, settings: DemoSettings, codes: dict[str, Path]) -> 
 
 
 def sample_and_score(name: str, ckpt: Path, settings: DemoSettings, reference: Path, device: str) -> dict:
-    """EMA samples of one variant: a grid (one row per class) and a scored evaluation batch."""
+    """A scored batch of EMA samples of one variant (the trainer already drew its 10x10 grid)."""
     run_dir = settings.out / name
     report_path = run_dir / "evaluation.json"
     if report_path.is_file():
@@ -102,17 +98,13 @@ def sample_and_score(name: str, ckpt: Path, settings: DemoSettings, reference: P
     cfg = load_config(TrainConfig, run_dir / "config.yaml")
     gpt = checkpoint.load(ckpt, use_ema=True).to(device).eval()
     vq = checkpoint.load(TOKENIZER, kind="vq").to(device).eval()
-    grid_labels = torch.arange(gpt.args.num_classes).repeat_interleave(10).numpy()
-    grid = sample_to_npz(gpt, vq, grid_labels, run_dir / "grid.npz", cfg.sampling, seed=settings.seed + 1,
-                         batch_size=100)
-    save_image_grid(np.load(grid)["arr_0"], 10, run_dir / "grid.png")
     labels = class_labels(gpt.args.num_classes, settings.num_samples, "balanced", seed=settings.seed)
     samples = sample_to_npz(gpt, vq, labels, run_dir / "samples.npz", cfg.sampling, seed=settings.seed,
                             batch_size=250)
     report = suite.evaluate(samples, reference, evaluator="fashion", batch_size=500, device=device)
     val = [r for r in read_metrics(run_dir) if "val/nll_ema" in r]
     report["val_nll_ema"] = val[-1]["val/nll_ema"] if val else None
-    report["grid"] = str(run_dir / "grid.png")
+    report["grid"] = str(run_dir / "samples" / "final.png")  # drawn by the trainer from the EMA weights
     report_path.write_text(json.dumps(report, indent=2))
     return report
 
