@@ -24,14 +24,6 @@ from mirai.foresight.encoders import ASSETS
 from mirai.models import build_gpt
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_run(run_dir: Path, records: list[dict]) -> Path:
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

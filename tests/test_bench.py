@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
@@ -26,14 +25,6 @@ from mirai.foresight.encoders import ASSETS
 
 RECORD_KEYS = {"seed", "step", "fid", "precision", "recall", "inception_score", "class_accuracy", "val_nll",
                "fid_recon", "precision_recon", "recall_recon", "num_samples"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -28,16 +28,6 @@ HAVE_FASHION_MNIST = all((fm.DEBIAN_ROOT / f"{s}.gz").is_file() for pair in fm.F
 needs_fashion_mnist = pytest.mark.skipif(not HAVE_FASHION_MNIST, reason="dataset-fashion-mnist not installed")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tiny tokenizer gains nothing from a second thread, and on a busy 2-core machine OpenMP's
-    # thread hand-offs make each forward 50x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def idx_bytes(array: np.ndarray, code: int) -> bytes:
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     return header + array.astype(array.dtype.newbyteorder(">")).tobytes()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from mirai.cli.main import main
 from mirai.data import fashion_mnist as fm
@@ -15,7 +14,6 @@ HAVE_FASHION_MNIST = all((fm.DEBIAN_ROOT / f"{s}.gz").is_file() for pair in fm.F
 
 @pytest.mark.skipif(not HAVE_FASHION_MNIST, reason="dataset-fashion-mnist not installed")
 def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
-    torch.set_num_threads(1)
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--steps", "4", "--num-samples", "40", "--per-class", "4", "--device", "cpu",
             "optim.batch_size=8", "data.val_images=40", "sampling.cfg_scale=1.5"]

@@ -24,15 +24,6 @@ from mirai.tokenizer.train import (
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "tokenizer"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These models are tiny: one thread is faster than two, and far faster on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _shapes(n: int, seed: int = 0) -> np.ndarray:
     """Fashion-MNIST-like uint8 (n, 28, 28): bright rectangles on a black background."""
     rng = np.random.default_rng(seed)

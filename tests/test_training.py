@@ -33,15 +33,6 @@ from mirai.training.trainer import Trainer, train
 TINY_VIT = {"depth": 1, "embed_dim": 32, "num_heads": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from a second thread, and a busy 2-core machine makes it slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     """Train and validation stores: 3 classes of 8 px images, 4x4 tokens from a 64-code VQ, 10 views."""
