@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from typing import TypeVar
 
 from mirai.errors import ConfigError
 from mirai.models.gpt import GPT, GPTArgs
+
+T = TypeVar("T")
 
 # name -> (n_layer, n_head, dim); LlamaGen's names and sizes, then GPT-S and small CPU models.
 GPT_CONFIGS: dict[str, dict] = {
@@ -23,18 +26,24 @@ GPT_CONFIGS: dict[str, dict] = {
 }
 
 
-def gpt_args(name: str, **kwargs) -> GPTArgs:
-    """``GPTArgs`` of a named config with any field overridden (LlamaGen's field names)."""
-    if name not in GPT_CONFIGS:
-        raise ConfigError(f"unknown GPT config {name!r}; choose one of {sorted(GPT_CONFIGS)}")
-    valid = {f.name for f in fields(GPTArgs)}
-    unknown = sorted(set(kwargs) - valid)
+def named_args(cls: type[T], configs: dict[str, dict], name: str, what: str, overrides: dict) -> T:
+    """``cls`` built from the named entry of ``configs`` with ``overrides``; bad names and fields are
+    ``ConfigError``s that list the valid ones (``what`` names the model family in messages)."""
+    if name not in configs:
+        raise ConfigError(f"unknown {what} config {name!r}; choose one of {sorted(configs)}")
+    valid = {f.name for f in fields(cls)}
+    unknown = sorted(set(overrides) - valid)
     if unknown:
-        raise ConfigError(f"unknown GPT argument(s) {unknown}; valid ones are {sorted(valid)}")
+        raise ConfigError(f"unknown {what} argument(s) {unknown}; valid ones are {sorted(valid)}")
     try:
-        return GPTArgs(**{**GPT_CONFIGS[name], **kwargs})
+        return cls(**{**configs[name], **overrides})
     except ValueError as err:
         raise ConfigError(f"{name}: {err}") from err
+
+
+def gpt_args(name: str, **kwargs) -> GPTArgs:
+    """``GPTArgs`` of a named config with any field overridden (LlamaGen's field names)."""
+    return named_args(GPTArgs, GPT_CONFIGS, name, "GPT", kwargs)
 
 
 def build_gpt(

@@ -14,7 +14,7 @@ Images are (B, 3, H, W) tensors in [-1, 1]; a ``downsample_factor`` f turns them
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mirai.checkpoint import load_state_dict_checked
-from mirai.errors import CheckpointError, ConfigError
+from mirai.errors import CheckpointError
+from mirai.models.registry import named_args
 
 # Length of LlamaGen's ``codebook_used`` buffer (a rolling history of assigned code ids).
 USAGE_HISTORY = 65536
@@ -370,16 +371,7 @@ VQ_CONFIGS: dict[str, dict] = {
 
 def vq_args(name: str, **kwargs) -> VQArgs:
     """``VQArgs`` of a named config with any field overridden."""
-    if name not in VQ_CONFIGS:
-        raise ConfigError(f"unknown VQ config {name!r}; choose one of {sorted(VQ_CONFIGS)}")
-    valid = {f.name for f in fields(VQArgs)}
-    unknown = sorted(set(kwargs) - valid)
-    if unknown:
-        raise ConfigError(f"unknown VQ argument(s) {unknown}; valid ones are {sorted(valid)}")
-    try:
-        return VQArgs(**{**VQ_CONFIGS[name], **kwargs})
-    except ValueError as err:
-        raise ConfigError(f"{name}: {err}") from err
+    return named_args(VQArgs, VQ_CONFIGS, name, "VQ", kwargs)
 
 
 def build_vq(name: str, codebook_size: int = 16384, codebook_dim: int = 8, **overrides) -> VQModel:
