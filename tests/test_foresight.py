@@ -157,6 +157,63 @@ def test_transformer_head_mixes_positions_mlp_head_does_not():
         assert bool(changed) == mixes
 
 
+def _plain_stack(head: MLPHead) -> nn.Sequential:
+    """The same weights as an unfused Linear-SiLU-Linear-SiLU-Linear stack."""
+    return nn.Sequential(head.fc1, nn.SiLU(), head.fc2, nn.SiLU(), head.fc3)
+
+
+def _saved_bytes(fn) -> int:
+    storages = {}
+
+    def pack(t):
+        if not isinstance(t, nn.Parameter):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    out.sum().backward()
+    return sum(storages.values())
+
+
+def test_mlp_head_gradients_equal_the_unfused_stack_and_it_saves_less():
+    torch.manual_seed(0)
+    head = MLPHead(12, 10, 48).double()
+    x = torch.randn(3, 5, 12, dtype=torch.double, requires_grad=True)
+    target = torch.randn(3, 5, 10, dtype=torch.double)
+    grads = []
+    for module in (head, _plain_stack(head)):
+        head.zero_grad()
+        x.grad = None
+        (module(x) * target).sum().backward()
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in head.parameters()])
+    for fused, plain in zip(*grads):
+        torch.testing.assert_close(fused, plain)
+    assert torch.autograd.gradcheck(lambda a: head(a), (x[:1, :2].detach().requires_grad_(),))
+    # The fused head keeps one hidden-wide tensor per SiLU instead of two.
+    x = torch.randn(4, 64, 12)
+    fused = _saved_bytes(lambda: MLPHead(12, 10, 256)(x))
+    plain = _saved_bytes(lambda: _plain_stack(MLPHead(12, 10, 256))(x))
+    assert fused < 0.6 * plain
+
+
+def test_mlp_head_under_bf16_autocast_matches_the_unfused_stack():
+    torch.manual_seed(0)
+    head = MLPHead(16, 8, 64)
+    x = torch.randn(2, 7, 16)
+    grads = []
+    for module in (head, _plain_stack(head)):
+        head.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = module(x)
+        assert out.dtype == torch.bfloat16
+        out.float().square().sum().backward()
+        grads.append([p.grad for p in head.parameters()])
+    for fused, plain in zip(*grads):
+        assert fused.dtype == torch.float32
+        torch.testing.assert_close(fused, plain, rtol=0.05, atol=0.05)
+
+
 # ---------------------------------------------------------------------------------------- schedules
 def test_const_and_step_schedules():
     assert LambdaSchedule()(at()) == 2.0
@@ -318,7 +375,7 @@ def test_no_gradient_reaches_the_teacher_and_only_heads_are_parameters():
 def test_no_gradient_reaches_the_encoder():
     model, encoder = tiny_gpt(), PatchEncoder()
     loss = build_auxiliary_loss(from_dict(ForesightConfig, {"source": "encoder"}), model, None, encoder=encoder)
-    assert loss.heads[0].net[-1].out_features == PatchEncoder.feature_dim
+    assert loss.heads[0].fc3.out_features == PatchEncoder.feature_dim
     assert not any(p is q for p in loss.parameters() for q in encoder.parameters())
     batch = {**batch_of(), "images": torch.rand(4, 3, 16, 16)}
     _, hidden = model(batch["tokens"][:, :-1], batch["labels"], hidden_layers=loss.hidden_layers)
@@ -332,7 +389,7 @@ def test_cached_features_need_a_cache():
     with pytest.raises(ConfigError):
         build_auxiliary_loss(cfg, tiny_gpt(), None, encoder=PatchEncoder())
     loss = build_auxiliary_loss(cfg, tiny_gpt(), None, features=torch.randn(8, G * G, 6))
-    assert loss.source.encoder is None and loss.heads[0].net[-1].out_features == 6
+    assert loss.source.encoder is None and loss.heads[0].fc3.out_features == 6
 
 
 def test_ema_source_needs_the_ema_model():

@@ -8,6 +8,7 @@ positions, which is the paper's explanation of why it regularises the backbone l
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 HEAD_TYPES = ("mlp", "transformer")
@@ -24,18 +25,46 @@ def default_hidden(in_dim: int) -> int:
     return min(PAPER_HIDDEN, 4 * in_dim)
 
 
+class _SiLULinear(torch.autograd.Function):
+    """``linear(silu(x))`` that keeps only ``x`` for backward and recomputes ``silu(x)`` there.
+
+    Plain autograd keeps both ``x`` (for SiLU) and ``silu(x)`` (for Linear): two hidden-wide
+    tensors per position. With three 2048-wide heads on GPT-B that is about 5% of the
+    step's activation memory; recomputing the elementwise SiLU costs no matmul.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return F.linear(F.silu(x), weight, bias)  # autocast (if on) casts as for nn.Linear
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        x = x.to(grad_out.dtype)  # under autocast grad_out has the low-precision compute dtype
+        sig = torch.sigmoid(x)
+        grad_x = (grad_out @ weight.to(grad_out.dtype)) * (sig * (1 + x * (1 - sig)))  # d silu/dx
+        flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_weight = flat_grad.t() @ (x * sig).reshape(-1, x.shape[-1])
+        return grad_x, grad_weight.to(weight.dtype), flat_grad.sum(0).to(weight.dtype)
+
+
 class MLPHead(nn.Module):
-    """Linear(d -> hidden) . SiLU . Linear(hidden -> hidden) . SiLU . Linear(hidden -> C)."""
+    """Linear(d -> hidden) . SiLU . Linear(hidden -> hidden) . SiLU . Linear(hidden -> C).
+
+    Each SiLU is fused with the Linear after it (``_SiLULinear``) to halve the memory the
+    head holds for backward; the parameters are those of the plain three-Linear stack.
+    """
 
     def __init__(self, in_dim: int, out_dim: int, hidden: int | None = None):
         super().__init__()
         hidden = hidden or default_hidden(in_dim)
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, out_dim)
-        )
+        self.fc1, self.fc2, self.fc3 = nn.Linear(in_dim, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        x = self.fc1(x)
+        x = _SiLULinear.apply(x, self.fc2.weight, self.fc2.bias)
+        return _SiLULinear.apply(x, self.fc3.weight, self.fc3.bias)
 
 
 class TransformerHead(nn.Module):
