@@ -147,6 +147,13 @@ def test_bench_writes_results_and_resumes_without_redoing_work(setup, tmp_path, 
     with pytest.raises(ConfigError, match="optim.lr"):
         run_convergence(from_dict(BenchConfig, changed))
 
+    # Another bench rescores the same runs with more samples, without training them again.
+    rescored = run_convergence(from_dict(BenchConfig, bench_dict(
+        setup, tmp_path / "rescored", num_samples=20, runs_dir=str(out / "runs"))))
+    assert len(trained.calls) == 3 and len(sampled.calls) == 9
+    assert {r["num_samples"] for records in rescored.values() for r in records} == {20}
+    assert not (tmp_path / "rescored" / "runs").exists()
+
 
 def test_bad_variants_fail_before_any_training(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(convergence, "train", lambda *a, **k: pytest.fail("trained despite a bad config"))

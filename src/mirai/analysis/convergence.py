@@ -18,7 +18,9 @@ interrupted training run continues from its latest checkpoint, and sample files 
 batch by batch. Layout of ``OUT``::
 
     bench.yaml            the resolved bench config (a rerun must agree on how records were scored)
-    runs/VARIANT/seed_S/  training runs (config.yaml, metrics.jsonl, checkpoints/step_*)
+    runs/VARIANT/seed_S/  training runs (config.yaml, metrics.jsonl, checkpoints/step_*); ``runs_dir``
+                          puts them elsewhere, e.g. another bench's runs, to rescore those with
+                          other scoring settings (more samples) without training again
     reference/            real.npz, recon.npz: reference batches (ADM layout, with evaluator features)
     reference.json        tokenizer floor and evaluator noise floor
     results.json          variant -> [{seed, step, fid, precision, recall, ...}]
@@ -81,6 +83,7 @@ class BenchConfig:
     """What to train, when to score it and how. Paths are relative to the working directory."""
 
     out_dir: str = "runs/bench/convergence"
+    runs_dir: str | None = None  # where the training runs live; None: OUT/runs
     train_config: str | None = None  # training YAML that variants given as plain override lists start from
     train_overrides: list[str] = field(default_factory=list)  # applied to every variant, before its own
     # name -> list of overrides, or {config: YAML, overrides: [...]} (see ``Variant``)
@@ -146,6 +149,9 @@ class BenchConfig:
             specs[name] = spec
         return specs
 
+    def runs_root(self) -> Path:
+        return Path(self.runs_dir) if self.runs_dir else Path(self.out_dir) / "runs"
+
     def schedule(self) -> list[int]:
         """The scored steps: ``eval_at`` plus the final step, ascending."""
         return sorted(set(self.eval_at) | {self.steps})
@@ -188,7 +194,7 @@ def plan_runs(bench: BenchConfig) -> list[Run]:
         except ConfigError as err:
             raise ConfigError(f"variant {name!r}: {err}") from None
         for seed in bench.seeds:
-            data = dict(base, run_dir=str(Path(bench.out_dir) / "runs" / name / f"seed_{seed}"), seed=seed,
+            data = dict(base, run_dir=str(bench.runs_root() / name / f"seed_{seed}"), seed=seed,
                         steps=bench.steps, epochs=0.0, save_every=every, eval_every=every,
                         keep_last=bench.steps // every)
             try:

@@ -4,6 +4,9 @@ Example::
 
     mirai bench convergence --config configs/bench/fashion_convergence.yaml
     mirai bench convergence --config configs/bench/fashion_convergence.yaml seeds=[0] out_dir=runs/bench/quick
+    # score another bench's trained runs again, differently (here: more samples), without training
+    mirai bench convergence --config configs/bench/fashion_convergence.yaml num_samples=10000 \
+        out_dir=runs/bench/s10k runs_dir=runs/bench/fashion_convergence/runs
 
 Rerunning the same command continues where it stopped; finished checkpoints are not scored again.
 """
