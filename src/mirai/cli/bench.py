@@ -43,9 +43,11 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         runs = plan_runs(bench)
         print(f"{len(runs)} runs x {len(bench.schedule())} checkpoints {bench.schedule()} -> {bench.out_dir}")
+        name_width = max(len(r.variant) for r in runs)
+        model_width = max(len(r.cfg.model.name) for r in runs)
         for r in runs:
-            f = r.cfg.foresight
-            print(f"  {r.variant:<16} seed {r.seed}  {r.cfg.model.name}  foresight={f.source:<8} {r.run_dir}")
+            print(f"  {r.variant:<{name_width}}  seed {r.seed}  {r.cfg.model.name:<{model_width}}  "
+                  f"foresight={r.cfg.foresight.source:<8} {r.run_dir}")
         return 0
     run_convergence(bench)
     print(f"wrote {bench.out_dir}/results.json, results.md, fid_vs_steps.png, grid_*.png, tsne_maps.png and "
