@@ -14,7 +14,9 @@ from PIL import Image
 
 from mirai import checkpoint
 from mirai.analysis import convergence
-from mirai.analysis.convergence import BenchConfig, format_table, plan_runs, run_convergence, summary_rows
+from mirai.analysis.convergence import (
+    BenchConfig, format_table, paired_rows, plan_runs, run_convergence, summary_rows,
+)
 from mirai.cli.main import main
 from mirai.config import from_dict, load_config
 from mirai.data.codes import extract
@@ -210,3 +212,24 @@ def test_table_reports_mean_and_spread_over_seeds(setup, tmp_path):
     table = format_table(bench, results, floors)
     assert "| a@2 | 32 ± 2.8 | 16 ± 1.4 | 2 ± 0 |" in table
     assert "| a@last2 | 17 ± 2.8 |" in table and table.count("| – |") == 4  # val NLL unknown in every row
+
+
+def test_paired_table_compares_each_seed_with_the_baseline(setup, tmp_path):
+    bench = from_dict(BenchConfig, bench_dict(setup, tmp_path, seeds=[0, 1, 2], steps=4, eval_at=[],
+                                              variants={"baseline": [], "b": []}))
+
+    def record(seed, fid, acc):
+        return {"seed": seed, "step": 4, "fid": fid, "fid_recon": fid / 2, "inception_score": 2.0,
+                "precision": 0.5, "recall": 0.25, "class_accuracy": acc, "val_nll": None}
+
+    results = {"baseline": [record(0, 100.0, 0.5), record(1, 200.0, 0.6), record(2, 300.0, 0.7)],
+               "b": [record(0, 90.0, 0.6), record(1, 190.0, 0.7), record(2, 330.0, 0.6)]}
+    (name, diffs, relative), = paired_rows(bench, results)
+    assert name == "b@4" and diffs["fid"] == [-10.0, -10.0, 30.0] and diffs["val_nll"] == []
+    assert relative == pytest.approx([-10.0, -5.0, 10.0])
+    floors = {"num_images": 12, "reference_codes": "x",
+              "tokenizer_floor": {"fid": 1.0, "precision": 0.9, "recall": 0.9, "inception_score": 3.0,
+                                  "class_accuracy": 0.95, "num_images": 12},
+              "noise_floor": {"fid": 0.5, "half_size": 6}}
+    table = format_table(bench, results, floors)
+    assert "| b@4 | 3.333 ± 23 (2/3) | 1.667 ± 12 (2/3) |" in table and "| – | -1.667 ± 10 |" in table

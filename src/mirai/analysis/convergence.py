@@ -149,6 +149,10 @@ class BenchConfig:
             specs[name] = spec
         return specs
 
+    def reference_variant(self) -> str:
+        """What the paired table compares against: ``baseline`` if there is one, else the first variant."""
+        return "baseline" if "baseline" in self.variants else next(iter(self.variants))
+
     def runs_root(self) -> Path:
         return Path(self.runs_dir) if self.runs_dir else Path(self.out_dir) / "runs"
 
@@ -513,7 +517,45 @@ def format_table(bench: BenchConfig, results: dict[str, list[dict]], floors: dic
     ]
     for name, records in summary_rows(bench, results):
         lines.append(f"| {name} | " + " | ".join(_cell(records, k) for k, _ in COLUMNS) + f" | {len(records)} |")
+    paired = paired_rows(bench, results)
+    if paired:
+        reference = bench.reference_variant()
+        lines += ["", f"Paired by seed against {reference} (same initialisation, data order and sampling noise, so "
+                  "seed-to-seed variation largely cancels): mean ± std of the per-seed differences, and in how "
+                  "many seeds the variant was better.", "",
+                  "| run | " + " | ".join(f"Δ {label}" for _, label in PAIRED) + " | ΔFID % |",
+                  "|---|" + "---|" * (len(PAIRED) + 1)]
+        for name, diffs, relative in paired:
+            cells = [f"{_mean_std(diffs[k])} ({sum(better(d) for d in diffs[k])}/{len(diffs[k])})"
+                     if diffs[k] else "–" for k, better in ((k, _BETTER[k]) for k, _ in PAIRED)]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {_mean_std(relative)} |")
     return "\n".join(lines) + "\n"
+
+
+PAIRED = (("fid", "FID"), ("fid_recon", "FID vs recon"), ("class_accuracy", "class acc"), ("val_nll", "val NLL"))
+_BETTER = {"fid": lambda d: d < 0, "fid_recon": lambda d: d < 0, "class_accuracy": lambda d: d > 0,
+           "val_nll": lambda d: d < 0}
+
+
+def paired_rows(bench: BenchConfig, results: dict[str, list[dict]]) -> list[tuple[str, dict[str, list[float]], list[float]]]:
+    """(variant@step, metric -> per-seed differences to the reference variant, per-seed relative FID change in %)
+    for every other variant and scored step, over the seeds both have."""
+    reference = bench.reference_variant()
+    ref = {(r["seed"], r["step"]): r for r in results.get(reference, []) if r["seed"] in bench.seeds}
+    rows = []
+    for name in bench.variants:
+        if name == reference:
+            continue
+        for step in bench.schedule():
+            pairs = [(r, ref[(r["seed"], step)]) for r in results.get(name, [])
+                     if r["step"] == step and (r["seed"], step) in ref]
+            if not pairs:
+                continue
+            diffs = {k: [r[k] - b[k] for r, b in pairs if r.get(k) is not None and b.get(k) is not None]
+                     for k, _ in PAIRED}
+            relative = [100 * (r["fid"] / b["fid"] - 1) for r, b in pairs]
+            rows.append((f"{name}@{step}", diffs, relative))
+    return rows
 
 
 def plot_fid(bench: BenchConfig, results: dict[str, list[dict]], floors: dict, path: Path) -> None:
