@@ -192,6 +192,12 @@ def test_plan_shares_budget_and_checkpoint_schedule(setup, tmp_path, capsys):
     assert not (tmp_path / "b").exists()
 
 
+FLOORS = {"num_images": 12, "reference_codes": "x",
+          "tokenizer_floor": {"fid": 1.0, "precision": 0.9, "recall": 0.9, "inception_score": 3.0,
+                              "class_accuracy": 0.95, "num_images": 12},
+          "noise_floor": {"fid": 0.5, "half_size": 6}}
+
+
 def test_table_reports_mean_and_spread_over_seeds(setup, tmp_path):
     bench = from_dict(BenchConfig, bench_dict(setup, tmp_path, seeds=[0, 1], steps=6, eval_at=[2, 4],
                                               average_last=2, variants={"a": []}))
@@ -205,11 +211,7 @@ def test_table_reports_mean_and_spread_over_seeds(setup, tmp_path):
     rows = dict(summary_rows(bench, results))
     assert [r["fid"] for r in rows["a@6"]] == [10.0, 14.0]
     assert [r["fid"] for r in rows["a@last2"]] == [15.0, 19.0]  # each seed over steps 4 and 6
-    floors = {"num_images": 12, "reference_codes": "x",
-              "tokenizer_floor": {"fid": 1.0, "precision": 0.9, "recall": 0.9, "inception_score": 3.0,
-                                  "class_accuracy": 0.95, "num_images": 12},
-              "noise_floor": {"fid": 0.5, "half_size": 6}}
-    table = format_table(bench, results, floors)
+    table = format_table(bench, results, FLOORS)
     assert "| a@2 | 32 ± 2.8 | 16 ± 1.4 | 2 ± 0 |" in table
     assert "| a@last2 | 17 ± 2.8 |" in table and table.count("| – |") == 4  # val NLL unknown in every row
 
@@ -227,9 +229,5 @@ def test_paired_table_compares_each_seed_with_the_baseline(setup, tmp_path):
     (name, diffs, relative), = paired_rows(bench, results)
     assert name == "b@4" and diffs["fid"] == [-10.0, -10.0, 30.0] and diffs["val_nll"] == []
     assert relative == pytest.approx([-10.0, -5.0, 10.0])
-    floors = {"num_images": 12, "reference_codes": "x",
-              "tokenizer_floor": {"fid": 1.0, "precision": 0.9, "recall": 0.9, "inception_score": 3.0,
-                                  "class_accuracy": 0.95, "num_images": 12},
-              "noise_floor": {"fid": 0.5, "half_size": 6}}
-    table = format_table(bench, results, floors)
+    table = format_table(bench, results, FLOORS)
     assert "| b@4 | 3.333 ± 23 (2/3) | 1.667 ± 12 (2/3) |" in table and "| – | -1.667 ± 10 |" in table
