@@ -1,0 +1,39 @@
+"""Every YAML shipped in configs/ loads into its validated dataclass (a typo there fails here, not mid-run)."""
+
+from pathlib import Path
+
+import pytest
+
+from mirai.analysis.convergence import BenchConfig, plan_runs
+from mirai.config import load_config
+from mirai.tokenizer.train import TokenizerTrainConfig
+from mirai.training.config import TrainConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "mirai" / "configs"
+
+
+def shipped(folder: str) -> list[Path]:
+    paths = sorted((CONFIGS / folder).glob("*.yaml"))
+    assert paths, f"no configs in {folder}"
+    return paths
+
+
+@pytest.mark.parametrize("path", shipped("fashion") + shipped("imagenet"), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_training_configs_validate(path, monkeypatch):
+    monkeypatch.chdir(CONFIGS.parent.parent.parent)  # `base:` and asset paths are relative to the repository
+    cfg = load_config(TrainConfig, path)
+    assert cfg.steps > 0 or cfg.epochs > 0
+
+
+@pytest.mark.parametrize("path", shipped("tokenizer"), ids=lambda p: p.name)
+def test_tokenizer_configs_validate(path):
+    load_config(TokenizerTrainConfig, path)
+
+
+@pytest.mark.parametrize("path", shipped("bench"), ids=lambda p: p.name)
+def test_bench_configs_plan_every_run(path, monkeypatch):
+    monkeypatch.chdir(CONFIGS.parent.parent.parent)
+    bench = load_config(BenchConfig, path)
+    runs = plan_runs(bench)  # builds and validates every variant's training config
+    assert len(runs) == len(bench.variants) * len(bench.seeds)
+    assert "baseline" in bench.variants
