@@ -136,7 +136,7 @@ class Setup:
     """GPT, EMA, the variants' auxiliary losses and one AdamW, built as the Trainer builds them."""
 
     def __init__(self, args: argparse.Namespace, device: torch.device, names: list[str], batch_size: int):
-        self.device, self.names = device, names
+        self.device = device
         self.bf16 = args.precision == "bf16" or (
             args.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
         torch.manual_seed(0)
@@ -239,9 +239,8 @@ def peak_child(args: argparse.Namespace, device: torch.device) -> None:
 def peak_memory(args: argparse.Namespace, names: list[str]) -> dict[str, dict]:
     """Each variant's peak memory, from its own process (so nothing another variant built is counted)."""
     peaks = {}
-    forwarded = [a for a in sys.argv[1:] if not a.startswith("--out")]
-    for name in names:
-        cmd = [sys.executable, __file__, *forwarded, "--peak-of", name, "--peak-batch", str(args.peak_batch)]
+    for name in names:  # the child returns before writing any JSON, so every argument can go along
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--peak-of", name, "--peak-batch", str(args.peak_batch)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         lines = [line for line in done.stdout.splitlines() if line.startswith(PEAK_TAG)]
         if done.returncode != 0 or not lines:
@@ -277,23 +276,23 @@ def main() -> None:
     fwd_bwd = {name: [r["fwd_bwd"] for r in results[name]] for name in names}
 
     # ------------------------------------------------------------------ memory
-    memory: dict[str, dict] = {name: {"saved_activations_bytes": setup.saved_activation_bytes(name), **peaks.get(name, {})}
-                               for name in names}
-    gpt_args, feature_dim = gpt.args, encoder.feature_dim if encoder is not None else None
+    memory: dict[str, dict] = {
+        name: {"saved_activations_bytes": setup.saved_activation_bytes(name), **peaks.get(name, {})} for name in names}
 
     # ------------------------------------------------------------------ analytic FLOPs
     shape = vit_shape(encoder_name)
     res = (shape.patch if shape else 14) * args.grid
-    flops = {"table15": {"baseline": training_flops(gpt_args)["total"]},
-             "executed": {"baseline": training_flops(gpt_args, conv=EXECUTED)["total"]}}
+    flops = {"table15": {"baseline": training_flops(gpt.args)["total"]},
+             "executed": {"baseline": training_flops(gpt.args, conv=EXECUTED)["total"]}}
     if "mirai_i" in names:
-        flops["table15"]["mirai_i"] = training_flops(gpt_args, cfgs["mirai_i"], target_dim=feature_dim)["total"]
+        width = encoder.feature_dim
+        flops["table15"]["mirai_i"] = training_flops(gpt.args, cfgs["mirai_i"], target_dim=width)["total"]
         if shape is not None:
-            flops["table15"]["mirai_i_with_encoder"] = training_flops(gpt_args, cfgs["mirai_i"], shape, res)["total"]
-            flops["executed"]["mirai_i"] = training_flops(gpt_args, cfgs["mirai_i"], shape, res, EXECUTED)["total"]
+            flops["table15"]["mirai_i_with_encoder"] = training_flops(gpt.args, cfgs["mirai_i"], shape, res)["total"]
+            flops["executed"]["mirai_i"] = training_flops(gpt.args, cfgs["mirai_i"], shape, res, EXECUTED)["total"]
     if "mirai_e" in names:
-        flops["table15"]["mirai_e"] = training_flops(gpt_args, cfgs["mirai_e"])["total"]
-        flops["executed"]["mirai_e"] = training_flops(gpt_args, cfgs["mirai_e"], conv=EXECUTED)["total"]
+        flops["table15"]["mirai_e"] = training_flops(gpt.args, cfgs["mirai_e"])["total"]
+        flops["executed"]["mirai_e"] = training_flops(gpt.args, cfgs["mirai_e"], conv=EXECUTED)["total"]
 
     # ------------------------------------------------------------------ report
     step_ratio = {n: C.median(C.round_ratios(times, n, "baseline")) for n in names}
@@ -336,7 +335,8 @@ def main() -> None:
         "benchmark": "foresight_overhead",
         "machine": C.machine(device),
         "settings": {"model": model_name, "grid": args.grid, "vocab": args.vocab, "classes": args.classes,
-                     "batch": batch_size, "peak_batch": args.peak_batch, "encoder": f"{encoder_name} (random init) at {res} px",
+                     "batch": batch_size, "peak_batch": args.peak_batch,
+                     "encoder": f"{encoder_name} (random init) at {res} px",
                      "image_size": args.image_size, "k_mirai_e": args.k, "bf16": bf16, "compile": args.compile,
                      "repeats": repeats, "warmup": warmup, "quick": args.quick, "threads": args.threads},
         "parameters": n_params,
@@ -352,9 +352,9 @@ def main() -> None:
         "memory": memory,
         "memory_method": "saved_activations_bytes: distinct non-parameter storages saved for backward during the "
                          "forward (torch.autograd.graph.saved_tensors_hooks), timing batch; max_rss_bytes / "
-                         "cuda_peak_bytes: peak resident set (VmHWM) / torch.cuda.max_memory_allocated of a fresh process "
-                         "that builds only that variant and takes 2 steps at peak_batch; rss_after_import_bytes: "
-                         "that process's resident set (VmRSS) before building anything",
+                         "cuda_peak_bytes: peak resident set (VmHWM) / torch.cuda.max_memory_allocated of a fresh "
+                         "process that builds only that variant and takes 2 steps at peak_batch; "
+                         "rss_after_import_bytes: that process's resident set (VmRSS) before building anything",
         "losses_last_round": {n: results[n][-1]["loss"] for n in names},
     }, args.out, args.quick)
 

@@ -526,8 +526,8 @@ def format_table(bench: BenchConfig, results: dict[str, list[dict]], floors: dic
                   "| run | " + " | ".join(f"Δ {label}" for _, label in PAIRED) + " | ΔFID % |",
                   "|---|" + "---|" * (len(PAIRED) + 1)]
         for name, diffs, relative in paired:
-            cells = [f"{_mean_std(diffs[k])} ({sum(better(d) for d in diffs[k])}/{len(diffs[k])})"
-                     if diffs[k] else "–" for k, better in ((k, _BETTER[k]) for k, _ in PAIRED)]
+            cells = [f"{_mean_std(diffs[k])} ({sum(map(_BETTER[k], diffs[k]))}/{len(diffs[k])})"
+                     if diffs[k] else "–" for k, _ in PAIRED]
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {_mean_std(relative)} |")
     return "\n".join(lines) + "\n"
 
@@ -537,7 +537,9 @@ _BETTER = {"fid": lambda d: d < 0, "fid_recon": lambda d: d < 0, "class_accuracy
            "val_nll": lambda d: d < 0}
 
 
-def paired_rows(bench: BenchConfig, results: dict[str, list[dict]]) -> list[tuple[str, dict[str, list[float]], list[float]]]:
+def paired_rows(
+    bench: BenchConfig, results: dict[str, list[dict]]
+) -> list[tuple[str, dict[str, list[float]], list[float]]]:
     """(variant@step, metric -> per-seed differences to the reference variant, per-seed relative FID change in %)
     for every other variant and scored step, over the seeds both have."""
     reference = bench.reference_variant()
