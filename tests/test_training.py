@@ -23,7 +23,7 @@ from mirai.config import apply_overrides, from_dict, read_yaml
 from mirai.data.codes import extract
 from mirai.data.folders import ImageFolder
 from mirai.data.views import ViewSpec
-from mirai.errors import ConfigError, DataError, TrainingError
+from mirai.errors import CheckpointError, ConfigError, DataError, TrainingError
 from mirai.models import build_vq
 from mirai.training import trainer as trainer_module
 from mirai.training.config import TrainConfig
@@ -119,10 +119,13 @@ def test_gradient_accumulation_matches_one_big_batch(stores, tmp_path):
         torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("source", ["none", "ema", "encoder"])
+MIRAI_E = {"foresight.source": "ema", "foresight.warmup": 2, "foresight.warmup_unit": "step"}
+
+
+@pytest.mark.parametrize("source", ["none", "ema", "ema_teacher", "encoder"])
 def test_resume_continues_exactly(stores, tmp_path, source):
     """2k steps in one go == k steps, stop, resume for k more (dropout on: RNG state is restored)."""
-    extra = {"none": {}, "ema": {"foresight.source": "ema", "foresight.warmup": 2, "foresight.warmup_unit": "step"},
+    extra = {"none": {}, "ema": MIRAI_E, "ema_teacher": {**MIRAI_E, "foresight.teacher_decay": 0.5},
              "encoder": encoder_overrides(stores)}[source]
     whole = Trainer(make_cfg(stores, tmp_path / "whole", steps=6, **extra))
     whole.fit()
@@ -139,6 +142,8 @@ def test_resume_continues_exactly(stores, tmp_path, source):
     assert_same(weights(whole.ema), weights(second.ema))
     if source != "none":
         assert_same(weights(whole.objective.auxiliary), weights(second.objective.auxiliary))
+    if source == "ema_teacher":
+        assert_same(weights(whole.teacher), weights(second.teacher))
     assert_same(whole.optimizer.state_dict()["state"][0], second.optimizer.state_dict()["state"][0])
 
 
@@ -220,6 +225,33 @@ def test_mirai_e_trains_its_heads_and_exports_a_plain_gpt(stores, tmp_path):
     ckpt = checkpoint.read_checkpoint(result.checkpoint)
     assert not any("head" in k for k in ckpt.model)  # heads are training-only
     assert load_file(str(result.checkpoint / "auxiliary.safetensors"))
+
+
+def test_mirai_e_teacher_decay_gives_the_teacher_its_own_horizon(stores, tmp_path):
+    def run(name: str, **extra) -> Trainer:
+        t = Trainer(make_cfg(stores, tmp_path / name, steps=6, dropout=False, **MIRAI_E, **extra))
+        for _ in range(4):
+            t.train_step()
+        return t
+
+    paper = run("paper")
+    assert paper.teacher is None  # the sampled EMA is the teacher
+    # A separate teacher with the sampled EMA's decay follows the same path, so training is unchanged.
+    same = run("same", **{"foresight.teacher_decay": 0.9})
+    assert_same(weights(same.teacher), weights(same.ema))
+    assert_same(weights(same.gpt), weights(paper.gpt))
+    # Decay 0: the teacher is the model itself after every step; the sampled EMA still averages.
+    instant = run("instant", **{"foresight.teacher_decay": 0.0})
+    assert_same(weights(instant.teacher), weights(instant.gpt))
+    assert not torch.equal(instant.ema.output.weight, instant.gpt.output.weight)
+    assert not torch.equal(instant.gpt.output.weight, paper.gpt.output.weight)  # other targets after the warm-up
+    # A checkpoint made without the separate teacher cannot resume a run that keeps one.
+    paper.save()
+    with pytest.raises(CheckpointError, match="teacher_decay"):
+        run_dir = str(tmp_path / "paper")
+        Trainer(make_cfg(stores, run_dir, steps=6, **MIRAI_E, **{"foresight.teacher_decay": 0.5})).resume()
+    with pytest.raises(ConfigError, match="teacher_decay"):
+        make_cfg(stores, tmp_path / "bad", **MIRAI_E, **{"foresight.teacher_decay": 1.0})
 
 
 def test_mirai_i_feature_cache_gives_the_same_targets(stores, tmp_path):

@@ -41,6 +41,9 @@ class ForesightConfig:
     reduction: Literal["sum", "mean"] = "sum"  # over heads: sum (authors' scripts) or mean (paper Eq. 11)
     align_class_token: bool = True  # Mirai-E: also pair the class position with the teacher's
     pair_with: Literal["current", "next"] = "current"  # cell of the token just read, or the one predicted
+    # Mirai-E only: the teacher's own EMA decay (a shorter or longer horizon than the sampled EMA's);
+    # None: the paper's choice, the trainer's EMA (the weights that are sampled) is the teacher.
+    teacher_decay: float | None = None
     # Mirai-I only (ignored by other sources, so one file can switch source by override):
     encoder: str | dict | None = None  # mirai.foresight.encoders.build_encoder spec; None: see encoder_spec
     cache_features: bool = False  # read precomputed features by batch["feature_index"]
@@ -95,6 +98,8 @@ class ForesightConfig:
             )
         for schedule in self.lambdas or []:
             schedule.validate()
+        if self.teacher_decay is not None and not 0 <= self.teacher_decay < 1:
+            raise ConfigError(f"foresight.teacher_decay must lie in [0, 1), got {self.teacher_decay}")
         if self.warmup is None and self.warmup_unit != "epoch":
             raise ConfigError("foresight.warmup_unit needs foresight.warmup (the default warm-up is in epochs)")
         if self.warmup is not None and self.warmup < 0:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from mirai.training.trainer import Trainer
 
 STATE_FILE, HEADS_FILE, CONFIG_FILE = "training_state.pt", "auxiliary.safetensors", "train_config.yaml"
+TEACHER_FILE = "teacher.safetensors"  # Mirai-E with foresight.teacher_decay: the teacher's own EMA
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -40,6 +41,10 @@ def _gather(obj):
     return out
 
 
+def _safetensors_bytes(module: torch.nn.Module) -> bytes:
+    return save({k: v.contiguous().cpu() for k, v in module.state_dict().items()})
+
+
 def save_training_checkpoint(trainer: "Trainer", val_nll: float | None, name: str | None = None) -> Path:
     """Collective: every rank calls it (RNG states are gathered); rank 0 writes atomically."""
     rng = _gather(_rng_state(trainer.device))
@@ -52,7 +57,9 @@ def save_training_checkpoint(trainer: "Trainer", val_nll: float | None, name: st
     extra = {STATE_FILE: buffer.getvalue(), CONFIG_FILE: yaml.safe_dump(to_dict(trainer.cfg), sort_keys=False).encode()}
     aux = trainer.objective.auxiliary
     if aux is not None and len(aux.state_dict()):
-        extra[HEADS_FILE] = save({k: v.contiguous().cpu() for k, v in aux.state_dict().items()})
+        extra[HEADS_FILE] = _safetensors_bytes(aux)
+    if trainer.teacher is not None:
+        extra[TEACHER_FILE] = _safetensors_bytes(trainer.teacher)
     gpt = trainer.gpt
     meta = {"step": trainer.step, "val_nll": val_nll, "seed": trainer.cfg.seed, "run_dir": str(trainer.run_dir)}
     write_checkpoint(path, Checkpoint("gpt", gpt.name, gpt.args.to_dict(), gpt.state_dict(),
@@ -92,6 +99,11 @@ def load_training_checkpoint(trainer: "Trainer", path: str | Path | None = None)
             raise CheckpointError(f"{path} has no foresight heads, but this config trains some: resume with "
                                   "the config that made the checkpoint")
         load_state_dict_checked(aux, load_file(str(path / HEADS_FILE)))
+    if trainer.teacher is not None:
+        if not (path / TEACHER_FILE).is_file():
+            raise CheckpointError(f"{path} has no {TEACHER_FILE}, but this config (foresight.teacher_decay) keeps "
+                                  "a separate Mirai-E teacher: resume with the config that made the checkpoint")
+        load_state_dict_checked(trainer.teacher, load_file(str(path / TEACHER_FILE)))
     state = read_torch_file(path / STATE_FILE)
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.step, trainer.best_val = int(state["step"]), float(state["best_val"])

@@ -121,7 +121,11 @@ class Trainer:
         if not cfg.dropout:
             self.gpt.cls_embedding.dropout_prob = 0.0
         self.ema = copy.deepcopy(self.gpt).eval().requires_grad_(False)
-        auxiliary = build_auxiliary_loss(cfg.foresight, self.gpt, self.ema, **self._encoder_inputs())
+        # Mirai-E's teacher is the sampled EMA unless foresight.teacher_decay gives it its own horizon.
+        self.teacher: GPT | None = None
+        if cfg.foresight.source == "ema" and cfg.foresight.teacher_decay is not None:
+            self.teacher = copy.deepcopy(self.gpt).eval().requires_grad_(False)
+        auxiliary = build_auxiliary_loss(cfg.foresight, self.gpt, self.teacher or self.ema, **self._encoder_inputs())
         if auxiliary is not None:
             auxiliary.to(self.device)
         self.objective = Objective(self.gpt, auxiliary)
@@ -186,8 +190,9 @@ class Trainer:
         return Progress(step=self.step, epoch=self.step / self.data.steps_per_epoch,
                         fraction=self.step / max(1, self.total_steps))
 
-    def ema_decay(self) -> float:
-        decay = self.cfg.ema.decay
+    def ema_decay(self, decay: float | None = None) -> float:
+        """This step's decay of the sampled EMA (or of an EMA with ``decay``), after the optional warm-up."""
+        decay = self.cfg.ema.decay if decay is None else decay
         if self.cfg.ema.warmup:
             decay = min(decay, (1 + self.step) / (10 + self.step))
         return decay
@@ -225,6 +230,8 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         update_ema(self.ema, self.gpt, self.ema_decay())
+        if self.teacher is not None:
+            update_ema(self.teacher, self.gpt, self.ema_decay(cfg.foresight.teacher_decay))
         self.step += 1
         logs.update({"lr": lr, "grad_norm": float(grad_norm), "epoch": self.step / self.data.steps_per_epoch})
         return logs
