@@ -125,7 +125,8 @@ class Trainer:
         self.teacher: GPT | None = None
         if cfg.foresight.source == "ema" and cfg.foresight.teacher_decay is not None:
             self.teacher = copy.deepcopy(self.gpt).eval().requires_grad_(False)
-        auxiliary = build_auxiliary_loss(cfg.foresight, self.gpt, self.teacher or self.ema, **self._encoder_inputs())
+        auxiliary = build_auxiliary_loss(cfg.foresight, self.gpt, self.ema if self.teacher is None else self.teacher,
+                                         **self._encoder_inputs())
         if auxiliary is not None:
             auxiliary.to(self.device)
         self.objective = Objective(self.gpt, auxiliary)
