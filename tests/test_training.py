@@ -247,9 +247,10 @@ def test_mirai_e_teacher_decay_gives_the_teacher_its_own_horizon(stores, tmp_pat
     assert not torch.equal(instant.gpt.output.weight, paper.gpt.output.weight)  # other targets after the warm-up
     # A checkpoint made without the separate teacher cannot resume a run that keeps one.
     paper.save()
+    teacher_cfg = make_cfg(stores, tmp_path / "paper", steps=6, **MIRAI_E, **{"foresight.teacher_decay": 0.5})
+    keeps_teacher = Trainer(teacher_cfg)
     with pytest.raises(CheckpointError, match="teacher_decay"):
-        run_dir = str(tmp_path / "paper")
-        Trainer(make_cfg(stores, run_dir, steps=6, **MIRAI_E, **{"foresight.teacher_decay": 0.5})).resume()
+        keeps_teacher.resume()
     with pytest.raises(ConfigError, match="teacher_decay"):
         make_cfg(stores, tmp_path / "bad", **MIRAI_E, **{"foresight.teacher_decay": 1.0})
 

@@ -40,7 +40,8 @@ def frozen_eval(module: nn.Module) -> Iterator[None]:
 class EMASource:
     """Mirai-E: the EMA model itself, on the same tokens and true labels, cut after block ``layer``.
 
-    No copy of the weights is made: the EMA the trainer keeps for sampling is the teacher.
+    By default no copy of the weights is made: the EMA the trainer keeps for sampling is the
+    teacher. With ``foresight.teacher_decay`` the trainer passes a separate EMA copy instead.
     Eval mode switches off token/residual dropout and class dropout (so the label is the
     true one). Targets: teacher positions 0..N-1 (it reads ``tokens[:, :-1]``), width d.
     """
