@@ -192,6 +192,47 @@ def test_plan_shares_budget_and_checkpoint_schedule(setup, tmp_path, capsys):
     assert not (tmp_path / "b").exists()
 
 
+def test_parallel_shares_merge_their_records_and_a_plain_run_writes_the_report(setup, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bench"
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump(bench_dict(setup, out, steps=2, eval_at=[])))
+    trained = Counter(convergence.train)
+    sampled = Counter(convergence.sample_to_npz)
+    monkeypatch.setattr(convergence, "train", trained)
+    monkeypatch.setattr(convergence, "sample_to_npz", sampled)
+
+    # The baseline's share finishes while the Mirai-I share is training: its record must survive
+    # the Mirai-I share's write, although that process read results.json before it existed.
+    real_ensure_trained = convergence.ensure_trained
+
+    def other_share_finishes_meanwhile(run):
+        if run.variant == "mirai_i":
+            assert main(["bench", "convergence", "--config", str(config), "--variant", "baseline"]) == 0
+        return real_ensure_trained(run)
+
+    monkeypatch.setattr(convergence, "ensure_trained", other_share_finishes_meanwhile)
+    assert main(["bench", "convergence", "--config", str(config), "--variant", "mirai_i", "--seed", "0"]) == 0
+    assert "run the command once more without --variant/--seed" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert {v: [(r["seed"], r["step"]) for r in records] for v, records in results.items()} == {
+        "baseline": [(0, 2)], "mirai_i": [(0, 2)]}
+    assert len(trained.calls) == 2 and len(sampled.calls) == 2
+    assert (out / "grid_baseline.png").is_file() and (out / "grid_mirai_i.png").is_file()
+    assert not any((out / name).exists() for name in ("results.md", "tsne_maps.png", "fid_vs_steps.png"))
+
+    # The plain run trains and samples nothing more; it writes the report over both shares.
+    monkeypatch.setattr(convergence, "ensure_trained", real_ensure_trained)
+    assert main(["bench", "convergence", "--config", str(config)]) == 0
+    assert len(trained.calls) == 2 and len(sampled.calls) == 2
+    assert "| baseline@2 |" in (out / "results.md").read_text() and "| mirai_i@2 |" in (out / "results.md").read_text()
+    assert list(json.loads((out / "tsne_maps.json").read_text())["maps"]) == ["baseline", "mirai_i"]
+
+    with pytest.raises(ConfigError, match=r"variant mirai_e is not in the bench config \(it has baseline, mirai_i\)"):
+        convergence.select_share(plan_runs(load_config(BenchConfig, config)), ["mirai_e"], None)
+    with pytest.raises(ConfigError, match=r"seed 5 is not in the bench config"):
+        convergence.select_share(plan_runs(load_config(BenchConfig, config)), None, [5])
+
+
 FLOORS = {"num_images": 12, "reference_codes": "x",
           "tokenizer_floor": {"fid": 1.0, "precision": 0.9, "recall": 0.9, "inception_score": 3.0,
                               "class_accuracy": 0.95, "num_images": 12},

@@ -15,7 +15,11 @@ tokenizer floor — says how much of the FID against real images no GPT could re
 
 Everything is resumable: finished records live in ``OUT/results.json`` and are skipped, an
 interrupted training run continues from its latest checkpoint, and sample files resume
-batch by batch. Layout of ``OUT``::
+batch by batch. The work splits across processes (cores, GPUs, machines sharing a file
+system): each process given a share (``variants``/``seeds`` of ``run_convergence``, ``--variant``
+and ``--seed`` on the command line) trains and scores only that share and merges its records
+into the shared ``results.json`` under a file lock; one plain run afterwards writes the report.
+Layout of ``OUT``::
 
     bench.yaml            the resolved bench config (a rerun must agree on how records were scored)
     runs/VARIANT/seed_S/  training runs (config.yaml, metrics.jsonl, checkpoints/step_*); ``runs_dir``
@@ -32,8 +36,10 @@ batch by batch. Layout of ``OUT``::
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 import statistics
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -337,7 +343,7 @@ def val_nll(run_dir: Path, step: int) -> float | None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: parallel shares may write at once
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     tmp.replace(path)
 
@@ -350,6 +356,21 @@ def read_results(out_dir: Path) -> dict[str, list[dict]]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise DataError(f"{path} is corrupt ({err}); delete it to score every checkpoint again") from None
+
+
+def store_record(out_dir: Path, variant: str, record: dict) -> dict[str, list[dict]]:
+    """Add (or replace) one record in ``OUT/results.json`` and return every record there.
+
+    The file is read again under an exclusive lock, so processes scoring different shares of
+    one bench into the same ``OUT`` never overwrite each other's records."""
+    with open(out_dir / ".results.json.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = read_results(out_dir)
+        key = (record["seed"], record["step"])
+        records = [r for r in results.get(variant, []) if (r["seed"], r["step"]) != key]
+        results[variant] = sorted(records + [record], key=lambda r: (r["seed"], r["step"]))
+        _write_json(out_dir / "results.json", results)
+    return results
 
 
 def _check_same_scoring(bench: BenchConfig, out_dir: Path) -> None:
@@ -389,10 +410,27 @@ def _flatten(data: dict, prefix: str = "") -> dict:
     return flat
 
 
-def run_convergence(bench: BenchConfig) -> dict[str, list[dict]]:
-    """Train, score and report every (variant, seed, checkpoint) not yet in ``OUT/results.json``."""
+def select_share(runs: list[Run], variants: list[str] | None, seeds: list[int] | None) -> list[Run]:
+    """The runs of one process's share of the bench; None selects every variant (or seed)."""
+    known_variants, known_seeds = {r.variant for r in runs}, {r.seed for r in runs}
+    for kind, chosen, known in (("variant", variants, known_variants), ("seed", seeds, known_seeds)):
+        unknown = sorted(set(chosen or []) - known, key=str)
+        if unknown:
+            raise ConfigError(f"{kind} {', '.join(map(str, unknown))} is not in the bench config "
+                              f"(it has {', '.join(map(str, sorted(known, key=str)))})")
+    return [r for r in runs if (variants is None or r.variant in variants) and (seeds is None or r.seed in seeds)]
+
+
+def run_convergence(bench: BenchConfig, variants: list[str] | None = None,
+                    seeds: list[int] | None = None) -> dict[str, list[dict]]:
+    """Train, score and report every (variant, seed, checkpoint) not yet in ``OUT/results.json``.
+
+    ``variants``/``seeds`` restrict this process to a share of the work (None: all of it). A share
+    trains and scores its runs and draws their sample grids, but writes no report (tables, plots,
+    t-SNE maps), which needs every variant: run once more without a share when all have finished."""
     out = Path(bench.out_dir)
-    runs = plan_runs(bench)
+    runs = select_share(plan_runs(bench), variants, seeds)
+    shared = variants is not None or seeds is not None
     _check_same_scoring(bench, out)
     for run in runs:
         _check_same_training(run)
@@ -431,9 +469,7 @@ def run_convergence(bench: BenchConfig) -> dict[str, list[dict]]:
                 samples = out / "samples" / run.variant / f"seed_{run.seed}" / f"step_{step:07d}.npz"
                 record = {"seed": run.seed, "step": step, **get_scorer().score_checkpoint(path, samples),
                           "val_nll": val_nll(run.run_dir, step), "num_samples": bench.num_samples}
-                records = [r for r in results.get(run.variant, []) if (r["seed"], r["step"]) != (run.seed, step)]
-                results[run.variant] = sorted(records + [record], key=lambda r: (r["seed"], r["step"]))
-                _write_json(out / "results.json", results)
+                results = store_record(out, run.variant, record)
                 bar.update(1)
     finally:
         bar.close()
@@ -445,6 +481,9 @@ def run_convergence(bench: BenchConfig) -> dict[str, list[dict]]:
         grid = out / f"grid_{run.variant}.png"
         if not grid.is_file():
             get_scorer().grid(run.final_checkpoint, grid)
+    results = read_results(out)  # with the records other shares added meanwhile
+    if shared:
+        return results
     maps = out / "tsne_maps.png"
     if not (maps.is_file() and maps.with_suffix(".json").is_file()):
         layers = [bench.tsne_layer if bench.tsne_layer is not None else run.cfg.foresight.layer for run in first_seed]

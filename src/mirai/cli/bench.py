@@ -9,6 +9,11 @@ Example::
         out_dir=runs/bench/s10k runs_dir=runs/bench/fashion_convergence/runs
 
 Rerunning the same command continues where it stopped; finished checkpoints are not scored again.
+To use several cores or GPUs, start one process per share of the work, then one plain run for the report::
+
+    OMP_NUM_THREADS=1 mirai bench convergence --config B.yaml --variant baseline &
+    OMP_NUM_THREADS=1 mirai bench convergence --config B.yaml --variant mirai_i &
+    wait; mirai bench convergence --config B.yaml
 """
 
 from __future__ import annotations
@@ -30,18 +35,24 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--config", required=True, help="bench YAML (see mirai.analysis.convergence.BenchConfig)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the bench config, e.g. seeds=[0]")
+    p.add_argument("--variant", action="append", metavar="NAME",
+                   help="train and score only this variant (repeatable): one share of the work, for parallel "
+                   "processes on the same out_dir; a share writes no report, so run once more without "
+                   "--variant/--seed when all shares have finished")
+    p.add_argument("--seed", action="append", type=int, metavar="S",
+                   help="train and score only this training seed (repeatable); see --variant")
     p.add_argument("--dry-run", action="store_true",
                    help="check the config and every variant's training config, print the plan, do nothing")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mirai.analysis.convergence import BenchConfig, plan_runs, run_convergence
+    from mirai.analysis.convergence import BenchConfig, plan_runs, run_convergence, select_share
     from mirai.config import load_config
 
     bench = load_config(BenchConfig, args.config, args.overrides)
     if args.dry_run:
-        runs = plan_runs(bench)
+        runs = select_share(plan_runs(bench), args.variant, args.seed)
         print(f"{len(runs)} runs x {len(bench.schedule())} checkpoints {bench.schedule()} -> {bench.out_dir}")
         name_width = max(len(r.variant) for r in runs)
         model_width = max(len(r.cfg.model.name) for r in runs)
@@ -49,7 +60,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {r.variant:<{name_width}}  seed {r.seed}  {r.cfg.model.name:<{model_width}}  "
                   f"foresight={r.cfg.foresight.source:<8} {r.run_dir}")
         return 0
-    run_convergence(bench)
+    run_convergence(bench, variants=args.variant, seeds=args.seed)
+    if args.variant or args.seed:
+        print(f"this share's records are in {bench.out_dir}/results.json; when every share has finished, run the "
+              "command once more without --variant/--seed to write the report")
+        return 0
     print(f"wrote {bench.out_dir}/results.json, results.md, fid_vs_steps.png, grid_*.png, tsne_maps.png and "
           "curves.png")
     return 0

@@ -34,6 +34,7 @@ Everything is read with ``allow_pickle=False``.
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,7 +201,7 @@ def write_reference(path: str | Path, features: dict[str, FeatureSet], networks:
     path.parent.mkdir(parents=True, exist_ok=True)
     # np.savez adds ".npz" to names without it; write to a temporary name and rename so a
     # crash never leaves a half-written reference at the final path.
-    tmp = path.with_name(f".{path.name}.tmp.npz")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")  # per process: parallel bench shares
     np.savez(tmp, **arrays)
     tmp.replace(path)
     return path
