@@ -198,9 +198,14 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
     return from_dict(cls, apply_overrides(data, overrides))
 
 
-def save_yaml(cfg: Any, path: str | Path) -> None:
-    """Write ``cfg`` as YAML atomically: a reader (or another process writing it) never sees half a file."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a text file through a temporary name and a rename: a reader, or another process
+    writing the same file, never sees half of it (the temporary name is per process)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def save_yaml(cfg: Any, path: str | Path) -> None:
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -39,7 +39,6 @@ from __future__ import annotations
 import fcntl
 import json
 import math
-import os
 import statistics
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -53,7 +52,9 @@ from tqdm import tqdm
 from mirai import checkpoint
 from mirai.analysis.curves import plot_curves
 from mirai.analysis.tsne import tsne_maps
-from mirai.config import apply_overrides, from_dict, parse_override, read_yaml, save_yaml, to_dict
+from mirai.config import (
+    apply_overrides, from_dict, parse_override, read_yaml, save_yaml, to_dict, write_text_atomic,
+)
 from mirai.data.codes import CodeStore
 from mirai.data.images import save_image_grid
 from mirai.data.transforms import to_uint8_hwc
@@ -343,9 +344,7 @@ def val_nll(run_dir: Path, step: int) -> float | None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: parallel shares may write at once
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_results(out_dir: Path) -> dict[str, list[dict]]:
@@ -358,8 +357,8 @@ def read_results(out_dir: Path) -> dict[str, list[dict]]:
         raise DataError(f"{path} is corrupt ({err}); delete it to score every checkpoint again") from None
 
 
-def store_record(out_dir: Path, variant: str, record: dict) -> dict[str, list[dict]]:
-    """Add (or replace) one record in ``OUT/results.json`` and return every record there.
+def store_record(out_dir: Path, variant: str, record: dict) -> None:
+    """Add (or replace) one record in ``OUT/results.json``.
 
     The file is read again under an exclusive lock, so processes scoring different shares of
     one bench into the same ``OUT`` never overwrite each other's records."""
@@ -370,7 +369,6 @@ def store_record(out_dir: Path, variant: str, record: dict) -> dict[str, list[di
         records = [r for r in results.get(variant, []) if (r["seed"], r["step"]) != key]
         results[variant] = sorted(records + [record], key=lambda r: (r["seed"], r["step"]))
         _write_json(out_dir / "results.json", results)
-    return results
 
 
 def _check_same_scoring(bench: BenchConfig, out_dir: Path) -> None:
@@ -469,7 +467,7 @@ def run_convergence(bench: BenchConfig, variants: list[str] | None = None,
                 samples = out / "samples" / run.variant / f"seed_{run.seed}" / f"step_{step:07d}.npz"
                 record = {"seed": run.seed, "step": step, **get_scorer().score_checkpoint(path, samples),
                           "val_nll": val_nll(run.run_dir, step), "num_samples": bench.num_samples}
-                results = store_record(out, run.variant, record)
+                store_record(out, run.variant, record)
                 bar.update(1)
     finally:
         bar.close()

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+from mirai.config import write_text_atomic
 from mirai.errors import ConfigError
 
 
@@ -65,7 +66,4 @@ def truncate_metrics(run_dir: str | Path, step: int) -> None:
     path = Path(run_dir) / "metrics.jsonl"
     records = read_metrics(run_dir)
     if any(r["step"] > step for r in records):
-        kept = "".join(json.dumps(r) + "\n" for r in records if r["step"] <= step)
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text(kept)
-        tmp.replace(path)
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records if r["step"] <= step))
