@@ -36,7 +36,7 @@ Memory, two measures:
   and excluding parameters' storages: the activation memory a step holds when its backward
   starts, the part of the peak that grows with the batch.
 
-Analytic FLOPs (``mirai.foresight.flops``, per image) are printed beside the measured
+Analytic FLOPs (``mirai.analysis.flops``, per image) are printed beside the measured
 ratios, in the paper's Table 15 convention (embedding lookups counted as matmuls, no
 attention scores, the encoder forward not counted: 1.70e11 / 1.81e11 / 2.35e11 for
 GPT-B) and in an "executed" convention closer to what runs (no embedding lookups, attention
@@ -60,12 +60,13 @@ import torch
 from torch import nn
 
 import _common as C
+from mirai.analysis.flops import Convention, training_flops, vit_shape
 from mirai.foresight import ForesightConfig, build_auxiliary_loss
 from mirai.foresight.base import Progress
 from mirai.foresight.encoders import build_encoder
-from mirai.foresight.flops import Convention, training_flops, vit_shape
 from mirai.models import build_gpt
-from mirai.training.trainer import Objective, param_groups, update_ema
+from mirai.models.ema import update_ema
+from mirai.training.trainer import Objective, param_groups
 
 PAPER_FLOPS = {"baseline": 1.70e11, "mirai_i": 1.81e11, "mirai_e": 2.35e11}  # Table 15, GPT-B, 256 px
 EXECUTED = Convention(embedding=False, attention_scores=True)
@@ -119,7 +120,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=3, help="Mirai-E heads")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="auto: bf16 autocast on CUDA (if supported), fp32 on CPU, as the trainer")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the GPT in place, as the trainer")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the training step (GPT, loss, heads) in place, as the trainer")
     parser.add_argument("--warmup", type=int, help="untimed steps per variant (default 1; 3 with --compile)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--peak-of", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: one peak process
@@ -162,7 +163,8 @@ class Setup:
         self.optimizer = torch.optim.AdamW(param_groups(everything, 0.05), lr=1e-4, betas=(0.9, 0.95),
                                            fused=device.type == "cuda")
         if args.compile:
-            self.gpt.compile()  # in place, as Trainer does with compile=true (the EMA teacher stays eager)
+            for objective in self.objectives.values():  # in place, as Trainer does with compile=true
+                objective.compile()  # (the EMA teacher stays eager)
         g = torch.Generator().manual_seed(0)
         self.batch = {
             "tokens": torch.randint(0, args.vocab, (batch_size, args.grid ** 2), generator=g).to(device),

@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 
 import _common as C
+from mirai.analysis.flops import training_flops
 from mirai.config import load_config
-from mirai.foresight.flops import training_flops
 from mirai.training.config import TrainConfig
 from mirai.training.trainer import Trainer
 
@@ -144,7 +144,7 @@ def main() -> None:
     C.print_table(["model", "variant", "batch", "images/s", "ratio", "round range", "1/FLOPs ratio", "setup s"],
                   rows)
     print("ratio: images/s relative to the baseline of the same model, median of per-round ratios; "
-          "1/FLOPs ratio: the ratio analytic per-image training FLOPs predict (mirai.foresight.flops, Table 15 "
+          "1/FLOPs ratio: the ratio analytic per-image training FLOPs predict (mirai.analysis.flops, Table 15 "
           "convention; the Mirai-I encoder forward is not counted)")
 
     C.write_json("train_throughput", {

@@ -15,3 +15,11 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def stores(tmp_path_factory):
+    """Tiny train/val code stores, their VQ and a tiny encoder (``helpers.build_stores``)."""
+    from helpers import build_stores
+
+    return build_stores(tmp_path_factory.mktemp("stores"))

@@ -21,7 +21,7 @@ from mirai.data.folders import ImageFolder
 from mirai.data.views import ViewSpec
 from mirai.errors import ConfigError, DataError
 from mirai.foresight.encoders import ASSETS
-from mirai.models import build_gpt
+from mirai.models import GPT, VQModel, build_gpt
 
 
 def write_run(run_dir: Path, records: list[dict]) -> Path:
@@ -132,7 +132,7 @@ def store_and_gpt(tmp_path_factory) -> tuple[Path, Path, Path]:
             Image.fromarray(np.clip(rng.normal(40 + 90 * c, 30, (32, 32, 3)), 0, 255).astype(np.uint8)).save(
                 folder / f"{i}.png")
     vq_dir = ASSETS / "vq8"
-    extract(checkpoint.load(vq_dir, kind="vq"), ImageFolder.scan(root / "images"), ViewSpec("flip", 32),
+    extract(checkpoint.load(vq_dir, VQModel), ImageFolder.scan(root / "images"), ViewSpec("flip", 32),
             root / "codes", tokenizer_path=vq_dir, progress=False)
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -143,13 +143,13 @@ def store_and_gpt(tmp_path_factory) -> tuple[Path, Path, Path]:
 
 def test_cell_states_are_the_training_states_plus_the_last_cell(store_and_gpt):
     codes, gpt_dir, _ = store_and_gpt
-    gpt = checkpoint.load(gpt_dir, use_ema=True)
+    gpt = checkpoint.load(gpt_dir, GPT, use_ema=True)
     store = CodeStore.open(codes)
     tokens = torch.from_numpy(np.asarray(store.codes[:3, 0], dtype=np.int64).reshape(3, -1))
     labels = torch.from_numpy(store.labels[:3])
     states = cell_states(gpt, tokens, labels, layer=1)
     assert states.shape == (3, 64, gpt.args.dim)
-    _, hidden = gpt(tokens[:, :-1], labels, hidden_layers=(1,))
+    _, hidden = gpt.forward_with_hidden(tokens[:, :-1], labels, (1,))
     # Position c + 1 of the training forward has just read cell c; the last cell is read only here.
     torch.testing.assert_close(states[:, :63], hidden[1][:, 1:])
     changed = tokens.clone()
@@ -211,7 +211,7 @@ def test_classmap_of_gpt_and_encoder_features(store_and_gpt, tmp_path, capsys):
 
 def test_gpt_features_pool_the_cell_states(store_and_gpt):
     codes, gpt_dir, _ = store_and_gpt
-    gpt = checkpoint.load(gpt_dir, use_ema=True)
+    gpt = checkpoint.load(gpt_dir, GPT, use_ema=True)
     store = CodeStore.open(codes)
     indices = np.arange(4)
     pooled = gpt_features(gpt, store, indices, layer=2, condition="label", batch_size=3)

@@ -13,10 +13,11 @@ import yaml
 from PIL import Image
 
 from mirai import checkpoint
-from mirai.analysis import convergence
-from mirai.analysis.convergence import (
-    BenchConfig, format_table, paired_rows, plan_runs, run_convergence, summary_rows,
-)
+from mirai.bench import run as bench_run
+from mirai.bench import scorer as bench_scorer
+from mirai.bench.config import BenchConfig, plan_runs, select_share
+from mirai.bench.report import format_table, paired_rows, summary_rows
+from mirai.bench.run import run_convergence
 from mirai.cli.main import main
 from mirai.config import from_dict, load_config
 from mirai.data.codes import extract
@@ -24,6 +25,8 @@ from mirai.data.folders import ImageFolder
 from mirai.data.views import ViewSpec
 from mirai.errors import ConfigError
 from mirai.foresight.encoders import ASSETS
+from mirai.models import VQModel
+from mirai.training.state import checkpoint_step, has_step_checkpoints, latest_checkpoint
 
 RECORD_KEYS = {"seed", "step", "fid", "precision", "recall", "inception_score", "class_accuracy", "val_nll",
                "fid_recon", "precision_recon", "recall_recon", "num_samples"}
@@ -42,7 +45,7 @@ def setup(tmp_path_factory) -> Path:
                 pixels = np.clip(rng.normal(50 + 80 * c, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.png")
     vq_dir = ASSETS / "vq8"
-    vq = checkpoint.load(vq_dir, kind="vq")
+    vq = checkpoint.load(vq_dir, VQModel)
     for split in ("train", "test"):
         extract(vq, ImageFolder.scan(root / split), ViewSpec("flip", 32), root / f"codes_{split}",
                 tokenizer_path=vq_dir, progress=False)
@@ -84,14 +87,26 @@ class Counter:
         return self.fn(*args, **kwargs)
 
 
+class TrainingCounter(Counter):
+    """Wraps ``train`` and records the calls that trained, each as ``{"resume": whether it continued a
+    checkpoint}``: ``train(resume="auto")`` returns at once for a run that already reached its last step."""
+
+    def __call__(self, cfg, **kwargs):
+        before = checkpoint_step(latest_checkpoint(cfg.run_dir)) if has_step_checkpoints(cfg.run_dir) else 0
+        result = self.fn(cfg, **kwargs)
+        if result.step > before:
+            self.calls.append({"resume": before > 0})
+        return result
+
+
 def test_bench_writes_results_and_resumes_without_redoing_work(setup, tmp_path, monkeypatch, capsys):
     out = tmp_path / "bench"
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump(bench_dict(setup, out)))
-    trained = Counter(convergence.train)
-    sampled = Counter(convergence.sample_to_npz)
-    monkeypatch.setattr(convergence, "train", trained)
-    monkeypatch.setattr(convergence, "sample_to_npz", sampled)
+    trained = TrainingCounter(bench_run.train)
+    sampled = Counter(bench_scorer.sample_to_npz)
+    monkeypatch.setattr(bench_run, "train", trained)
+    monkeypatch.setattr(bench_scorer, "sample_to_npz", sampled)
 
     assert main(["bench", "convergence", "--config", str(config)]) == 0
     assert len(trained.calls) == 2 and len(sampled.calls) == 4  # 2 runs x checkpoints at steps 2 and 4
@@ -158,7 +173,7 @@ def test_bench_writes_results_and_resumes_without_redoing_work(setup, tmp_path, 
 
 
 def test_bad_variants_fail_before_any_training(setup, tmp_path, monkeypatch):
-    monkeypatch.setattr(convergence, "train", lambda *a, **k: pytest.fail("trained despite a bad config"))
+    monkeypatch.setattr(bench_run, "train", lambda *a, **k: pytest.fail("trained despite a bad config"))
     out = tmp_path / "bench"
     bad_key = bench_dict(setup, out, variants={"baseline": [], "broken": ["foresight.nope=1"]})
     with pytest.raises(ConfigError, match=r"variant 'broken'.*nope.*valid keys"):
@@ -196,21 +211,21 @@ def test_parallel_shares_merge_their_records_and_a_plain_run_writes_the_report(s
     out = tmp_path / "bench"
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump(bench_dict(setup, out, steps=2, eval_at=[])))
-    trained = Counter(convergence.train)
-    sampled = Counter(convergence.sample_to_npz)
-    monkeypatch.setattr(convergence, "train", trained)
-    monkeypatch.setattr(convergence, "sample_to_npz", sampled)
+    trained = TrainingCounter(bench_run.train)
+    sampled = Counter(bench_scorer.sample_to_npz)
+    monkeypatch.setattr(bench_run, "train", trained)
+    monkeypatch.setattr(bench_scorer, "sample_to_npz", sampled)
 
     # The baseline's share finishes while the Mirai-I share is training: its record must survive
     # the Mirai-I share's write, although that process read results.json before it existed.
-    real_ensure_trained = convergence.ensure_trained
+    real_ensure_trained = bench_run.ensure_trained
 
     def other_share_finishes_meanwhile(run):
         if run.variant == "mirai_i":
             assert main(["bench", "convergence", "--config", str(config), "--variant", "baseline"]) == 0
         return real_ensure_trained(run)
 
-    monkeypatch.setattr(convergence, "ensure_trained", other_share_finishes_meanwhile)
+    monkeypatch.setattr(bench_run, "ensure_trained", other_share_finishes_meanwhile)
     assert main(["bench", "convergence", "--config", str(config), "--variant", "mirai_i", "--seed", "0"]) == 0
     assert "run the command once more without --variant/--seed" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
@@ -221,16 +236,16 @@ def test_parallel_shares_merge_their_records_and_a_plain_run_writes_the_report(s
     assert not any((out / name).exists() for name in ("results.md", "tsne_maps.png", "fid_vs_steps.png"))
 
     # The plain run trains and samples nothing more; it writes the report over both shares.
-    monkeypatch.setattr(convergence, "ensure_trained", real_ensure_trained)
+    monkeypatch.setattr(bench_run, "ensure_trained", real_ensure_trained)
     assert main(["bench", "convergence", "--config", str(config)]) == 0
     assert len(trained.calls) == 2 and len(sampled.calls) == 2
     assert "| baseline@2 |" in (out / "results.md").read_text() and "| mirai_i@2 |" in (out / "results.md").read_text()
     assert list(json.loads((out / "tsne_maps.json").read_text())["maps"]) == ["baseline", "mirai_i"]
 
     with pytest.raises(ConfigError, match=r"variant mirai_e is not in the bench config \(it has baseline, mirai_i\)"):
-        convergence.select_share(plan_runs(load_config(BenchConfig, config)), ["mirai_e"], None)
+        select_share(plan_runs(load_config(BenchConfig, config)), ["mirai_e"], None)
     with pytest.raises(ConfigError, match=r"seed 5 is not in the bench config"):
-        convergence.select_share(plan_runs(load_config(BenchConfig, config)), None, [5])
+        select_share(plan_runs(load_config(BenchConfig, config)), None, [5])
 
 
 FLOORS = {"num_images": 12, "reference_codes": "x",

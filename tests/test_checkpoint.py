@@ -8,7 +8,7 @@ import torch
 from mirai import checkpoint
 from mirai.convert import gpt_from_llamagen_state, load_module, read_llamagen
 from mirai.errors import CheckpointError
-from mirai.models import build_gpt
+from mirai.models import GPT, build_gpt
 
 
 def nano(**kw):
@@ -26,9 +26,9 @@ def test_round_trip_with_ema_and_config(tmp_path):
     assert sorted(os.listdir(tmp_path / "ck")) == ["config.json", "ema.safetensors", "model.safetensors"]
     config = json.loads((tmp_path / "ck" / "config.json").read_text())
     assert config["kind"] == "gpt" and config["name"] == "GPT-Nano" and config["meta"] == {"step": 3}
-    assert same_weights(checkpoint.load(tmp_path / "ck"), model)
-    assert same_weights(checkpoint.load(tmp_path / "ck", use_ema=True), ema)
-    assert not checkpoint.load(tmp_path / "ck").training
+    assert same_weights(checkpoint.load(tmp_path / "ck", GPT), model)
+    assert same_weights(checkpoint.load(tmp_path / "ck", GPT, use_ema=True), ema)
+    assert not checkpoint.load(tmp_path / "ck", GPT).training
 
 
 def test_overwrite_is_atomic_and_failure_keeps_old(tmp_path, monkeypatch):
@@ -42,7 +42,7 @@ def test_overwrite_is_atomic_and_failure_keeps_old(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         checkpoint.save(tmp_path / "ck", nano())
     monkeypatch.undo()
-    assert same_weights(checkpoint.load(tmp_path / "ck"), first)
+    assert same_weights(checkpoint.load(tmp_path / "ck", GPT), first)
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temp dirs left behind
 
 
@@ -65,12 +65,12 @@ def test_corrupt_files_give_clear_errors(tmp_path):
     checkpoint.save(tmp_path / "ck", nano())
     (tmp_path / "ck" / "model.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
-        checkpoint.load(tmp_path / "ck")
+        checkpoint.load(tmp_path / "ck", GPT)
     (tmp_path / "bad.pt").write_bytes(b"not a torch file")
     with pytest.raises(CheckpointError, match="not loaded: it is corrupt"):
         read_llamagen(tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
-        checkpoint.load(tmp_path / "nowhere")
+        checkpoint.load(tmp_path / "nowhere", GPT)
 
 
 def test_mismatched_weights_list_the_keys(tmp_path):
@@ -101,7 +101,7 @@ def test_llamagen_containers_load_strictly(tmp_path, container):
     torch.save(payload, tmp_path / "c2i.pt")
     ckpt = read_llamagen(tmp_path / "c2i.pt", grid_size=4)
     assert ckpt.kind == "gpt" and ckpt.name == "GPT-Nano"
-    assert same_weights(ckpt.build(), model)
+    assert same_weights(ckpt.build(GPT), model)
     assert (ckpt.ema is not None) == (container == "compiled")
     assert same_weights(load_module(tmp_path / "c2i.pt", "gpt", grid_size=4), model)
 

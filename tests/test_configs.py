@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from mirai.analysis.convergence import BenchConfig, plan_runs
+from mirai.bench.config import BenchConfig, plan_runs
+from mirai.builders.tokenizer.train import TokenizerTrainConfig
 from mirai.config import load_config
-from mirai.tokenizer.train import TokenizerTrainConfig
 from mirai.training.config import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "mirai" / "configs"

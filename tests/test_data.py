@@ -16,7 +16,7 @@ from PIL import Image
 from mirai import checkpoint
 from mirai.cli.main import main
 from mirai.data import fashion_mnist as fm
-from mirai.data.codes import CodeDataset, CodeStore, code_dtype, epoch_views, extract, random_view
+from mirai.data.codes import CodeStore, code_dtype, epoch_views, extract, random_view
 from mirai.data.folders import ImageFolder
 from mirai.data.images import image_grid, save_image_grid
 from mirai.data.transforms import fashion_mnist_to_rgb, to_model_range, to_uint8_hwc, to_unit_range
@@ -42,7 +42,7 @@ def test_idx_round_trip(tmp_path, compress):
         data = idx_bytes(array, code)
         path = tmp_path / (name + (".gz" if compress else ""))
         path.write_bytes(gzip.compress(data) if compress else data)
-        out = fm.read_idx(path)
+        out = fm.parse_idx(fm.read_idx_bytes(path), str(path))
         assert out.shape == array.shape and np.array_equal(out, array)
         assert out.dtype.isnative
 
@@ -60,11 +60,11 @@ def test_idx_errors_name_the_file(tmp_path):
         path = tmp_path / f"{name}-idx3-ubyte"
         path.write_bytes(data)
         with pytest.raises(DataError, match=name):
-            fm.read_idx(path)
+            fm.parse_idx(fm.read_idx_bytes(path), str(path))
     bad_gzip = tmp_path / "cut.gz"
     bad_gzip.write_bytes(gzip.compress(good)[:-10])
     with pytest.raises(DataError, match="cut.gz.*(corrupt|truncated)"):
-        fm.read_idx(bad_gzip)
+        fm.parse_idx(fm.read_idx_bytes(bad_gzip), str(bad_gzip))
 
 
 def test_missing_dataset_says_how_to_install(tmp_path, monkeypatch):
@@ -200,7 +200,7 @@ def test_ten_crops_by_hand():
                 mirror[:8, :8], mirror[:8, 3:], mirror[3:, :8], mirror[3:, 3:], mirror[2:10, 2:10]]
     views = render_views(img, spec)
     for v, want in enumerate(expected):
-        assert np.array_equal(views[v], want), spec.view_names()[v]
+        assert np.array_equal(views[v], want), f"view {v}"
         assert np.array_equal(render_view(img, v, spec), want)
     # Mirrored crops are crops of the mirror: with an odd margin the centre one moves by a pixel.
     assert np.array_equal(views[5], views[1][:, ::-1])
@@ -301,37 +301,19 @@ def test_store_validation_and_damage(folder_store):
 
 def test_random_view_per_epoch(folder_store):
     store, _, _ = folder_store
-    a, b = CodeDataset(store, seed=3), CodeDataset(store, seed=3)
-    a.set_epoch(2)
-    b.set_epoch(2)
-    views_a = [a[i][3] for i in range(len(store))]
-    assert views_a == [b[i][3] for i in range(len(store))]
-    assert views_a == [random_view(3, 2, i, 10) for i in range(len(store))]
-    b.set_epoch(3)
-    assert views_a != [b[i][3] for i in range(len(store))]
-    assert [a.view_of(i) for i in range(50)] != [CodeDataset(store, seed=4).view_of(i, 2) for i in range(50)]
-    assert np.array_equal(epoch_views(3, 2, len(store), 10), views_a)
+    views_a = epoch_views(3, 2, len(store), 10)
+    assert views_a.tolist() == [random_view(3, 2, i, 10) for i in range(len(store))]
+    assert np.array_equal(views_a, epoch_views(3, 2, len(store), 10))  # a pure function of its arguments
+    assert not np.array_equal(views_a, epoch_views(3, 3, len(store), 10))
+    assert not np.array_equal(epoch_views(3, 2, 50, 10), epoch_views(4, 2, 50, 10))
     counts = np.bincount(epoch_views(0, 0, 5000, 10), minlength=10)
     assert counts.min() > 400  # every view is used about equally often
     assert random_view(-1, 7, 12345, 10) == epoch_views(-1, 7, 12346, 10)[-1]
 
-    tokens, label, index, view, image = CodeDataset(store, seed=3, with_images=True)[4]
-    assert tokens.shape == (16,) and tokens.dtype == torch.long
-    assert np.array_equal(tokens.numpy(), store.codes[4, view].reshape(-1))
-    assert int(label) == store.labels[4] and index == 4
-    assert image.shape == (3, 8, 8) and torch.equal(image, to_unit_range(store.source_image(4, view))[0])
+    view = int(views_a[4])
+    image = to_unit_range(store.source_image(4, view))[0]
     batch = store.source_images([4, 0], [view, 9])
     assert batch.shape == (2, 3, 8, 8) and torch.equal(batch[0], image)
-
-
-def test_epoch_reaches_persistent_workers(folder_store):
-    store, _, _ = folder_store
-    ds = CodeDataset(store, seed=1)
-    loader = torch.utils.data.DataLoader(ds, batch_size=len(ds), num_workers=1, persistent_workers=True)
-    for epoch in (0, 1):
-        ds.set_epoch(epoch)
-        _, _, index, view = next(iter(loader))
-        assert view.tolist() == [ds.view_of(int(i), epoch) for i in index]
 
 
 # ------------------------------------------------------------------------------------ CLI

@@ -13,13 +13,13 @@ from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 
 from mirai import checkpoint
+from mirai.builders.encoder import matching_cells, random_crops
+from mirai.builders.encoder_probe import fit_linear_probe, pooled_features
 from mirai.errors import CheckpointError, ConfigError
 from mirai.foresight.encoders import (
     FASHION_ASSETS, FrozenEncoder, GridNetEncoder, TimmEncoder, build_encoder, cache_features,
 )
-from mirai.foresight.fashion_encoder import (
-    FashionEncoderArgs, FashionEncoderNet, fit_linear_probe, matching_cells, pooled_features, random_crops,
-)
+from mirai.models.fashion_encoder import FashionEncoderArgs, FashionEncoderNet
 
 TINY = {"depth": 1, "embed_dim": 48, "num_heads": 2}
 
@@ -226,7 +226,7 @@ def _fashion_available() -> bool:
 @pytest.mark.skipif(not _fashion_available(), reason="Fashion-MNIST not installed")
 @pytest.mark.skipif(not (FASHION_ASSETS["fashion8"] / "config.json").is_file(), reason="asset not built")
 def test_committed_encoder_probe_on_real_images():
-    from mirai.foresight.fashion_encoder import load_fashion_images
+    from mirai.builders.encoder import load_fashion_images
 
     images, labels = load_fashion_images("test")
     enc = build_encoder("fashion8", grid_size=8)

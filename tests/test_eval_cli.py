@@ -9,7 +9,8 @@ import torch
 from mirai import checkpoint
 from mirai.cli.main import main
 from mirai.errors import DataError
-from mirai.evaluation import FashionClassifier, load_fashion_classifier, read_reference
+from mirai.evaluation import load_fashion_classifier, read_reference
+from mirai.models.fashion_classifier import FashionClassifier
 
 def write_batch(path, n, size, seed, num_classes=10):
     rng = np.random.default_rng(seed)

@@ -3,10 +3,10 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from mirai.analysis.flops import Convention, gpt_macs, head_macs, training_flops, vit_macs, vit_shape
 from mirai.cli.main import main
 from mirai.config import from_dict
 from mirai.foresight import ForesightConfig, MLPHead, TransformerHead
-from mirai.foresight.flops import Convention, gpt_macs, head_macs, training_flops, vit_macs, vit_shape
 from mirai.models import build_gpt, gpt_args
 
 MATMULS_ONLY = Convention(embedding=False, attention_scores=True)  # what FlopCounterMode sees
@@ -30,7 +30,7 @@ def test_gpt_forward_formula_matches_flop_counter(small):
     model, tokens, labels = small
     assert counted(lambda: model(tokens, labels)) == 2 * gpt_macs(model.args, conv=MATMULS_ONLY)
     # the EMA teacher's pass stops after block 1 and has no output layer
-    assert counted(lambda: model(tokens, labels, stop_after=1)) == 2 * gpt_macs(model.args, 1, MATMULS_ONLY)
+    assert counted(lambda: model.hidden_state(tokens, labels, 1)) == 2 * gpt_macs(model.args, 1, MATMULS_ONLY)
 
 
 def test_training_is_three_forwards(small):

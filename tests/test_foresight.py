@@ -10,10 +10,11 @@ from mirai.config import from_dict
 from mirai.errors import ConfigError
 from mirai.foresight import (
     EMASource, EncoderSource, ForesightConfig, ForesightLoss, LambdaSchedule, MLPHead, OutputDiagnosticLoss,
-    Progress, TransformerHead, build_auxiliary_loss, pairs,
+    Progress, TransformerHead, build_auxiliary_loss, head_pairs,
 )
 from mirai.foresight.heads import default_hidden
 from mirai.foresight.pairs import REFERENCE_SHIFTS, nearest_future_offsets
+from mirai.foresight.sources import Source
 from mirai.models import build_gpt
 
 G, V, CLASSES = 4, 32, 5
@@ -41,6 +42,7 @@ class PatchEncoder(nn.Module):
     """Stand-in for a foresight encoder: one feature per 4x4 patch of a 16x16 image, raster order."""
 
     feature_dim = 12
+    grid_size = G
 
     def __init__(self):
         super().__init__()
@@ -52,8 +54,10 @@ class PatchEncoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------- pairs
-def test_pairs_is_the_package_function():
-    assert foresight.pairs is pairs and callable(foresight.pairs)
+def test_head_pairs_is_exported_beside_its_module():
+    import mirai.foresight.pairs as pairs_module
+
+    assert foresight.head_pairs is pairs_module.head_pairs and callable(foresight.head_pairs)
 
 
 def test_nearest_future_offsets_order():
@@ -65,43 +69,43 @@ def test_nearest_future_offsets_order():
 def test_grid2d_ema_pairs_by_hand_4x4():
     # Student p read cell p-1; teacher p' read cell p'-1. Right of cell c is c+1 (not at col 3);
     # below is c+4 (not in row 3); teacher positions stop at 15 (cell 15 is never read).
-    current, right, below = as_lists(pairs(4, "grid2d", "ema", k=3))
+    current, right, below = as_lists(head_pairs(4, "grid2d", "ema", k=3))
     assert current == [(p, p) for p in range(16)]
     assert right == [(0, 0), (1, 2), (2, 3), (3, 4), (5, 6), (6, 7), (7, 8), (9, 10), (10, 11), (11, 12),
                      (13, 14), (14, 15)]
     assert below == [(0, 0)] + [(p, p + 4) for p in range(1, 12)]
-    without_class = as_lists(pairs(4, "grid2d", "ema", k=3, align_class_token=False))
+    without_class = as_lists(head_pairs(4, "grid2d", "ema", k=3, align_class_token=False))
     assert [h[0] for h in without_class] == [(1, 1), (1, 2), (1, 5)]
 
 
 def test_grid2d_encoder_pairs_current_and_next():
-    (current,) = as_lists(pairs(4, "grid2d", "encoder"))
+    (current,) = as_lists(head_pairs(4, "grid2d", "encoder"))
     assert current == [(p, p - 1) for p in range(1, 16)]  # the class position is never aligned
-    (predicted,) = as_lists(pairs(4, "grid2d", "encoder", pair_with="next"))
+    (predicted,) = as_lists(head_pairs(4, "grid2d", "encoder", pair_with="next"))
     assert predicted == [(p, p) for p in range(1, 16)]
-    _, right, below = as_lists(pairs(4, "grid2d", "encoder", k=3))
+    _, right, below = as_lists(head_pairs(4, "grid2d", "encoder", k=3))
     assert right == [(p, p) for p in range(1, 16) if (p - 1) % 4 != 3]
     assert below == [(p, p + 3) for p in range(1, 13)]
 
 
 def test_explicit_offsets():
-    (up_left,) = as_lists(pairs(4, "grid2d", "encoder", offsets=[(-1, -1)]))
+    (up_left,) = as_lists(head_pairs(4, "grid2d", "encoder", offsets=[(-1, -1)]))
     assert up_left == [(p, p - 6) for p in range(5, 16) if (p - 1) % 4 != 0]  # row >= 1 and col >= 1
     with pytest.raises(ConfigError):
-        pairs(4, "raster1d", "ema", offsets=[(0, 1)])
+        head_pairs(4, "raster1d", "ema", offsets=[(0, 1)])
 
 
 def test_raster1d_pairs_by_hand_4x4():
-    heads = as_lists(pairs(4, "raster1d", "ema", k=3))
+    heads = as_lists(head_pairs(4, "raster1d", "ema", k=3))
     for shift, head in enumerate(heads):
         assert head == [(0, 0)] + [(p, p + shift) for p in range(1, 16 - shift)]  # runs across row ends
-    enc = as_lists(pairs(4, "raster1d", "encoder", k=2))
+    enc = as_lists(head_pairs(4, "raster1d", "encoder", k=2))
     assert enc[1] == [(p, p) for p in range(1, 16)]
 
 
 def test_reference_layout_is_the_authors_flat_shifts_with_wrap():
     n = 256
-    heads = pairs(16, "reference", "ema", k=10)
+    heads = head_pairs(16, "reference", "ema", k=10)
     shifts = list(REFERENCE_SHIFTS) + [9]  # head >= 9: 1-D shift by the head index
     for shift, (s, t) in zip(shifts, heads):
         assert s[0] == 0 and t[0] == 0  # class with class in every head
@@ -110,14 +114,14 @@ def test_reference_layout_is_the_authors_flat_shifts_with_wrap():
     s, t = heads[1]
     assert 16 in s.tolist() and t[s.tolist().index(16)] == 17  # p=16 read the row's last cell: "right" wraps
     # Written for 16-wide grids and used unchanged: on a 4x4 grid "+16" leaves the sequence entirely.
-    assert as_lists(pairs(4, "reference", "ema", k=3))[2] == [(0, 0)]
+    assert as_lists(head_pairs(4, "reference", "ema", k=3))[2] == [(0, 0)]
 
 
 @pytest.mark.parametrize("g", [1, 2, 3, 5, 7])
 @pytest.mark.parametrize("source", ["encoder", "ema"])
 def test_grid2d_never_crosses_a_row_end(g, source):
     offsets = nearest_future_offsets(9)
-    for (dr, dc), (s, t) in zip(offsets, pairs(g, "grid2d", source, k=9, align_class_token=False)):
+    for (dr, dc), (s, t) in zip(offsets, head_pairs(g, "grid2d", source, k=9, align_class_token=False)):
         cell_s = s - 1
         cell_t = t - 1 if source == "ema" else t
         assert torch.equal(cell_t // g - cell_s // g, torch.full_like(s, dr))
@@ -135,7 +139,7 @@ def test_mirai_i_pairs_each_position_with_the_cell_of_the_token_it_just_read():
     g = 5
     tokens = torch.arange(g * g)  # the token at cell c has id c
     sequence = torch.cat([torch.tensor([-1]), tokens[:-1]])  # [class, x_1 .. x_{N-1}] as the GPT reads it
-    ((s, t),) = pairs(g, "grid2d", "encoder")
+    ((s, t),) = head_pairs(g, "grid2d", "encoder")
     assert torch.equal(sequence[s], t)
 
 
@@ -286,16 +290,16 @@ def test_ema_teacher_targets_are_the_ema_models_block_output_in_eval_mode():
     ema.layers[0].attention.eval()  # a mixed-mode module tree must come back exactly as it was
     modes = [m.training for m in ema.modules()]
     batch = batch_of()
-    targets = EMASource(ema, layer=1).targets(batch)
+    targets = EMASource(model, ema, layer=1).targets(batch)
     assert [m.training for m in ema.modules()] == modes
-    reference = copy.deepcopy(ema).eval()(batch["tokens"][:, :-1], batch["labels"], stop_after=1)
+    reference = copy.deepcopy(ema).eval().hidden_state(batch["tokens"][:, :-1], batch["labels"], 1)
     assert targets.shape == (4, G * G, 64) and not targets.requires_grad
     torch.testing.assert_close(targets, reference)  # no dropout, true labels, same weights
 
 
 def test_ema_source_checks_the_layer():
     with pytest.raises(ConfigError):
-        EMASource(tiny_gpt(), layer=3)
+        EMASource(tiny_gpt(), tiny_gpt(), layer=3)
 
 
 def test_encoder_source_runs_the_encoder_frozen_or_reads_the_cache():
@@ -307,14 +311,17 @@ def test_encoder_source_runs_the_encoder_frozen_or_reads_the_cache():
     assert encoder.training and source.feature_dim == 12
     torch.testing.assert_close(targets, encoder.eval()(images))
     cache = torch.randn(10, G * G, 12)
-    cached = EncoderSource(None, cache).targets({**batch_of(), "feature_index": torch.tensor([3, 1, 4, 1])})
-    assert torch.equal(cached, cache[[3, 1, 4, 1]])
+    # Row image * num_views + view: images 1, 0, 2, 0 at views 1, 1, 0, 1 of 2 are rows 3, 1, 4, 1.
+    rows = {"image_index": torch.tensor([1, 0, 2, 0]), "view_index": torch.tensor([1, 1, 0, 1])}
+    cached = EncoderSource(features=cache, num_views=2)
+    assert cached.batch_fields == frozenset() and source.batch_fields == {"images"}
+    assert torch.equal(cached.targets({**batch_of(), **rows}), cache[[3, 1, 4, 1]])
     with pytest.raises(ConfigError):
         source.targets({**batch_of(), "images": torch.rand(4, 3, 8, 8)})  # a 2x2 feature grid for 4x4 tokens
 
 
 # ---------------------------------------------------------------------------------------- the loss
-class HiddenAsTarget:
+class HiddenAsTarget(Source):
     """A source whose targets are the student's own hidden states: perfect alignment through identity heads."""
 
     feature_dim = 64
@@ -329,9 +336,9 @@ class HiddenAsTarget:
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_loss_weights_heads_by_lambda_and_reduces(reduction):
     source = HiddenAsTarget()
-    head_pairs = pairs(G, "grid2d", "encoder", offsets=[(0, 0), (0, 0)], pair_with="next")  # target = student pos
+    pairs = head_pairs(G, "grid2d", "encoder", offsets=[(0, 0), (0, 0)], pair_with="next")  # target = student pos
     schedules = [LambdaSchedule(values=[2.0]), LambdaSchedule(values=[0.5])]
-    loss = ForesightLoss(source, [nn.Identity(), nn.Identity()], head_pairs, schedules, layer=1, reduction=reduction)
+    loss = ForesightLoss(source, [nn.Identity(), nn.Identity()], pairs, schedules, layer=1, reduction=reduction)
     source.hidden = torch.randn(3, G * G, 64)
     terms, logs = loss(batch_of(3), {1: source.hidden}, at())
     expected = -(2.0 + 0.5) / (2 if reduction == "mean" else 1)
@@ -344,7 +351,7 @@ def test_warmup_turns_foresight_off_until_it_ends():
     model, ema = tiny_gpt(), tiny_gpt()
     loss = build_auxiliary_loss(from_dict(ForesightConfig, {"source": "ema"}), model, ema)
     batch = batch_of()
-    _, hidden = model(batch["tokens"][:, :-1], batch["labels"], hidden_layers=loss.hidden_layers)
+    _, hidden = model.forward_with_hidden(batch["tokens"][:, :-1], batch["labels"], loss.hidden_layers)
     terms, logs = loss(batch, hidden, at(epoch=14.9))
     assert terms == {} and logs["foresight/lambda0"] == 0.0
     terms, logs = loss(batch, hidden, at(epoch=15.0, fraction=0.2))
@@ -364,7 +371,7 @@ def test_no_gradient_reaches_the_teacher_and_only_heads_are_parameters():
     assert {id(p) for p in loss.parameters()} == head_params
     assert all(k.startswith("heads.") for k in loss.state_dict())
     batch = batch_of()
-    logits, hidden = model(batch["tokens"][:, :-1], batch["labels"], hidden_layers=loss.hidden_layers)
+    logits, hidden = model.forward_with_hidden(batch["tokens"][:, :-1], batch["labels"], loss.hidden_layers)
     terms, _ = loss(batch, hidden, at())
     terms["foresight"].backward()
     assert all(p.grad is None for p in ema.parameters())
@@ -378,18 +385,38 @@ def test_no_gradient_reaches_the_encoder():
     assert loss.heads[0].fc3.out_features == PatchEncoder.feature_dim
     assert not any(p is q for p in loss.parameters() for q in encoder.parameters())
     batch = {**batch_of(), "images": torch.rand(4, 3, 16, 16)}
-    _, hidden = model(batch["tokens"][:, :-1], batch["labels"], hidden_layers=loss.hidden_layers)
+    _, hidden = model.forward_with_hidden(batch["tokens"][:, :-1], batch["labels"], loss.hidden_layers)
     loss(batch, hidden, at())[0]["foresight"].backward()
     assert all(p.grad is None for p in encoder.parameters())
     assert model.tok_embeddings.weight.grad is not None
 
 
-def test_cached_features_need_a_cache():
+class ViewStore:
+    """Stand-in for a code store: 3 images x 2 views of random pixels."""
+
+    num_views = 2
+
+    def __init__(self):
+        self.pixels = torch.rand(3, 2, 3, 16, 16)
+
+    def __len__(self):
+        return 3
+
+    def source_images(self, indices, views):
+        return self.pixels[torch.as_tensor(indices), torch.as_tensor(views)]
+
+
+def test_cached_features_are_the_encoders_features_of_every_stored_view():
     cfg = from_dict(ForesightConfig, {"source": "encoder", "cache_features": True})
-    with pytest.raises(ConfigError):
-        build_auxiliary_loss(cfg, tiny_gpt(), None, encoder=PatchEncoder())
-    loss = build_auxiliary_loss(cfg, tiny_gpt(), None, features=torch.randn(8, G * G, 6))
-    assert loss.source.encoder is None and loss.heads[0].fc3.out_features == 6
+    encoder = PatchEncoder().eval()
+    with pytest.raises(ConfigError, match="code store"):
+        build_auxiliary_loss(cfg, tiny_gpt(), None, encoder=encoder)
+    store = ViewStore()
+    loss = build_auxiliary_loss(cfg, tiny_gpt(), None, encoder=encoder, store=store)
+    assert loss.source.encoder is None and loss.batch_fields == frozenset()
+    assert loss.heads[0].fc3.out_features == PatchEncoder.feature_dim
+    expected = encoder(store.pixels.flatten(0, 1))  # rows image * num_views + view
+    torch.testing.assert_close(loss.source.features.float(), expected, atol=2e-3, rtol=2e-3)  # float16 cache
 
 
 def test_ema_source_needs_the_ema_model():
@@ -401,7 +428,7 @@ def _optimise(loss, model, batch, steps=12):
     opt = torch.optim.Adam([*model.parameters(), *loss.parameters()], lr=3e-3)
     values = []
     for _ in range(steps):
-        _, hidden = model(batch["tokens"][:, :-1], batch["labels"], hidden_layers=loss.hidden_layers)
+        _, hidden = model.forward_with_hidden(batch["tokens"][:, :-1], batch["labels"], loss.hidden_layers)
         term = loss(batch, hidden, at())[0]["foresight"]
         opt.zero_grad()
         term.backward()
@@ -438,7 +465,7 @@ def test_output_diagnostic_predicts_the_tokens_the_ema_pairs_point_at():
     # head 0 (offset 0, 0) at position p predicts tokens[:, p], the next token, like NTP
     assert torch.equal(loss.student0, loss.target0)
     batch = batch_of()
-    _, hidden = model(batch["tokens"][:, :-1], batch["labels"], hidden_layers=loss.hidden_layers)
+    _, hidden = model.forward_with_hidden(batch["tokens"][:, :-1], batch["labels"], loss.hidden_layers)
     terms, logs = loss(batch, hidden, at(fraction=0.1))  # lambda 2 before the step at half of training
     # A zero-initialised output layer predicts uniformly: every head starts at ln V.
     assert logs["output_foresight/loss1"] == pytest.approx(math.log(V), rel=1e-4)

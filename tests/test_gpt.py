@@ -112,9 +112,9 @@ def test_rope_table_against_hand_computation():
 def test_hidden_states_and_early_stop():
     model = tiny(n_layer=3).eval()
     tokens, labels = torch.randint(0, 40, (2, 15)), torch.tensor([0, 4])
-    logits, hidden = model(tokens, labels, hidden_layers=(2,))
+    logits, hidden = model.forward_with_hidden(tokens, labels, (2,))
     assert set(hidden) == {2} and hidden[2].shape == (2, 16, 64)
-    assert torch.equal(model(tokens, labels, stop_after=2), hidden[2])
+    assert torch.equal(model.hidden_state(tokens, labels, 2), hidden[2])
     assert torch.equal(model(tokens, labels), logits)
 
 

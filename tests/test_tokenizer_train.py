@@ -8,18 +8,18 @@ import pytest
 import torch
 
 from mirai import checkpoint
-from mirai.cli.main import main
-from mirai.config import load_config
-from mirai.errors import ConfigError
-from mirai.models import build_vq
-from mirai.tokenizer.evaluate import kmeans_baseline, reconstruction_report
-from mirai.tokenizer.train import (
+from mirai.builders.tokenizer.evaluate import kmeans_baseline, reconstruction_report
+from mirai.builders.tokenizer.train import (
     OptimSection,
     TokenizerTrainConfig,
     learning_rate,
     reseed_dead_codes,
     train_tokenizer,
 )
+from mirai.cli.main import main
+from mirai.config import load_config
+from mirai.errors import ConfigError
+from mirai.models import VQModel, build_vq
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "tokenizer"
 
@@ -60,7 +60,7 @@ def test_training_lowers_the_loss_and_writes_a_run(tmp_path):
     stored = checkpoint.read_checkpoint(run / "checkpoint")
     assert stored.kind == "vq" and stored.meta["step"] == 30
     assert stored.meta["val_report"]["psnr"] == pytest.approx(report["psnr"])
-    loaded = checkpoint.load(run / "checkpoint", kind="vq")
+    loaded = checkpoint.load(run / "checkpoint", VQModel)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     assert torch.equal(loaded.encode_to_indices(x), model.encode_to_indices(x))
     assert (run / "config.yaml").is_file()
@@ -147,7 +147,7 @@ def test_reconstruction_report_counts_codes_and_matches_psnr():
 
 
 def test_cli_train_and_eval(tmp_path, monkeypatch, capsys):
-    import mirai.tokenizer.train as train_module
+    import mirai.builders.tokenizer.train as train_module
 
     # The CLI reads Fashion-MNIST; hand it small synthetic images instead.
     monkeypatch.setattr(train_module, "fashion_mnist_images",

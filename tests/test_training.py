@@ -11,80 +11,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
 import torch
 import torch.multiprocessing as mp
-from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from mirai import checkpoint
 from mirai.cli.main import main
-from mirai.config import apply_overrides, from_dict, read_yaml
-from mirai.data.codes import extract
-from mirai.data.folders import ImageFolder
-from mirai.data.views import ViewSpec
+from mirai.config import from_dict, read_yaml
 from mirai.errors import CheckpointError, ConfigError, DataError, TrainingError
-from mirai.models import build_vq
+from mirai.models import GPT
 from mirai.training import trainer as trainer_module
 from mirai.training.config import TrainConfig
 from mirai.training.metrics import read_metrics
 from mirai.training.trainer import Trainer, train
 
-TINY_VIT = {"depth": 1, "embed_dim": 32, "num_heads": 2}
-
-
-@pytest.fixture(scope="module")
-def stores(tmp_path_factory):
-    """Train and validation stores: 3 classes of 8 px images, 4x4 tokens from a 64-code VQ, 10 views."""
-    root = tmp_path_factory.mktemp("stores")
-    rng = np.random.default_rng(0)
-    for split, per_class in (("train", 8), ("val", 2)):
-        for c, name in enumerate(["a", "b", "c"]):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                # Class-dependent brightness gives the model something to learn.
-                pixels = np.clip(rng.normal(60 + 70 * c, 30, (10, 10, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    torch.manual_seed(0)
-    vq = build_vq("VQ-Tiny", codebook_size=64, codebook_dim=4).eval()
-    vq_dir = checkpoint.save(root / "vq", vq)
-    spec = ViewSpec("ten_crop", 8)
-    for split in ("train", "val"):
-        extract(vq, ImageFolder.scan(root / split), spec, root / f"codes_{split}", tokenizer_path=vq_dir,
-                progress=False)
-    encoder = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=56, num_classes=0,
-                                **TINY_VIT)
-    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(root / "vit.safetensors"))
-    return root
-
-
-def make_cfg(stores: Path, run_dir: Path, **overrides) -> TrainConfig:
-    base = {
-        "run_dir": str(run_dir), "seed": 3, "steps": 6, "device": "cpu", "precision": "fp32",
-        "log_every": 1, "eval_every": 0, "save_every": 0, "keep_last": 2,
-        "model": {"name": "GPT-Nano"},
-        "data": {"codes": str(stores / "codes_train"), "val_codes": str(stores / "codes_val"), "val_images": 0},
-        "optim": {"lr": 3e-3, "batch_size": 8},
-        "ema": {"decay": 0.9, "warmup": True},
-        "sampling": {"cfg_scale": 1.5},
-    }
-    return from_dict(TrainConfig, apply_overrides(base, [f"{k}={v}" for k, v in overrides.items()]))
-
-
-def encoder_overrides(stores: Path) -> dict:
-    spec = {"name": "dinov2_vits14", "weights": str(stores / "vit.safetensors"), "model_args": TINY_VIT}
-    return {"foresight.source": "encoder", "foresight.encoder": json.dumps(spec), "foresight.warmup": 0}
-
-
-def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+from helpers import MIRAI_E, assert_same, encoder_overrides, make_cfg, weights
 
 
 # ------------------------------------------------------------------------------------ one process
@@ -104,7 +45,7 @@ def test_training_learns_and_writes_a_complete_run(stores, tmp_path):
     # The saved config rebuilds the run's config exactly; the checkpoint holds it too.
     assert from_dict(TrainConfig, read_yaml(run / "config.yaml")) == cfg
     assert from_dict(TrainConfig, read_yaml(result.checkpoint / "train_config.yaml")) == cfg
-    ema = checkpoint.load(result.checkpoint, use_ema=True)
+    ema = checkpoint.load(result.checkpoint, GPT, use_ema=True)
     assert ema.args.n_layer == 2 and ema.args.vocab_size == 64 and ema.args.grid_size == 4
 
 
@@ -117,9 +58,6 @@ def test_gradient_accumulation_matches_one_big_batch(stores, tmp_path):
         results.append(weights(t.gpt))
     for k in results[0]:
         torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-4, atol=1e-5)
-
-
-MIRAI_E = {"foresight.source": "ema", "foresight.warmup": 2, "foresight.warmup_unit": "step"}
 
 
 @pytest.mark.parametrize("source", ["none", "ema", "ema_teacher", "encoder"])
@@ -143,7 +81,8 @@ def test_resume_continues_exactly(stores, tmp_path, source):
     if source != "none":
         assert_same(weights(whole.objective.auxiliary), weights(second.objective.auxiliary))
     if source == "ema_teacher":
-        assert_same(weights(whole.teacher), weights(second.teacher))
+        assert_same(weights(whole.objective.auxiliary.source.teacher),
+                    weights(second.objective.auxiliary.source.teacher))
     assert_same(whole.optimizer.state_dict()["state"][0], second.optimizer.state_dict()["state"][0])
 
 
@@ -193,7 +132,7 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(stores, tmp_path, 
     with pytest.raises(TrainingError, match=r"loss became nan at step 5.*last good checkpoint"):
         train(make_cfg(stores, tmp_path / "run", steps=8, save_every=2), resume=True)
     assert_same(before, load_file(str(saved / "model.safetensors")))
-    assert checkpoint.load(saved, use_ema=True) is not None
+    assert checkpoint.load(saved, GPT, use_ema=True) is not None
 
 
 def test_config_errors_name_the_fix(stores, tmp_path):
@@ -234,15 +173,19 @@ def test_mirai_e_teacher_decay_gives_the_teacher_its_own_horizon(stores, tmp_pat
             t.train_step()
         return t
 
+    def teacher(t: Trainer) -> torch.nn.Module:
+        return t.objective.auxiliary.source.teacher
+
     paper = run("paper")
-    assert paper.teacher is None  # the sampled EMA is the teacher
+    assert teacher(paper) is paper.ema and "teacher" not in paper.saved_states()  # the sampled EMA teaches
     # A separate teacher with the sampled EMA's decay follows the same path, so training is unchanged.
     same = run("same", **{"foresight.teacher_decay": 0.9})
-    assert_same(weights(same.teacher), weights(same.ema))
+    assert teacher(same) is not same.ema and same.saved_states()["teacher"].module is teacher(same)
+    assert_same(weights(teacher(same)), weights(same.ema))
     assert_same(weights(same.gpt), weights(paper.gpt))
     # Decay 0: the teacher is the model itself after every step; the sampled EMA still averages.
     instant = run("instant", **{"foresight.teacher_decay": 0.0})
-    assert_same(weights(instant.teacher), weights(instant.gpt))
+    assert_same(weights(teacher(instant)), weights(instant.gpt))
     assert not torch.equal(instant.ema.output.weight, instant.gpt.output.weight)
     assert not torch.equal(instant.gpt.output.weight, paper.gpt.output.weight)  # other targets after the warm-up
     # A checkpoint made without the separate teacher cannot resume a run that keeps one.
@@ -259,9 +202,9 @@ def test_mirai_i_feature_cache_gives_the_same_targets(stores, tmp_path):
     live = Trainer(make_cfg(stores, tmp_path / "live", **encoder_overrides(stores)))
     cached = Trainer(make_cfg(stores, tmp_path / "cached", **encoder_overrides(stores),
                               **{"foresight.cache_features": True}))
-    batch_live = live.data.step_batches(0, live.device)[0]
-    batch_cached = cached.data.step_batches(0, cached.device)[0]
-    assert "images" in batch_live and "feature_index" in batch_cached and "images" not in batch_cached
+    batch_live = live.data.step_batches(0, live.device, live.batch_fields)[0]
+    batch_cached = cached.data.step_batches(0, cached.device, cached.batch_fields)[0]
+    assert "images" in batch_live and "images" not in batch_cached
     targets_live = live.objective.auxiliary.source.targets(batch_live)
     targets_cached = cached.objective.auxiliary.source.targets(batch_cached)
     torch.testing.assert_close(targets_cached, targets_live, atol=2e-3, rtol=2e-3)  # float16 cache

@@ -6,9 +6,12 @@ Mirai format — a directory::
     model.safetensors   the weights
     ema.safetensors     EMA weights, when training kept them
 
-``config.json`` is enough to rebuild the module (``kind`` picks a builder registered with
-``register_kind``). Directories are written to a temporary sibling and renamed into place,
-so a crash never leaves a half-written checkpoint where a good one was.
+``config.json`` is enough to rebuild the module: a caller names the class it expects
+(``load(path, GPT)``), and any class that follows ``Checkpointable`` can be saved and
+rebuilt. This module sits below the models and knows none of them; the one place that opens
+a file of unknown kind keeps an explicit table (``mirai.convert.MODEL_KINDS``). Directories
+are written to a temporary sibling and renamed into place, so a crash never leaves a
+half-written checkpoint where a good one was.
 
 LlamaGen's ``.pt`` files are read with ``torch.load(weights_only=True)`` only: a file that
 holds arbitrary pickled objects is refused, never executed.
@@ -23,34 +26,36 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mirai.errors import CheckpointError
+from mirai.errors import CheckpointError, MiraiError
 
 FORMAT_VERSION = 1
 CONFIG_FILE, MODEL_FILE, EMA_FILE = "config.json", "model.safetensors", "ema.safetensors"
 
-# kind -> (builder from (name, args), function returning (name, args) of a module)
-_BUILDERS: dict[str, Callable[[str, dict], nn.Module]] = {}
-_DESCRIBERS: dict[type, tuple[str, Callable[[nn.Module], tuple[str, dict]]]] = {}
+M = TypeVar("M", bound=nn.Module)
 
 
-def register_kind(kind: str, cls: type, build: Callable[[str, dict], nn.Module], describe: Callable) -> None:
-    """Teach the checkpoint code to save modules of type ``cls`` and rebuild them from JSON."""
-    _BUILDERS[kind] = build
-    _DESCRIBERS[cls] = (kind, describe)
+@runtime_checkable
+class Checkpointable(Protocol):
+    """What a module class provides to be saved and rebuilt from ``config.json``.
 
+    ``checkpoint_kind`` names the family in the file (``"gpt"``, ``"vq"``, ...);
+    ``checkpoint_config()`` returns ``(name, args)`` with JSON-able args, and the class method
+    ``from_checkpoint_config(name, args)`` builds an untrained module from them.
+    """
 
-def _ensure_registered() -> None:
-    # Importing the packages that define checkpointable networks registers their kinds.
-    import mirai.evaluation.fashion_classifier  # noqa: F401
-    import mirai.foresight.encoders  # noqa: F401
-    import mirai.models  # noqa: F401
+    checkpoint_kind: ClassVar[str]
+
+    def checkpoint_config(self) -> tuple[str, dict]: ...
+
+    @classmethod
+    def from_checkpoint_config(cls, name: str, args: dict) -> nn.Module: ...
 
 
 @dataclass
@@ -64,12 +69,14 @@ class Checkpoint:
     ema: dict[str, torch.Tensor] | None = None
     meta: dict = field(default_factory=dict)
 
-    def build(self, use_ema: bool = False, strict: bool = True) -> nn.Module:
-        """Rebuild the module and load the (EMA) weights into it."""
-        _ensure_registered()
-        if self.kind not in _BUILDERS:
-            raise CheckpointError(f"unknown checkpoint kind {self.kind!r}; known kinds: {sorted(_BUILDERS)}")
-        module = _BUILDERS[self.kind](self.name, self.args)
+    def build(self, cls: type[M], use_ema: bool = False, strict: bool = True) -> M:
+        """Rebuild ``cls`` (which must be of this checkpoint's kind) and load the (EMA) weights."""
+        if self.kind != cls.checkpoint_kind:
+            raise CheckpointError(
+                f"this checkpoint holds a {self.kind!r} model, but a {cls.checkpoint_kind!r} one "
+                f"({cls.__name__}) is needed here"
+            )
+        module = cls.from_checkpoint_config(self.name, self.args)
         state = self.ema if use_ema else self.model
         if use_ema and state is None:
             raise CheckpointError("this checkpoint has no EMA weights; load it without use_ema")
@@ -150,23 +157,17 @@ def write_checkpoint(path: str | Path, ckpt: Checkpoint, extra_files: dict[str, 
     return atomic_write_dir(path, write)
 
 
-def describe(module: nn.Module) -> tuple[str, str, dict]:
-    """(kind, name, args) of a registered module type."""
-    _ensure_registered()
-    for cls, (kind, fn) in _DESCRIBERS.items():
-        if isinstance(module, cls):
-            name, args = fn(module)
-            return kind, name, args
-    raise CheckpointError(f"cannot save a {type(module).__name__}: no checkpoint kind is registered for it")
-
-
 def save(
     path: str | Path, model: nn.Module, ema: nn.Module | dict | None = None, meta: dict | None = None
 ) -> Path:
-    """Save ``model`` (and optionally EMA weights) as a Mirai checkpoint directory."""
-    kind, name, args = describe(model)
+    """Save a ``Checkpointable`` ``model`` (and optionally EMA weights) as a Mirai checkpoint directory."""
+    if not isinstance(model, Checkpointable):
+        raise CheckpointError(f"cannot save a {type(model).__name__}: it does not define checkpoint_kind/"
+                              "checkpoint_config (mirai.checkpoint.Checkpointable)")
+    name, args = model.checkpoint_config()
     ema_state = ema.state_dict() if isinstance(ema, nn.Module) else ema
-    return write_checkpoint(path, Checkpoint(kind, name, args, model.state_dict(), ema_state, meta or {}))
+    return write_checkpoint(path, Checkpoint(model.checkpoint_kind, name, args, model.state_dict(), ema_state,
+                                             meta or {}))
 
 
 # ---------------------------------------------------------------------------- reading
@@ -220,6 +221,45 @@ def llamagen_state_dicts(raw: dict, path: str | Path = "") -> tuple[dict, dict |
     return _strip_prefixes(model), (_strip_prefixes(ema) if ema is not None else None)
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+def read_weights(path: str | Path, what: str = "weights") -> dict[str, torch.Tensor]:
+    """A state dict from a ``.safetensors`` file or a ``.pt/.pth/.bin`` file read with
+    ``weights_only=True``, unwrapped from ``{"model": ...}``/``{"state_dict": ...}`` containers
+    and wrapper prefixes. ``what`` names the file's role in error messages (``CheckpointError``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} file {path} does not exist")
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise CheckpointError(f"{path}: {what} must be one of {', '.join(WEIGHT_SUFFIXES)} files")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{path} is corrupt or truncated: {err}") from None
+    state, _ = llamagen_state_dicts(read_torch_file(path), path)
+    return state
+
+
+def read_manifest(path: Path, fmt: str, version: int, error: type[MiraiError], fix: str) -> dict:
+    """The JSON manifest at ``path``, checked to say ``"format": fmt`` and a version this code reads.
+
+    Every failure raises ``error`` naming the file and ending with ``fix`` (what to do)."""
+    if not path.is_file():
+        raise error(f"{path.parent} has no {path.name}: {fix}")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise error(f"{path} is corrupt JSON ({err}); {fix}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
+        raise error(f"{path} is not a {fmt!r} manifest (no 'format: {fmt}'); {fix}")
+    if manifest.get("version", 0) > version:
+        raise error(f"{path.parent} was written by a newer Mirai (format version {manifest['version']}); "
+                    "upgrade mirai")
+    return manifest
+
+
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read a Mirai checkpoint directory (LlamaGen ``.pt`` files go through ``mirai.convert``)."""
     path = Path(path)
@@ -230,26 +270,13 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             f"{path} is a file, not a Mirai checkpoint directory; convert a LlamaGen .pt first with "
             "`mirai convert llamagen`"
         )
-    config_path = path / CONFIG_FILE
-    if not config_path.is_file():
-        raise CheckpointError(f"{path} has no {CONFIG_FILE}: not a Mirai checkpoint (or an interrupted write)")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{config_path} is corrupt JSON: {err}") from None
-    if config.get("format") != "mirai" or "kind" not in config:
-        raise CheckpointError(f"{config_path} is not a Mirai checkpoint config (no 'format: mirai' / 'kind')")
-    if config.get("version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer Mirai (format {config['version']}); upgrade mirai")
+    config = read_manifest(path / CONFIG_FILE, "mirai", FORMAT_VERSION, CheckpointError,
+                           "not a Mirai checkpoint (or an interrupted write)")
+    if "kind" not in config:
+        raise CheckpointError(f"{path / CONFIG_FILE} names no model 'kind': not a Mirai checkpoint config")
 
     def tensors(name: str) -> dict[str, torch.Tensor] | None:
-        file = path / name
-        if not file.exists():
-            return None
-        try:
-            return load_file(str(file))
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{file} is corrupt or truncated: {err}") from None
+        return read_weights(path / name, name) if (path / name).exists() else None
 
     model = tensors(MODEL_FILE)
     if model is None:
@@ -258,9 +285,13 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
                       tensors(EMA_FILE), config.get("meta", {}))
 
 
-def load(path: str | Path, use_ema: bool = False, kind: str | None = None) -> nn.Module:
-    """Rebuild the module stored at ``path`` (a Mirai directory) with its weights, in eval mode."""
+def load(path: str | Path, cls: type[M], use_ema: bool = False) -> M:
+    """Rebuild the ``cls`` module stored at ``path`` (a Mirai directory) with its weights, in eval mode.
+
+    Raises ``CheckpointError`` when the directory is missing, corrupt, or holds another kind.
+    """
     ckpt = read_checkpoint(path)
-    if kind is not None and ckpt.kind != kind:
-        raise CheckpointError(f"{path} holds a {ckpt.kind!r} checkpoint, but a {kind!r} one is needed here")
-    return ckpt.build(use_ema=use_ema).eval()
+    try:
+        return ckpt.build(cls, use_ema=use_ema).eval()
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None

@@ -1,4 +1,5 @@
-"""Reading LlamaGen's released ``.pt`` checkpoints into Mirai modules.
+"""Reading LlamaGen's released ``.pt`` checkpoints into Mirai modules, and the one table of
+model kinds for the commands that open a file of either kind (``mirai convert``, ``mirai sample``).
 
 LlamaGen stores no config beside its weights, so the architecture is inferred from tensor
 shapes (depth, width, vocabulary, classes) and matched against the named configs; the
@@ -12,10 +13,16 @@ from pathlib import Path
 
 import torch
 
-from mirai.checkpoint import Checkpoint, llamagen_state_dicts, load_state_dict_checked, read_torch_file
+from mirai.checkpoint import (
+    Checkpoint, llamagen_state_dicts, load_state_dict_checked, read_checkpoint, read_torch_file,
+)
 from mirai.errors import CheckpointError
 from mirai.models.gpt import GPT
 from mirai.models.registry import GPT_CONFIGS, gpt_args, infer_gpt_name
+from mirai.models.vq import VQModel, vq_from_llamagen_state
+
+# The model kinds a LlamaGen file or a Mirai directory of unknown kind may hold.
+MODEL_KINDS: dict[str, type[GPT] | type[VQModel]] = {"gpt": GPT, "vq": VQModel}
 
 
 def detect_kind(state: dict[str, torch.Tensor]) -> str:
@@ -54,17 +61,13 @@ def gpt_from_llamagen_state(
         name, dim=dim, n_layer=n_layer, vocab_size=vocab_size, num_classes=num_classes, grid_size=grid_size,
         n_kv_head=n_kv_head, class_dropout_prob=class_dropout_prob,
     )
-    model = GPT(args)
-    model.name = name
+    model = GPT(args, name=name)
     load_state_dict_checked(model, state)
     return model
 
 
 def read_llamagen(path: str | Path, kind: str | None = None, name: str | None = None, grid_size: int = 16) -> Checkpoint:
     """Read a LlamaGen GPT or VQ ``.pt`` (any container; DDP/FSDP/compile prefixes) as a Checkpoint."""
-    from mirai.checkpoint import describe
-    from mirai.models.vq import vq_from_llamagen_state
-
     model_state, ema_state = llamagen_state_dicts(read_torch_file(path), path)
     kind = kind or detect_kind(model_state)
     if kind == "gpt":
@@ -74,12 +77,13 @@ def read_llamagen(path: str | Path, kind: str | None = None, name: str | None = 
     elif kind == "vq":
         module = vq_from_llamagen_state(model_state)
     else:
-        raise CheckpointError(f"unknown kind {kind!r}: use 'gpt' or 'vq'")
-    kind, name, args = describe(module)
+        raise CheckpointError(f"unknown kind {kind!r}: use one of {sorted(MODEL_KINDS)}")
+    name, args = module.checkpoint_config()
     model_state = {k: v for k, v in model_state.items() if k != "freqs_cis"}
     if ema_state is not None:
         ema_state = {k: v for k, v in ema_state.items() if k != "freqs_cis"}
-    return Checkpoint(kind, name, args, model_state, ema_state, {"source": str(path), "converted_from": "llamagen"})
+    meta = {"source": str(path), "converted_from": "llamagen"}
+    return Checkpoint(module.checkpoint_kind, name, args, model_state, ema_state, meta)
 
 
 def load_module(
@@ -87,10 +91,11 @@ def load_module(
 ) -> torch.nn.Module:
     """A GPT or VQ in eval mode from a Mirai directory or a LlamaGen ``.pt`` (EMA weights when
     the file has them and ``prefer_ema``)."""
-    from mirai.checkpoint import read_checkpoint
-
+    if kind not in MODEL_KINDS:
+        raise CheckpointError(f"unknown kind {kind!r}: use one of {sorted(MODEL_KINDS)}")
     path = Path(path)
     ckpt = read_llamagen(path, kind=kind, name=name, grid_size=grid_size) if path.is_file() else read_checkpoint(path)
-    if ckpt.kind != kind:
-        raise CheckpointError(f"{path} holds a {ckpt.kind!r} checkpoint, but a {kind!r} one is needed here")
-    return ckpt.build(use_ema=prefer_ema and ckpt.ema is not None).eval()
+    try:
+        return ckpt.build(MODEL_KINDS[kind], use_ema=prefer_ema and ckpt.ema is not None).eval()
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None

@@ -1,5 +1,7 @@
-"""Analysis tools: the convergence benchmark, training curves, t-SNE token maps and class maps.
+"""Analysis tools: training curves, t-SNE token maps, class maps
+and the per-image training FLOPs of the paper's Table 15 (the convergence benchmark is
+``mirai.bench``).
 
 Submodules import PyTorch, matplotlib and scikit-learn; import the one you need
-(``mirai.analysis.convergence``, ``.curves``, ``.tsne``, ``.classmap``).
+(``mirai.analysis.curves``, ``.tsne``, ``.classmap``, ``.flops``).
 """

@@ -111,7 +111,7 @@ def classmap_report(checkpoint_path: str | Path, codes: str | Path, layer: int, 
                     use_ema: bool = True, k: int = 10, perplexity: float = 30.0, seed: int = 0,
                     device: str = "cpu") -> dict:
     """Draw the class map(s) into ``out``, write their k-NN accuracies beside it (``.json``) and return them."""
-    gpt = checkpoint.load(checkpoint_path, use_ema=use_ema, kind="gpt").to(device)
+    gpt = checkpoint.load(checkpoint_path, GPT, use_ema=use_ema).to(device)
     store = CodeStore.open(codes)
     indices = balanced_subset(store.labels, num_images, seed)
     labels = store.labels[indices]

@@ -164,7 +164,7 @@ def tsne_maps(checkpoints: Sequence[str | Path], codes: str | Path, out: str | P
         raise DataError(f"image indices {bad or '[]'}: choose some in 0..{len(store) - 1} of {codes}")
     maps, titles, scores = {}, {}, {}
     for path, layer, label in zip(checkpoints, layers, labels):
-        gpt = checkpoint.load(path, use_ema=use_ema, kind="gpt").to(device)
+        gpt = checkpoint.load(path, GPT, use_ema=use_ema).to(device)
         layer = layer if layer is not None else ForesightConfig().resolve_layer(gpt.args.n_layer)
         g = gpt.args.grid_size
         states = image_states(gpt, store, image_indices, layer, condition).float().cpu().numpy().reshape(

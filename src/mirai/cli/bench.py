@@ -33,7 +33,7 @@ def add_parser(subparsers) -> None:
         "grid_VARIANT.png, tsne_maps.png (+ .json) and curves.png. Resumable: rerun the same command after an "
         "interruption; a rerun only adds what is missing.",
     )
-    p.add_argument("--config", required=True, help="bench YAML (see mirai.analysis.convergence.BenchConfig)")
+    p.add_argument("--config", required=True, help="bench YAML (see mirai.bench.config.BenchConfig)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the bench config, e.g. seeds=[0]")
     p.add_argument("--variant", action="append", metavar="NAME",
                    help="train and score only this variant (repeatable): one share of the work, for parallel "
@@ -47,7 +47,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mirai.analysis.convergence import BenchConfig, plan_runs, run_convergence, select_share
+    from mirai.bench.config import BenchConfig, plan_runs, select_share
+    from mirai.bench.run import run_convergence
     from mirai.config import load_config
 
     bench = load_config(BenchConfig, args.config, args.overrides)

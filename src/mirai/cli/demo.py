@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mirai.demo import DemoSettings, run_demo
+    from mirai.bench.demo import DemoSettings, run_demo
     from mirai.errors import ConfigError
 
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())

@@ -70,10 +70,9 @@ def run_train(args: argparse.Namespace) -> int:
     import torch
 
     from mirai import checkpoint
+    from mirai.builders.encoder import FashionTrainConfig, parameter_count, train_fashion_encoder
+    from mirai.builders.encoder_probe import linear_probe
     from mirai.foresight.encoders import GridNetEncoder
-    from mirai.foresight.fashion_encoder import (
-        FashionTrainConfig, linear_probe, parameter_count, train_fashion_encoder,
-    )
 
     torch.set_num_threads(args.threads)
     overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
@@ -96,8 +95,8 @@ def run_probe(args: argparse.Namespace) -> int:
 
     import torch
 
+    from mirai.builders.encoder_probe import linear_probe
     from mirai.foresight.encoders import build_encoder
-    from mirai.foresight.fashion_encoder import linear_probe
 
     torch.set_num_threads(args.threads)
     encoder = build_encoder(_spec(args.encoder), args.grid)

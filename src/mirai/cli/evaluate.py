@@ -14,8 +14,6 @@ import json
 import sys
 from pathlib import Path
 
-ACTIONS = ("make-ref", "train-fashion-classifier")
-
 EPILOG = """other actions:
   mirai evaluate make-ref (--images X.npz | --dataset fashion-mnist [--split test]) --out REF.npz
         write a reference batch (ADM .npz layout) with each evaluator's statistics and activations
@@ -142,7 +140,7 @@ def train(args: argparse.Namespace) -> int:
     import torch
 
     from mirai import checkpoint
-    from mirai.evaluation.fashion_classifier import train_fashion_classifier
+    from mirai.builders.evaluator import train_fashion_classifier
 
     torch.set_num_threads(args.threads)
     model, metrics = train_fashion_classifier(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from mirai.data.codes import extract
     from mirai.data.views import ViewSpec
     from mirai.errors import DataError
+    from mirai.models.vq import VQModel
 
     out = Path(args.out)
     _check_out(out, args.overwrite)
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         "image_size": args.image_size or DEFAULT_IMAGE_SIZE[args.dataset],
         "crop_ratio": args.crop_ratio,
     })
-    vq = checkpoint.load(args.tokenizer, use_ema=args.ema, kind="vq")
+    vq = checkpoint.load(args.tokenizer, VQModel, use_ema=args.ema)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     store = extract(vq, source, spec, out, tokenizer_path=args.tokenizer, tokenizer_ema=args.ema,
                     batch_size=args.batch_size, num_workers=args.workers, device=device)

@@ -35,10 +35,10 @@ def _heads(k: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mirai.analysis.flops import Convention, training_flops, vit_shape
     from mirai.config import from_dict, read_yaml
     from mirai.errors import ConfigError
     from mirai.foresight.config import ForesightConfig
-    from mirai.foresight.flops import Convention, training_flops, vit_shape
     from mirai.models import gpt_args
 
     data = read_yaml(args.config) if args.config else {}

@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from mirai.config import load_config
-    from mirai.tokenizer.train import TokenizerTrainConfig, train_tokenizer
+    from mirai.builders.tokenizer.train import TokenizerTrainConfig, train_tokenizer
 
     cfg = load_config(TokenizerTrainConfig, args.config, args.overrides)
     _, report = train_tokenizer(cfg, progress=not args.no_progress)
@@ -51,15 +51,16 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from mirai import checkpoint
+    from mirai.builders.tokenizer.evaluate import kmeans_baseline, reconstruction_report
+    from mirai.builders.tokenizer.train import fashion_mnist_images, to_model_input
     from mirai.errors import ConfigError
-    from mirai.tokenizer.evaluate import kmeans_baseline, reconstruction_report
-    from mirai.tokenizer.train import fashion_mnist_images, to_model_input
+    from mirai.models.vq import VQModel
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be positive")
-    model = checkpoint.load(args.checkpoint, kind="vq")
+    model = checkpoint.load(args.checkpoint, VQModel)
     images = to_model_input(fashion_mnist_images(args.split, args.root)[: args.limit])
     report = {"checkpoint": str(args.checkpoint), "split": args.split,
               "vq": reconstruction_report(model, images, batch_size=args.batch_size)}

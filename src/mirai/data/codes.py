@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mirai.checkpoint import atomic_write_dir
+from mirai.checkpoint import atomic_write_dir, read_manifest
 from mirai.data.transforms import to_model_range, to_unit_range
 from mirai.data.views import ViewSpec, render_view, render_views
 from mirai.errors import DataError
@@ -187,17 +187,8 @@ class CodeStore:
     def open(cls, path: str | Path, source_root: str | Path | None = None) -> "CodeStore":
         """Map the store at ``path``; ``source_root`` points ``source_image`` at a moved dataset."""
         path = Path(path)
-        manifest_path = path / MANIFEST
-        if not manifest_path.is_file():
-            raise DataError(f"{path} is not a code store (no {MANIFEST}); create one with `mirai extract`")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as err:
-            raise DataError(f"{manifest_path} is corrupt JSON ({err}); re-run mirai extract") from None
-        if manifest.get("format") != FORMAT:
-            raise DataError(f"{manifest_path} is not a Mirai code-store manifest")
-        if manifest.get("version", 0) > VERSION:
-            raise DataError(f"{path} was written by a newer Mirai (store version {manifest['version']}); upgrade mirai")
+        manifest = read_manifest(path / MANIFEST, FORMAT, VERSION, DataError,
+                                 "not a code store; create one with `mirai extract`")
         try:
             codes = np.load(path / CODES, mmap_mode="r")
             labels = np.load(path / LABELS)
@@ -311,6 +302,7 @@ class CodeStore:
         ``strict``: decoding with another tokenizer would give plausible-looking wrong images.
         """
         from mirai import checkpoint
+        from mirai.models.vq import VQModel
 
         recorded = self.manifest["tokenizer"]
         path = path or recorded.get("path")
@@ -319,7 +311,7 @@ class CodeStore:
             problem = (f"the tokenizer of {self.path} ({recorded.get('path')}) is not available; "
                        "pass the original checkpoint explicitly")
         else:
-            vq = checkpoint.load(path, use_ema=recorded.get("ema", False), kind="vq")
+            vq = checkpoint.load(path, VQModel, use_ema=recorded.get("ema", False))
             if state_hash(vq) == recorded["sha256"]:
                 return vq
             problem = (f"tokenizer {path} is not the one {self.path} was extracted with (weights differ); "
@@ -356,38 +348,3 @@ def random_view(seed: int, epoch: int, index: int, num_views: int) -> int:
 def epoch_views(seed: int, epoch: int, n: int, num_views: int) -> np.ndarray:
     """``random_view`` of images ``0..n-1`` at once, int64 ``(n,)`` (1.28 M images in ~50 ms)."""
     return _views(seed, epoch, np.arange(n), num_views)
-
-
-class CodeDataset(Dataset):
-    """Training items from a store: one random view per image per epoch.
-
-    Each item is ``(tokens (g*g,) long, label long, image index, view index)``, plus the view's
-    pixels as float ``(3, H, W)`` in [0, 1] when ``with_images`` (for Mirai-I). Call
-    ``set_epoch`` before each epoch; the epoch lives in shared memory so DataLoader workers,
-    persistent ones included, see the change.
-    """
-
-    def __init__(self, store: CodeStore, seed: int = 0, with_images: bool = False):
-        self.store, self.seed, self.with_images = store, seed, with_images
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch.fill_(epoch)
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch)
-
-    def view_of(self, index: int, epoch: int | None = None) -> int:
-        return random_view(self.seed, self.epoch if epoch is None else epoch, index, self.store.num_views)
-
-    def __len__(self) -> int:
-        return len(self.store)
-
-    def __getitem__(self, index: int) -> tuple:
-        view = self.view_of(index)
-        tokens = torch.from_numpy(self.store.tokens(index, view).reshape(-1))
-        item = (tokens, torch.tensor(int(self.store.labels[index])), index, view)
-        if self.with_images:
-            item += (to_unit_range(self.store.source_image(index, view))[0],)
-        return item

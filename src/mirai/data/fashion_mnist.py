@@ -9,7 +9,7 @@ Where the files come from, first match wins:
    missing (MD5-checked against the checksums Zalando publishes).
 
 A folder may hold the files gzipped (``*.gz``) or already decompressed. Every file is
-parsed by ``read_idx``, which checks the header against the byte count so a truncated or
+parsed by ``parse_idx``, which checks the header against the byte count so a truncated or
 foreign file is reported by name instead of surfacing later as garbage pixels.
 """
 
@@ -43,7 +43,6 @@ FILES: dict[str, tuple[str, str]] = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-SPLIT_SIZES = {"train": 60000, "test": 10000}
 
 # MD5 of the official gzip files, as published in the fashion-mnist README. Debian's package
 # ships the same deflate streams with the gzip header's file name and time replaced (each .gz
@@ -75,7 +74,7 @@ _IDX_DTYPES = {
 }
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_idx_bytes(path: Path) -> bytes:
     """The file's content, decompressed when it is gzip (recognised by its magic bytes)."""
     raw = path.read_bytes()
     if raw[:2] != b"\x1f\x8b":
@@ -112,14 +111,6 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
         )
     array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
     return array.astype(dtype.newbyteorder("="))
-
-
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (gzip-compressed or plain), validating magic, type, dims and size."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} does not exist")
-    return parse_idx(_read_bytes(path), str(path))
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -194,7 +185,7 @@ def resolve_root(root: str | Path | None = None, allow_download: bool = True) ->
 
 def _load_checked(folder: Path, stem: str) -> np.ndarray:
     path = _find(folder, stem)
-    data = _read_bytes(path)
+    data = read_idx_bytes(path)
     if _md5(data) != IDX_MD5[stem]:
         raise DataError(
             f"{path} parses to MD5 {_md5(data)}, not the official Fashion-MNIST {stem} ({IDX_MD5[stem]}); "

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 FASHION_MNIST_PAD = 2
-FASHION_MNIST_SIZE = 28 + 2 * FASHION_MNIST_PAD
 
 
 def fashion_mnist_to_rgb(images: np.ndarray) -> np.ndarray:

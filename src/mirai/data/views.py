@@ -31,12 +31,13 @@ from PIL import Image
 from mirai.config import from_dict, to_dict
 from mirai.errors import ConfigError
 
-FIVE_CROP_NAMES = ("top-left", "top-right", "bottom-left", "bottom-right", "center")
-
-
 @dataclass(frozen=True)
 class ViewSpec:
-    """Which views of an image exist, in code-row order. JSON-serialisable via ``to_dict``."""
+    """Which views of an image exist, in code-row order. JSON-serialisable via ``to_dict``.
+
+    ``ten_crop``: top-left, top-right, bottom-left, bottom-right and centre crops, then the
+    same five of the mirrored image; ``flip``: the image, then its mirror.
+    """
 
     kind: Literal["ten_crop", "flip"]
     image_size: int
@@ -57,11 +58,6 @@ class ViewSpec:
     def crop_size(self) -> int:
         """Side of the centre-cropped square the views are cut from."""
         return int(self.image_size * self.crop_ratio) if self.kind == "ten_crop" else self.image_size
-
-    def view_names(self) -> list[str]:
-        if self.kind == "flip":
-            return ["identity", "flip"]
-        return list(FIVE_CROP_NAMES) + [f"flip+{name}" for name in FIVE_CROP_NAMES]
 
     def to_dict(self) -> dict:
         return to_dict(self)

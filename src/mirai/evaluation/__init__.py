@@ -1,6 +1,7 @@
 """Sample-quality evaluation: ADM's metrics (FID, sFID, IS, precision/recall) and a Fashion-MNIST evaluator.
 
-Importing this package registers the ``fashion_classifier`` checkpoint kind.
+The evaluator network is ``mirai.models.fashion_classifier.FashionClassifier`` (re-exported
+here); ``mirai.builders.evaluator`` trains it.
 """
 
 from mirai.evaluation.metrics import (
@@ -11,12 +12,7 @@ from mirai.evaluation.metrics import (
     manifold_radii,
     precision_recall,
 )
-from mirai.evaluation.fashion_classifier import (
-    FashionClassifier,
-    default_evaluator_path,
-    load_fashion_classifier,
-    train_fashion_classifier,
-)
+from mirai.evaluation.fashion_classifier import default_evaluator_path, load_fashion_classifier
 from mirai.evaluation.inception import InceptionV3Features, load_inception_state
 from mirai.evaluation.reference import FeatureSet, NpzImages, Reference, read_reference, write_reference
 from mirai.evaluation.suite import (
@@ -28,11 +24,12 @@ from mirai.evaluation.suite import (
     noise_floor,
     score,
 )
+from mirai.models.fashion_classifier import FashionClassifier
 
 __all__ = [
     "FashionClassifier", "FeatureSet", "InceptionV3Features", "NpzImages", "Reference",
     "default_evaluator_path", "evaluate", "extract_features", "feature_statistics", "format_report",
     "frechet_distance", "frechet_distance_from_stats", "inception_score", "load_fashion_classifier",
     "load_inception_state", "load_network", "make_reference", "manifold_radii", "noise_floor",
-    "precision_recall", "read_reference", "score", "train_fashion_classifier", "write_reference",
+    "precision_recall", "read_reference", "score", "write_reference",
 ]

@@ -16,8 +16,9 @@ same graph. One forward pass here yields the three things ADM reads from that gr
   reproduced here so that ADM's stored ``mu_s``/``sigma_s`` line up element for element.
 
 Weights: with no path, torch-fidelity's release file is downloaded (once, into the torch
-hub cache, the same place torch-fidelity keeps it); or pass a local ``.pth``/``.pt``
-(read with ``weights_only=True``) or ``.safetensors`` file holding that state dict.
+hub cache, the same place torch-fidelity keeps it); or pass a local ``.pth``/``.pt``/``.bin``
+(read with ``weights_only=True``) or ``.safetensors`` file holding that state dict
+(``mirai.checkpoint.read_weights``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mirai import checkpoint
 from mirai.errors import CheckpointError
 
 SPATIAL_CHANNELS = 7
@@ -45,23 +47,7 @@ def load_inception_state(weights: str | Path | None = None) -> dict[str, torch.T
                 f"could not download the FID Inception weights from {URL_INCEPTION_V3} ({err}); download that "
                 "file where you have a connection and pass it with --inception-weights FILE"
             ) from None
-    path = Path(weights)
-    if not path.is_file():
-        raise CheckpointError(f"Inception weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from None
-    from mirai.checkpoint import read_torch_file
-
-    state = read_torch_file(path)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors")
-    return state
+    return checkpoint.read_weights(weights, "Inception weights")
 
 
 class InceptionV3Features(nn.Module):

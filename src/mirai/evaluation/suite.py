@@ -4,7 +4,7 @@ Two feature networks ("evaluators") are supported:
 
 * ``inception`` — ADM's Inception-V3 (``mirai.evaluation.inception``): FID, sFID, Inception
   Score, precision and recall, as in the paper's tables.
-* ``fashion`` — the supervised Fashion-MNIST classifier (``mirai.evaluation.fashion_classifier``)
+* ``fashion`` — the supervised Fashion-MNIST classifier (``mirai.models.fashion_classifier``)
   for 32×32 runs: FID, precision and recall on its penultimate features, Inception Score
   from its class probabilities, class accuracy of the samples, and the evaluator's noise
   floor: the same metrics between two random halves of the reference set, i.e. the score a

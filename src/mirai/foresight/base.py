@@ -2,15 +2,18 @@
 
 The trainer runs the GPT once, asks it for the hidden states the loss wants, and adds
 whatever terms the loss returns to the next-token loss. It never learns where the targets
-come from (an encoder, the EMA model, cached features, or the tokens themselves).
+come from (an encoder, cached features, an EMA teacher, the tokens themselves): the loss
+says which extra batch fields it reads, updates whatever it keeps after each optimizer
+step, and hands the trainer the state to save (as torchtitan's components hand theirs to
+the checkpointer).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -32,14 +35,25 @@ class Progress:
         raise ValueError(f"unknown progress unit {unit!r}; use step, epoch or fraction")
 
 
+class SavedState(NamedTuple):
+    """A module whose weights a training checkpoint keeps as ``NAME.safetensors``; ``made_by``
+    names the config setting that creates it, for the error when a checkpoint lacks it."""
+
+    module: nn.Module
+    made_by: str
+
+
 class AuxiliaryLoss(Protocol):
     """A training-only loss computed from GPT hidden states.
 
     ``hidden_layers`` are the 1-based GPT blocks whose outputs the trainer must hand over
-    (``model(tokens[:, :-1], labels, hidden_layers=loss.hidden_layers)``).
+    (``model.forward_with_hidden(tokens[:, :-1], labels, loss.hidden_layers)``);
+    ``batch_fields`` the optional batch fields it reads (``"images"``: the pixels of each
+    row's view, in [0, 1]).
     """
 
     hidden_layers: tuple[int, ...]
+    batch_fields: frozenset[str]
 
     def __call__(
         self, batch: dict, hidden: dict[int, Tensor], progress: Progress
@@ -48,4 +62,12 @@ class AuxiliaryLoss(Protocol):
 
         An empty terms dict means "nothing to add this step" (e.g. during a warm-up).
         """
+        ...
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """Called once after every optimizer step ``step`` (0-based) with the trained model."""
+        ...
+
+    def saved_states(self) -> dict[str, SavedState]:
+        """The modules a training checkpoint must keep, by file stem (e.g. heads, a teacher)."""
         ...

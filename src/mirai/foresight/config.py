@@ -1,17 +1,8 @@
 """``ForesightConfig``: the ``foresight:`` section of a training config.
 
-Fields left at ``None`` take the paper's default for the chosen source (method.md
-sections 3-5), resolved by the accessors below rather than written into the config, so
-a saved config says "default" where the user did not choose:
-
-=================  ===========================  ================================
-field              Mirai-I (``encoder``)        Mirai-E (``ema``)
-=================  ===========================  ================================
-k                  1                            3 (current, right, below)
-lambdas            const 2                      step 2 -> 1 at half of training
-warmup             none                         15 epochs
-layer              round(2/3 * n_layer) (8 of 12 for GPT-B) for both
-=================  ===========================  ================================
+Fields left at ``None`` take the paper's default for the chosen source, from the one table in
+``mirai.foresight.defaults`` (resolved by the accessors below rather than written into the
+config, so a saved config says "default" where the user did not choose).
 """
 
 from __future__ import annotations
@@ -20,8 +11,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mirai.errors import ConfigError
-from mirai.foresight.pairs import DEFAULT_K, head_shifts
-from mirai.foresight.schedules import LambdaSchedule, default_lambda, default_warmup
+from mirai.foresight.defaults import default_encoder, default_layer, source_defaults
+from mirai.foresight.pairs import head_shifts
+from mirai.foresight.schedules import LambdaSchedule
 
 
 @dataclass
@@ -46,7 +38,7 @@ class ForesightConfig:
     teacher_decay: float | None = None
     # Mirai-I only (ignored by other sources, so one file can switch source by override):
     encoder: str | dict | None = None  # mirai.foresight.encoders.build_encoder spec; None: see encoder_spec
-    cache_features: bool = False  # read precomputed features by batch["feature_index"]
+    cache_features: bool = False  # encode every stored view once before training, then read those features
     output_diagnostic: bool = False  # Table 1 ablation: CE heads on the last block instead of alignment
 
     @property
@@ -56,25 +48,23 @@ class ForesightConfig:
     def num_heads(self) -> int:
         if self.offsets is not None:
             return len(self.offsets)
-        return self.k if self.k is not None else DEFAULT_K[self.source]
+        return self.k if self.k is not None else source_defaults(self.source).k
 
     def schedules(self) -> list[LambdaSchedule]:
         """One lambda schedule per head."""
-        given = self.lambdas or [default_lambda(self.source)]
+        given = self.lambdas or [source_defaults(self.source).lambda_schedule()]
         return given * self.num_heads() if len(given) == 1 else list(given)
 
     def warmup_spec(self) -> tuple[float, str]:
         """(length, unit) of the NTP-only warm-up."""
-        return default_warmup(self.source) if self.warmup is None else (self.warmup, self.warmup_unit)
+        return source_defaults(self.source).warmup if self.warmup is None else (self.warmup, self.warmup_unit)
 
     def encoder_spec(self, model_dim: int) -> str | dict:
         """The encoder to build: as configured, else DINOv2-B/14, or DINOv2-L/14 from GPT-L's width up (Table 8)."""
-        if self.encoder is not None:
-            return self.encoder
-        return "dinov2_vitl14" if model_dim >= 1024 else "dinov2_vitb14"
+        return self.encoder if self.encoder is not None else default_encoder(model_dim)
 
     def resolve_layer(self, n_layer: int) -> int:
-        layer = self.layer if self.layer is not None else max(1, round(2 * n_layer / 3))
+        layer = self.layer if self.layer is not None else default_layer(n_layer)
         if not 1 <= layer <= n_layer:
             raise ConfigError(f"foresight.layer={layer} is outside the model's blocks 1..{n_layer}")
         return layer

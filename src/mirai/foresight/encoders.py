@@ -37,12 +37,7 @@ from torch import Tensor, nn
 
 from mirai import checkpoint
 from mirai.errors import CheckpointError, ConfigError
-from mirai.foresight.fashion_encoder import INPUT_SIZE, FashionEncoderArgs, FashionEncoderNet, describe_net
-
-FASHION_KIND = "fashion_encoder"
-checkpoint.register_kind(FASHION_KIND, FashionEncoderNet,
-                         build=lambda name, args: FashionEncoderNet(FashionEncoderArgs(**args)),
-                         describe=describe_net)
+from mirai.models.fashion_encoder import INPUT_SIZE, FashionEncoderNet
 
 # Short names of the encoders the paper uses or compares (Table 4), mapped to timm names.
 ALIASES: dict[str, str] = {
@@ -181,31 +176,11 @@ class TimmEncoder(FrozenEncoder):
                                                 output_fmt="NLC", intermediates_only=True)[0]
 
 
-def read_weights_file(path: Path) -> dict[str, Tensor]:
-    """A state dict from ``.safetensors`` or ``.pt/.pth/.bin`` (``weights_only``), unwrapped
-    from ``{"model": ...}``/``{"state_dict": ...}`` containers and DDP prefixes."""
-    if not path.is_file():
-        raise CheckpointError(f"encoder weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{path} is corrupt or truncated: {err}") from None
-    if path.suffix not in (".pt", ".pth", ".bin"):
-        raise CheckpointError(f"{path}: encoder weights must be .safetensors, .pt, .pth or .bin")
-    # The container handling is the same as for LlamaGen files: bare, or under model/state_dict.
-    state, _ = checkpoint.llamagen_state_dicts(checkpoint.read_torch_file(path), path)
-    return state
-
-
 def _load_timm_weights(model: nn.Module, path: Path) -> None:
     """Load a local file into a timm ViT, resampling its pos-embed to the model's grid."""
     from timm.models import eva, vision_transformer
 
-    state = read_weights_file(path)
+    state = checkpoint.read_weights(path, "encoder weights")
     # timm's own converters: Meta's DINOv2 key layout, patch-embed and pos-embed resampling.
     filter_fn = eva.checkpoint_filter_fn if isinstance(model, eva.Eva) else vision_transformer.checkpoint_filter_fn
     state = filter_fn(state, model)
@@ -251,7 +226,7 @@ class GridNetEncoder(FrozenEncoder):
 
 def load_grid_encoder(path: str | Path, grid_size: int) -> GridNetEncoder:
     """A ``GridNetEncoder`` from a Mirai checkpoint directory of kind ``fashion_encoder``."""
-    net = checkpoint.load(path, kind=FASHION_KIND)
+    net = checkpoint.load(path, FashionEncoderNet)
     return GridNetEncoder(net, grid_size, source=str(path))
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mirai.foresight.base import Progress
+from mirai.foresight.base import Progress, SavedState
 from mirai.foresight.schedules import LambdaSchedule, warming_up
 from mirai.foresight.sources import Source
 
@@ -24,6 +24,7 @@ class HeadsLoss(nn.Module, ABC):
     """K heads on GPT block ``layer``; head k is scored at its (student, target) pairs, weighted lambda_k."""
 
     name = "heads"
+    batch_fields: frozenset[str] = frozenset()
 
     def __init__(
         self,
@@ -49,6 +50,13 @@ class HeadsLoss(nn.Module, ABC):
     @abstractmethod
     def targets(self, batch: dict) -> torch.Tensor:
         """What the heads are scored against, (B, T, ...), indexed by target position."""
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """Nothing to update by default: the heads are trained by the optimizer."""
+
+    def saved_states(self) -> dict[str, SavedState]:
+        """The heads, saved as ``auxiliary.safetensors`` (the file name of older checkpoints too)."""
+        return {"auxiliary": SavedState(self, "foresight heads")} if len(self.state_dict()) else {}
 
     @abstractmethod
     def head_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -92,9 +100,16 @@ class ForesightLoss(HeadsLoss):
     ):
         super().__init__(heads, head_pairs, schedules, layer, warmup, reduction)
         self.source = source  # a plain object, so the EMA model / encoder is not registered here
+        self.batch_fields = source.batch_fields
 
     def targets(self, batch: dict) -> torch.Tensor:
         return self.source.targets(batch)
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        self.source.after_optimizer_step(model, step)
+
+    def saved_states(self) -> dict[str, SavedState]:
+        return {**super().saved_states(), **self.source.saved_states()}
 
     def head_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return -F.cosine_similarity(pred.float(), target.float(), dim=-1).mean()

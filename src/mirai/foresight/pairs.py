@@ -34,11 +34,10 @@ from typing import Sequence
 import torch
 
 from mirai.errors import ConfigError
+from mirai.foresight.defaults import source_defaults
 
 LAYOUTS = ("grid2d", "raster1d", "reference")
-SOURCES = ("encoder", "ema")
 REFERENCE_SHIFTS = (0, 1, 16, 17, 2, 18, 34, 33, 32)
-DEFAULT_K = {"encoder": 1, "ema": 3}
 
 
 def nearest_future_offsets(k: int) -> list[tuple[int, int]]:
@@ -79,7 +78,7 @@ def head_shifts(
     return [REFERENCE_SHIFTS[i] if i < len(REFERENCE_SHIFTS) else i for i in range(k)]
 
 
-def pairs(
+def head_pairs(
     grid_size: int,
     layout: str = "grid2d",
     source: str = "ema",
@@ -97,8 +96,7 @@ def pairs(
     instead of the one just read (cell p-1): the worse Mirai-I ablation.
     ``align_class_token`` applies to ``ema`` only (the encoder has no class feature).
     """
-    if source not in SOURCES:
-        raise ConfigError(f"unknown foresight source {source!r}; choose one of {list(SOURCES)}")
+    defaults = source_defaults(source)  # also rejects an unknown source
     if pair_with not in ("current", "next"):
         raise ConfigError(f"pair_with must be 'current' or 'next', got {pair_with!r}")
     if grid_size < 1:
@@ -106,7 +104,7 @@ def pairs(
     if offsets is not None and k is not None and k != len(offsets):
         raise ConfigError(f"k={k} disagrees with the {len(offsets)} offsets given")
     g, n = grid_size, grid_size * grid_size
-    k = len(offsets) if offsets is not None else (k if k is not None else DEFAULT_K[source])
+    k = len(offsets) if offsets is not None else (k if k is not None else defaults.k)
 
     student = torch.arange(1, n)
     base = student - 1 if pair_with == "current" else student

@@ -65,18 +65,6 @@ class LambdaSchedule:
         return float(stop + (start - stop) * 0.5 * (1.0 + math.cos(math.pi * u)))
 
 
-def default_lambda(source: str) -> LambdaSchedule:
-    """Paper defaults: Mirai-I constant 2 (Table 7); Mirai-E 2 -> 1 at half of training (Table 3)."""
-    if source == "ema":
-        return LambdaSchedule(kind="step", values=[2.0, 1.0], at=[0.5], unit="fraction")
-    return LambdaSchedule(kind="const", values=[2.0])
-
-
-def default_warmup(source: str) -> tuple[float, str]:
-    """NTP-only warm-up (length, unit): 15 epochs for Mirai-E (Table 10), none for Mirai-I."""
-    return (15.0, "epoch") if source == "ema" else (0.0, "epoch")
-
-
 def warming_up(progress: Progress, length: float, unit: str) -> bool:
     """True while training is still in the NTP-only warm-up."""
     return progress.position(unit) < length

@@ -204,9 +204,11 @@ class LabelEmbedder(nn.Module):
 class GPT(nn.Module):
     """Class-conditional LlamaGen transformer over a g x g grid of VQ tokens."""
 
-    def __init__(self, args: GPTArgs):
+    checkpoint_kind = "gpt"
+
+    def __init__(self, args: GPTArgs, name: str = "GPT"):
         super().__init__()
-        self.args = args
+        self.args, self.name = args, name
         self.cls_embedding = LabelEmbedder(args.num_classes, args.dim, args.class_dropout_prob)
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.tok_dropout = nn.Dropout(args.token_dropout_p)
@@ -225,6 +227,13 @@ class GPT(nn.Module):
         # A zero output layer makes the initial prediction uniform: loss starts at ln(V).
         nn.init.zeros_(self.output.weight)
 
+    def checkpoint_config(self) -> tuple[str, dict]:
+        return self.name, self.args.to_dict()
+
+    @classmethod
+    def from_checkpoint_config(cls, name: str, args: dict) -> GPT:
+        return cls(GPTArgs(**args), name=name)
+
     def _apply(self, fn, recurse=True):
         # Keep the RoPE table in fp32 when the model is cast to bf16/fp16 (as LlamaGen does).
         super()._apply(fn, recurse)
@@ -240,19 +249,25 @@ class GPT(nn.Module):
             h = torch.cat([h, self.tok_embeddings(tokens)], dim=1)
         return self.tok_dropout(h)
 
-    def forward(
-        self,
-        tokens: torch.Tensor,
-        labels: torch.Tensor,
-        hidden_layers: Sequence[int] = (),
-        stop_after: int | None = None,
-    ):
-        """Logits (B, T+1, V) for tokens (B, T) and labels (B,).
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T+1, V), float32, for tokens (B, T) and labels (B,): position p predicts token p."""
+        return self.forward_with_hidden(tokens, labels, ())[0]
 
-        ``hidden_layers``: 1-based block indices whose output (residual stream, before the
-        final norm) is also returned, as ``(logits, {layer: hidden})``. ``stop_after=l``
-        skips everything after block l and returns only that block's output (no logits).
-        """
+    def forward_with_hidden(
+        self, tokens: torch.Tensor, labels: torch.Tensor, layers: Sequence[int]
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """``(logits, {layer: hidden})``: the logits of ``forward`` and the outputs (B, T+1, dim) of
+        the 1-based blocks in ``layers`` (residual stream, before the final norm)."""
+        h, hidden = self._blocks(tokens, labels, set(layers), None)
+        return self.output(self.norm(h)).float(), hidden
+
+    def hidden_state(self, tokens: torch.Tensor, labels: torch.Tensor, layer: int) -> torch.Tensor:
+        """The output (B, T+1, dim) of 1-based block ``layer``; the blocks after it are not run."""
+        return self._blocks(tokens, labels, set(), layer)[0]
+
+    def _blocks(
+        self, tokens: torch.Tensor, labels: torch.Tensor, keep: set[int], stop_after: int | None
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         if tokens.size(1) > self.args.seq_len - 1:
             raise ValueError(
                 f"{tokens.size(1)} input tokens do not fit a {self.args.grid_size}x{self.args.grid_size} grid"
@@ -268,16 +283,14 @@ class GPT(nn.Module):
             )
         h = self.embed(tokens, labels)
         rope = self.freqs_cis[: h.size(1)]
-        wanted = set(hidden_layers)
         hidden: dict[int, torch.Tensor] = {}
         for index, layer in enumerate(self.layers, start=1):
             h = layer(h, rope)
-            if index in wanted:
+            if index in keep:
                 hidden[index] = h
             if index == stop_after:
-                return h
-        logits = self.output(self.norm(h)).float()
-        return (logits, hidden) if hidden_layers else logits
+                break
+        return h, hidden
 
     # ------------------------------------------------------------------ decoding
     def setup_kv_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> None:

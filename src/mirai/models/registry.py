@@ -50,9 +50,8 @@ def build_gpt(
     name: str, vocab_size: int = 16384, grid_size: int = 16, num_classes: int = 1000, **overrides
 ) -> GPT:
     """Build a named GPT, e.g. ``build_gpt("GPT-B", vocab_size=16384, grid_size=16)``."""
-    model = GPT(gpt_args(name, vocab_size=vocab_size, grid_size=grid_size, num_classes=num_classes, **overrides))
-    model.name = name
-    return model
+    return GPT(gpt_args(name, vocab_size=vocab_size, grid_size=grid_size, num_classes=num_classes, **overrides),
+               name=name)
 
 
 def infer_gpt_name(n_layer: int, dim: int) -> str | None:

@@ -276,13 +276,6 @@ class VectorQuantizer(nn.Module):
         n = min(indices.numel(), USAGE_HISTORY)
         self.codebook_used.copy_(torch.cat([self.codebook_used[n:], indices[-n:].to(self.codebook_used.dtype)]))
 
-    def recent_usage(self) -> torch.Tensor:
-        """Bool mask (codebook_size,) of codes assigned within the training usage history."""
-        used = self.codebook_used[self.codebook_used >= 0].long()
-        mask = torch.zeros(self.codebook_size, dtype=torch.bool, device=used.device)
-        mask[used[used < self.codebook_size]] = True
-        return mask
-
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """Code vectors for (B, h, w) indices, as a (B, D, h, w) latent."""
         return self.codebook()[indices].permute(0, 3, 1, 2).contiguous()
@@ -298,6 +291,8 @@ class VQOutput(NamedTuple):
 class VQModel(nn.Module):
     """LlamaGen's VQ tokenizer: encoder -> quant_conv -> quantize -> post_quant_conv -> decoder."""
 
+    checkpoint_kind = "vq"
+
     def __init__(self, args: VQArgs, name: str = "VQ"):
         super().__init__()
         self.args, self.name = args, name
@@ -307,6 +302,13 @@ class VQModel(nn.Module):
                                         args.codebook_l2_norm)
         self.quant_conv = nn.Conv2d(args.z_channels, args.codebook_dim, 1)
         self.post_quant_conv = nn.Conv2d(args.codebook_dim, args.z_channels, 1)
+
+    def checkpoint_config(self) -> tuple[str, dict]:
+        return self.name, self.args.to_dict()
+
+    @classmethod
+    def from_checkpoint_config(cls, name: str, args: dict) -> VQModel:
+        return cls(VQArgs(**args), name=name)
 
     @property
     def downsample_factor(self) -> int:

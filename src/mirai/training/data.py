@@ -16,6 +16,8 @@ from mirai.data.codes import CodeStore, epoch_views
 from mirai.errors import ConfigError
 from mirai.training.config import TrainConfig
 
+OPTIONAL_FIELDS = frozenset({"images"})
+
 
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -46,13 +48,14 @@ class TrainingData:
         self.steps_per_epoch = len(self.store) // batch
         if self.steps_per_epoch == 0:
             raise ConfigError(f"optim.batch_size={batch} is larger than the {len(self.store)} training images")
-        encoder_source = cfg.foresight.source == "encoder"
-        # Mirai-I reads the exact pixels of each code row, or their precomputed features.
-        self.with_images = encoder_source and not cfg.foresight.cache_features
-        self.with_feature_index = encoder_source and cfg.foresight.cache_features
 
-    def _batch(self, store: CodeStore, indices: np.ndarray, views: np.ndarray, device, with_images: bool,
-               with_feature_index: bool = False) -> dict:
+    def _batch(self, store: CodeStore, indices: np.ndarray, views: np.ndarray, device,
+               fields: frozenset[str] = frozenset()) -> dict:
+        """Tokens (B, g*g), labels (B,), image and view indices (B,), and the optional ``fields``:
+        ``"images"``, the exact pixels of each row's view, float (B, 3, H, W) in [0, 1]."""
+        unknown = fields - OPTIONAL_FIELDS
+        if unknown:
+            raise ConfigError(f"batches cannot carry {sorted(unknown)}; optional fields are {sorted(OPTIONAL_FIELDS)}")
         tokens = torch.from_numpy(store.codes[indices, views].reshape(len(indices), -1).astype(np.int64))
         batch = {
             "tokens": tokens.to(device),
@@ -60,14 +63,12 @@ class TrainingData:
             "image_index": torch.from_numpy(indices).to(device),
             "view_index": torch.from_numpy(views).to(device),
         }
-        if with_images:
+        if "images" in fields:
             batch["images"] = store.source_images(indices, views).to(device)
-        if with_feature_index:
-            batch["feature_index"] = torch.from_numpy(indices * store.num_views + views)
         return batch
 
-    def step_batches(self, step: int, device) -> list[dict]:
-        """This rank's micro-batches for optimizer step ``step``."""
+    def step_batches(self, step: int, device, fields: frozenset[str] = frozenset()) -> list[dict]:
+        """This rank's micro-batches for optimizer step ``step``, with the optional ``fields``."""
         epoch, position = divmod(step, self.steps_per_epoch)
         batch = self.cfg.optim.batch_size
         order = epoch_order(self.cfg.seed, epoch, len(self.store))
@@ -75,7 +76,7 @@ class TrainingData:
         mine = global_indices.reshape(self.world_size, -1)[self.rank]
         views = epoch_views(self.cfg.seed, epoch, len(self.store), self.store.num_views)
         return [
-            self._batch(self.store, chunk, views[chunk], device, self.with_images, self.with_feature_index)
+            self._batch(self.store, chunk, views[chunk], device, fields)
             for chunk in mine.reshape(self.cfg.optim.grad_accum, -1)
         ]
 
@@ -85,25 +86,7 @@ class TrainingData:
         indices = np.arange(self.rank, n, self.world_size)
         for start in range(0, len(indices), self.micro_batch):
             chunk = indices[start : start + self.micro_batch]
-            yield self._batch(self.val, chunk, np.zeros_like(chunk), device, with_images=False)
-
-    def encoder_features(self, encoder: torch.nn.Module, batch_size: int = 256) -> torch.Tensor:
-        """``encoder`` features of every stored (image, view) row, row ``image * num_views + view``.
-
-        For small datasets (``foresight.cache_features``): the encoder then runs once per view
-        instead of once per step. Memory: ``images x views x g^2 x C`` float16 values.
-        """
-        from mirai.foresight.encoders import cache_features
-
-        n, v = len(self.store), self.store.num_views
-        rows = np.arange(n * v)
-
-        def batches():
-            for start in range(0, len(rows), batch_size):
-                chunk = rows[start : start + batch_size]
-                yield self.store.source_images(chunk // v, chunk % v)
-
-        return cache_features(encoder, batches(), n * v, desc="foresight features")
+            yield self._batch(self.val, chunk, np.zeros_like(chunk), device)
 
     @cached_property
     def _vq(self):

@@ -1,5 +1,9 @@
 """Training checkpoints: exported weights (model + EMA, safetensors) with the full training
-state beside them (optimizer, step, RNG of every rank, auxiliary heads, the run's config)."""
+state beside them (optimizer, step, RNG of every rank, the run's config, and the states the
+auxiliary loss hands over, e.g. foresight heads as ``auxiliary.safetensors`` and a Mirai-E
+teacher as ``teacher.safetensors``). Components are passed in; nothing here reaches into
+the trainer.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +11,23 @@ import io
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 import yaml
-from safetensors.torch import load_file, save
+from safetensors.torch import save
+from torch import nn
 
-from mirai.checkpoint import Checkpoint, load_state_dict_checked, read_checkpoint, read_torch_file, write_checkpoint
+from mirai.checkpoint import (
+    Checkpoint, load_state_dict_checked, read_checkpoint, read_torch_file, read_weights, write_checkpoint,
+)
 from mirai.config import to_dict
 from mirai.errors import CheckpointError
+from mirai.foresight.base import SavedState
+from mirai.models.gpt import GPT
+from mirai.training.config import TrainConfig
 
-if TYPE_CHECKING:
-    from mirai.training.trainer import Trainer
-
-STATE_FILE, HEADS_FILE, CONFIG_FILE = "training_state.pt", "auxiliary.safetensors", "train_config.yaml"
-TEACHER_FILE = "teacher.safetensors"  # Mirai-E with foresight.teacher_decay: the teacher's own EMA
+STATE_FILE, CONFIG_FILE = "training_state.pt", "train_config.yaml"
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -41,30 +46,29 @@ def _gather(obj):
     return out
 
 
-def _safetensors_bytes(module: torch.nn.Module) -> bytes:
+def _safetensors_bytes(module: nn.Module) -> bytes:
     return save({k: v.contiguous().cpu() for k, v in module.state_dict().items()})
 
 
-def save_training_checkpoint(trainer: "Trainer", val_nll: float | None, name: str | None = None) -> Path:
-    """Collective: every rank calls it (RNG states are gathered); rank 0 writes atomically."""
-    rng = _gather(_rng_state(trainer.device))
-    path = trainer.run_dir / "checkpoints" / (name or f"step_{trainer.step:07d}")
-    if not trainer.dist.is_main:
+def save_training_checkpoint(
+    path: Path, *, cfg: TrainConfig, step: int, best_val: float, val_nll: float | None, model: GPT, ema: GPT,
+    optimizer: torch.optim.Optimizer, states: dict[str, SavedState], is_main: bool,
+) -> Path:
+    """Collective: every rank calls it (RNG states are gathered); rank 0 writes ``path`` atomically
+    and prunes step checkpoints beyond ``cfg.keep_last``."""
+    rng = _gather(_rng_state(next(model.parameters()).device))
+    if not is_main:
         return path
     buffer = io.BytesIO()
-    torch.save({"optimizer": trainer.optimizer.state_dict(), "step": trainer.step,
-                "best_val": trainer.best_val, "rng": rng}, buffer)
-    extra = {STATE_FILE: buffer.getvalue(), CONFIG_FILE: yaml.safe_dump(to_dict(trainer.cfg), sort_keys=False).encode()}
-    aux = trainer.objective.auxiliary
-    if aux is not None and len(aux.state_dict()):
-        extra[HEADS_FILE] = _safetensors_bytes(aux)
-    if trainer.teacher is not None:
-        extra[TEACHER_FILE] = _safetensors_bytes(trainer.teacher)
-    gpt = trainer.gpt
-    meta = {"step": trainer.step, "val_nll": val_nll, "seed": trainer.cfg.seed, "run_dir": str(trainer.run_dir)}
-    write_checkpoint(path, Checkpoint("gpt", gpt.name, gpt.args.to_dict(), gpt.state_dict(),
-                                      trainer.ema.state_dict(), meta), extra_files=extra)
-    _prune(trainer.run_dir / "checkpoints", trainer.cfg.keep_last)
+    torch.save({"optimizer": optimizer.state_dict(), "step": step, "best_val": best_val, "rng": rng}, buffer)
+    extra = {STATE_FILE: buffer.getvalue(), CONFIG_FILE: yaml.safe_dump(to_dict(cfg), sort_keys=False).encode()}
+    for name, state in states.items():
+        extra[f"{name}.safetensors"] = _safetensors_bytes(state.module)
+    meta = {"step": step, "val_nll": val_nll, "seed": cfg.seed, "run_dir": str(Path(cfg.run_dir))}
+    name, args = model.checkpoint_config()
+    write_checkpoint(path, Checkpoint(model.checkpoint_kind, name, args, model.state_dict(), ema.state_dict(), meta),
+                     extra_files=extra)
+    _prune(path.parent, cfg.keep_last)
     return path
 
 
@@ -78,6 +82,15 @@ def _prune(folder: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def checkpoint_step(path: Path) -> int:
+    """The optimizer step of a ``step_NNNNNNN`` checkpoint directory."""
+    return int(STEP_DIR.match(Path(path).name).group(1))
+
+
+def has_step_checkpoints(run_dir: str | Path) -> bool:
+    return bool(_step_dirs(Path(run_dir) / "checkpoints"))
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path:
     dirs = _step_dirs(Path(run_dir) / "checkpoints")
     if not dirs:
@@ -85,30 +98,27 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
     return dirs[-1]
 
 
-def load_training_checkpoint(trainer: "Trainer", path: str | Path | None = None) -> Path:
-    """Restore weights, EMA, heads, optimizer, step and this rank's RNG from a training checkpoint."""
-    path = Path(path) if path else latest_checkpoint(trainer.run_dir)
+def load_training_checkpoint(
+    path: Path, *, model: GPT, ema: GPT, optimizer: torch.optim.Optimizer, states: dict[str, SavedState],
+    rank: int,
+) -> tuple[int, float]:
+    """Restore weights, EMA, the given states, optimizer and this rank's RNG from ``path``;
+    returns ``(step, best_val)``. A missing file or mismatched tensor is a ``CheckpointError``."""
     ckpt = read_checkpoint(path)
     if not (path / STATE_FILE).is_file():
         raise CheckpointError(f"{path} holds weights only (no {STATE_FILE}): it can seed a new run, not resume one")
-    load_state_dict_checked(trainer.gpt, ckpt.model)
-    load_state_dict_checked(trainer.ema, ckpt.ema)
-    aux = trainer.objective.auxiliary
-    if aux is not None and len(aux.state_dict()):
-        if not (path / HEADS_FILE).is_file():
-            raise CheckpointError(f"{path} has no foresight heads, but this config trains some: resume with "
-                                  "the config that made the checkpoint")
-        load_state_dict_checked(aux, load_file(str(path / HEADS_FILE)))
-    if trainer.teacher is not None:
-        if not (path / TEACHER_FILE).is_file():
-            raise CheckpointError(f"{path} has no {TEACHER_FILE}, but this config (foresight.teacher_decay) keeps "
-                                  "a separate Mirai-E teacher: resume with the config that made the checkpoint")
-        load_state_dict_checked(trainer.teacher, load_file(str(path / TEACHER_FILE)))
+    load_state_dict_checked(model, ckpt.model)
+    load_state_dict_checked(ema, ckpt.ema)
+    for name, state in states.items():
+        file = path / f"{name}.safetensors"
+        if not file.is_file():
+            raise CheckpointError(f"{path} has no {file.name}, but this config keeps one ({state.made_by}): "
+                                  "resume with the config that made the checkpoint")
+        load_state_dict_checked(state.module, read_weights(file, name))
     state = read_torch_file(path / STATE_FILE)
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.step, trainer.best_val = int(state["step"]), float(state["best_val"])
-    rng = state["rng"][trainer.dist.rank]
+    optimizer.load_state_dict(state["optimizer"])
+    rng = state["rng"][rank]
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng:
-        torch.cuda.set_rng_state(rng["cuda"], trainer.device)
-    return path
+        torch.cuda.set_rng_state(rng["cuda"], next(model.parameters()).device)
+    return int(state["step"]), float(state["best_val"])

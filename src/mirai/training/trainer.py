@@ -25,8 +25,9 @@ from tqdm import tqdm
 from mirai.config import save_yaml, to_dict
 from mirai.errors import ConfigError, TrainingError
 from mirai.foresight import build_auxiliary_loss
-from mirai.foresight.base import Progress
+from mirai.foresight.base import Progress, SavedState
 from mirai.models import GPT, build_gpt
+from mirai.models.ema import ema_decay, update_ema
 from mirai.training import state as run_state
 from mirai.training.config import TrainConfig
 from mirai.training.data import TrainingData
@@ -53,12 +54,6 @@ def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
     return o.lr
 
 
-@torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1.0 - decay)
-
-
 def ntp_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of position p predicting token p (the class position predicts x_1)."""
     return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
@@ -75,8 +70,7 @@ class Objective(nn.Module):
     def forward(self, batch: dict, progress: Progress) -> tuple[torch.Tensor, dict]:
         tokens, labels = batch["tokens"], batch["labels"]
         layers = self.auxiliary.hidden_layers if self.auxiliary is not None else ()
-        out = self.gpt(tokens[:, :-1], labels, hidden_layers=layers)
-        logits, hidden = out if layers else (out, {})
+        logits, hidden = self.gpt.forward_with_hidden(tokens[:, :-1], labels, layers)
         loss = ntp_loss(logits, tokens)
         logs = {"loss/ntp": loss.detach()}
         if self.auxiliary is not None:
@@ -121,14 +115,9 @@ class Trainer:
         if not cfg.dropout:
             self.gpt.cls_embedding.dropout_prob = 0.0
         self.ema = copy.deepcopy(self.gpt).eval().requires_grad_(False)
-        # Mirai-E's teacher is the sampled EMA unless foresight.teacher_decay gives it its own horizon.
-        self.teacher: GPT | None = None
-        if cfg.foresight.source == "ema" and cfg.foresight.teacher_decay is not None:
-            self.teacher = copy.deepcopy(self.gpt).eval().requires_grad_(False)
-        auxiliary = build_auxiliary_loss(cfg.foresight, self.gpt, self.ema if self.teacher is None else self.teacher,
-                                         **self._encoder_inputs())
-        if auxiliary is not None:
-            auxiliary.to(self.device)
+        auxiliary = build_auxiliary_loss(cfg.foresight, self.gpt, self.ema, ema_warmup=cfg.ema.warmup,
+                                         store=self.data.store)
+        self.batch_fields = auxiliary.batch_fields if auxiliary is not None else frozenset()
         self.objective = Objective(self.gpt, auxiliary)
         self.optimizer = torch.optim.AdamW(
             param_groups(self.objective, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas,
@@ -143,7 +132,7 @@ class Trainer:
             )
         torch.manual_seed(cfg.seed + 1_000 * (1 + self.dist.rank))  # ...then draws its own dropout masks.
         if cfg.compile:
-            self.gpt.compile()  # in place: the module (and its state-dict names) stay the same
+            self.objective.compile()  # in place: the modules (and their state-dict names) stay the same
         self.autocast_dtype = self._autocast_dtype()
         self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.data.steps_per_epoch)
         self._check_foresight_starts()
@@ -166,16 +155,6 @@ class Trainer:
                 "loss would never start. Shorten it, e.g. foresight.warmup=0.15 foresight.warmup_unit=fraction"
             )
 
-    def _encoder_inputs(self) -> dict:
-        """Mirai-I with ``cache_features``: run the encoder over every stored view once, up front."""
-        f = self.cfg.foresight
-        if f.source != "encoder" or not f.cache_features:
-            return {}
-        from mirai.foresight.encoders import build_encoder
-
-        encoder = build_encoder(f.encoder_spec(self.gpt.args.dim), self.data.grid_size, device=self.device)
-        return {"features": self.data.encoder_features(encoder)}
-
     def _autocast_dtype(self) -> torch.dtype | None:
         p = self.cfg.precision
         if p == "fp32" or (p == "auto" and not (self.device.type == "cuda" and torch.cuda.is_bf16_supported())):
@@ -191,13 +170,6 @@ class Trainer:
         return Progress(step=self.step, epoch=self.step / self.data.steps_per_epoch,
                         fraction=self.step / max(1, self.total_steps))
 
-    def ema_decay(self, decay: float | None = None) -> float:
-        """This step's decay of the sampled EMA (or of an EMA with ``decay``), after the optional warm-up."""
-        decay = self.cfg.ema.decay if decay is None else decay
-        if self.cfg.ema.warmup:
-            decay = min(decay, (1 + self.step) / (10 + self.step))
-        return decay
-
     def _handle_signal(self, signum, frame) -> None:
         self._stop_signal = signum
 
@@ -210,7 +182,7 @@ class Trainer:
         self.step_fn.train()
         progress = self.progress()
         logs: dict[str, float] = {}
-        micro_batches = self.data.step_batches(self.step, self.device)
+        micro_batches = self.data.step_batches(self.step, self.device, self.batch_fields)
         for i, batch in enumerate(micro_batches):
             # Gradients are all-reduced once per optimizer step, on the last micro-batch.
             skip_sync = self.dist.enabled and i < len(micro_batches) - 1
@@ -230,9 +202,9 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.objective.parameters(), cfg.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        update_ema(self.ema, self.gpt, self.ema_decay())
-        if self.teacher is not None:
-            update_ema(self.teacher, self.gpt, self.ema_decay(cfg.foresight.teacher_decay))
+        update_ema(self.ema, self.gpt, ema_decay(cfg.ema.decay, self.step, cfg.ema.warmup))
+        if self.objective.auxiliary is not None:
+            self.objective.auxiliary.after_optimizer_step(self.gpt, self.step)
         self.step += 1
         logs.update({"lr": lr, "grad_norm": float(grad_norm), "epoch": self.step / self.data.steps_per_epoch})
         return logs
@@ -273,16 +245,28 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------ checkpoints
+    def saved_states(self) -> dict[str, SavedState]:
+        """What the auxiliary loss asks the checkpoint to keep besides model, EMA and optimizer."""
+        return self.objective.auxiliary.saved_states() if self.objective.auxiliary is not None else {}
+
     def save(self, val_nll: float | None = None) -> Path:
-        """Collective (all ranks call it); rank 0 writes."""
-        path = run_state.save_training_checkpoint(self, val_nll)
+        """Collective (all ranks call it); rank 0 writes ``checkpoints/step_N`` (and ``best``)."""
+        components = dict(cfg=self.cfg, step=self.step, val_nll=val_nll, model=self.gpt, ema=self.ema,
+                          optimizer=self.optimizer, states=self.saved_states(), is_main=self.dist.is_main)
+        folder = self.run_dir / "checkpoints"
+        path = run_state.save_training_checkpoint(folder / f"step_{self.step:07d}", best_val=self.best_val,
+                                                  **components)
         if val_nll is not None and val_nll < self.best_val:
             self.best_val = val_nll
-            run_state.save_training_checkpoint(self, val_nll, name="best")
+            run_state.save_training_checkpoint(folder / "best", best_val=self.best_val, **components)
         return path
 
     def resume(self, path: str | Path | None = None) -> None:
-        run_state.load_training_checkpoint(self, path)
+        """Continue from ``path`` (default: the run's latest step checkpoint), exactly."""
+        path = Path(path) if path else run_state.latest_checkpoint(self.run_dir)
+        self.step, self.best_val = run_state.load_training_checkpoint(
+            path, model=self.gpt, ema=self.ema, optimizer=self.optimizer, states=self.saved_states(),
+            rank=self.dist.rank)
         if self.dist.is_main:
             truncate_metrics(self.run_dir, self.step)
 
@@ -340,12 +324,29 @@ class Trainer:
         return ema_nll
 
 
-def train(cfg: TrainConfig, resume: str | bool | None = None) -> TrainResult:
-    """Train from ``cfg``; ``resume=True`` continues from the run's latest checkpoint, a path from that one."""
+def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainResult:
+    """Train from ``cfg`` and return where the run ended.
+
+    ``resume``: ``None``/``False`` starts a new run (refused if ``run_dir`` already holds
+    checkpoints); ``True`` continues from the run's latest checkpoint; a path continues from
+    that checkpoint; ``"auto"`` does whichever applies: nothing when the latest checkpoint
+    already reached ``cfg.steps``, a resume when one exists, else a fresh start (dropping
+    metrics a run killed before its first checkpoint had logged). Raises ``ConfigError`` and
+    ``CheckpointError`` with the fix in the message.
+    """
+    checkpoints = Path(cfg.run_dir) / "checkpoints"
+    if resume == "auto":
+        latest = run_state.latest_checkpoint(cfg.run_dir) if run_state.has_step_checkpoints(cfg.run_dir) else None
+        if latest is not None and cfg.steps and run_state.checkpoint_step(latest) >= cfg.steps:
+            meta = json.loads((latest / "config.json").read_text()).get("meta", {})
+            return TrainResult(Path(cfg.run_dir), run_state.checkpoint_step(latest), meta.get("val_nll"), latest)
+        if latest is None:
+            truncate_metrics(cfg.run_dir, 0)
+        resume = latest is not None
     trainer = Trainer(cfg)
     if resume:
         trainer.resume(None if resume is True else resume)
-    elif (Path(cfg.run_dir) / "checkpoints").exists() and any((Path(cfg.run_dir) / "checkpoints").iterdir()):
+    elif checkpoints.exists() and any(checkpoints.iterdir()):
         raise ConfigError(
             f"{cfg.run_dir} already holds checkpoints: pass --resume to continue it, or choose another run_dir"
         )

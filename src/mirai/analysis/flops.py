@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from mirai.errors import ConfigError
 from mirai.foresight.config import ForesightConfig
 from mirai.foresight.heads import default_hidden
-from mirai.foresight.pairs import pairs
+from mirai.foresight.pairs import head_pairs
 from mirai.models.gpt import GPTArgs, ffn_hidden_dim
 
 TRAIN_FACTOR = 3  # forward + backward, in units of the forward
@@ -149,9 +149,9 @@ def training_flops(
         k = cfg.num_heads()
         if cfg.output_diagnostic:
             head = head_macs(cfg.head, args.dim, args.dim, n, cfg.head_hidden, conv)
-            head_pairs = pairs(args.grid_size, cfg.layout, "ema", cfg.k, cfg.offsets,
+            pairs = head_pairs(args.grid_size, cfg.layout, "ema", cfg.k, cfg.offsets,
                                pair_with=cfg.pair_with, align_class_token=cfg.align_class_token)
-            student = [len(s) for s, _ in head_pairs]  # the shared output layer runs on paired positions only
+            student = [len(s) for s, _ in pairs]  # the shared output layer runs on paired positions only
             unembed = sum(p * args.dim * args.vocab_size for p in student)
             parts["heads"] = TRAIN_FACTOR * FLOPS_PER_MAC * (k * head + unembed)
         elif cfg.source == "ema":

@@ -1,33 +1,22 @@
-"""A small foresight encoder for Fashion-MNIST, its self-supervised training and its linear probe.
+"""Training of the Fashion-MNIST foresight encoder (``mirai encoder train-fashion``).
 
-DINOv2 is far too large for 32×32 Fashion-MNIST images on a CPU, so the project trains a
-stand-in with the properties Mirai-I needs from a foresight encoder:
-
-* **bidirectional**: a convolutional trunk whose receptive field covers the whole 32×32
-  image, followed by a global self-attention block, so every cell sees every other cell;
-* **one feature per token cell**: the output map is ``grid × grid`` (8×8 for a 32×32 image,
-  the project's stride-4 token grid; 16×16 with one downsampling fewer), finished by a
-  LayerNorm as DINOv2's patch tokens are;
-* **two training terms** on two augmented views (random resized crop, flip, brightness and
-  contrast) of each image: a global term on the mean-pooled features (what makes them
-  semantic) and a dense contrastive term between the grid cells of the two views that show
-  the same point of the image (what makes each cell's feature describe its own location,
-  VICRegL/PixPro style). The global term is SimCLR's contrastive loss with
-  ``objective="ssl"`` (no labels) or cross-entropy on the class labels with
-  ``objective="supervised"``. Self-supervision did not reach the 90% linear-probe target
-  within the CPU budget (84.7% after 1.2 epochs), so the committed encoder, and the
-  default, use labels; ``meta.uses_labels`` in the checkpoint records which one was used.
-
-Quality is measured the way the brief asks: a linear classifier on mean-pooled grid
-features, fitted on the training split, scored on the test split (``linear_probe``).
+The network is ``mirai.models.fashion_encoder.FashionEncoderNet``. It is trained with two
+terms on two augmented views (random resized crop, flip, brightness and contrast) of each
+image: a global term on the mean-pooled features (what makes them semantic) and a dense
+contrastive term between the grid cells of the two views that show the same point of the
+image (what makes each cell's feature describe its own location, VICRegL/PixPro style). The
+global term is SimCLR's contrastive loss with ``objective="ssl"`` (no labels) or
+cross-entropy on the class labels with ``objective="supervised"``. Self-supervision did not
+reach the 90% linear-probe target within the CPU budget (84.7% after 1.2 epochs), so the
+committed encoder, and the default, use labels; ``meta.uses_labels`` in the checkpoint
+records which one was used. Quality is measured by ``mirai.builders.encoder_probe``.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,94 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mirai.errors import ConfigError
-
-if TYPE_CHECKING:
-    from mirai.foresight.encoders import FrozenEncoder
-
-INPUT_SIZE = 32  # the project's padded Fashion-MNIST size
-# Mean and std of the padded 32×32 training images in [0, 1]; centring the input speeds up training.
-PIXEL_MEAN, PIXEL_STD = 0.2190, 0.3318
-
-
-# ---------------------------------------------------------------------------- network
-@dataclass
-class FashionEncoderArgs:
-    """Architecture of ``FashionEncoderNet`` (stored in the checkpoint's ``config.json``)."""
-
-    grid: int = 8  # output cells per side for a 32×32 input: 8 (stride 4) or 16 (stride 2)
-    width: int = 64  # channels of the stride-2 stage; the grid stage has ``dim``
-    dim: int = 128  # feature dimension C
-    res_blocks: int = 2  # residual 3×3 blocks at grid resolution
-    heads: int = 4  # attention heads of the global block
-
-    def __post_init__(self) -> None:
-        if self.grid not in (8, 16):
-            raise ConfigError(f"FashionEncoder grid must be 8 or 16 for 32×32 images, got {self.grid}")
-        if self.dim % self.heads:
-            raise ConfigError(f"FashionEncoder dim {self.dim} must be divisible by heads {self.heads}")
-
-
-def _conv_bn(cin: int, cout: int, stride: int = 1, relu: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
-
-
-class _ResBlock(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.body = nn.Sequential(_conv_bn(dim, dim), _conv_bn(dim, dim, relu=False))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.relu(x + self.body(x))
-
-
-class _GlobalBlock(nn.Module):
-    """Pre-norm transformer block over all grid cells: every cell attends to the whole image."""
-
-    def __init__(self, dim: int, heads: int, cells: int):
-        super().__init__()
-        self.pos = nn.Parameter(torch.zeros(1, cells, dim))
-        nn.init.trunc_normal_(self.pos, std=0.02)
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        x = tokens + self.pos
-        h = self.norm1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
-        return x + self.mlp(self.norm2(x))
-
-
-class FashionEncoderNet(nn.Module):
-    """32×32 image in [0, 1] → LayerNormed feature map ``(B, dim, grid, grid)``.
-
-    Colour input is averaged to grey: Fashion-MNIST images are grey replicated to three
-    channels, so the average is exact for them and the first layer stays one channel wide.
-    """
-
-    def __init__(self, args: FashionEncoderArgs):
-        super().__init__()
-        self.args = args
-        stages: list[nn.Module] = [_conv_bn(1, args.width // 2, stride=2), _conv_bn(args.width // 2, args.width)]
-        # 32 → 16 above; one more stride-2 stage for the 8×8 grid.
-        stages.append(_conv_bn(args.width, args.dim, stride=2 if args.grid == 8 else 1))
-        stages += [_ResBlock(args.dim) for _ in range(args.res_blocks)]
-        self.trunk = nn.Sequential(*stages)
-        self.mix = _GlobalBlock(args.dim, args.heads, args.grid * args.grid)
-        self.norm = nn.LayerNorm(args.dim)
-
-    def forward(self, images01: Tensor) -> Tensor:
-        if images01.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
-            raise ValueError(f"FashionEncoderNet expects 32×32 images, got {tuple(images01.shape[-2:])}")
-        x = (images01.mean(1, keepdim=True) - PIXEL_MEAN) / PIXEL_STD
-        fmap = self.trunk(x)
-        b, c, h, w = fmap.shape
-        tokens = self.norm(self.mix(fmap.flatten(2).transpose(1, 2)))
-        return tokens.transpose(1, 2).reshape(b, c, h, w)
-
+from mirai.models.fashion_encoder import FashionEncoderArgs, FashionEncoderNet
 
 # ---------------------------------------------------------------------------- augmentation
 def random_crops(
@@ -316,64 +218,6 @@ def _dense_loss(fmap_a: Tensor, fmap_b: Tensor, theta_a: Tensor, theta_b: Tensor
     return info_nce(head(a), head(b), cfg.temperature)
 
 
-# ---------------------------------------------------------------------------- linear probe
-def pooled_features(encoder: FrozenEncoder, images: Tensor, batch_size: int = 500) -> Tensor:
-    """Mean over grid cells of the encoder's features, ``(N, C)`` float32, for [0, 1] images."""
-    from mirai.foresight.encoders import cache_features
-
-    batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
-    return cache_features(encoder, batches, len(images), desc="probe features").float().mean(dim=1)
-
-
-def fit_linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
-                     weight_decay: float = 1e-4, iterations: int = 200) -> dict:
-    """Multinomial logistic regression (full-batch L-BFGS on standardised features).
-
-    Returns train and test accuracy; the standardisation uses training statistics only.
-    """
-    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
-    xtr, xte = (train_x - mean) / std, (test_x - mean) / std
-    classes = int(max(train_y.max(), test_y.max())) + 1
-    linear = nn.Linear(xtr.shape[1], classes)
-    # The problem is convex: a zero start makes the result independent of the RNG state.
-    nn.init.zeros_(linear.weight)
-    nn.init.zeros_(linear.bias)
-    opt = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=iterations, history_size=20,
-                            line_search_fn="strong_wolfe")
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(linear(xtr), train_y) + weight_decay * linear.weight.square().sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        train_acc = (linear(xtr).argmax(1) == train_y).float().mean().item()
-        test_acc = (linear(xte).argmax(1) == test_y).float().mean().item()
-    return {"train_accuracy": train_acc, "test_accuracy": test_acc}
-
-
-def linear_probe(encoder: FrozenEncoder, root: str | None = None, n_train: int | None = None,
-                 n_test: int | None = None) -> dict:
-    """Linear-probe accuracy of ``encoder`` on Fashion-MNIST (mean-pooled grid features).
-
-    Fitted on the first ``n_train`` training images (all by default), scored on the first
-    ``n_test`` test images (all by default).
-    """
-    train_images, train_labels = load_fashion_images("train", root)
-    test_images, test_labels = load_fashion_images("test", root)
-    train_images, train_labels = train_images[:n_train], train_labels[:n_train]
-    test_images, test_labels = test_images[:n_test], test_labels[:n_test]
-    result = fit_linear_probe(pooled_features(encoder, train_images), train_labels,
-                              pooled_features(encoder, test_images), test_labels)
-    return {**result, "n_train": len(train_images), "n_test": len(test_images)}
-
-
-def describe_net(net: FashionEncoderNet) -> tuple[str, dict]:
-    """(name, args) that ``mirai.checkpoint`` stores to rebuild the network."""
-    return f"fashion-encoder-{net.args.grid}", asdict(net.args)
-
-
 def parameter_count(module: nn.Module) -> int:
+    """Number of parameters of ``module`` (recorded in the encoder checkpoint's ``meta``)."""
     return int(sum(np.prod(p.shape) for p in module.parameters()))

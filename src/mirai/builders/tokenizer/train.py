@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mirai import checkpoint
+from mirai.builders.tokenizer.discriminator import PatchDiscriminator, generator_loss, hinge_d_loss
+from mirai.builders.tokenizer.evaluate import reconstruction_report
 from mirai.config import save_yaml, to_dict
 from mirai.errors import ConfigError, TrainingError
 from mirai.models.vq import VectorQuantizer, VQModel, build_vq
-from mirai.tokenizer.discriminator import PatchDiscriminator, generator_loss, hinge_d_loss
-from mirai.tokenizer.evaluate import reconstruction_report
 
 
 @dataclass

@@ -1,0 +1,155 @@
+"""The bench's report: the results table (plain and paired by seed), the FID-vs-steps plot, t-SNE maps, curves."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from mirai.analysis.curves import plot_curves
+from mirai.analysis.tsne import tsne_maps
+from mirai.bench.config import BenchConfig, Run, first_seed_runs, resolve_device
+
+TSNE_IMAGE = 0  # the test image of tsne_maps.png
+COLUMNS = (("fid", "FID↓"), ("fid_recon", "FID vs recon↓"), ("inception_score", "IS↑"), ("precision", "Pre↑"),
+           ("recall", "Rec↑"), ("class_accuracy", "class acc↑"), ("val_nll", "val NLL↓"))
+PAIRED = (("fid", "FID"), ("fid_recon", "FID vs recon"), ("class_accuracy", "class acc"), ("val_nll", "val NLL"))
+_BETTER = {"fid": lambda d: d < 0, "fid_recon": lambda d: d < 0, "class_accuracy": lambda d: d > 0,
+           "val_nll": lambda d: d < 0}
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.4g}"
+    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+
+
+def _cell(records: list[dict], key: str) -> str:
+    return _mean_std([r[key] for r in records if r.get(key) is not None])
+
+
+def summary_rows(bench: BenchConfig, results: dict[str, list[dict]]) -> list[tuple[str, list[dict]]]:
+    """(row name, one record per seed) for every variant@step, then each variant's last-N average
+    (left out when it would average a single checkpoint: it would repeat that checkpoint's row).
+
+    The average row first averages each seed over its last ``average_last`` scored checkpoints
+    (late FID is noisy from checkpoint to checkpoint), then spreads those over seeds.
+    """
+    rows = []
+    last = bench.schedule()[-bench.average_last:]
+    for name in bench.variants:
+        records = [r for r in results.get(name, []) if r["seed"] in bench.seeds]
+        for step in bench.schedule():
+            rows.append((f"{name}@{step}", [r for r in records if r["step"] == step]))
+        if len(last) < 2:
+            continue
+        averaged = []
+        for seed in bench.seeds:
+            mine = [r for r in records if r["seed"] == seed and r["step"] in last]
+            if mine:
+                averaged.append({k: statistics.mean(r[k] for r in mine) if all(r.get(k) is not None for r in mine)
+                                 else None for k, _ in COLUMNS})
+        rows.append((f"{name}@last{len(last)}", averaged))
+    return rows
+
+
+def format_table(bench: BenchConfig, results: dict[str, list[dict]], floors: dict,
+                 title: str = "Convergence benchmark") -> str:
+    """The results as markdown in the paper's layout (rows = model@step, metrics across), mean ± std over seeds,
+    under the heading ``title``; ``floors`` is what ``Scorer.floors`` returned (``OUT/reference.json``)."""
+    s = bench.sampling
+    tok, noise = floors["tokenizer_floor"], floors["noise_floor"]
+    lines = [
+        f"# {title}", "",
+        f"{len(bench.seeds)} seed(s) {bench.seeds}, {bench.steps} steps, {bench.num_samples} samples per checkpoint "
+        f"({bench.class_sampling} labels, sample seed {bench.sample_seed}), cfg scale {s.cfg_scale}, "
+        f"temperature {s.temperature}, top-k {s.top_k}, top-p {s.top_p}, EMA weights.",
+        f"Fashion-MNIST evaluator features against {floors['num_images']} real test images "
+        f"({floors['reference_codes']}); \"vs recon\" = against the tokenizer's reconstructions of them.",
+        f"Tokenizer floor (reconstructions vs real, {tok['num_images']} images): FID {tok['fid']:.4g}, "
+        f"Pre {tok['precision']:.3g}, Rec {tok['recall']:.3g}, IS {tok['inception_score']:.4g}, "
+        f"class acc {tok['class_accuracy']:.3g}. Evaluator noise floor (half vs half of the real images, "
+        f"{noise['half_size']} each): FID {noise['fid']:.4g}.", "",
+        "| run | " + " | ".join(label for _, label in COLUMNS) + " | seeds |",
+        "|---|" + "---|" * (len(COLUMNS) + 1),
+    ]
+    for name, records in summary_rows(bench, results):
+        lines.append(f"| {name} | " + " | ".join(_cell(records, k) for k, _ in COLUMNS) + f" | {len(records)} |")
+    paired = paired_rows(bench, results)
+    if paired:
+        reference = bench.reference_variant()
+        lines += ["", f"Paired by seed against {reference} (same initialisation, data order and sampling noise, so "
+                  "seed-to-seed variation largely cancels): mean ± std of the per-seed differences, and in how "
+                  "many seeds the variant was better.", "",
+                  "| run | " + " | ".join(f"Δ {label}" for _, label in PAIRED) + " | ΔFID % |",
+                  "|---|" + "---|" * (len(PAIRED) + 1)]
+        for name, diffs, relative in paired:
+            cells = [f"{_mean_std(diffs[k])} ({sum(map(_BETTER[k], diffs[k]))}/{len(diffs[k])})"
+                     if diffs[k] else "–" for k, _ in PAIRED]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {_mean_std(relative)} |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_rows(
+    bench: BenchConfig, results: dict[str, list[dict]]
+) -> list[tuple[str, dict[str, list[float]], list[float]]]:
+    """(variant@step, metric -> per-seed differences to the reference variant, per-seed relative FID change in %)
+    for every other variant and scored step, over the seeds both have."""
+    reference = bench.reference_variant()
+    ref = {(r["seed"], r["step"]): r for r in results.get(reference, []) if r["seed"] in bench.seeds}
+    rows = []
+    for name in bench.variants:
+        if name == reference:
+            continue
+        for step in bench.schedule():
+            pairs = [(r, ref[(r["seed"], step)]) for r in results.get(name, [])
+                     if r["step"] == step and (r["seed"], step) in ref]
+            if not pairs:
+                continue
+            diffs = {k: [r[k] - b[k] for r, b in pairs if r.get(k) is not None and b.get(k) is not None]
+                     for k, _ in PAIRED}
+            relative = [100 * (r["fid"] / b["fid"] - 1) for r, b in pairs]
+            rows.append((f"{name}@{step}", diffs, relative))
+    return rows
+
+
+def plot_fid(bench: BenchConfig, results: dict[str, list[dict]], floors: dict, path: Path) -> None:
+    """FID against steps: one line per variant (mean over seeds), shaded from the lowest seed to the highest."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    for name in bench.variants:
+        steps, means, lows, highs = [], [], [], []
+        for step in bench.schedule():
+            values = [r["fid"] for r in results.get(name, []) if r["step"] == step and r["seed"] in bench.seeds]
+            if values:
+                steps.append(step)
+                means.append(statistics.mean(values))
+                lows.append(min(values))
+                highs.append(max(values))
+        line, = ax.plot(steps, means, marker="o", label=name)
+        ax.fill_between(steps, lows, highs, color=line.get_color(), alpha=0.2)
+    ax.axhline(floors["tokenizer_floor"]["fid"], color="grey", linestyle="--", label="tokenizer floor")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("FID (Fashion-MNIST evaluator) ↓")
+    ax.set_title(f"{bench.num_samples} samples, {len(bench.seeds)} seed(s): mean, min–max shaded")
+    ax.legend()
+    fig.savefig(path, dpi=120)
+
+
+def write_report(bench: BenchConfig, runs: list[Run], results: dict[str, list[dict]], floors: dict) -> None:
+    """Write ``OUT/results.md``, ``fid_vs_steps.png``, ``curves.png`` and (once) ``tsne_maps.png``/``.json``
+    for ``runs``, which must be every run of the bench: the report compares all variants."""
+    out = Path(bench.out_dir)
+    maps = out / "tsne_maps.png"
+    if not (maps.is_file() and maps.with_suffix(".json").is_file()):
+        first_seed = first_seed_runs(bench, runs)
+        layers = [bench.tsne_layer if bench.tsne_layer is not None else run.cfg.foresight.layer for run in first_seed]
+        tsne_maps([run.final_checkpoint for run in first_seed], bench.reference_codes, maps, layers=layers,
+                  image_indices=[TSNE_IMAGE], labels=[run.variant for run in first_seed],
+                  device=resolve_device(bench.device))
+    (out / "results.md").write_text(format_table(bench, results, floors))
+    plot_fid(bench, results, floors, out / "fid_vs_steps.png")
+    plot_curves([run.run_dir for run in runs], out / "curves.png")

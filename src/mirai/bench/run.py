@@ -1,0 +1,119 @@
+"""Running a bench: train every run of a share, score its missing checkpoints, then draw and report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+from mirai.bench.config import BenchConfig, Run, first_seed_runs, plan_runs, select_share
+from mirai.bench.report import write_report
+from mirai.bench.scorer import Scorer
+from mirai.bench.store import (
+    check_same_scoring, check_same_training, read_results, save_bench_config, store_record, write_json,
+)
+from mirai.errors import CheckpointError, MiraiError
+from mirai.training.metrics import read_metrics
+from mirai.training.trainer import TrainResult, train
+
+
+def ensure_trained(run: Run) -> TrainResult:
+    """Train ``run`` to its last step: from scratch, resumed from its latest checkpoint, or not at all
+    when that checkpoint is the last (``train(resume="auto")``). Errors name the variant and seed."""
+    try:
+        return train(run.cfg, resume="auto")
+    except MiraiError as err:
+        raise type(err)(f"variant {run.variant!r}, seed {run.seed}: {err}") from err
+
+
+def val_nll(run_dir: Path, step: int) -> float | None:
+    """The EMA's validation NLL the trainer logged at ``step`` (None without a validation store)."""
+    values = [r["val/nll_ema"] for r in read_metrics(run_dir) if r["step"] == step and "val/nll_ema" in r]
+    return values[-1] if values else None
+
+
+@dataclass
+class ScoredShare:
+    """What ``train_and_score`` leaves for the caller: the share's runs, the floors (``OUT/reference.json``)
+    and the share's scorer, built on first use (loading the evaluator and the references costs time)."""
+
+    runs: list[Run]
+    floors: dict
+    scorer: Callable[[], Scorer]
+
+
+def train_and_score(bench: BenchConfig, variants: list[str] | None = None,
+                    seeds: list[int] | None = None) -> ScoredShare:
+    """Train the share's runs and score every checkpoint of theirs not yet in ``OUT/results.json``.
+
+    Every config, and the records and runs already on disk, are checked (``ConfigError``)
+    before any work; the scorer checks the runs' code stores before any training."""
+    out = Path(bench.out_dir)
+    runs = select_share(plan_runs(bench), variants, seeds)
+    check_same_scoring(bench, out)
+    for run in runs:
+        check_same_training(run)
+    out.mkdir(parents=True, exist_ok=True)
+    save_bench_config(bench, out)
+    results = read_results(out)
+    todo = []
+    for run in runs:
+        done = {r["step"] for r in results.get(run.variant, []) if r["seed"] == run.seed}
+        missing = [s for s in bench.schedule() if s not in done]
+        if missing:
+            todo.append((run, missing))
+
+    @cache
+    def get_scorer() -> Scorer:
+        scorer = Scorer(bench, out)
+        for run in runs:
+            scorer.check_store(run.cfg.data.codes)
+        return scorer
+
+    bar = tqdm(total=sum(len(m) for _, m in todo), desc="bench checkpoints", unit="ckpt", dynamic_ncols=True)
+    try:
+        for run, missing in todo:
+            get_scorer()  # check stores and tokenizers before spending time on training
+            bar.set_postfix_str(f"{run.variant} seed {run.seed}")
+            ensure_trained(run)
+            for step in missing:
+                path = run.checkpoint(step)
+                if not path.is_dir():
+                    raise CheckpointError(f"{path} is missing (pruned or deleted), so step {step} of "
+                                          f"{run.variant} seed {run.seed} cannot be scored; delete "
+                                          f"{run.run_dir} to retrain it")
+                samples = out / "samples" / run.variant / f"seed_{run.seed}" / f"step_{step:07d}.npz"
+                record = {"seed": run.seed, "step": step, **get_scorer().score_checkpoint(path, samples),
+                          "val_nll": val_nll(run.run_dir, step), "num_samples": bench.num_samples}
+                store_record(out, run.variant, record)
+                bar.update(1)
+    finally:
+        bar.close()
+    floors_path = out / "reference.json"
+    if not floors_path.is_file():
+        write_json(floors_path, get_scorer().floors())
+    return ScoredShare(runs, json.loads(floors_path.read_text()), get_scorer)
+
+
+def run_convergence(bench: BenchConfig, variants: list[str] | None = None,
+                    seeds: list[int] | None = None) -> dict[str, list[dict]]:
+    """Train, score and report every (variant, seed, checkpoint) not yet in ``OUT/results.json``;
+    returns its records (variant -> [{seed, step, fid, ...}]).
+
+    ``variants``/``seeds`` restrict this process to a share of the work (None: all of it). A share
+    trains and scores its runs and draws their sample grids, but writes no report (tables, plots,
+    t-SNE maps), which needs every variant: run once more without a share when all have finished."""
+    out = Path(bench.out_dir)
+    share = train_and_score(bench, variants, seeds)
+    for run in first_seed_runs(bench, share.runs):
+        grid = out / f"grid_{run.variant}.png"
+        if not grid.is_file():
+            share.scorer().grid(run.final_checkpoint, grid)
+    results = read_results(out)  # with the records other shares added meanwhile
+    if variants is None and seeds is None:
+        write_report(bench, share.runs, results, share.floors)
+    return results

@@ -1,0 +1,92 @@
+"""The bench's records on disk: ``OUT/results.json`` under a file lock, and the checks that keep them comparable."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from pathlib import Path
+from typing import Any
+
+from mirai.bench.config import BenchConfig, Run
+from mirai.config import read_yaml, save_yaml, to_dict, write_text_atomic
+from mirai.errors import ConfigError, DataError
+
+# Bench keys that change what a stored record means; a rerun must not mix records made differently.
+SCORING_KEYS = ("num_samples", "class_sampling", "sample_seed", "sample_batch_size", "sampling",
+                "reference_codes", "evaluator")
+
+
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as indented JSON, written atomically."""
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_results(out_dir: Path) -> dict[str, list[dict]]:
+    """variant -> its records in ``out_dir/results.json`` ({} before the first); ``DataError`` if corrupt."""
+    path = out_dir / "results.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is corrupt ({err}); delete it to score every checkpoint again") from None
+
+
+def store_record(out_dir: Path, variant: str, record: dict) -> None:
+    """Add (or replace) one record in ``OUT/results.json``.
+
+    The file is read again under an exclusive lock, so processes scoring different shares of
+    one bench into the same ``OUT`` never overwrite each other's records."""
+    with open(out_dir / ".results.json.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = read_results(out_dir)
+        key = (record["seed"], record["step"])
+        records = [r for r in results.get(variant, []) if (r["seed"], r["step"]) != key]
+        results[variant] = sorted(records + [record], key=lambda r: (r["seed"], r["step"]))
+        write_json(out_dir / "results.json", results)
+
+
+def save_bench_config(bench: BenchConfig, out_dir: Path) -> None:
+    """Record the resolved config in ``out_dir/bench.yaml``, which ``check_same_scoring`` reads on the next run.
+
+    An unchanged file is left alone, so a rerun that finds everything done writes nothing."""
+    path = out_dir / "bench.yaml"
+    if not (path.is_file() and read_yaml(path) == to_dict(bench)):
+        save_yaml(bench, path)
+
+
+def check_same_scoring(bench: BenchConfig, out_dir: Path) -> None:
+    """Refuse (``ConfigError``) to add records scored differently from the ones already in ``out_dir``."""
+    previous = out_dir / "bench.yaml"
+    scored = [out_dir / name for name in ("results.json", "reference.json", "reference")]
+    if not previous.is_file() or not any(p.exists() for p in scored):
+        return
+    old, new = read_yaml(previous), to_dict(bench)
+    changed = [k for k in SCORING_KEYS if old.get(k) != new[k]]
+    if changed:
+        raise ConfigError(f"{out_dir} holds results scored with other {', '.join(changed)} "
+                          f"({', '.join(f'{k}: {old.get(k)!r}' for k in changed)}); use another out_dir, or "
+                          "delete results.json, reference.json, reference/ and grid_*.png there to rescore "
+                          "everything (the training runs are kept)")
+
+
+def check_same_training(run: Run) -> None:
+    """A run on disk must have been trained with the config the bench would use now (else ``ConfigError``)."""
+    path = run.run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    old, new = _flatten(read_yaml(path)), _flatten(to_dict(run.cfg))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if changed:
+        raise ConfigError(f"{run.run_dir} was trained with another config (differs in {', '.join(changed)}); "
+                          "use another out_dir, or delete that run to retrain it")
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

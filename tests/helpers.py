@@ -1,0 +1,81 @@
+"""Tiny training stores and configs shared by the training tests (CPU, offline).
+
+``build_stores`` makes everything from a fixed seed: 3 classes of 10 px images, a random
+64-code VQ, 4x4-token stores with 10 views, and a tiny random DINOv2-shaped encoder. The
+pinned-behaviour test depends on these bytes, so change them only with its reference.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from mirai.config import apply_overrides, from_dict
+from mirai.data.codes import extract
+from mirai.data.folders import ImageFolder
+from mirai.data.views import ViewSpec
+from mirai.models import build_vq
+from mirai.training.config import TrainConfig
+
+TINY_VIT = {"depth": 1, "embed_dim": 32, "num_heads": 2}
+MIRAI_E = {"foresight.source": "ema", "foresight.warmup": 2, "foresight.warmup_unit": "step"}
+
+
+def build_stores(root: Path) -> Path:
+    """Train and validation stores under ``root``: 3 classes of 8 px crops, 4x4 tokens, 10 views."""
+    from mirai import checkpoint
+
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 8), ("val", 2)):
+        for c, name in enumerate(["a", "b", "c"]):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                # Class-dependent brightness gives the model something to learn.
+                pixels = np.clip(rng.normal(60 + 70 * c, 30, (10, 10, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    torch.manual_seed(0)
+    vq = build_vq("VQ-Tiny", codebook_size=64, codebook_dim=4).eval()
+    vq_dir = checkpoint.save(root / "vq", vq)
+    spec = ViewSpec("ten_crop", 8)
+    for split in ("train", "val"):
+        extract(vq, ImageFolder.scan(root / split), spec, root / f"codes_{split}", tokenizer_path=vq_dir,
+                progress=False)
+    encoder = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=56, num_classes=0,
+                                **TINY_VIT)
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(root / "vit.safetensors"))
+    return root
+
+
+def make_cfg(stores: Path, run_dir: Path, **overrides) -> TrainConfig:
+    base = {
+        "run_dir": str(run_dir), "seed": 3, "steps": 6, "device": "cpu", "precision": "fp32",
+        "log_every": 1, "eval_every": 0, "save_every": 0, "keep_last": 2,
+        "model": {"name": "GPT-Nano"},
+        "data": {"codes": str(stores / "codes_train"), "val_codes": str(stores / "codes_val"), "val_images": 0},
+        "optim": {"lr": 3e-3, "batch_size": 8},
+        "ema": {"decay": 0.9, "warmup": True},
+        "sampling": {"cfg_scale": 1.5},
+    }
+    return from_dict(TrainConfig, apply_overrides(base, [f"{k}={v}" for k, v in overrides.items()]))
+
+
+def encoder_overrides(stores: Path) -> dict:
+    spec = {"name": "dinov2_vits14", "weights": str(stores / "vit.safetensors"), "model_args": TINY_VIT}
+    return {"foresight.source": "encoder", "foresight.encoder": json.dumps(spec), "foresight.warmup": 0}
+
+
+def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
