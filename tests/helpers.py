@@ -79,3 +79,42 @@ def assert_same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def files_under(root: Path) -> dict[str, float]:
+    """Every file below ``root`` with its modification time."""
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in Path(root).rglob("*") if p.is_file()}
+
+
+def assert_cli_refuses(argv: list[str], root: Path, match: str | None = None,
+                       output: Path | None = None) -> str:
+    """Run ``mirai ARGV`` in this process and assert a clean refusal: a non-zero exit status, no
+    traceback (any exception other than argparse's exit escapes this call and fails the test),
+    a last stderr line that reads as an error (matching ``match`` if given), and no file created
+    or changed under ``root`` except below ``output`` (the command's own output). Returns stderr."""
+    import contextlib
+    import io
+    import re
+
+    from mirai.cli.main import main
+
+    before = files_under(root)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            status = main([str(a) for a in argv])
+        except SystemExit as exit_:  # argparse: usage line + "error: ..."
+            status = exit_.code
+    text = err.getvalue()
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    assert status not in (0, None), f"mirai {' '.join(map(str, argv))} exited 0; stderr: {text[-500:]}"
+    assert "Traceback" not in text, text
+    assert lines and "error" in lines[-1], f"no error line for {argv}: {text[-500:]}"
+    if match is not None:
+        assert re.search(match, lines[-1]), f"{lines[-1]!r} does not match {match!r}"
+    after = files_under(root)
+    allowed = str(Path(output).relative_to(root)) if output is not None else None
+    changed = sorted(k for k in after if after[k] != before.get(k)
+                     and not (allowed and (k == allowed or k.startswith(allowed + "/"))))
+    assert not changed, f"mirai {argv} wrote outside its output: {changed}"
+    return text

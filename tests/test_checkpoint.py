@@ -61,9 +61,12 @@ def test_pickle_bomb_is_refused_not_executed(tmp_path):
     assert not marker.exists()
 
 
-def test_corrupt_files_give_clear_errors(tmp_path):
+def test_corrupt_files_give_clear_errors(tmp_path, monkeypatch):
     checkpoint.save(tmp_path / "ck", nano())
     (tmp_path / "ck" / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="model.safetensors does not match the checksum"):
+        checkpoint.load(tmp_path / "ck", GPT)
+    monkeypatch.setenv(checkpoint.VERIFY_ENV, "0")  # without the checksum, the reader itself says so
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         checkpoint.load(tmp_path / "ck", GPT)
     (tmp_path / "bad.pt").write_bytes(b"not a torch file")

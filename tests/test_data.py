@@ -7,6 +7,7 @@ import json
 import pickle
 import struct
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -363,3 +364,87 @@ def test_cli_fashion_mnist(tmp_path, tiny_vq, capsys):
     assert np.array_equal(store.source_image(0, 1), fashion_mnist_to_rgb(first)[:, ::-1])
     assert main(["data", "check", str(out), "--n", "4", "--out", str(tmp_path / "c.png")]) == 0
     assert "match 100.00%" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------ image modes
+def _mode_image(mode: str) -> Image.Image:
+    """A 2x2 image of ``mode`` whose top-left pixel is a known value (see MODE_CASES)."""
+    if mode.startswith("P"):
+        image = Image.fromarray(np.array([[1, 0], [0, 1]], np.uint8), "P")
+        image.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+        return image
+    arrays = {"I;16": (32896, np.uint16), "I": (32896, np.int32), "F": (0.5, np.float32), "L": (128, np.uint8),
+              "1": (True, bool)}
+    if mode in arrays:
+        return Image.fromarray(np.full((2, 2), *arrays[mode]))
+    values = {"RGB": (10, 20, 30), "RGBA": (10, 20, 30, 128), "LA": (128, 0), "CMYK": (0, 0, 0, 128),
+              "YCbCr": (128, 128, 128)}
+    return Image.new(mode, (2, 2), values[mode])
+
+
+# (mode, file format, expected top-left RGB): 16-bit scaled by 1/257, floats read in [0, 1], alpha
+# composited over white, CMYK by (255 - C)(255 - K) / 255, JPEG's YCbCr matrix.
+MODE_CASES = [("I;16", "PNG", 128), ("I;16", "TIFF", 128), ("I", "TIFF", 128), ("F", "TIFF", 128),
+              ("L", "PNG", 128), ("1", "PNG", 255), ("P", "PNG", (10, 20, 30)), ("P+t", "PNG", (10, 20, 30)),
+              ("RGB", "PNG", (10, 20, 30)), ("RGBA", "PNG", (132, 137, 142)), ("LA", "PNG", 255),
+              ("CMYK", "TIFF", 127), ("YCbCr", "TIFF", 128)]
+
+
+@pytest.mark.parametrize("mode, fmt, want", MODE_CASES, ids=[f"{m}-{f}" for m, f, _ in MODE_CASES])
+def test_every_image_mode_is_read_faithfully(tmp_path, mode, fmt, want):
+    root = tmp_path / "data"
+    (root / "c").mkdir(parents=True)
+    path = root / "c" / f"x.{fmt.lower()}"
+    _mode_image(mode).save(path, fmt, **({"transparency": 0} if mode == "P+t" else {}))
+    data = ImageFolder.scan(root)
+    pixels = data.image(0)
+    assert pixels.dtype == np.uint8 and pixels.shape == (2, 2, 3)
+    assert pixels[0, 0].tolist() == list(np.broadcast_to(want, 3)), Image.open(path).mode
+    if mode == "P+t":  # the transparent palette entry becomes the white background
+        assert pixels[0, 1].tolist() == [255, 255, 255]
+    with Image.open(path) as opened:  # a view rendered from the PIL image sees the same pixels
+        assert np.array_equal(render_view(opened, 0, ViewSpec("flip", 2)), pixels)
+
+
+# ------------------------------------------------------------------------------------ store contents
+def _tamper(store_path, array=None, **manifest_changes):
+    """Change a store's manifest entries (None deletes one) and/or overwrite codes.npy in place."""
+    manifest = json.loads((store_path / "manifest.json").read_text())
+    for key, value in manifest_changes.items():
+        manifest.pop(key) if value is None else manifest.__setitem__(key, value)
+    (store_path / "manifest.json").write_text(json.dumps(manifest))
+    if array is not None:
+        codes = np.load(store_path / "codes.npy", mmap_mode="r+")
+        codes[-1, -1, -1, -1] = array
+        codes.flush()
+
+
+def test_store_ids_and_labels_outside_the_model_are_refused_at_validation(folder_store):
+    store, _, _ = folder_store
+    low, high = store.scan_code_range()
+    assert store.manifest["code_range"] == [low, high] == list(store.scan_code_range(rows_per_chunk=1))
+    _tamper(store.path, vocab_size=high)  # a manifest that under-states the tokenizer
+    with pytest.raises(DataError, match=rf"ids {low}\.\.{high}, outside the vocabulary 0\.\.{high - 1}.*re-run"):
+        CodeStore.open(store.path).validate(vocab_size=high)
+    _tamper(store.path, array=200, vocab_size=64, code_range=None)  # an old store: codes.npy is scanned
+    with pytest.raises(DataError, match=r"code ids \d+\.\.200, outside the vocabulary 0\.\.63"):
+        CodeStore.open(store.path).validate()
+    _tamper(store.path, array=high, code_range=[low, high])
+    CodeStore.open(store.path).validate(vocab_size=64, num_classes=3)
+    other = next(v for v in range(64) if not low <= v <= high)
+    _tamper(store.path, array=other, code_range=[low, high])  # changed after extraction: a rescan sees it
+    with pytest.raises(DataError, match="changed since"):
+        CodeStore.open(store.path).check_contents(rescan=True)
+    np.save(store.path / "labels.npy", np.array([0, 0, 1, 1, 2, 7]))
+    with pytest.raises(DataError, match=r"class labels 0\.\.7, outside the 3 classes.*model.num_classes=8"):
+        CodeStore.open(store.path).validate(num_classes=3)
+    np.save(store.path / "labels.npy", np.zeros(6, np.float32))
+    with pytest.raises(DataError, match="float32 labels.*re-run mirai extract"):
+        CodeStore.open(store.path)
+
+
+def test_readme_states_the_fashion_mnist_search_order_of_the_code():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    sentence = readme[readme.index("Fashion-MNIST is looked for"):][:400]
+    order = [sentence.index(f"${fm.ENV_VAR}"), sentence.index(str(fm.DEBIAN_ROOT)), sentence.index(".cache/mirai")]
+    assert order == sorted(order), sentence  # resolve_root: root argument, env var, Debian folder, cache

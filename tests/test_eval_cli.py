@@ -125,3 +125,17 @@ def test_committed_evaluator_scores_real_images_near_the_noise_floor(tmp_path, m
     # Noise lands in one clump that the widest reference balls may cover (so its precision is not
     # a reliable signal), but it covers none of the reference: recall separates it.
     assert real["recall"] > 0.5 and noise["recall"] < 0.05 and real["precision"] > 0.5
+
+
+def test_make_ref_replaces_an_existing_reference_only_with_overwrite(tmp_path, random_fashion_evaluator, capsys):
+    write_batch(tmp_path / "a.npz", 8, 32, seed=0)
+    write_batch(tmp_path / "b.npz", 8, 32, seed=1)
+    argv = ["evaluate", "make-ref", "--evaluator", "fashion", "--fashion-evaluator", str(random_fashion_evaluator),
+            "--device", "cpu", "--out", str(tmp_path / "ref.npz")]
+    assert main(argv + ["--images", str(tmp_path / "a.npz")]) == 0
+    first = (tmp_path / "ref.npz").read_bytes()
+    assert main(argv + ["--images", str(tmp_path / "b.npz")]) == 1
+    assert "--overwrite" in capsys.readouterr().err and (tmp_path / "ref.npz").read_bytes() == first
+    assert main(argv + ["--images", str(tmp_path / "b.npz"), "--overwrite"]) == 0
+    with np.load(tmp_path / "ref.npz") as raw, np.load(tmp_path / "b.npz") as b:
+        assert np.array_equal(raw["arr_0"], b["arr_0"])

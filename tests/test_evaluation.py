@@ -313,3 +313,76 @@ def test_reference_features_recompute_when_made_by_other_weights(tmp_path):
     with pytest.warns(UserWarning, match="other weights"):
         fresh = reference_features(ref, MeanColour(), {"fingerprint": "new"})
     assert np.allclose(fresh.pool, images.mean(axis=(1, 2)))
+
+
+# ---------------------------------------------------------------------------- unreadable .npz files
+GOOD = np.zeros((3, 4, 4, 3), np.uint8)
+
+
+def _bad_npz(path, case):
+    """Write the ``case`` of broken batch at ``path`` (see BAD_BATCHES)."""
+    if case == "missing":
+        return
+    if case == "directory":
+        path.mkdir()
+    elif case in ("text", "empty"):
+        path.write_text("not an npz\n" if case == "text" else "")
+    elif case == "npy":
+        with open(path, "wb") as fh:
+            np.save(fh, GOOD)
+    elif case == "truncated":
+        np.savez_compressed(path, arr_0=np.random.default_rng(0).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8))
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        arrays = {"pickled": {"arr_0": np.array([{"x": 1}], dtype=object)},
+                  "pickled-labels": {"arr_0": GOOD, "labels": np.array([None, 1, 2], dtype=object)},
+                  "float-labels": {"arr_0": GOOD, "labels": np.array([0.5, 1, 2])},
+                  "short-labels": {"arr_0": GOOD, "labels": np.arange(2)},
+                  "no-arr_0": {"images": GOOD}, "float": {"arr_0": GOOD.astype(np.float32)},
+                  "grey": {"arr_0": GOOD[..., 0]}, "rgba": {"arr_0": np.zeros((3, 4, 4, 4), np.uint8)},
+                  "empty-batch": {"arr_0": GOOD[:0]}}[case]
+        np.savez(path, **arrays)
+
+
+IMAGES_4D = "uint8 \\(N, H, W, 3\\)"
+BAD_BATCHES = {"missing": "does not exist", "directory": "is a directory", "text": "cannot be read",
+               "empty": "cannot be read", "npy": "single .npy array", "truncated": "cannot be read|truncated",
+               "pickled": "cannot be read.*no object arrays", "pickled-labels": "'labels'.*cannot be read",
+               "float-labels": "labels.*must be integers", "short-labels": "2 entries but there are 3 images",
+               "no-arr_0": "no 'arr_0' array|neither images \\('arr_0'", "float": IMAGES_4D, "grey": IMAGES_4D,
+               "rgba": IMAGES_4D, "empty-batch": IMAGES_4D}
+
+
+@pytest.mark.parametrize("case", BAD_BATCHES)
+def test_every_bad_batch_is_one_data_error_naming_the_file(tmp_path, case):
+    from mirai.errors import DataError
+    from mirai.evaluation.reference import read_labels
+
+    path = tmp_path / "batch.npz"
+    _bad_npz(path, case)
+
+    def read():
+        images = NpzImages(path)
+        read_labels(path, len(images))
+        np.concatenate(list(images.batches(7)))
+
+    for reader in (read, lambda: read_reference(path)):
+        with pytest.raises(DataError, match=BAD_BATCHES[case]) as caught:
+            reader()
+        assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("arrays, match", [
+    ({"mu": np.zeros(3)}, "'mu' without 'sigma'"), ({"mu": np.zeros(3), "sigma": np.eye(2)}, "does not match"),
+    ({"mu": np.array([np.nan, 0]), "sigma": np.eye(2)}, "finite 1-D"),
+    ({"mu": np.array(["a", "b"]), "sigma": np.eye(2)}, "finite 1-D"),
+    ({"fashion_mu": np.zeros(2), "fashion_sigma": np.eye(2), "fashion_pool": np.zeros((5, 3))}, "3 features"),
+    ({"mu": np.zeros(2), "sigma": np.eye(2), "meta": np.array("{not json")}, "'meta' is not the JSON"),
+    ({"mu": np.zeros(2), "sigma": np.eye(2), "meta": np.array([{"x": 1}], dtype=object)}, "'meta'.*cannot be read"),
+])
+def test_bad_reference_statistics_are_refused(tmp_path, arrays, match):
+    from mirai.errors import DataError
+
+    np.savez(tmp_path / "ref.npz", **arrays)
+    with pytest.raises(DataError, match=match):
+        read_reference(tmp_path / "ref.npz")

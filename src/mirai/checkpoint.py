@@ -19,21 +19,23 @@ holds arbitrary pickled objects is refused, never executed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Protocol, TypeVar, runtime_checkable
+from typing import Callable, ClassVar, Iterable, Protocol, TypeVar, runtime_checkable
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mirai.errors import CheckpointError, MiraiError
+from mirai.errors import CheckpointError, ConfigError, MiraiError
 
 FORMAT_VERSION = 1
 CONFIG_FILE, MODEL_FILE, EMA_FILE = "config.json", "model.safetensors", "ema.safetensors"
@@ -120,10 +122,15 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a published checkpoint should be readable like any file
+    # mkdtemp (and safetensors' own temporary files) make things private; a published checkpoint
+    # is readable like any file the user writes (mode 0666/0777 less the umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
     try:
         write(tmp)
         for f in tmp.iterdir():  # make the data durable before the rename publishes it
+            f.chmod(0o666 & ~umask)
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         if path.exists():
@@ -139,20 +146,118 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def recover_interrupted_writes(folder: str | Path) -> list[str]:
+    """Tidy ``folder`` after writers that were killed inside ``atomic_write_dir``; call it only
+    while no other process writes there (e.g. under the run-directory lock).
+
+    A temporary ``.NAME.tmp-*`` directory never became a checkpoint and is removed; a
+    ``.NAME.old-PID`` directory is the previous ``NAME`` and is moved back when the kill came
+    between the two renames (``NAME`` missing), else removed. Returns what was done, one line each.
+    """
+    folder, done = Path(folder), []
+    if not folder.is_dir():
+        return done
+    for entry in sorted(folder.iterdir()):
+        match = re.fullmatch(r"\.(.+)\.(tmp-.+|old-\d+)", entry.name)
+        if match is None or not entry.is_dir():
+            continue
+        target = folder / match.group(1)
+        if match.group(2).startswith("old-") and not target.exists():
+            os.replace(entry, target)
+            done.append(f"restored {target} from an interrupted replacement")
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+            done.append(f"removed {entry}, left by an interrupted write")
+    return done
+
+
+# Checksums are verified on every load unless MIRAI_VERIFY_CHECKSUMS=0 (hashing runs at about
+# 1 GB/s: worth skipping only for multi-GB checkpoints read often).
+VERIFY_ENV = "MIRAI_VERIFY_CHECKSUMS"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_file(directory: Path, name: str) -> None:
+    """Check ``directory/name`` against the SHA-256 its ``config.json`` recorded at save time
+    (checkpoints written before checksums existed, and files they do not list, pass);
+    ``CheckpointError`` naming the file on a mismatch."""
+    if os.environ.get(VERIFY_ENV, "1") == "0":
+        return
+    recorded = json.loads((directory / CONFIG_FILE).read_text()).get("sha256", {})
+    if name in recorded and file_sha256(directory / name) != recorded[name]:
+        raise CheckpointError(
+            f"{directory / name} does not match the checksum recorded when it was saved: the file is damaged "
+            f"(bit rot, a partial copy) or was modified. Restore it from a copy, or use another checkpoint "
+            f"(set {VERIFY_ENV}=0 to load it anyway)"
+        )
+
+
+def nonfinite_keys(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` that hold NaN or infinity."""
+    return [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse (``CheckpointError``) to keep non-finite weights: a checkpoint must always be a safe
+    point to resume or sample from."""
+    bad = nonfinite_keys(state)
+    if bad:
+        raise CheckpointError(f"refusing to save {what}: {len(bad)} tensor(s) hold NaN or infinity "
+                              f"(e.g. {bad[:3]}); nothing was written. Lower the learning rate or check the data")
+
+
+def check_checkpoint_out(path: str | Path, name: str, inputs: Iterable[str | Path] = (),
+                         overwrite: bool = False) -> Path:
+    """Refuse (``ConfigError``) a checkpoint directory to write that is a file, one of the
+    ``inputs``, a folder holding something other than a checkpoint, an existing checkpoint
+    (unless ``overwrite``), or lies under a file: the new checkpoint replaces ``path`` wholesale.
+    Nothing is created: call this before any work."""
+    path = Path(path)
+    for given in inputs:
+        if path.resolve() == Path(given).resolve():
+            raise ConfigError(f"{name} {path} is also the input; writing it would destroy the input: "
+                              "choose another directory")
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{name} {path} is a file; give a new directory for the checkpoint")
+    if path.is_dir() and any(path.iterdir()) and not (path / CONFIG_FILE).is_file():
+        raise ConfigError(f"{name} {path} is a folder that holds other files; give a new directory")
+    if (path / CONFIG_FILE).is_file() and not overwrite:
+        raise ConfigError(f"{name} {path} already holds a checkpoint; pass --overwrite to replace it "
+                          "or choose another directory")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{name} {path}: {parent} is a file; choose another location")
+            break
+    return path
+
+
 def write_checkpoint(path: str | Path, ckpt: Checkpoint, extra_files: dict[str, bytes] | None = None) -> Path:
-    """Write a ``Checkpoint`` as a Mirai directory (atomically)."""
+    """Write a ``Checkpoint`` as a Mirai directory (atomically); non-finite weights are refused."""
+    check_finite(ckpt.model, f"{path} (model weights)")
+    if ckpt.ema is not None:
+        check_finite(ckpt.ema, f"{path} (EMA weights)")
 
     def write(tmp: Path) -> None:
-        config = {
-            "format": "mirai", "version": FORMAT_VERSION, "kind": ckpt.kind,
-            "name": ckpt.name, "args": ckpt.args, "meta": ckpt.meta,
-        }
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         save_file(_contiguous(ckpt.model), str(tmp / MODEL_FILE))
         if ckpt.ema is not None:
             save_file(_contiguous(ckpt.ema), str(tmp / EMA_FILE))
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
+        # Written last, with the SHA-256 of every other file, so a load can tell bit rot from weights.
+        config = {
+            "format": "mirai", "version": FORMAT_VERSION, "kind": ckpt.kind,
+            "name": ckpt.name, "args": ckpt.args, "meta": ckpt.meta,
+            "sha256": {f.name: file_sha256(f) for f in sorted(tmp.iterdir())},
+        }
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
 
     return atomic_write_dir(path, write)
 
@@ -171,15 +276,15 @@ def save(
 
 
 # ---------------------------------------------------------------------------- reading
+# Module names that wrappers insert into state-dict keys: DDP (module), torch.compile (_orig_mod),
+# FSDP1 (_fsdp_wrapped_module) and activation checkpointing (_checkpoint_wrapped_module).
+WRAPPER_NAMES = frozenset({"module", "_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"})
+
+
 def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove wrapper prefixes left by DDP, FSDP and torch.compile."""
-    prefixes = ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
-    out = {}
-    for key, value in state.items():
-        for prefix in prefixes:
-            key = key.replace(prefix, "")
-        out[key] = value
-    return out
+    """Remove wrapper names from keys, as whole dotted components only (``module.layers.0.w``
+    -> ``layers.0.w``; a model's own ``submodule.w`` is left alone)."""
+    return {".".join(part for part in key.split(".") if part not in WRAPPER_NAMES): v for key, v in state.items()}
 
 
 def read_torch_file(path: str | Path) -> dict:
@@ -276,7 +381,10 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path / CONFIG_FILE} names no model 'kind': not a Mirai checkpoint config")
 
     def tensors(name: str) -> dict[str, torch.Tensor] | None:
-        return read_weights(path / name, name) if (path / name).exists() else None
+        if not (path / name).exists():
+            return None
+        verify_file(path, name)
+        return read_weights(path / name, name)
 
     model = tensors(MODEL_FILE)
     if model is None:

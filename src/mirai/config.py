@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -23,6 +24,11 @@ from mirai.errors import ConfigError
 T = TypeVar("T")
 
 
+def _first_line(err: Exception) -> str:
+    """YAML's error text spans several lines; the CLI reports one."""
+    return " ".join(str(err).split())
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b.c=value`` into its key path and a YAML-parsed value."""
     if "=" not in text:
@@ -33,7 +39,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw != "" else None
     except yaml.YAMLError as err:
-        raise ConfigError(f"override {text!r}: cannot parse value {raw!r}: {err}") from err
+        raise ConfigError(f"override {text!r}: cannot parse value {raw!r} as YAML ({_first_line(err)}); "
+                          "quote strings that hold YAML syntax") from None
     return key.strip().split("."), value
 
 
@@ -104,14 +111,19 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return int(value)
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if annotation is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)  # YAML reads "1e-4" (no dot) as a string
+                number = float(value)  # YAML reads "1e-4" (no dot) as a string
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # no setting means anything as NaN or infinity
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if annotation is str:
         if isinstance(value, str):
             return value
@@ -166,6 +178,8 @@ def find_config(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a directory; give a YAML file in it, e.g. {path}/config.yaml")
     parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
     packaged = PACKAGED_CONFIGS.joinpath(*parts) if parts and not path.is_absolute() else None
     if packaged is not None and packaged.is_file():
@@ -182,8 +196,10 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
         raise ConfigError(f"config file {path} includes itself through 'base'")
     try:
         data = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a text file; give the YAML config") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        raise ConfigError(f"config file {path} is not valid YAML: {_first_line(err)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     base = data.pop("base", None)

@@ -35,10 +35,31 @@ def detect_kind(state: dict[str, torch.Tensor]) -> str:
     )
 
 
+PAR_TOKENS = "spe_tok_embeddings.special_embeddings.weight"  # PAR's n - 1 learnable tokens
+
+
+def par_regions(state: dict[str, torch.Tensor], grid_size: int, regions_per_side: int | None) -> int:
+    """PAR's regions per side M read from the learnable tokens (n - 1 = M^2 - 1 rows; 1 for a
+    LlamaGen file); ``CheckpointError`` when the caller's ``regions_per_side`` or the grid disagrees."""
+    rows = state[PAR_TOKENS].shape[0] if PAR_TOKENS in state else 0
+    m = round((rows + 1) ** 0.5)
+    if m * m != rows + 1:
+        raise CheckpointError(f"{PAR_TOKENS} has {rows} rows, not M^2 - 1 for any M: not a PAR checkpoint")
+    if regions_per_side is not None and regions_per_side != m:
+        raise CheckpointError(f"the file holds a model with {m} regions per side ({rows} learnable tokens), but "
+                              f"regions_per_side={regions_per_side} was asked; omit it or pass {m}")
+    if grid_size % m:
+        raise CheckpointError(f"a {grid_size}x{grid_size} grid cannot be split into {m}x{m} PAR regions; "
+                              "pass the grid the model was trained on (24 for PAR's released 384-px models)")
+    return m
+
+
 def gpt_from_llamagen_state(
-    state: dict[str, torch.Tensor], name: str | None = None, grid_size: int = 16, class_dropout_prob: float = 0.1
+    state: dict[str, torch.Tensor], name: str | None = None, grid_size: int = 16, class_dropout_prob: float = 0.1,
+    regions_per_side: int | None = None,
 ) -> GPT:
-    """Build a GPT whose shapes match a LlamaGen c2i state dict, and load it strictly."""
+    """Build a GPT whose shapes match a LlamaGen (or PAR) c2i state dict, and load it strictly.
+    A PAR file is recognised by its learnable tokens; ``regions_per_side`` is then checked against it."""
     try:
         vocab_size, dim = state["tok_embeddings.weight"].shape
         class_rows = state["cls_embedding.embedding_table.weight"].shape[0]
@@ -53,25 +74,32 @@ def gpt_from_llamagen_state(
             f"no named GPT config has {n_layer} layers of width {dim}; pass the model name "
             f"(one of {sorted(GPT_CONFIGS)}) with the right n_head"
         )
+    if name not in GPT_CONFIGS:
+        raise CheckpointError(f"unknown GPT config {name!r}; choose one of {sorted(GPT_CONFIGS)} (or omit it: "
+                              f"{inferred or 'no config'} matches the file's depth and width)")
     n_head = GPT_CONFIGS[name]["n_head"]
     head_dim = dim // n_head
     n_kv_head = (wqkv // head_dim - n_head) // 2
     num_classes = class_rows - 1 if class_dropout_prob > 0 else class_rows
+    m = par_regions(state, grid_size, regions_per_side)
+    order = {"order": "par", "regions_per_side": m} if m > 1 else {}
     args = gpt_args(
         name, dim=dim, n_layer=n_layer, vocab_size=vocab_size, num_classes=num_classes, grid_size=grid_size,
-        n_kv_head=n_kv_head, class_dropout_prob=class_dropout_prob,
+        n_kv_head=n_kv_head, class_dropout_prob=class_dropout_prob, **order,
     )
     model = GPT(args, name=name)
     load_state_dict_checked(model, state)
     return model
 
 
-def read_llamagen(path: str | Path, kind: str | None = None, name: str | None = None, grid_size: int = 16) -> Checkpoint:
-    """Read a LlamaGen GPT or VQ ``.pt`` (any container; DDP/FSDP/compile prefixes) as a Checkpoint."""
+def read_llamagen(path: str | Path, kind: str | None = None, name: str | None = None, grid_size: int = 16,
+                  regions_per_side: int | None = None) -> Checkpoint:
+    """Read a LlamaGen or PAR GPT, or a VQ, ``.pt`` (any container; wrapper prefixes) as a Checkpoint."""
     model_state, ema_state = llamagen_state_dicts(read_torch_file(path), path)
     kind = kind or detect_kind(model_state)
     if kind == "gpt":
-        module = gpt_from_llamagen_state(model_state, name=name, grid_size=grid_size)
+        module = gpt_from_llamagen_state(model_state, name=name, grid_size=grid_size,
+                                         regions_per_side=regions_per_side)
         if ema_state is not None:
             load_state_dict_checked(module, ema_state)  # the EMA must have the same shapes
     elif kind == "vq":

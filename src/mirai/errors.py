@@ -22,3 +22,16 @@ class DataError(MiraiError):
 
 class TrainingError(MiraiError):
     """Training cannot continue (for example a NaN loss); the last good checkpoint is kept."""
+
+
+class BusyError(MiraiError):
+    """Another process is writing to the same run or output directory."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped on a signal after saving what it had; ``signum`` gives the exit status
+    128 + signum (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, signum: int, message: str = ""):
+        super().__init__(message)
+        self.signum = signum

@@ -20,8 +20,10 @@ import torch
 from tqdm import tqdm
 
 from mirai import checkpoint
-from mirai.analysis.tsne import Condition, image_states, tsne_embed
+from mirai.analysis.curves import check_figure_path
+from mirai.analysis.tsne import Condition, check_tsne_settings, image_states, tsne_embed
 from mirai.data.codes import CodeStore
+from mirai.data.options import positive_int
 from mirai.errors import DataError
 from mirai.models.gpt import GPT
 
@@ -110,10 +112,19 @@ def classmap_report(checkpoint_path: str | Path, codes: str | Path, layer: int, 
                     encoder: str | None = None, num_images: int = 2000, condition: Condition = "null",
                     use_ema: bool = True, k: int = 10, perplexity: float = 30.0, seed: int = 0,
                     device: str = "cpu") -> dict:
-    """Draw the class map(s) into ``out``, write their k-NN accuracies beside it (``.json``) and return them."""
+    """Draw the class map(s) into ``out``, write their k-NN accuracies beside it (``.json``) and return them.
+
+    Every setting is checked (``ConfigError``/``DataError``) before any features are computed."""
+    positive_int(num_images, "num_images")
+    positive_int(k, "k")
+    check_tsne_settings(perplexity, seed)
+    check_figure_path(out)
     gpt = checkpoint.load(checkpoint_path, GPT, use_ema=use_ema).to(device)
     store = CodeStore.open(codes)
     indices = balanced_subset(store.labels, num_images, seed)
+    if len(indices) <= k:
+        raise DataError(f"k-NN with k={k} needs more than {k} images, but {codes} gives {len(indices)} "
+                        f"(num_images={num_images}); lower --k or raise --num-images")
     labels = store.labels[indices]
     features = {f"GPT block {layer} ({condition} class)": gpt_features(gpt, store, indices, layer, condition)}
     if encoder is not None:

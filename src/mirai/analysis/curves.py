@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from mirai.data.options import check_output_file, existing_dir
 from mirai.errors import DataError
 from mirai.training.metrics import read_metrics
 
@@ -33,6 +34,16 @@ def default_keys(logged: Iterable[str]) -> list[str]:
     return [k for k in ("loss/ntp", *heads, "val/nll_ema") if k in logged]
 
 
+def check_figure_path(out: str | Path) -> Path:
+    """``out`` if a figure can be written there: a file (not a folder) whose suffix matplotlib knows,
+    under no file. Raises ``ConfigError``; call it before any work."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    known = (f".{kind}" for kind in FigureCanvasBase.get_supported_filetypes())
+    suffixes = dict.fromkeys([".png", ".pdf", ".svg", *known])  # the usual ones first, in the message too
+    return check_output_file(out, "out", suffixes=list(suffixes))
+
+
 def smooth_ema(values: list[float], weight: float) -> list[float]:
     """TensorBoard-style exponential smoothing (``weight`` 0 = none), debiased at the start."""
     out, avg = [], 0.0
@@ -49,6 +60,7 @@ def load_curves(run_dirs: Sequence[str | Path], keys: Sequence[str] | None = Non
     """
     runs = {}
     for label, run_dir in zip(run_labels([Path(d) for d in run_dirs]), run_dirs):
+        existing_dir(run_dir, "run directory")
         runs[label] = read_metrics(run_dir)
         if not runs[label]:
             raise DataError(f"{run_dir} has no metrics.jsonl records: is it a training run directory?")
@@ -79,6 +91,7 @@ def plot_curves(run_dirs: Sequence[str | Path], out: str | Path, keys: Sequence[
 
     if not 0.0 <= smooth < 1.0:
         raise DataError(f"smooth must lie in [0, 1), got {smooth}")
+    check_figure_path(out)
     curves = load_curves(run_dirs, keys)
     labels = run_labels([Path(d) for d in run_dirs])
     palette = colormaps["tab10" if len(labels) <= 10 else "tab20"]

@@ -146,6 +146,7 @@ def training_flops(
     n = args.seq_len
     parts = {"gpt": TRAIN_FACTOR * FLOPS_PER_MAC * gpt_macs(args, conv=conv)}
     if cfg is not None and cfg.enabled:
+        cfg.resolve_layer(args.n_layer)  # a block the model does not have is an error for every source
         k = cfg.num_heads()
         if cfg.output_diagnostic:
             head = head_macs(cfg.head, args.dim, args.dim, n, cfg.head_hidden, conv)
@@ -163,7 +164,11 @@ def training_flops(
             parts["heads"] = TRAIN_FACTOR * FLOPS_PER_MAC * k * head_macs(
                 cfg.head, args.dim, width, n, cfg.head_hidden, conv)
             if encoder is not None:
-                resolution = encoder_resolution or encoder.patch * args.grid_size
+                resolution = encoder.patch * args.grid_size if encoder_resolution is None else encoder_resolution
+                if resolution < encoder.patch:
+                    raise ConfigError(f"encoder resolution (--encoder-res) {resolution} px is smaller than one "
+                                      f"{encoder.patch}-px patch of {encoder.name}; give at least {encoder.patch}, "
+                                      f"e.g. {encoder.patch * args.grid_size}")
                 parts["encoder"] = FLOPS_PER_MAC * vit_macs(encoder, resolution, conv)
     parts = {name: float(v) for name, v in parts.items()}
     parts["total"] = sum(parts.values())

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from mirai import checkpoint
-from mirai.analysis.curves import run_labels
+from mirai.analysis.curves import check_figure_path, run_labels
 from mirai.data.codes import CodeStore
+from mirai.data.options import non_negative_int, positive_float
 from mirai.errors import ConfigError, DataError
 from mirai.foresight.config import ForesightConfig
 from mirai.models.gpt import GPT
@@ -73,6 +74,12 @@ def image_states(gpt: GPT, store: CodeStore, indices: Sequence[int], layer: int,
     tokens = torch.from_numpy(np.asarray(store.codes[indices, 0], dtype=np.int64).reshape(len(indices), -1))
     classes = class_inputs(gpt, store.labels[indices], condition)
     return cell_states(gpt, tokens.to(device), classes.to(device), layer)
+
+
+def check_tsne_settings(perplexity: float, seed: int) -> None:
+    """Refuse (``ConfigError``) a perplexity that is not a finite number above 0 and a negative seed."""
+    positive_float(perplexity, "perplexity")
+    non_negative_int(seed, "seed")
 
 
 def tsne_embed(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
@@ -158,6 +165,8 @@ def tsne_maps(checkpoints: Sequence[str | Path], codes: str | Path, out: str | P
                           f"{len(checkpoints)} checkpoints, {len(layers)} layers, {len(labels)} labels")
     if len(set(labels)) != len(labels):
         raise ConfigError(f"checkpoint labels must differ, got {labels}")
+    check_tsne_settings(perplexity, seed)
+    check_figure_path(out)
     store = CodeStore.open(codes)
     bad = [i for i in image_indices if not 0 <= i < len(store)]
     if not image_indices or bad:

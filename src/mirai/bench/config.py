@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 
 from mirai.config import apply_overrides, from_dict, parse_override, read_yaml
 from mirai.errors import ConfigError
@@ -73,8 +72,11 @@ class BenchConfig:
         bad = [s for s in self.eval_at if not 1 <= s <= self.steps]
         if bad:
             raise ConfigError(f"eval_at {bad} lie outside 1..steps={self.steps}")
-        if self.num_samples < 2 or self.sample_batch_size < 1 or self.eval_batch_size < 1:
-            raise ConfigError("num_samples must be at least 2, the batch sizes positive")
+        if self.num_samples < 2:
+            raise ConfigError(f"num_samples must be at least 2 (FID needs two samples), got {self.num_samples}")
+        for name in ("sample_batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.reference_codes:
             raise ConfigError("reference_codes is empty: give the held-out code store (e.g. the test split "
                               "from `mirai extract --split test`)")
@@ -204,12 +206,3 @@ def select_share(runs: list[Run], variants: list[str] | None, seeds: list[int] |
 def first_seed_runs(bench: BenchConfig, runs: list[Run]) -> list[Run]:
     """The runs of the bench's first seed: the ones drawn in the sample grids and t-SNE maps."""
     return [run for run in runs if run.seed == bench.seeds[0]]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (cuda when available), ``cpu`` or ``cuda``; raises ``ConfigError`` for cuda without a GPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA device is available; use device=cpu")
-    return torch.device(name)

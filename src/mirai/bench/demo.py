@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mirai import checkpoint
-from mirai.bench.config import BenchConfig, Run, plan_runs, resolve_device
+from mirai.bench.config import BenchConfig, Run, plan_runs
+from mirai.data.options import resolve_device
 from mirai.bench.report import format_table
 from mirai.bench.run import train_and_score
 from mirai.bench.store import read_results, write_json
 from mirai.config import from_dict
 from mirai.data.codes import CodeStore, extract
+from mirai.data.options import non_negative_int, positive_int
 from mirai.data.views import ViewSpec
 from mirai.errors import ConfigError, DataError
 from mirai.models import VQModel
@@ -47,6 +49,30 @@ class DemoSettings:
     # all 60 000 would only cost time. None: all of them.
     per_class: int | None = 3000
     overrides: tuple[str, ...] = ()  # training-config overrides for every variant, e.g. optim.batch_size=32
+
+    def validate(self) -> None:
+        """Refuse (``ConfigError``) settings no demo can run with; the variants' configs and the
+        overrides are checked by ``demo_bench``."""
+        if not self.variants or any(not name for name in self.variants):
+            raise ConfigError(f"variants {list(self.variants)}: name at least one configs/fashion config, "
+                              "e.g. baseline,mirai_i")
+        if len(set(self.variants)) != len(self.variants):
+            raise ConfigError(f"variants {list(self.variants)} name one config twice; list each once")
+        positive_int(self.steps, "steps (--steps)")
+        if positive_int(self.num_samples, "num_samples (--num-samples)") < 2:
+            raise ConfigError(f"num_samples (--num-samples) must be at least 2 to score samples, "
+                              f"got {self.num_samples}")
+        if self.per_class is not None:
+            positive_int(self.per_class, "per_class (--per-class; 0 on the command line means all images)")
+        non_negative_int(self.seed, "seed (--seed)")
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"out {self.out} is a file; give a directory for the demo")
+
+
+def codes_paths(settings: DemoSettings) -> dict[str, Path]:
+    """Where the demo keeps its tokenized training subset and test set."""
+    train = "train" if settings.per_class is None else f"train_{settings.per_class}_per_class"
+    return {"train": settings.out / "codes" / train, "test": settings.out / "codes" / "test"}
 
 
 def ensure_codes(split: str, out: Path, device: str, per_class: int | None = None) -> Path:
@@ -109,14 +135,16 @@ def write_evaluation(run: Run, record: dict, floors: dict) -> dict:
 def run_demo(settings: DemoSettings) -> dict[str, dict]:
     """Run (or finish) every stage into ``settings.out``; print and save (``results.md``) the table.
 
-    Returns variant -> its ``evaluation.json`` report."""
-    device = str(resolve_device(settings.device))
+    Returns variant -> its ``evaluation.json`` report. The settings, every variant's training
+    config and the overrides are checked (``ConfigError``) before anything is written."""
+    settings.validate()
+    codes = codes_paths(settings)
+    bench = demo_bench(settings, codes)
+    device = resolve_device(settings.device)
     settings.out.mkdir(parents=True, exist_ok=True)
     print(f"[1/3] tokenizing Fashion-MNIST with {TOKENIZER.name} (8x8 tokens, 512 codes)")
-    train_codes = "train" if settings.per_class is None else f"train_{settings.per_class}_per_class"
-    codes = {"train": ensure_codes("train", settings.out / "codes" / train_codes, device, settings.per_class),
-             "test": ensure_codes("test", settings.out / "codes" / "test", device)}
-    bench = demo_bench(settings, codes)
+    ensure_codes("train", codes["train"], device, settings.per_class)
+    ensure_codes("test", codes["test"], device)
     print(f"[2/3] training {', '.join(settings.variants)} ({settings.steps} steps each), "
           f"[3/3] sampling and scoring {settings.num_samples} EMA samples of each")
     share = train_and_score(bench)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from mirai.analysis.curves import plot_curves
 from mirai.analysis.tsne import tsne_maps
-from mirai.bench.config import BenchConfig, Run, first_seed_runs, resolve_device
+from mirai.bench.config import BenchConfig, Run, first_seed_runs
+from mirai.data.options import resolve_device
 
 TSNE_IMAGE = 0  # the test image of tsne_maps.png
 COLUMNS = (("fid", "FID↓"), ("fid_recon", "FID vs recon↓"), ("inception_score", "IS↑"), ("precision", "Pre↑"),

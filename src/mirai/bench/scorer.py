@@ -11,7 +11,8 @@ import torch
 from tqdm import tqdm
 
 from mirai import checkpoint
-from mirai.bench.config import BenchConfig, resolve_device
+from mirai.bench.config import BenchConfig
+from mirai.data.options import resolve_device
 from mirai.data.codes import CodeStore
 from mirai.data.images import save_image_grid
 from mirai.data.transforms import to_uint8_hwc
@@ -33,7 +34,7 @@ class Scorer:
 
     def __init__(self, bench: BenchConfig, out_dir: Path):
         self.bench, self.out_dir = bench, out_dir
-        self.device = resolve_device(bench.device)
+        self.device = torch.device(resolve_device(bench.device))
         self.store = CodeStore.open(bench.reference_codes)
         size = self.store.view_spec.image_size
         if (size, size) != EVALUATOR_RESOLUTION:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mirai.data.options import finite_float, non_negative_int, positive_float, positive_int
 from mirai.errors import ConfigError
 from mirai.models.fashion_encoder import FashionEncoderArgs, FashionEncoderNet
 
@@ -111,12 +112,26 @@ class FashionTrainConfig:
     res_blocks: int = 1
 
     def __post_init__(self) -> None:
+        """Check every setting (``ConfigError`` naming the first bad one) before anything is trained."""
+        if self.grid not in (8, 16):
+            raise ConfigError(f"grid must be 8 or 16 (cells of a 32x32 image), got {self.grid}")
         if self.objective not in ("ssl", "supervised"):
             raise ConfigError(f"objective must be 'ssl' or 'supervised', got {self.objective!r}")
-        if self.epochs <= 0 or self.batch_size < 2:
-            raise ConfigError("epochs must be positive and batch_size at least 2")
-        if not 0 < self.crop_min <= 1:
-            raise ConfigError(f"crop_min must be in (0, 1], got {self.crop_min}")
+        positive_float(self.epochs, "epochs")
+        if positive_int(self.batch_size, "batch_size") < 2:
+            raise ConfigError(f"batch_size must be at least 2 (the contrastive terms need pairs), "
+                              f"got {self.batch_size}")
+        positive_float(self.lr, "lr")
+        crop_min = finite_float(self.crop_min, "crop_min (the smallest crop area)", low=0.0, high=1.0)
+        if crop_min == 0:
+            raise ConfigError("crop_min must be above 0 (a crop needs some area), e.g. 0.35")
+        for name in ("weight_decay", "dense_weight"):
+            finite_float(getattr(self, name), name, low=0.0)
+        positive_float(self.temperature, "temperature")
+        for name in ("dense_cells", "width", "dim"):
+            positive_int(getattr(self, name), name)
+        non_negative_int(self.res_blocks, "res_blocks")
+        non_negative_int(self.seed, "seed")
 
 
 class _Projector(nn.Module):

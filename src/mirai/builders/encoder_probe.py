@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mirai.builders.encoder import load_fashion_images
+from mirai.data.options import positive_int
 from mirai.foresight.encoders import FrozenEncoder, cache_features
 
 
@@ -55,8 +56,11 @@ def linear_probe(encoder: FrozenEncoder, root: str | None = None, n_train: int |
     """Linear-probe accuracy of ``encoder`` on Fashion-MNIST (mean-pooled grid features).
 
     Fitted on the first ``n_train`` training images (all by default), scored on the first
-    ``n_test`` test images (all by default).
+    ``n_test`` test images (all by default); both are checked before any image is read.
     """
+    for count, name in ((n_train, "n_train (--n-train)"), (n_test, "n_test (--n-test)")):
+        if count is not None:
+            positive_int(count, name)
     train_images, train_labels = load_fashion_images("train", root)
     test_images, test_labels = load_fashion_images("test", root)
     train_images, train_labels = train_images[:n_train], train_labels[:n_train]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
@@ -21,15 +22,44 @@ def add_parser(subparsers) -> None:
     grid = p.add_mutually_exclusive_group()
     grid.add_argument("--grid-size", type=int, help="token grid of the GPT (16 for 256 px, 24 for 384 px)")
     grid.add_argument("--image-size", type=int, help="image size with a 16x-downsampling tokenizer")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already at OUTPUT")
     p.set_defaults(func=run)
+
+
+def _grid_size(args: argparse.Namespace) -> int:
+    """The GPT's token grid from --grid-size, or --image-size / 16 (default 16)."""
+    from mirai.data.options import positive_int
+    from mirai.errors import ConfigError
+
+    if args.grid_size is not None:
+        return positive_int(args.grid_size, "--grid-size")
+    if args.image_size is not None:
+        if args.image_size < 16 or args.image_size % 16:
+            raise ConfigError(f"--image-size {args.image_size} must be a positive multiple of 16 (LlamaGen's "
+                              "tokenizers downsample 16x), e.g. 256 or 384; or give --grid-size")
+        return args.image_size // 16
+    return 16
 
 
 def run(args: argparse.Namespace) -> int:
     from mirai.checkpoint import write_checkpoint
     from mirai.convert import read_llamagen
+    from mirai.errors import ConfigError
+    from mirai.models.registry import GPT_CONFIGS
 
-    grid = args.grid_size or (args.image_size // 16 if args.image_size else 16)
-    ckpt = read_llamagen(args.input, kind=args.kind, name=args.model, grid_size=grid)
+    source = Path(args.input)
+    if not source.exists():
+        raise ConfigError(f"input {source} does not exist; give a LlamaGen .pt/.pth file")
+    if source.is_dir():
+        raise ConfigError(f"input {source} is a directory; give a LlamaGen .pt/.pth file (a Mirai checkpoint "
+                          "directory needs no conversion)")
+    grid = _grid_size(args)
+    if args.model is not None and args.model not in GPT_CONFIGS:
+        raise ConfigError(f"--model {args.model!r} is not a GPT config; choose one of {sorted(GPT_CONFIGS)}")
+    from mirai.checkpoint import check_checkpoint_out
+
+    check_checkpoint_out(args.output, "output", inputs=[source], overwrite=args.overwrite)
+    ckpt = read_llamagen(source, kind=args.kind, name=args.model, grid_size=grid)
     write_checkpoint(args.output, ckpt)
     ema = " (+ EMA weights)" if ckpt.ema is not None else ""
     print(f"wrote {ckpt.kind} checkpoint {ckpt.name}{ema} to {args.output}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
@@ -15,7 +16,8 @@ def add_parser(subparsers) -> None:
         "decodes the stored codes with the store's tokenizer, and writes a grid: each source row is "
         "followed by the row of its decoded codes. Also re-encodes the rendered views and reports how "
         "many tokens match the store; below --min-agreement the command fails (the dataset, views or "
-        "tokenizer changed since extraction).",
+        "tokenizer changed since extraction). Before that it reads the whole store once and fails when a code "
+        "id or class label lies outside the store's vocabulary or classes.",
     )
     p.add_argument("store", help="code store directory (made by mirai extract)")
     p.add_argument("--n", type=int, default=16, help="number of images to show")
@@ -35,22 +37,30 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from mirai.data.codes import CodeStore, random_view
+    from mirai.data.folders import IMAGE_EXTENSIONS
     from mirai.data.images import save_image_grid
+    from mirai.data.options import check_output_file, finite_float, positive_int, resolve_device
     from mirai.data.transforms import to_model_range, to_uint8_hwc
     from mirai.errors import DataError
 
+    positive_int(args.n, "--n")
+    positive_int(args.nrow, "--nrow")
+    min_agreement = finite_float(args.min_agreement, "--min-agreement", 0.0, 1.0)
+    device = resolve_device(args.device)
     store = CodeStore.open(args.store, source_root=args.source_root)
-    if args.n < 1:
-        raise DataError(f"--n must be positive, got {args.n}")
-    vq = store.load_tokenizer(args.tokenizer, strict=True).to(args.device)
+    check_output_file(args.out, "--out", suffixes=IMAGE_EXTENSIONS)
+    if Path(store.path).resolve() in Path(args.out).resolve().parents:
+        raise DataError(f"--out {args.out} lies inside the code store {store.path}; write the PNG elsewhere")
+    store.check_contents(rescan=True)  # ids past the vocabulary or labels past the classes: fail here
+    vq = store.load_tokenizer(args.tokenizer, strict=True).to(device)
 
     indices = np.unique(np.linspace(0, len(store) - 1, min(args.n, len(store))).round().astype(int))
     views = [random_view(args.seed, 0, int(i), store.num_views) for i in indices]
     sources = np.stack([store.source_image(int(i), v) for i, v in zip(indices, views)])
     codes = torch.from_numpy(np.stack([store.tokens(int(i), v) for i, v in zip(indices, views)]))
     with torch.inference_mode():
-        decoded = to_uint8_hwc(vq.decode_indices(codes.to(args.device)).clamp(-1, 1))
-        reencoded = vq.encode_to_indices(to_model_range(sources).to(args.device)).cpu()
+        decoded = to_uint8_hwc(vq.decode_indices(codes.to(device)).clamp(-1, 1))
+        reencoded = vq.encode_to_indices(to_model_range(sources).to(device)).cpu()
     agreement = float((reencoded == codes).float().mean())
 
     # Alternate a row of source views with the row of their decoded codes.
@@ -67,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
           f"vocab {store.vocab_size}, {store.num_classes} classes")
     print(f"re-encoded source views match {agreement:.2%} of stored tokens ({codes.numel()} tokens checked)")
     print(f"wrote {args.out}: rows alternate source views and their decoded codes")
-    if agreement < args.min_agreement:
-        raise DataError(f"only {agreement:.2%} of re-encoded tokens match the store (< {args.min_agreement:.0%}): "
+    if agreement < min_agreement:
+        raise DataError(f"only {agreement:.2%} of re-encoded tokens match the store (< {min_agreement:.0%}): "
                         "the dataset, views or tokenizer changed since extraction; re-run mirai extract")
     return 0

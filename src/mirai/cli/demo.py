@@ -29,11 +29,9 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mirai.bench.demo import DemoSettings, run_demo
-    from mirai.errors import ConfigError
 
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
-    if not variants or args.steps < 1 or args.num_samples < 2 or args.per_class < 0:
-        raise ConfigError("give at least one variant, --steps >= 1, --num-samples >= 2 and --per-class >= 0")
+    per_class = None if args.per_class == 0 else args.per_class  # 0: all images
     run_demo(DemoSettings(Path(args.out), variants, args.steps, args.num_samples, args.seed, args.device,
-                          args.per_class or None, tuple(args.overrides)))
+                          per_class, tuple(args.overrides)))
     return 0

@@ -28,6 +28,7 @@ def add_parser(subparsers) -> None:
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     t.add_argument("--root", help="Fashion-MNIST folder (default: see mirai.data.fashion_mnist)")
     t.add_argument("--no-probe", action="store_true", help="skip the linear probe after training")
+    t.add_argument("--overwrite", action="store_true", help="replace a checkpoint already at --out")
     t.set_defaults(func=run_train)
 
     p = sub.add_parser(
@@ -63,21 +64,31 @@ def _spec(text: str) -> str | dict:
     return text
 
 
+def _threads(count: int) -> None:
+    """Use ``count`` torch CPU threads (``ConfigError`` unless it is at least 1)."""
+    import torch
+
+    from mirai.data.options import positive_int
+
+    torch.set_num_threads(positive_int(count, "--threads"))
+
+
 def run_train(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
-    import torch
-
     from mirai import checkpoint
     from mirai.builders.encoder import FashionTrainConfig, parameter_count, train_fashion_encoder
     from mirai.builders.encoder_probe import linear_probe
+    from mirai.checkpoint import check_checkpoint_out
     from mirai.foresight.encoders import GridNetEncoder
 
-    torch.set_num_threads(args.threads)
     overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                                    "seed": args.seed, "crop_min": args.crop_min}.items() if v is not None}
     cfg = FashionTrainConfig(grid=args.grid, objective=args.objective, **overrides)
+    # Training takes minutes: every setting and the output are checked first.
+    check_checkpoint_out(args.out, "--out", overwrite=args.overwrite)
+    _threads(args.threads)
     net, log = train_fashion_encoder(cfg, root=args.root)
     meta = {"train_config": asdict(cfg), "uses_labels": cfg.objective == "supervised",
             "parameters": parameter_count(net), "train_seconds": log["seconds"], "threads": args.threads,
@@ -93,12 +104,10 @@ def run_train(args: argparse.Namespace) -> int:
 def run_probe(args: argparse.Namespace) -> int:
     import json
 
-    import torch
-
     from mirai.builders.encoder_probe import linear_probe
     from mirai.foresight.encoders import build_encoder
 
-    torch.set_num_threads(args.threads)
+    _threads(args.threads)
     encoder = build_encoder(_spec(args.encoder), args.grid)
     result = linear_probe(encoder, root=args.root, n_train=args.n_train, n_test=args.n_test)
     print(json.dumps(result, indent=2))

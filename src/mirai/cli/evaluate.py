@@ -3,8 +3,10 @@
 Three forms::
 
     mirai evaluate SAMPLES.npz --ref REF.npz [--out metrics.json]
-    mirai evaluate make-ref (--images X.npz | --dataset fashion-mnist [--split test]) --out REF.npz
-    mirai evaluate train-fashion-classifier --out DIR
+    mirai evaluate make-ref (--images X.npz | --dataset fashion-mnist [--split test]) --out REF.npz [--overwrite]
+    mirai evaluate train-fashion-classifier --out DIR [--overwrite]
+
+Every value is checked before any network runs; a bad one ends the command with one error line.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ def make_ref_parser() -> argparse.ArgumentParser:
     parser.add_argument("--evaluator", choices=["auto", "inception", "fashion", "both"], default="auto",
                         help="whose statistics to store; auto = fashion for --dataset fashion-mnist, else inception")
     parser.add_argument("--no-images", action="store_true", help="store statistics and activations only, not arr_0")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
     _common(parser)
     return parser
 
@@ -97,6 +100,7 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (default 1: the committed weights were trained so, bit for bit)")
     parser.add_argument("--data-root", help="folder with the Fashion-MNIST files")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
     return parser
 
 
@@ -110,8 +114,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def score(args: argparse.Namespace) -> int:
+    from mirai.data.options import check_output_file
     from mirai.evaluation.suite import evaluate, format_report
 
+    if args.out:  # before the (long) scoring, so a bad --out never wastes it
+        check_output_file(args.out, "--out", inputs=[args.samples, args.ref])
     report = evaluate(args.samples, args.ref, evaluator=args.evaluator, inception_weights=args.inception_weights,
                       fashion_evaluator=args.fashion_evaluator, batch_size=args.batch_size, device=args.device,
                       with_noise_floor=args.noise_floor, log=lambda text: print(text, file=sys.stderr))
@@ -131,7 +138,7 @@ def make_ref(args: argparse.Namespace) -> int:
     path = make_reference(args.out, images=args.images, dataset=args.dataset, split=args.split,
                           data_root=args.data_root, evaluators=evaluators, inception_weights=args.inception_weights,
                           fashion_evaluator=args.fashion_evaluator, keep_images=not args.no_images,
-                          batch_size=args.batch_size, device=args.device)
+                          batch_size=args.batch_size, device=args.device, overwrite=args.overwrite)
     print(f"wrote reference batch {path} ({', '.join(evaluators)} statistics)")
     return 0
 
@@ -140,6 +147,15 @@ def train(args: argparse.Namespace) -> int:
     import torch
 
     from mirai import checkpoint
+    from mirai.data.options import existing_dir, positive_float, positive_int
+
+    # The builder trains for minutes: check every setting before it starts.
+    for value, name in ((args.epochs, "--epochs"), (args.batch_size, "--batch-size"), (args.threads, "--threads")):
+        positive_int(value, name)
+    positive_float(args.lr, "--lr")
+    if args.data_root is not None:
+        existing_dir(args.data_root, "--data-root")
+    checkpoint.check_checkpoint_out(args.out, "--out", overwrite=args.overwrite)
     from mirai.builders.evaluator import train_fashion_classifier
 
     torch.set_num_threads(args.threads)

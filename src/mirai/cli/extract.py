@@ -43,6 +43,12 @@ def _check_out(out: Path, overwrite: bool) -> None:
     from mirai.data.codes import MANIFEST
     from mirai.errors import DataError
 
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DataError(f"--out {out}: {parent} is a file, so no store can be written there; "
+                                "choose another --out directory")
+            break
     if not out.exists():
         return
     if not (out / MANIFEST).is_file():
@@ -55,40 +61,35 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from mirai import checkpoint
-    from mirai.data.codes import extract
+    from mirai.data.codes import extract, load_vq
     from mirai.data.views import ViewSpec
     from mirai.errors import DataError
-    from mirai.models.vq import VQModel
 
     out = Path(args.out)
     _check_out(out, args.overwrite)
-    if args.per_class is not None and args.per_class < 1:
-        raise DataError(f"--per-class must be positive, got {args.per_class}")
+    # Cheap settings first, so a typo is reported before the dataset and tokenizer are read;
+    # extract() checks batch size, workers and device with the same rules.
+    spec = ViewSpec.from_dict({
+        "kind": args.views or DEFAULT_VIEWS[args.dataset],
+        "image_size": args.image_size if args.image_size is not None else DEFAULT_IMAGE_SIZE[args.dataset],
+        "crop_ratio": args.crop_ratio,
+    })
     if args.dataset == "fashion-mnist":
         from mirai.data.fashion_mnist import FashionMNIST
 
         source = FashionMNIST(args.split, args.root, args.per_class)
         if args.num_classes is not None and args.num_classes != len(source.class_names):
             raise DataError(f"Fashion-MNIST has {len(source.class_names)} classes, "
-                            f"not --num-classes {args.num_classes}")
+                            f"not --num-classes {args.num_classes}; drop the option or set it to 10")
     else:
         from mirai.data.folders import ImageFolder
 
         if args.root is None:
             raise DataError("--dataset folder needs --root, the directory whose sub-folders are the classes")
         source = ImageFolder.scan(args.root, args.num_classes, args.per_class)
-    spec = ViewSpec.from_dict({
-        "kind": args.views or DEFAULT_VIEWS[args.dataset],
-        "image_size": args.image_size or DEFAULT_IMAGE_SIZE[args.dataset],
-        "crop_ratio": args.crop_ratio,
-    })
-    vq = checkpoint.load(args.tokenizer, VQModel, use_ema=args.ema)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    vq = load_vq(args.tokenizer, args.ema)
     store = extract(vq, source, spec, out, tokenizer_path=args.tokenizer, tokenizer_ema=args.ema,
-                    batch_size=args.batch_size, num_workers=args.workers, device=device)
+                    batch_size=args.batch_size, num_workers=args.workers, device=args.device or "auto")
     g = store.grid_size
     print(f"wrote {len(store)} images x {store.num_views} views of {g}x{g} codes "
           f"({store.vocab_size}-code tokenizer, {store.num_classes} classes) to {out}")

@@ -34,6 +34,11 @@ def _heads(k: int) -> str:
     return f"{k} head" + ("s" if k != 1 else "")
 
 
+def _pick(flag, configured, default):
+    """The flag if given (even 0, which the model's checks then refuse), else the config's value, else the default."""
+    return flag if flag is not None else configured if configured is not None else default
+
+
 def run(args: argparse.Namespace) -> int:
     from mirai.analysis.flops import Convention, training_flops, vit_shape
     from mirai.config import from_dict, read_yaml
@@ -46,10 +51,10 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(model, dict):
         raise ConfigError(f"{args.config}: the model section must be a mapping")
     gpt = gpt_args(
-        args.model or model.get("name") or "GPT-B",
-        vocab_size=args.vocab or model.get("vocab_size") or 16384,
-        grid_size=args.grid or model.get("grid_size") or 16,
-        num_classes=args.classes or model.get("num_classes") or 1000,
+        _pick(args.model, model.get("name"), "GPT-B"),
+        vocab_size=_pick(args.vocab, model.get("vocab_size"), 16384),
+        grid_size=_pick(args.grid, model.get("grid_size"), 16),
+        num_classes=_pick(args.classes, model.get("num_classes"), 1000),
         **(model.get("overrides") or {}),
     )
     section = dict(data.get("foresight") or {})
@@ -77,11 +82,11 @@ def run(args: argparse.Namespace) -> int:
         if shape is None:
             print(f"note: {spec!r} is not a ViT name; its forward is not counted (heads assume C=768)")
             continue
-        res = args.encoder_res or shape.patch * gpt.grid_size
+        res = _pick(args.encoder_res, None, shape.patch * gpt.grid_size)
         rows.append((f"+ Mirai-I incl. {shape.name} forward at {res} px",
                      training_flops(gpt, cfg, shape, res, conv)))
 
-    print(f"{args.model or model.get('name') or 'GPT-B'}: {gpt.n_layer} layers, width {gpt.dim}, "
+    print(f"{_pick(args.model, model.get('name'), 'GPT-B')}: {gpt.n_layer} layers, width {gpt.dim}, "
           f"{gpt.grid_size}x{gpt.grid_size} tokens, vocabulary {gpt.vocab_size}")
     print(f"{'':58s} {'FLOPs/image':>12s} {'overhead':>9s}  parts")
     for label, parts in rows:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from mirai.errors import MiraiError
@@ -48,9 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C, or a run that saved and stopped on a signal (Interrupted)
+        signum = getattr(err, "signum", signal.SIGINT)
+        print(f"mirai {args.command}: stopped by {signal.Signals(signum).name}" + (f": {err}" if str(err) else ""),
+              file=sys.stderr)
+        return 128 + signum
     except MiraiError as err:
         print(f"mirai {args.command}: error: {err}", file=sys.stderr)
         return 1

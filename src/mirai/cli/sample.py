@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from pathlib import Path
+from typing import Iterator
 
 
 def _float_pair(text: str) -> tuple[float, float]:
@@ -23,7 +26,8 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--gpt", required=True, help="GPT checkpoint: Mirai directory or LlamaGen .pt")
     p.add_argument("--vq", required=True, help="VQ tokenizer checkpoint: Mirai directory or LlamaGen .pt")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (locked while sampling; a rerun with the same "
+                   "checkpoints and settings resumes or reuses it, anything else is refused)")
     p.add_argument("--classes", default="all", help="comma-separated class ids, or 'all' (default)")
     p.add_argument("--per-class", type=int, default=8, help="images per class in grid mode (default 8)")
     p.add_argument("--num-samples", type=int, help="evaluation mode: total number of samples")
@@ -31,61 +35,119 @@ def add_parser(subparsers) -> None:
                    help="evaluation mode: equal counts per class, or uniformly drawn labels as in LlamaGen")
     p.add_argument("--cfg-scale", type=float, default=2.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--guidance-interval", type=_float_pair, help="apply guidance only on this fraction of tokens")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1; 0 = greedy)")
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--model", help="GPT config name for a LlamaGen .pt (default: inferred)")
     p.add_argument("--grid-size", type=int, default=16, help="token grid for a LlamaGen .pt (default 16)")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _classes(text: str) -> list[int] | None:
+    """``--classes``: None for 'all', else the comma-separated ids (their range is checked with the model)."""
+    from mirai.errors import ConfigError
 
+    if text.strip() == "all":
+        return None
+    try:
+        return [int(c) for c in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--classes {text!r}: give comma-separated class ids such as 0,3,7, or 'all'") from None
+
+
+def _check_cli(args: argparse.Namespace) -> None:
+    """The values only the command line has (the rest are checked by the sampling API)."""
+    from mirai.errors import ConfigError
+
+    if args.per_class < 1:
+        raise ConfigError(f"--per-class must be at least 1, got {args.per_class}")
+    if args.grid_size < 1:
+        raise ConfigError(f"--grid-size must be at least 1 (16 for 256 px, 24 for 384 px), got {args.grid_size}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a file, not a folder: choose a new output folder")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda, but no CUDA device is available: use --device cpu or auto")
+
+
+@contextlib.contextmanager
+def _hold(out: Path, dist) -> Iterator[None]:
+    """Lock ``out`` for this job (rank 0 holds the lock; every rank learns whether it got it)."""
+    from mirai.errors import BusyError
+    from mirai.locks import exclusive_dir
+
+    with contextlib.ExitStack() as stack:
+        error = None
+        if dist.is_main:
+            try:
+                stack.enter_context(exclusive_dir(out, "sample output folder"))
+            except BusyError as err:
+                error = str(err)
+        if dist.enabled:
+            import torch.distributed
+
+            box = [error]
+            torch.distributed.broadcast_object_list(box, src=0)
+            error = box[0]
+        if error is not None:
+            raise BusyError(error)
+        yield
+
+
+def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from mirai.config import from_dict
-    from mirai.convert import load_module
     from mirai.data.images import save_image_grid
-    from mirai.errors import ConfigError
-    from mirai.sampling.pipeline import SampleSettings, class_labels, sample_to_npz
+    from mirai.sampling.pipeline import SampleSettings, check_request, class_labels, load_for_sampling, sample_to_npz
     from mirai.training.distributed import barrier, init_distributed, shutdown
 
+    _check_cli(args)
+    classes = _classes(args.classes)
     settings = from_dict(SampleSettings, {
         "cfg_scale": args.cfg_scale, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
         "guidance_interval": args.guidance_interval, "precision": args.precision,
     })
-    dist = init_distributed(args.device)
-    gpt = load_module(args.gpt, "gpt", prefer_ema=not args.raw_weights, name=args.model, grid_size=args.grid_size)
-    vq = load_module(args.vq, "vq")
-    gpt.to(dist.device)
-    vq.to(dist.device)
+    gpt = load_for_sampling(args.gpt, "gpt", prefer_ema=not args.raw_weights, name=args.model,
+                            grid_size=args.grid_size)
+    vq = load_for_sampling(args.vq, "vq")
     n_classes = gpt.args.num_classes
-    out = Path(args.out)
-    if args.num_samples:
+    if args.num_samples is not None:
         labels = class_labels(n_classes, args.num_samples, args.class_sampling, seed=args.seed)
     else:
-        classes = list(range(n_classes)) if args.classes == "all" else [int(c) for c in args.classes.split(",")]
-        bad = [c for c in classes if not 0 <= c < n_classes]
-        if bad:
-            raise ConfigError(f"class ids {bad} are outside the model's {n_classes} classes")
-        labels = np.repeat(classes, args.per_class)
-    path = sample_to_npz(gpt, vq, labels, out / "samples.npz", settings, seed=args.seed,
-                         batch_size=args.batch_size, rank=dist.rank, world_size=dist.world_size)
-    barrier()
-    if dist.is_main and path is None:  # other ranks finished after rank 0 looked: merge now
-        path = sample_to_npz(gpt, vq, labels, out / "samples.npz", settings, seed=args.seed,
-                             batch_size=args.batch_size, progress=False)
+        labels = np.repeat(list(range(n_classes)) if classes is None else classes, args.per_class)
+    check_request(gpt, vq, labels, settings, args.seed, args.batch_size)  # before the output folder is made
+    dist = init_distributed(args.device)
+    gpt.to(dist.device)
+    vq.to(dist.device)
+    out = Path(args.out)
+    npz = dict(out=out / "samples.npz", settings=settings, seed=args.seed, batch_size=args.batch_size,
+               sources={"gpt": str(Path(args.gpt).resolve()), "vq": str(Path(args.vq).resolve())})
     if dist.is_main:
-        images = np.load(path)["arr_0"]
-        nrow = args.per_class if not args.num_samples else min(10, len(images))
-        preview = images if not args.num_samples else images[:100]
-        save_image_grid(preview, nrow, out / "grid.png")
-        print(f"wrote {len(images)} samples to {path} and a grid to {out / 'grid.png'}")
-    shutdown()
+        a = gpt.args
+        order = f"PAR, {a.regions_per_side}x{a.regions_per_side} regions" if gpt.parallel else "raster order"
+        print(f"decoding {a.grid_size}x{a.grid_size} tokens in {len(gpt.decode_schedule())} forward passes per "
+              f"batch ({order})")
+    try:
+        with _hold(out, dist):
+            path = sample_to_npz(gpt, vq, labels, rank=dist.rank, world_size=dist.world_size, **npz)
+            barrier()
+            if dist.is_main and path is None:  # other ranks finished after rank 0 looked: merge now
+                path = sample_to_npz(gpt, vq, labels, progress=False, **npz)
+            if dist.is_main:
+                images = np.load(path)["arr_0"]
+                nrow = args.per_class if args.num_samples is None else min(10, len(images))
+                preview = images if args.num_samples is None else images[:100]
+                save_image_grid(preview, nrow, out / "grid.png")
+                print(f"wrote {len(images)} samples to {path} (settings in {path.with_suffix('.json')}) "
+                      f"and a grid to {out / 'grid.png'}")
+    finally:
+        shutdown()
     return 0

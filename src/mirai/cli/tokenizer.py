@@ -50,23 +50,16 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
-    from mirai import checkpoint
-    from mirai.builders.tokenizer.evaluate import kmeans_baseline, reconstruction_report
-    from mirai.builders.tokenizer.train import fashion_mnist_images, to_model_input
-    from mirai.errors import ConfigError
-    from mirai.models.vq import VQModel
+    from mirai.builders.tokenizer.train import evaluate_checkpoint
+    from mirai.data.options import check_output_file, non_negative_int
 
+    non_negative_int(args.threads, "--threads (0 keeps PyTorch's default)")
+    if args.json:
+        check_output_file(args.json, "--json", inputs=[args.checkpoint])
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError("--limit must be positive")
-    model = checkpoint.load(args.checkpoint, VQModel)
-    images = to_model_input(fashion_mnist_images(args.split, args.root)[: args.limit])
-    report = {"checkpoint": str(args.checkpoint), "split": args.split,
-              "vq": reconstruction_report(model, images, batch_size=args.batch_size)}
-    if args.kmeans:
-        train = to_model_input(fashion_mnist_images("train", args.root))
-        report["kmeans"] = kmeans_baseline(train, images, model.downsample_factor, model.codebook_size)
+    report = evaluate_checkpoint(args.checkpoint, args.split, limit=args.limit, root=args.root, kmeans=args.kmeans,
+                                 batch_size=args.batch_size)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

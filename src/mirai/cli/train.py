@@ -21,6 +21,17 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _check_resume(resume: str | bool | None) -> None:
+    """``--resume`` takes an optional path, so ``--resume steps=900`` reads the override as a checkpoint."""
+    from pathlib import Path
+
+    from mirai.errors import ConfigError
+
+    if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
+        raise ConfigError(f"--resume {resume}: no such checkpoint, and it reads like an override; put the "
+                          "overrides before --resume (mirai train --config C.yaml steps=900 --resume)")
+
+
 def run(args: argparse.Namespace) -> int:
     import yaml
 
@@ -29,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from mirai.training.distributed import is_main, shutdown
     from mirai.training.trainer import summary_json, train
 
+    _check_resume(args.resume)
     cfg = load_config(TrainConfig, args.config, args.overrides)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))

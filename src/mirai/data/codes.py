@@ -29,9 +29,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mirai.checkpoint import atomic_write_dir, read_manifest
+from mirai.data.options import non_negative_int, positive_int, resolve_device
 from mirai.data.transforms import to_model_range, to_unit_range
+from mirai.data.view_order import epoch_views, random_view
 from mirai.data.views import ViewSpec, render_view, render_views
-from mirai.errors import DataError
+from mirai.errors import CheckpointError, DataError
+
+__all__ = ["CodeStore", "ImageSource", "code_dtype", "describe_tokenizer", "epoch_views", "extract", "load_vq",
+           "open_source", "random_view", "state_hash"]
 
 FORMAT = "mirai-codes"
 VERSION = 1
@@ -92,6 +97,44 @@ def open_source(description: dict, class_names: list[str], files: list[str] | No
     raise DataError(f"unknown dataset kind {kind!r} in the store manifest")
 
 
+def load_vq(path: str | Path, ema: bool = False) -> nn.Module:
+    """The VQ tokenizer checkpoint at ``path``; a missing path, another kind of checkpoint (a GPT,
+    an evaluator) or a file that is no checkpoint raises one ``CheckpointError`` saying so."""
+    from mirai import checkpoint
+    from mirai.models.vq import VQModel
+
+    try:
+        return checkpoint.load(path, VQModel, use_ema=ema)
+    except CheckpointError as err:
+        raise CheckpointError(f"tokenizer {path}: {err} (a tokenizer is a Mirai VQ checkpoint directory, made by "
+                              "`mirai tokenizer train` or `mirai convert llamagen`)") from None
+
+
+def _check_not_inside_dataset(out: Path, source: ImageSource) -> None:
+    """Refuse a store directory inside the dataset it is extracted from: it would join the data."""
+    root = source.describe().get("root")
+    if root is not None and (out.resolve() == Path(root).resolve() or Path(root).resolve() in out.resolve().parents):
+        raise DataError(f"the store {out} would be written inside the dataset folder {root}; "
+                        "choose an --out outside it")
+
+
+def _reraised_one_line(loader: DataLoader):
+    """The loader's batches; a ``DataError`` raised in a worker process comes back with the
+    worker's traceback in its message, so keep only the original one-line message."""
+    batches = iter(loader)
+    try:
+        yield from batches
+    except DataError as err:
+        text = str(err)
+        if "Traceback" in text:
+            text = text.strip().splitlines()[-1].split("DataError: ", 1)[-1]
+        raise DataError(text) from None
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:  # stop worker processes now, not whenever garbage collection gets to them
+            shutdown()
+
+
 class _Views(Dataset):
     """All views of image i as uint8 (V, H, W, 3), so a DataLoader can decode/resize in workers."""
 
@@ -127,6 +170,11 @@ def extract(
     """
     from tqdm import tqdm
 
+    batch_size = positive_int(batch_size, "batch_size (--batch-size)")
+    num_workers = non_negative_int(num_workers, "num_workers (--workers)")
+    device = resolve_device(str(device))
+    spec.validate()
+    _check_not_inside_dataset(Path(out), source)
     factor = vq.downsample_factor
     if spec.image_size % factor:
         raise DataError(f"image size {spec.image_size} is not a multiple of the tokenizer's downsampling "
@@ -151,18 +199,21 @@ def extract(
 
     def write(tmp: Path) -> None:
         codes = np.lib.format.open_memmap(tmp / CODES, mode="w+", dtype=dtype, shape=(n, v, grid, grid))
-        start = 0
+        start, low, high = 0, None, None
         with torch.inference_mode(), tqdm(total=n, desc="extract codes", unit="img", disable=not progress) as bar:
-            for views in loader:
+            for views in _reraised_one_line(loader):
                 b = views.shape[0]
                 x = to_model_range(views.flatten(0, 1).to(device))  # move uint8, not 4x larger floats
                 idx = vq.encode_to_indices(x).view(b, v, grid, grid)
+                low = int(idx.min()) if low is None else min(low, int(idx.min()))
+                high = int(idx.max()) if high is None else max(high, int(idx.max()))
                 codes[start:start + b] = idx.cpu().numpy().astype(dtype)
                 start += b
                 bar.update(b)
         codes.flush()
         del codes
         np.save(tmp / LABELS, labels)
+        manifest["code_range"] = [low, high]  # lets CodeStore.validate skip a scan of codes.npy
         files = getattr(source, "files", None)
         if files is not None:
             if any("\n" in f for f in files):
@@ -182,13 +233,23 @@ class CodeStore:
         self.path, self.manifest, self.codes, self.labels, self.files = path, manifest, codes, labels, files
         self.source_root = source_root
         self._source: ImageSource | None = None
+        self._contents_checked = False
 
     @classmethod
     def open(cls, path: str | Path, source_root: str | Path | None = None) -> "CodeStore":
         """Map the store at ``path``; ``source_root`` points ``source_image`` at a moved dataset."""
         path = Path(path)
+        if not path.is_dir():
+            state = "is a file, not a code store directory" if path.exists() else "does not exist"
+            raise DataError(f"code store {path} {state}; give a directory made by `mirai extract`")
         manifest = read_manifest(path / MANIFEST, FORMAT, VERSION, DataError,
                                  "not a code store; create one with `mirai extract`")
+        bad = [k for k in ("num_images", "num_views", "grid_size", "vocab_size", "num_classes")
+               if isinstance(manifest.get(k), bool) or not isinstance(manifest.get(k), int) or manifest[k] < 0]
+        bad += [k for k, kind in (("codes_dtype", str), ("class_names", list), ("views", dict), ("dataset", dict),
+                                  ("tokenizer", dict)) if not isinstance(manifest.get(k), kind)]
+        if bad:
+            raise DataError(f"{path / MANIFEST} lacks or garbles {bad}: the store is damaged; re-run mirai extract")
         try:
             codes = np.load(path / CODES, mmap_mode="r")
             labels = np.load(path / LABELS)
@@ -198,8 +259,15 @@ class CodeStore:
         if codes.shape != (n, v, g, g) or codes.dtype != np.dtype(manifest["codes_dtype"]):
             raise DataError(f"{path / CODES} has shape {codes.shape} {codes.dtype} but the manifest says "
                             f"{(n, v, g, g)} {manifest['codes_dtype']}: the store is damaged; re-run mirai extract")
-        if labels.shape != (n,):
-            raise DataError(f"{path / LABELS} holds {labels.shape} labels, expected ({n},): re-run mirai extract")
+        if labels.shape != (n,) or labels.dtype.kind not in "iu":
+            raise DataError(f"{path / LABELS} holds {labels.dtype} labels of shape {labels.shape}, expected "
+                            f"integers of shape ({n},): the store is damaged; re-run mirai extract")
+        if codes.dtype.kind not in "iu":
+            raise DataError(f"{path / CODES} holds {codes.dtype} values, not integer code ids: the store is "
+                            "damaged; re-run mirai extract")
+        if source_root is not None and not Path(source_root).is_dir():
+            raise DataError(f"source root {source_root} is not a directory; give the dataset folder the store "
+                            "was extracted from (--source-root)")
         files = None
         if (path / FILES).is_file():
             files = (path / FILES).read_text(encoding="utf-8").splitlines()
@@ -265,6 +333,53 @@ class CodeStore:
                 f"store {self.path} has {self.num_classes} classes, config says num_classes={num_classes}: "
                 f"set model.num_classes={self.num_classes} or extract the intended dataset"
             )
+        if not self._contents_checked:
+            self.check_contents()
+
+    def scan_code_range(self, rows_per_chunk: int | None = None) -> tuple[int, int]:
+        """(smallest, largest) code id in ``codes.npy``, read in chunks of about 64 MB."""
+        n = len(self.codes)
+        if n == 0:
+            return 0, 0
+        row_bytes = max(1, self.codes[0].nbytes)
+        step = rows_per_chunk or max(1, (64 << 20) // row_bytes)
+        low, high = None, None
+        for start in range(0, n, step):
+            chunk = np.asarray(self.codes[start:start + step])
+            low = int(chunk.min()) if low is None else min(low, int(chunk.min()))
+            high = int(chunk.max()) if high is None else max(high, int(chunk.max()))
+        return low, high
+
+    def check_contents(self, rescan: bool = False) -> None:
+        """Raise ``DataError`` when the arrays hold what no model built for this store can take:
+        class labels outside ``0..num_classes-1`` or code ids outside ``0..vocab_size-1``.
+
+        Labels are always read. Code ids come from the range recorded at extraction
+        (``code_range`` in the manifest) unless ``rescan`` or the store lacks it; then
+        ``codes.npy`` is read in chunks, and a recorded range it disagrees with is an error too.
+        """
+        fix = "re-run mirai extract with the tokenizer and dataset the model is built for"
+        if len(self.labels):
+            low, high = int(self.labels.min()), int(self.labels.max())
+            if low < 0 or high >= self.num_classes:
+                raise DataError(
+                    f"store {self.path} has class labels {low}..{high}, outside the {self.num_classes} classes "
+                    f"0..{self.num_classes - 1} it (and model.num_classes) declares: {fix}, or, if it really "
+                    f"has {high + 1} classes, extract it so and set model.num_classes={high + 1}")
+        recorded = self.manifest.get("code_range")
+        if rescan or not (isinstance(recorded, list) and len(recorded) == 2):
+            low, high = self.scan_code_range()
+            if isinstance(recorded, list) and [low, high] != recorded:
+                raise DataError(f"{self.path / CODES} holds code ids {low}..{high} but extraction recorded "
+                                f"{recorded[0]}..{recorded[1]}: the file was changed since; {fix}")
+        else:
+            low, high = recorded
+        if low < 0 or high >= self.vocab_size:
+            raise DataError(
+                f"store {self.path} holds code ids {low}..{high}, outside the vocabulary 0..{self.vocab_size - 1} "
+                f"of its {self.vocab_size}-code tokenizer (model.vocab_size={self.vocab_size}): the codes come "
+                f"from another tokenizer; {fix}")
+        self._contents_checked = True
 
     # ---------------------------------------------------------------- contents
     def tokens(self, index: int, view: int) -> np.ndarray:
@@ -301,17 +416,16 @@ class CodeStore:
         When it is missing or differs, returns None with a warning, or raises ``DataError`` if
         ``strict``: decoding with another tokenizer would give plausible-looking wrong images.
         """
-        from mirai import checkpoint
-        from mirai.models.vq import VQModel
-
         recorded = self.manifest["tokenizer"]
+        if path is not None and not Path(path).exists():
+            raise DataError(f"tokenizer {path} does not exist; check the path (the store was extracted with "
+                            f"{recorded.get('path')})")
         path = path or recorded.get("path")
-        problem = None
         if path is None or not Path(path).exists():
             problem = (f"the tokenizer of {self.path} ({recorded.get('path')}) is not available; "
                        "pass the original checkpoint explicitly")
         else:
-            vq = checkpoint.load(path, VQModel, use_ema=recorded.get("ema", False))
+            vq = load_vq(path, recorded.get("ema", False))
             if state_hash(vq) == recorded["sha256"]:
                 return vq
             problem = (f"tokenizer {path} is not the one {self.path} was extracted with (weights differ); "
@@ -320,31 +434,3 @@ class CodeStore:
             raise DataError(problem)
         warnings.warn(problem)
         return None
-
-
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """The SplitMix64 finaliser on uint64 arrays: a cheap, well-spread 64-bit hash."""
-    with np.errstate(over="ignore"):  # the arithmetic is meant to wrap modulo 2**64
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def _views(seed: int, epoch: int, indices: np.ndarray, num_views: int) -> np.ndarray:
-    key = _splitmix64(_splitmix64(np.uint64(seed & _MASK64)) ^ np.uint64(epoch & _MASK64))
-    return (_splitmix64(key ^ indices.astype(np.uint64)) % np.uint64(num_views)).astype(np.int64)
-
-
-def random_view(seed: int, epoch: int, index: int, num_views: int) -> int:
-    """The view of image ``index`` used in ``epoch``: a pure function of its arguments, so any
-    worker, process, DDP rank or resumed run draws the same view without sharing RNG state."""
-    return int(_views(seed, epoch, np.array([index]), num_views)[0])
-
-
-def epoch_views(seed: int, epoch: int, n: int, num_views: int) -> np.ndarray:
-    """``random_view`` of images ``0..n-1`` at once, int64 ``(n,)`` (1.28 M images in ~50 ms)."""
-    return _views(seed, epoch, np.arange(n), num_views)

@@ -27,6 +27,7 @@ from typing import Literal
 
 import numpy as np
 
+from mirai.data.options import positive_int
 from mirai.errors import DataError
 
 ENV_VAR = "MIRAI_FASHION_MNIST"
@@ -216,10 +217,10 @@ class FashionMNIST:
 
     def __init__(self, split: Literal["train", "test"], root: str | Path | None = None,
                  per_class: int | None = None):
+        if per_class is not None:
+            positive_int(per_class, "per_class (--per-class)")
         images, labels = load_fashion_mnist(split, root)
         if per_class is not None:
-            if per_class < 1:
-                raise DataError(f"per_class must be a positive number of images, got {per_class}")
             keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(len(CLASS_NAMES))]))
             images, labels = images[keep], labels[keep]
         self.split, self.root, self.per_class = split, root, per_class

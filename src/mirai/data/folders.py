@@ -14,27 +14,18 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from mirai.data.decode import read_rgb
+from mirai.data.options import positive_int
 from mirai.errors import DataError
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "is_image_file", "read_rgb"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")
 
 
 def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to uint8 ``(H, W, 3)`` RGB (grey, palette and RGBA are converted)."""
-    try:
-        with Image.open(path) as image:
-            with warnings.catch_warnings():
-                # Palette images with transparency warn on conversion; dropping alpha is intended.
-                warnings.simplefilter("ignore", UserWarning)
-                return np.asarray(image.convert("RGB"))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"cannot read image {path}: {err}; remove or replace the file") from None
 
 
 def _sorted_images(class_dir: Path) -> list[str]:
@@ -69,9 +60,12 @@ class ImageFolder:
         """Index ``root``; ``num_classes`` is checked against the folder count when given."""
         root = Path(root)
         if not root.is_dir():
-            raise DataError(f"image folder {root} does not exist or is not a directory")
-        if per_class is not None and per_class < 1:
-            raise DataError(f"per_class must be a positive number of images, got {per_class}")
+            raise DataError(f"image folder {root} does not exist or is not a directory; give the folder "
+                            "whose sub-folders are the classes")
+        if per_class is not None:
+            positive_int(per_class, "per_class (--per-class)")
+        if num_classes is not None:
+            positive_int(num_classes, "num_classes (--num-classes)")
         class_names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
         if not class_names:
             raise DataError(f"{root} has no class sub-folders; expected the layout {root}/<class>/<image>")

@@ -22,6 +22,7 @@ store records the Pillow version that made it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,7 +30,9 @@ import numpy as np
 from PIL import Image
 
 from mirai.config import from_dict, to_dict
+from mirai.data.decode import to_rgb
 from mirai.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class ViewSpec:
@@ -45,9 +48,11 @@ class ViewSpec:
 
     def validate(self) -> None:
         if self.image_size < 1:
-            raise ConfigError(f"views: image_size must be positive, got {self.image_size}")
+            raise ConfigError(f"views: image_size (--image-size) must be positive, got {self.image_size}")
+        if not math.isfinite(self.crop_ratio):
+            raise ConfigError(f"views: crop_ratio (--crop-ratio) must be a finite number, got {self.crop_ratio}")
         if self.kind == "ten_crop" and self.crop_ratio < 1.0:
-            raise ConfigError(f"views: crop_ratio must be at least 1.0 (got {self.crop_ratio}); "
+            raise ConfigError(f"views: crop_ratio (--crop-ratio) must be at least 1.0 (got {self.crop_ratio}); "
                               "the corner crops are cut from a square larger than the image size")
 
     @property
@@ -94,7 +99,9 @@ def _base(image: np.ndarray | Image.Image, spec: ViewSpec) -> np.ndarray:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
         image = Image.fromarray(image)
-    return np.asarray(center_crop_arr(image.convert("RGB"), spec.crop_size))
+    elif image.mode != "RGB":
+        image = Image.fromarray(to_rgb(image))  # the same faithful conversion as image files get
+    return np.asarray(center_crop_arr(image, spec.crop_size))
 
 
 def _cut(base: np.ndarray, view: int, spec: ViewSpec) -> np.ndarray:

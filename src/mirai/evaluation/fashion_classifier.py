@@ -31,5 +31,10 @@ def load_fashion_classifier(path: str | Path | None = None, device: str | torch.
             f"Fashion-MNIST evaluator {path} does not exist; train one with "
             "`mirai evaluate train-fashion-classifier --out DIR` and pass --fashion-evaluator DIR"
         )
-    model = checkpoint.load(path, FashionClassifier)
+    try:
+        model = checkpoint.load(path, FashionClassifier)
+    except CheckpointError as err:
+        raise CheckpointError(f"Fashion-MNIST evaluator {path}: {err} (pass --fashion-evaluator a checkpoint "
+                              "made by `mirai evaluate train-fashion-classifier`, or omit it for the committed one)"
+                              ) from None
     return model.to(device).eval()

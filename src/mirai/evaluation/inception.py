@@ -47,7 +47,14 @@ def load_inception_state(weights: str | Path | None = None) -> dict[str, torch.T
                 f"could not download the FID Inception weights from {URL_INCEPTION_V3} ({err}); download that "
                 "file where you have a connection and pass it with --inception-weights FILE"
             ) from None
-    return checkpoint.read_weights(weights, "Inception weights")
+    fix = ("--inception-weights takes torch-fidelity's FID Inception file (pt_inception-2015-12-05-*.pth, or its "
+           "state dict as .safetensors); omit it to download that file")
+    if Path(weights).is_dir():
+        raise CheckpointError(f"Inception weights {weights} is a directory, not a weights file; {fix}")
+    try:
+        return checkpoint.read_weights(weights, "Inception weights")
+    except CheckpointError as err:
+        raise CheckpointError(f"{err} ({fix})") from None
 
 
 class InceptionV3Features(nn.Module):
@@ -57,9 +64,9 @@ class InceptionV3Features(nn.Module):
 
     def __init__(self, weights: str | Path | None = None) -> None:
         super().__init__()
+        state = load_inception_state(weights)  # first: a bad path fails before the slow import below
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-        state = load_inception_state(weights)
         # torch-fidelity's constructor loads a path with torch.load(weights_only=False). Handing it
         # the state dict re-serialised in memory means the only pickle it ever reads is one made
         # here from plain tensors that were themselves read safely above.

@@ -28,21 +28,23 @@ has to run on the reference again:
 =====================  ==================================================================
 
 ADM's evaluator reads such a file unchanged (it looks only at ``arr_0`` and the statistics).
-Everything is read with ``allow_pickle=False``.
+Every file is read through ``mirai.evaluation.npz`` (``allow_pickle=False``; any unreadable,
+pickled or misshapen content is a one-line ``DataError`` naming the file).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from mirai.data.options import positive_int
 from mirai.errors import DataError
+from mirai.evaluation.npz import NpzArchive, integer_labels
 
 IMAGES_KEY = "arr_0"
 # Per evaluator, the key prefix of its statistics; Inception's are ADM's own unprefixed names.
@@ -55,22 +57,18 @@ class NpzImages:
 
     A 50 000 × 256² batch is ~10 GB; reading it slice by slice from the zip member keeps
     memory at one batch. Arrays stored in Fortran order (rare) are loaded whole instead.
+    ``what`` names the file's role ("sample batch", "reference batch") in error messages.
     """
 
-    def __init__(self, path: str | Path, key: str = IMAGES_KEY) -> None:
-        self.path, self.key = Path(path), key
-        if not self.path.is_file():
-            raise DataError(f"{self.path} does not exist")
-        try:
-            with zipfile.ZipFile(self.path) as archive, archive.open(f"{key}.npy") as member:
-                self.shape, self.fortran_order, self.dtype = _read_npy_header(member)
-        except KeyError:
-            raise DataError(f"{self.path} has no {key!r} array (an ADM batch keeps its images in {key!r})") from None
-        except (zipfile.BadZipFile, ValueError, OSError) as err:
-            raise DataError(f"{self.path} is not a readable .npz file: {err}") from None
-        if self.dtype != np.uint8 or len(self.shape) != 4 or self.shape[-1] != 3:
-            raise DataError(f"{self.path}: {key!r} must be uint8 (N, H, W, 3) images, "
-                            f"got {self.dtype} {self.shape}")
+    def __init__(self, path: str | Path, key: str = IMAGES_KEY, what: str = "image batch") -> None:
+        self.path, self.key, self.what = Path(path), key, what
+        hint = f"; an ADM batch keeps its images in {key!r}"
+        with NpzArchive(self.path, what) as archive:
+            self.shape, self.fortran_order, self.dtype = archive.header(key, hint)
+        if self.dtype != np.uint8 or len(self.shape) != 4 or self.shape[-1] != 3 or 0 in self.shape:
+            raise DataError(f"{what} {self.path}: {key!r} must be uint8 (N, H, W, 3) images, got {self.dtype} "
+                            f"{self.shape}; convert floats with np.clip(x * 255, 0, 255).round().astype(np.uint8) "
+                            "and grey images with np.repeat(x[..., None], 3, -1)")
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -81,39 +79,30 @@ class NpzImages:
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
         """Consecutive ``(≤batch_size, H, W, 3)`` uint8 arrays covering all images in order."""
-        if self.fortran_order:
-            images = np.ascontiguousarray(np.load(self.path, allow_pickle=False)[self.key])
-            yield from (images[i:i + batch_size] for i in range(0, len(images), batch_size))
-            return
-        image_bytes = int(np.prod(self.shape[1:]))
-        with zipfile.ZipFile(self.path) as archive, archive.open(f"{self.key}.npy") as member:
-            _read_npy_header(member)
-            for start in range(0, len(self), batch_size):
-                count = min(batch_size, len(self) - start)
-                data = member.read(count * image_bytes)
-                if len(data) != count * image_bytes:
-                    raise DataError(f"{self.path}: {self.key!r} is truncated (ended inside image {start + len(data) // image_bytes})")
-                yield np.frombuffer(data, dtype=np.uint8).reshape(count, *self.shape[1:])
+        batch_size = positive_int(batch_size, "batch_size (--batch-size)")
+        with NpzArchive(self.path, self.what) as archive:
+            if self.fortran_order:
+                images = np.ascontiguousarray(archive.array(self.key))
+                yield from (images[i:i + batch_size] for i in range(0, len(images), batch_size))
+                return
+            image_bytes = int(np.prod(self.shape[1:]))
+            with archive.member(self.key) as (*_, member):
+                for start in range(0, len(self), batch_size):
+                    count = min(batch_size, len(self) - start)
+                    data = member.read(count * image_bytes)
+                    if len(data) != count * image_bytes:
+                        raise DataError(f"{self.what} {self.path}: {self.key!r} is truncated (ended inside image "
+                                        f"{start + len(data) // image_bytes}); write the file again")
+                    yield np.frombuffer(data, dtype=np.uint8).reshape(count, *self.shape[1:])
 
 
-def _read_npy_header(member) -> tuple[tuple[int, ...], bool, np.dtype]:
-    version = np.lib.format.read_magic(member)
-    if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(member)
-    if version == (2, 0):
-        return np.lib.format.read_array_header_2_0(member)
-    raise ValueError(f"unsupported .npy format version {version}")
-
-
-def read_labels(path: str | Path, count: int | None = None) -> np.ndarray | None:
+def read_labels(path: str | Path, count: int | None = None, what: str = "image batch") -> np.ndarray | None:
     """The ``labels`` array of an ``.npz`` as int64, or None if absent; checked against ``count``."""
-    with np.load(path, allow_pickle=False) as data:
-        if "labels" not in data.files:
+    with NpzArchive(path, what) as archive:
+        if "labels" not in archive:
             return None
-        labels = np.asarray(data["labels"]).astype(np.int64).reshape(-1)
-    if count is not None and len(labels) != count:
-        raise DataError(f"{path}: 'labels' has {len(labels)} entries but there are {count} images")
-    return labels
+        labels = archive.array("labels")
+    return integer_labels(labels, f"{what} {path}", count)
 
 
 @dataclass
@@ -153,32 +142,59 @@ class Reference:
     def images(self) -> NpzImages:
         if self.num_images is None:
             raise DataError(f"reference {self.path} has no images ({IMAGES_KEY!r}), only statistics")
-        return NpzImages(self.path)
+        return NpzImages(self.path, what="reference batch")
+
+
+def _feature_set(path: Path, network: str, arrays: dict[str, np.ndarray]) -> FeatureSet:
+    """The statistics and activations of one network, checked to be numbers of matching sizes."""
+    prefix, fix = PREFIXES[network], "remake it with `mirai evaluate make-ref`"
+    for name, value in arrays.items():
+        want = {"mu": 1, "mu_s": 1}.get(name, 2)
+        if value.dtype.kind not in "fiu" or value.ndim != want or not np.isfinite(value).all():
+            raise DataError(f"reference batch {path}: {prefix + name!r} must be a finite {want}-D array of numbers, "
+                            f"got {value.dtype} {value.shape}; {fix}")
+    for mean, cov in (("mu", "sigma"), ("mu_s", "sigma_s")):
+        if (mean in arrays) != (cov in arrays):
+            raise DataError(f"reference batch {path} has {prefix + (mean if mean in arrays else cov)!r} without "
+                            f"{prefix + (cov if mean in arrays else mean)!r}; {fix}")
+        if mean in arrays and arrays[cov].shape != (len(arrays[mean]),) * 2:
+            raise DataError(f"reference batch {path}: {prefix + cov!r} {arrays[cov].shape} does not match "
+                            f"{prefix + mean!r} {arrays[mean].shape}; {fix}")
+    if "pool" in arrays and "mu" in arrays and arrays["pool"].shape[1] != len(arrays["mu"]):
+        raise DataError(f"reference batch {path}: {prefix}pool has {arrays['pool'].shape[1]} features but "
+                        f"{prefix}mu {len(arrays['mu'])}; {fix}")
+    return FeatureSet(**arrays)
+
+
+def _read_meta(archive: NpzArchive) -> dict:
+    meta = archive.array("meta")
+    try:
+        parsed = json.loads(str(meta)) if meta.dtype.kind == "U" and meta.ndim == 0 else None
+    except json.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("networks", {}), dict):
+        raise DataError(f"reference batch {archive.path}: 'meta' is not the JSON text make-ref writes; "
+                        "remake the file with `mirai evaluate make-ref`, or drop 'meta' from it")
+    return parsed
 
 
 def read_reference(path: str | Path) -> Reference:
     """Read a reference ``.npz`` (ADM's or ours); statistics are loaded, images only opened."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"reference batch {path} does not exist")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile) as err:
-        raise DataError(f"{path} is not a readable .npz reference batch: {err}") from None
-    with data:
-        keys = set(data.files)
+    with NpzArchive(path, "reference batch") as archive:
         features = {}
         for network, prefix in PREFIXES.items():
-            present = {name: np.asarray(data[prefix + name]) for name in _FIELDS if prefix + name in keys}
+            present = {name: archive.array(prefix + name) for name in _FIELDS if prefix + name in archive}
             if present:
-                features[network] = FeatureSet(**present)
-        meta = json.loads(str(data["meta"])) if "meta" in keys else {}
-    images = NpzImages(path) if IMAGES_KEY in keys else None
+                features[network] = _feature_set(path, network, present)
+        meta = _read_meta(archive) if "meta" in archive else {}
+        has_images = IMAGES_KEY in archive
+    images = NpzImages(path, what="reference batch") if has_images else None
     if images is None and not features:
         raise DataError(f"{path} holds neither images ({IMAGES_KEY!r}) nor statistics (mu/sigma): "
-                        "not a reference batch")
+                        "not a reference batch; make one with `mirai evaluate make-ref`")
     num_images = len(images) if images is not None else None
-    labels = read_labels(path, num_images)
+    labels = read_labels(path, num_images, "reference batch")
     return Reference(path, num_images, images.resolution if images is not None else None, labels,
                      features, meta.get("networks", {}))
 

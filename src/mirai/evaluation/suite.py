@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mirai.errors import DataError
+from mirai.data.options import check_output_file, positive_int, resolve_device
+from mirai.errors import ConfigError, DataError
 from mirai.evaluation import metrics
 from mirai.evaluation.reference import FeatureSet, NpzImages, Reference, read_labels, read_reference, write_reference
 
@@ -31,7 +32,13 @@ EVALUATORS = ("inception", "fashion")
 
 
 def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(None)
+
+
+def _check_evaluator(evaluator: str, allowed: tuple[str, ...]) -> str:
+    if evaluator not in allowed:
+        raise ConfigError(f"unknown evaluator {evaluator!r}; choose one of {list(allowed)}")
+    return evaluator
 
 
 def state_fingerprint(module: nn.Module) -> str:
@@ -46,21 +53,20 @@ def state_fingerprint(module: nn.Module) -> str:
 def load_network(evaluator: str, inception_weights: str | Path | None = None,
                  fashion_evaluator: str | Path | None = None, device: str | None = None) -> tuple[nn.Module, dict]:
     """(network, provenance) for ``evaluator``; provenance = weights source and fingerprint."""
-    device = device or default_device()
+    device = resolve_device(device)
+    _check_evaluator(evaluator, EVALUATORS)
     if evaluator == "inception":
-        from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
-
         from mirai.evaluation.inception import InceptionV3Features
 
-        network = InceptionV3Features(inception_weights)
+        network = InceptionV3Features(inception_weights)  # reads the weights before importing torch-fidelity
+        from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
         source = str(inception_weights) if inception_weights is not None else URL_INCEPTION_V3
-    elif evaluator == "fashion":
+    else:
         from mirai.evaluation.fashion_classifier import default_evaluator_path, load_fashion_classifier
 
         network = load_fashion_classifier(fashion_evaluator)
         source = str(fashion_evaluator) if fashion_evaluator is not None else str(default_evaluator_path())
-    else:
-        raise DataError(f"unknown evaluator {evaluator!r}; choose one of {list(EVALUATORS)}")
     info = {"weights": source, "fingerprint": state_fingerprint(network)}
     return network.to(device).eval(), info
 
@@ -125,6 +131,11 @@ def score(samples: dict[str, np.ndarray], ref: FeatureSet, labels: np.ndarray | 
     ``class_accuracy`` needs the samples' ``labels`` and a classifier (``num_classes``)
     whose classes are the labels' classes.
     """
+    for mean, name in ((ref.mu, "pool"), (ref.mu_s, "spatial")):
+        if name in samples and mean is not None and len(mean) != samples[name].shape[1]:
+            raise DataError(f"the reference's {name} statistics have {len(mean)} features but this evaluator gives "
+                            f"{samples[name].shape[1]}: they were made by another network; remake the reference "
+                            "with `mirai evaluate make-ref` and this evaluator")
     mu, sigma = metrics.feature_statistics(samples["pool"])
     result: dict[str, float | None] = {
         "fid": metrics.frechet_distance_from_stats(mu, sigma, ref.mu, ref.sigma),
@@ -180,10 +191,13 @@ def evaluate(samples_path: str | Path, ref_path: str | Path, evaluator: str = "a
     ``with_noise_floor`` defaults to on for the Fashion-MNIST evaluator only (for Inception it
     costs another 2048-d matrix square root and ADM's tables do not report it).
     """
-    device = device or default_device()
-    samples = NpzImages(samples_path)
+    _check_evaluator(evaluator, ("auto", *EVALUATORS))
+    batch_size = positive_int(batch_size, "batch_size (--batch-size)")
+    device = resolve_device(device)
+    samples = NpzImages(samples_path, what="sample batch")
     if len(samples) < 2:
-        raise DataError(f"{samples_path} holds {len(samples)} image(s); FID needs at least 2")
+        raise DataError(f"sample batch {samples_path} holds {len(samples)} image(s); FID needs at least 2")
+    labels = read_labels(samples_path, len(samples), "sample batch")
     ref = read_reference(ref_path)
     if evaluator == "auto":
         evaluator = pick_evaluator(samples, ref)
@@ -197,7 +211,6 @@ def evaluate(samples_path: str | Path, ref_path: str | Path, evaluator: str = "a
     if ref.resolution is not None and ref.resolution != samples.resolution:
         log(f"note: samples are {samples.resolution[0]}×{samples.resolution[1]}, reference images "
             f"{ref.resolution[0]}×{ref.resolution[1]} (resize samples to the reference resolution to compare like with like)")
-    labels = read_labels(samples_path, len(samples))
     ref_set = reference_features(ref, network, info, batch_size)
     sample_features = extract_features(network, samples, batch_size, desc="samples")
     report = {
@@ -234,10 +247,19 @@ def format_report(report: dict) -> str:
 def make_reference(out: str | Path, images: str | Path | None = None, dataset: str | None = None,
                    split: str = "test", data_root: str | Path | None = None, evaluators: tuple[str, ...] = ("inception",),
                    inception_weights: str | Path | None = None, fashion_evaluator: str | Path | None = None,
-                   keep_images: bool = True, batch_size: int = 64, device: str | None = None) -> Path:
-    """Write a reference batch from an image ``.npz`` (``arr_0``) or a dataset split, with each evaluator's features."""
+                   keep_images: bool = True, batch_size: int = 64, device: str | None = None,
+                   overwrite: bool = False) -> Path:
+    """Write a reference batch from an image ``.npz`` (``arr_0``) or a dataset split, with each evaluator's
+    features. An existing file at ``out`` is replaced only with ``overwrite``."""
     if (images is None) == (dataset is None):
         raise DataError("give exactly one image source: an images .npz or a dataset")
+    if isinstance(evaluators, str) or not evaluators:
+        raise ConfigError(f"evaluators must be a non-empty tuple of names from {list(EVALUATORS)}, got {evaluators!r}")
+    for evaluator in evaluators:
+        _check_evaluator(evaluator, EVALUATORS)
+    batch_size = positive_int(batch_size, "batch_size (--batch-size)")
+    device = resolve_device(device)
+    check_output_file(out, "reference batch", inputs=[images], overwrite=overwrite)
     if dataset is not None:
         if dataset != "fashion-mnist":
             raise DataError(f"unknown dataset {dataset!r}; the built-in one is 'fashion-mnist'")
@@ -247,8 +269,10 @@ def make_reference(out: str | Path, images: str | Path | None = None, dataset: s
         grey, labels = load_fashion_mnist(split, root=data_root)
         source: NpzImages | np.ndarray = fashion_mnist_to_rgb(grey)
     else:
-        source = NpzImages(images)
-        labels = read_labels(images, len(source))
+        source = NpzImages(images, what="image batch")
+        labels = read_labels(images, len(source), "image batch")
+    if len(source) < 2:
+        raise DataError(f"{images or dataset} holds {len(source)} image(s); reference statistics need at least 2")
     features, networks = {}, {}
     for evaluator in evaluators:
         network, info = load_network(evaluator, inception_weights, fashion_evaluator, device)

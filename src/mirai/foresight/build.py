@@ -62,7 +62,7 @@ def build_auxiliary_loss(
         return None
     args = model.args
     schedules, warmup = cfg.schedules(), cfg.warmup_spec()
-    common = dict(pair_with=cfg.pair_with, align_class_token=cfg.align_class_token)
+    common = dict(pair_with=cfg.pair_with, align_class_token=cfg.align_class_token, cells=model.sequence_cells())
     device = next(model.parameters()).device
     if cfg.output_diagnostic:
         pairs = head_pairs(args.grid_size, cfg.layout, "ema", cfg.k, cfg.offsets, **common)

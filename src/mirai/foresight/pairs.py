@@ -35,6 +35,7 @@ import torch
 
 from mirai.errors import ConfigError
 from mirai.foresight.defaults import source_defaults
+from mirai.models.par import sequence_cells
 
 LAYOUTS = ("grid2d", "raster1d", "reference")
 REFERENCE_SHIFTS = (0, 1, 16, 17, 2, 18, 34, 33, 32)
@@ -87,6 +88,7 @@ def head_pairs(
     *,
     pair_with: str = "current",
     align_class_token: bool = True,
+    cells: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``(student_pos, target_pos)`` LongTensors of equal length for each head.
 
@@ -95,6 +97,14 @@ def head_pairs(
     are left out. ``pair_with="next"`` starts from the cell being predicted (cell p)
     instead of the one just read (cell p-1): the worse Mirai-I ablation.
     ``align_class_token`` applies to ``ema`` only (the encoder has no class feature).
+
+    ``cells`` is the model's sequence layout, ``(read, predicted)`` raster cells per position
+    (``GPT.sequence_cells``; default raster order). Only positions that read a token are
+    students (not PAR's learnable tokens). In any other order than raster, a grid neighbour
+    can come earlier in the sequence (PAR: the right neighbour of a region's edge cell may be
+    an initial token already generated), so a pair is kept only when the sequence reads its
+    target cell at or after the student's position: foresight never points at the past. In
+    raster order every default offset is raster-future and the pairs are the paper's.
     """
     defaults = source_defaults(source)  # also rejects an unknown source
     if pair_with not in ("current", "next"):
@@ -105,9 +115,15 @@ def head_pairs(
         raise ConfigError(f"k={k} disagrees with the {len(offsets)} offsets given")
     g, n = grid_size, grid_size * grid_size
     k = len(offsets) if offsets is not None else (k if k is not None else defaults.k)
+    read, predicted = cells if cells is not None else sequence_cells(g, 1)
+    raster = len(read) == n and torch.equal(read[1:], torch.arange(n - 1))
+    # The position that reads each cell; the last generated cell is never read (length: past the end).
+    position_of = torch.full((n,), len(read), dtype=torch.long)
+    position_of[read[read >= 0]] = torch.nonzero(read >= 0).flatten()
 
-    student = torch.arange(1, n)
-    base = student - 1 if pair_with == "current" else student
+    student = torch.nonzero(read >= 0).flatten()
+    base = read[student] if pair_with == "current" else predicted[student]
+    student, base = student[base >= 0], base[base >= 0]
     row, col = base // g, base % g
     result = []
     for shift in head_shifts(layout, k, offsets):
@@ -118,11 +134,15 @@ def head_pairs(
         else:
             cell = base + shift
             valid = (cell >= 0) & (cell < n)
+        cell = torch.where(valid, cell, 0)
+        read_at = position_of[cell]
         if source == "ema":
-            target = cell + 1  # the teacher position that has just read this cell
-            valid &= target <= n - 1
+            target = read_at  # the teacher position that has just read this cell
+            valid &= target < len(read)
         else:
             target = cell
+        if not raster:
+            valid &= read_at >= student
         s, t = student[valid], target[valid]
         if source == "ema" and align_class_token:
             s, t = torch.cat([torch.zeros(1, dtype=torch.long), s]), torch.cat([torch.zeros(1, dtype=torch.long), t])

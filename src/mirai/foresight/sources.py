@@ -85,7 +85,8 @@ class EMASource(Source):
 
     def targets(self, batch: dict) -> torch.Tensor:
         with frozen_eval(self.teacher):
-            return self.teacher.hidden_state(batch["tokens"][:, :-1], batch["labels"], self.layer)
+            sequence = self.teacher.to_sequence(batch["tokens"])  # the same order the student reads
+            return self.teacher.hidden_state(sequence[:, :-1], batch["labels"], self.layer)
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         if self.teacher_decay is not None:

@@ -5,6 +5,10 @@ released state dicts load with ``strict=True``. Sequence layout: ``[class, x_1 .
 position p predicts token x_{p+1}. The forward pass can also hand back the residual stream
 after any block (what the foresight loss aligns), and stop early when only that is wanted
 (the EMA teacher of Mirai-E).
+
+``order: par`` with ``regions_per_side`` M > 1 is PAR (Wang et al., CVPR 2025; ``mirai.models.par``):
+tokens in PAR's region order (``to_sequence``), n - 1 = M^2 - 1 learnable tokens after the n-th
+token, a group-wise mask and a permuted RoPE table; parameter names equal the released PAR code.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mirai.models.par import (
+    DecodePass, decode_schedule, from_par, group_mask, par_rope_table, sequence_cells, to_par,
+)
 
 
 @dataclass
@@ -36,14 +44,27 @@ class GPTArgs:
     resid_dropout_p: float = 0.1
     ffn_dropout_p: float = 0.1
     num_classes: int = 1000
-    class_dropout_prob: float = 0.1
+    class_dropout_prob: float = 0.1  # 0: the null class (guidance) was never trained
+    null_class: bool | None = None  # the class table has the null row; None: class_dropout_prob > 0 (LlamaGen)
     vocab_size: int = 16384
     cls_token_num: int = 1
     grid_size: int = 16
+    order: str = "raster"  # "raster" (LlamaGen) or "par": PAR's region order (mirai.models.par)
+    regions_per_side: int = 1  # PAR's M: n = M^2 regions, one token each per parallel pass
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
+        if self.null_class is None:
+            self.null_class = self.class_dropout_prob > 0
+        if self.class_dropout_prob > 0 and not self.null_class:
+            raise ValueError("class_dropout_prob > 0 needs the null-class row (null_class=True)")
+        if self.order not in ("raster", "par"):
+            raise ValueError(f"order must be 'raster' or 'par', got {self.order!r}")
+        if self.order == "raster" and self.regions_per_side != 1:
+            raise ValueError("regions_per_side is PAR's setting: set order='par' with it")
+        if self.regions_per_side < 1 or self.grid_size % self.regions_per_side:
+            raise ValueError(f"regions_per_side={self.regions_per_side} must divide grid_size={self.grid_size}")
         if self.dim % self.n_head:
             raise ValueError(f"dim={self.dim} is not divisible by n_head={self.n_head}")
         if (self.dim // self.n_head) % 4:
@@ -62,6 +83,16 @@ class GPTArgs:
     def seq_len(self) -> int:
         """Number of image tokens N = g * g."""
         return self.grid_size**2
+
+    @property
+    def parallel_tokens(self) -> int:
+        """n: tokens decoded per parallel pass (PAR's M^2; 1 for raster order)."""
+        return self.regions_per_side**2 if self.order == "par" else 1
+
+    @property
+    def max_len(self) -> int:
+        """Positions of the longest sequence: class tokens, N - 1 inputs, n - 1 learnable tokens (PAR)."""
+        return self.cls_token_num + self.seq_len - 1 + self.parallel_tokens - 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,18 +169,20 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(args.resid_dropout_p)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, start_pos: int | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (T, keys), True = may attend, replaces the causal rule (PAR's group mask)."""
         B, T, _ = x.shape
         q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         q, k, v = self.wqkv(x).split([q_size, kv_size, kv_size], dim=-1)
         q = apply_rope(q.view(B, T, self.n_head, self.head_dim), rope).transpose(1, 2)
         k = apply_rope(k.view(B, T, self.n_kv_head, self.head_dim), rope).transpose(1, 2)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        mask, causal = None, True
+        causal = mask is None
         if start_pos is not None:  # incremental decoding: attend to everything cached so far
             k, v = self.kv_cache.update(start_pos, k, v)
             causal = False
-            if T > 1:
+            if T > 1 and mask is None:
                 q_pos = torch.arange(start_pos, start_pos + T, device=x.device)
                 mask = q_pos[:, None] >= torch.arange(k.size(2), device=x.device)[None, :]
         if self.n_kv_head != self.n_head:
@@ -181,17 +214,32 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), rope, start_pos)
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, start_pos: int | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), rope, start_pos, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
-class LabelEmbedder(nn.Module):
-    """Class embedding with one extra row: the null class used for classifier-free guidance."""
+class SpecialTokens(nn.Module):
+    """PAR's n - 1 learnable tokens, inserted between the sequential and the parallel stage
+    (``spe_tok_embeddings.special_embeddings.weight``, as in the released PAR code)."""
 
-    def __init__(self, num_classes: int, dim: int, dropout_prob: float):
+    def __init__(self, count: int, dim: int):
         super().__init__()
-        self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), dim)
+        self.special_embeddings = nn.Embedding(count, dim)
+
+    def forward(self, batch: int) -> torch.Tensor:
+        """The tokens for a batch: (batch, n - 1, dim)."""
+        return self.special_embeddings.weight.unsqueeze(0).expand(batch, -1, -1)
+
+
+class LabelEmbedder(nn.Module):
+    """Class embedding with one extra row (``null_class``): the null class used for classifier-free
+    guidance, trained by replacing labels with it at rate ``dropout_prob``."""
+
+    def __init__(self, num_classes: int, dim: int, dropout_prob: float, null_class: bool = True):
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + int(null_class), dim)
         self.num_classes, self.dropout_prob = num_classes, dropout_prob
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
@@ -209,13 +257,22 @@ class GPT(nn.Module):
     def __init__(self, args: GPTArgs, name: str = "GPT"):
         super().__init__()
         self.args, self.name = args, name
-        self.cls_embedding = LabelEmbedder(args.num_classes, args.dim, args.class_dropout_prob)
+        self.cls_embedding = LabelEmbedder(args.num_classes, args.dim, args.class_dropout_prob, args.null_class)
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.tok_dropout = nn.Dropout(args.token_dropout_p)
         self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layer))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         rope = rope_2d_table(args.grid_size, args.head_dim, args.rope_base, args.cls_token_num)
+        # PAR with n > 1 regions: n - 1 learnable tokens (the released code's parameter name), the
+        # RoPE table permuted to PAR order and the group-wise mask. PAR with M = 1 is LlamaGen.
+        self.parallel = args.parallel_tokens > 1
+        if self.parallel:
+            if args.cls_token_num != 1:
+                raise ValueError("PAR order is defined for one class token (cls_token_num=1)")
+            self.spe_tok_embeddings = SpecialTokens(args.parallel_tokens - 1, args.dim)
+            rope = par_rope_table(rope, args.grid_size, args.regions_per_side, args.cls_token_num)
+            self.register_buffer("attn_mask", group_mask(args.max_len, args.parallel_tokens), persistent=False)
         self.register_buffer("freqs_cis", rope, persistent=False)
         self.initialize_weights()
 
@@ -242,27 +299,53 @@ class GPT(nn.Module):
         return self
 
     # ------------------------------------------------------------------ training / scoring
+    def to_sequence(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Raster-order tokens (B, N) in the order this model generates them (PAR's, or raster)."""
+        return to_par(tokens, self.args.regions_per_side) if self.parallel else tokens
+
+    def from_sequence(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The inverse of ``to_sequence``: generated tokens (B, N) back in raster order."""
+        return from_par(tokens, self.args.regions_per_side) if self.parallel else tokens
+
+    def sequence_cells(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per training-sequence position: the raster cell just read and the cell predicted (-1:
+        none); what the foresight pairs are built from (``mirai.models.par.sequence_cells``)."""
+        return sequence_cells(self.args.grid_size, self.args.regions_per_side if self.parallel else 1)
+
     def embed(self, tokens: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
-        """``[class, tokens...]`` embeddings with token dropout; ``tokens`` may be None."""
+        """``[class, tokens...]`` embeddings with token dropout; ``tokens`` (model order) may be None.
+        PAR inserts its n - 1 learnable tokens after the n-th token."""
         h = self.cls_embedding(labels)[:, : self.args.cls_token_num]
         if tokens is not None and tokens.size(1) > 0:
-            h = torch.cat([h, self.tok_embeddings(tokens)], dim=1)
+            e = self.tok_embeddings(tokens)
+            n = self.args.parallel_tokens
+            if self.parallel and tokens.size(1) >= n:
+                e = torch.cat([e[:, :n], self.spe_tok_embeddings(len(e)).to(e.dtype), e[:, n:]], dim=1)
+            h = torch.cat([h, e], dim=1)
         return self.tok_dropout(h)
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T+1, V), float32, for tokens (B, T) and labels (B,): position p predicts token p."""
+        """Logits (B, T+1, V), float32, for tokens (B, T) in model order (``to_sequence``) and
+        labels (B,): position p predicts token p. PAR's outputs at its extra positions are dropped."""
         return self.forward_with_hidden(tokens, labels, ())[0]
+
+    def logits_at(self, tokens: torch.Tensor, labels: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
+        """Logits (B, len(positions), V) at sequence ``positions`` of a full forward pass, including
+        PAR's positions past the last input token (decoding without a KV cache)."""
+        h, _ = self._blocks(tokens, labels, set(), None)
+        return self.output(self.norm(h[:, list(positions)])).float()
 
     def forward_with_hidden(
         self, tokens: torch.Tensor, labels: torch.Tensor, layers: Sequence[int]
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """``(logits, {layer: hidden})``: the logits of ``forward`` and the outputs (B, T+1, dim) of
-        the 1-based blocks in ``layers`` (residual stream, before the final norm)."""
+        """``(logits, {layer: hidden})``: the logits of ``forward`` and the outputs (B, L, dim) of
+        the 1-based blocks in ``layers`` (residual stream, before the final norm) at all L positions
+        (L = T + 1, plus PAR's n - 1 learnable tokens)."""
         h, hidden = self._blocks(tokens, labels, set(layers), None)
-        return self.output(self.norm(h)).float(), hidden
+        return self.output(self.norm(h[:, : self.args.cls_token_num + tokens.size(1)])).float(), hidden
 
     def hidden_state(self, tokens: torch.Tensor, labels: torch.Tensor, layer: int) -> torch.Tensor:
-        """The output (B, T+1, dim) of 1-based block ``layer``; the blocks after it are not run."""
+        """The output (B, L, dim) of 1-based block ``layer``; the blocks after it are not run."""
         return self._blocks(tokens, labels, set(), layer)[0]
 
     def _blocks(
@@ -283,9 +366,10 @@ class GPT(nn.Module):
             )
         h = self.embed(tokens, labels)
         rope = self.freqs_cis[: h.size(1)]
+        mask = self.attn_mask[: h.size(1), : h.size(1)] if self.parallel else None
         hidden: dict[int, torch.Tensor] = {}
         for index, layer in enumerate(self.layers, start=1):
-            h = layer(h, rope)
+            h = layer(h, rope, mask=mask)
             if index in keep:
                 hidden[index] = h
             if index == stop_after:
@@ -294,7 +378,7 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------ decoding
     def setup_kv_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> None:
-        max_len = max_len or self.args.seq_len + self.args.cls_token_num - 1
+        max_len = max_len or self.args.max_len
         dtype = dtype or self.output.weight.dtype
         device = self.output.weight.device
         for layer in self.layers:
@@ -305,10 +389,29 @@ class GPT(nn.Module):
         for layer in self.layers:
             layer.attention.kv_cache = None
 
-    def decode(self, h: torch.Tensor, start_pos: int) -> torch.Tensor:
+    def decode_schedule(self) -> list[DecodePass]:
+        """The forward passes that generate one image in this model's order (``mirai.models.par``)."""
+        return decode_schedule(self.args.grid_size, self.args.regions_per_side if self.parallel else 1)
+
+    def pass_inputs(self, step: DecodePass, fed: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Embeddings (B, T, dim) that decoding pass ``step`` feeds: the class token for the prefill,
+        else the sampled tokens ``fed`` (B, len(step.feed)) of ranks ``step.feed``, then any
+        learnable tokens (PAR's transition pass)."""
+        if not step.feed:
+            return self.embed(None, labels)
+        h = self.tok_embeddings(fed)
+        if step.learnable:
+            h = torch.cat([h, self.spe_tok_embeddings(len(h))[:, : step.learnable].to(h.dtype)], dim=1)
+        return h
+
+    def decode(self, h: torch.Tensor, start_pos: int, last: int = 1) -> torch.Tensor:
         """Run embeddings ``h`` (B, T, dim) at positions [start_pos, start_pos+T) through the
-        cached transformer; returns logits for the last position (B, V)."""
-        rope = self.freqs_cis[start_pos : start_pos + h.size(1)]
+        cached transformer; returns the logits of the ``last`` positions: (B, V) for one, else
+        (B, last, V) (a PAR pass predicts n tokens at once)."""
+        end = start_pos + h.size(1)
+        rope = self.freqs_cis[start_pos:end]
+        mask = self.attn_mask[start_pos:end, :end] if self.parallel else None
         for layer in self.layers:
-            h = layer(h, rope, start_pos)
-        return self.output(self.norm(h[:, -1])).float()
+            h = layer(h, rope, start_pos, mask)
+        logits = self.output(self.norm(h[:, -last:])).float()
+        return logits[:, 0] if last == 1 else logits

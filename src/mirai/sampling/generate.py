@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 
 from mirai.models.gpt import GPT
+from mirai.sampling.checks import as_labels, check_guidance, check_sampling
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -56,7 +57,7 @@ def _in_interval(step: int, total: int, interval: Sequence[float] | None) -> boo
 @torch.no_grad()
 def generate(
     model: GPT,
-    labels: torch.Tensor,
+    labels: torch.Tensor | Sequence[int],
     cfg_scale: float = 1.0,
     temperature: float = 1.0,
     top_k: int | None = None,
@@ -66,47 +67,59 @@ def generate(
     dtype: torch.dtype = torch.float32,
     use_kv_cache: bool = True,
 ) -> torch.Tensor:
-    """Sample token grids (B, N) for class ``labels`` (B,).
+    """Sample token grids (B, N), in raster order, for class ``labels`` (B,).
+
+    Decoding follows the model's schedule (``GPT.decode_schedule``): one token per forward pass
+    in raster order, or PAR's n + N/n - 1 passes (n tokens per parallel pass, one independent
+    draw per position, the guidance mixed position by position).
 
     ``cfg_scale`` != 1 runs the conditional and unconditional (null class) halves in one batch
     and mixes their logits; ``guidance_interval=(a, b)`` applies guidance only to the
     fraction [a, b) of the sequence (plain conditional logits elsewhere). ``dtype`` bf16
     runs under autocast. ``use_kv_cache=False`` recomputes the whole prefix every step
     (slow; the reference the cache is tested against).
+
+    Every value is checked first (``mirai.sampling.checks``): labels must be class ids in
+    [0, num_classes) (a tensor keeps its device; a list goes to the model's), guidance needs a
+    model trained with class dropout; a bad value raises ``ConfigError``.
     """
     args = model.args
+    check_sampling(cfg_scale, temperature, top_k, top_p, guidance_interval, vocab_size=args.vocab_size)
+    check_guidance(args, cfg_scale)
+    device = labels.device if isinstance(labels, torch.Tensor) else next(model.parameters()).device
+    labels = as_labels(labels, args.num_classes, device)
     n_tokens = args.seq_len
     batch = labels.size(0)
     guided = cfg_scale != 1.0
-    if guided and args.class_dropout_prob <= 0:
-        raise ValueError("classifier-free guidance needs a model trained with class dropout (it has no null class)")
     cond = torch.cat([labels, torch.full_like(labels, args.num_classes)]) if guided else labels
-    device = labels.device
     autocast = (
         torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     )
     was_training = model.training
     model.eval()
-    tokens = torch.empty(batch, 0, dtype=torch.long, device=device)
+    # Tokens in the model's own order (raster, or PAR's); a pass may sample several at once.
+    sequence = torch.zeros(batch, n_tokens, dtype=torch.long, device=device)
     try:
         if use_kv_cache:
             model.setup_kv_cache(cond.size(0), dtype=dtype if dtype != torch.float32 else None)
         with autocast:
-            for step in range(n_tokens):
+            for step in model.decode_schedule():
+                k = len(step.produce)
                 if not use_kv_cache:
-                    context = tokens.repeat(2, 1) if guided else tokens
-                    logits = model(context, cond)[:, -1]
-                elif step == 0:
-                    logits = model.decode(model.embed(None, cond), start_pos=0)
+                    context = sequence[:, : step.produce[0]]
+                    logits = model.logits_at(context.repeat(2, 1) if guided else context, cond, step.produce)
                 else:
-                    last = tokens[:, -1:].repeat(2, 1) if guided else tokens[:, -1:]
-                    logits = model.decode(model.tok_embeddings(last), start_pos=args.cls_token_num + step - 1)
-                logits = logits.float()
+                    fed = sequence[:, list(step.feed)]
+                    start = step.start + args.cls_token_num - 1 if step.feed else 0
+                    h = model.pass_inputs(step, fed.repeat(2, 1) if guided else fed, cond)
+                    logits = model.decode(h, start, last=k)
+                logits = logits.float().reshape(cond.size(0) * k, -1)  # [cond; uncond] rows, k per image
                 if guided:
-                    logits = guide(logits, cfg_scale) if _in_interval(step, n_tokens, guidance_interval) else logits[:batch]
-                next_token = sample_logits(logits, temperature, top_k, top_p, generator)
-                tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+                    in_interval = _in_interval(step.produce[0], n_tokens, guidance_interval)
+                    logits = guide(logits, cfg_scale) if in_interval else logits[: batch * k]
+                next_tokens = sample_logits(logits, temperature, top_k, top_p, generator)
+                sequence[:, list(step.produce)] = next_tokens.view(batch, k)
     finally:
         model.clear_kv_cache()
         model.train(was_training)
-    return tokens
+    return model.from_sequence(sequence)

@@ -1,13 +1,19 @@
 """From class labels to images: GPT sampling + VQ decoding, in batches, resumable, across ranks.
 
 Every batch has its own seed derived from (seed, batch index), so a sample set is the same
-whether it is made in one go, resumed after an interruption, or split across GPUs.
+whether it is made in one go, resumed after an interruption, or split across GPUs. What a set
+was made from is recorded beside it (``mirai.sampling.record``): a resumed or repeated run
+with another checkpoint, settings, labels, seed or batch size is refused, never mixed in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import re
+import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -16,10 +22,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mirai.convert import load_module
 from mirai.data.transforms import to_uint8_hwc
-from mirai.errors import ConfigError
+from mirai.errors import ConfigError, DataError
+from mirai.locks import exclusive_dir
 from mirai.models.gpt import GPT
+from mirai.models.registry import GPT_CONFIGS
+from mirai.sampling.checks import as_labels, check_finite_weights, check_guidance, check_int, check_sampling, check_seed
 from mirai.sampling.generate import generate
+from mirai.sampling.record import check_same, read_record, sample_record, write_record
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -35,15 +46,25 @@ class SampleSettings:
     guidance_interval: tuple[float, float] | None = None
     precision: str = "fp32"
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, vocab_size: int | None = None) -> None:
+        """``ConfigError`` for a value out of range (``mirai.sampling.checks.check_sampling``);
+        with ``vocab_size``, also a top-k above the model's vocabulary."""
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r}: choose one of {sorted(PRECISIONS)}")
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must lie in (0, 1], got {self.top_p}")
-        if self.guidance_interval is not None and not 0 <= self.guidance_interval[0] <= self.guidance_interval[1] <= 1:
-            raise ConfigError(f"guidance_interval must be (start, end) with 0 <= start <= end <= 1")
+        check_sampling(self.cfg_scale, self.temperature, self.top_k, self.top_p, self.guidance_interval, vocab_size)
+
+
+def load_for_sampling(path: str | Path, kind: str, name: str | None = None, **kwargs) -> torch.nn.Module:
+    """``mirai.convert.load_module(path, kind, name=name, **kwargs)``, refused (``CheckpointError``
+    naming ``path``) when any of its weights is NaN or inf. ``name``: a GPT config name for a LlamaGen file."""
+    if name is not None and name not in GPT_CONFIGS:
+        raise ConfigError(f"unknown GPT config {name!r} (--model); choose one of {sorted(GPT_CONFIGS)}")
+    module = load_module(path, kind, name=name, **kwargs)
+    check_finite_weights(module, f"{kind.upper()} checkpoint {path}")
+    return module
 
 
 def check_pair(gpt: GPT, vq: torch.nn.Module) -> None:
@@ -73,12 +94,28 @@ def sample_batch(
     return to_uint8_hwc(images), tokens.cpu().numpy()
 
 
+def check_request(
+    gpt: GPT, vq: torch.nn.Module, labels: Sequence[int] | np.ndarray, settings: SampleSettings, seed: int = 0,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Everything ``sample_to_npz`` will be asked, checked against the models before anything is
+    written; returns the labels as an int64 array. Raises ``ConfigError``."""
+    check_pair(gpt, vq)
+    settings.validate(vocab_size=gpt.args.vocab_size)
+    check_guidance(gpt.args, settings.cfg_scale)
+    check_seed(seed)
+    check_int("batch_size", batch_size, 1)
+    return as_labels(labels, gpt.args.num_classes).numpy()
+
+
 def class_labels(
     num_classes: int, num_samples: int, mode: str = "balanced", seed: int = 0
 ) -> np.ndarray:
     """Labels for an evaluation set: ``balanced`` (each class equally often, shuffled) or
     ``uniform`` (drawn independently, as LlamaGen's sample_ddp does)."""
-    rng = np.random.default_rng(seed)
+    check_int("num_classes", num_classes, 1)
+    check_int("num_samples", num_samples, 1)
+    rng = np.random.default_rng(check_seed(seed))
     if mode == "balanced":
         labels = np.arange(num_samples) % num_classes
         rng.shuffle(labels)
@@ -94,6 +131,43 @@ def _save_part(path: Path, **arrays: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+PART_NAME = re.compile(r"^\d{6}\.npz$")
+KEYS = ("arr_0", "labels", "tokens")
+
+
+def _load_part(path: Path, expected: np.ndarray) -> dict[str, np.ndarray]:
+    """One finished batch, checked to hold one image and token row per expected label."""
+    try:
+        with np.load(path) as data:
+            part = {key: data[key] for key in KEYS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"sample part {path} is unreadable ({err}); delete it and run again to resample it") from None
+    if not (np.array_equal(part["labels"], expected) and len(part["arr_0"]) == len(part["tokens"]) == len(expected)):
+        raise DataError(f"sample part {path} does not hold its batch's {len(expected)} samples; delete it and run "
+                        "again to resample it")
+    return part
+
+
+def _claim_parts(parts: Path, record: dict) -> None:
+    """Make ``parts`` this run's: refuse parts made differently or without a record, else record
+    ``record`` there (the parts are listed before the record is read, so ranks that write
+    the record before any part never mistake each other's parts for strays)."""
+    existing = [p.name for p in parts.iterdir() if PART_NAME.match(p.name)]
+    saved = read_record(parts / "record.json")
+    fix = f"use a new --out (output path), or delete {parts} to start over"
+    if saved is not None or existing:
+        check_same(saved, record, f"the unfinished samples in {parts}", fix)
+    else:
+        write_record(parts / "record.json", record)
+
+
+def _finished(out: Path, record: dict, rank: int) -> Path | None:
+    """A sample file made before: returned untouched (on rank 0) when made the same way, else refused."""
+    check_same(read_record(out.with_suffix(".json")), record, f"{out}",
+               f"use a new --out (output path), or delete {out} to sample again")
+    return out if rank == 0 else None
+
+
 def sample_to_npz(
     gpt: GPT,
     vq: torch.nn.Module,
@@ -105,35 +179,54 @@ def sample_to_npz(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    sources: dict[str, str] | None = None,
 ) -> Path | None:
     """Sample one image per label into ADM-format ``out`` (``arr_0``, ``labels``, ``tokens``).
 
     Finished batches are kept in ``out``'s ``.parts`` folder, so an interrupted run resumes
     where it stopped. With several ranks, each takes every ``world_size``-th batch; rank 0
     merges once all parts exist (call after a barrier). Returns the file on rank 0.
+
+    What the set is made from (checkpoint hashes and ``sources`` paths, settings, seed, batch
+    size, labels) is recorded in the parts folder and beside ``out`` (``out`` with ``.json``).
+    Parts or an ``out`` made from anything else raise ``ConfigError`` and are left as they are;
+    an ``out`` made the same way is returned as it is. One process locks the parts folder
+    (``BusyError`` when another is sampling it); with several ranks the caller must hold a lock
+    (``mirai sample`` locks its output folder).
     """
-    check_pair(gpt, vq)
     out = Path(out)
+    labels = check_request(gpt, vq, labels, settings, seed, batch_size)
+    check_int("rank", rank, 0, check_int("world_size", world_size, 1) - 1)
+    if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
+        raise ConfigError(f"sample file {out} cannot be written there (a folder, or below a file): choose another path")
+    record = sample_record(gpt, vq, labels, settings, seed, batch_size, sources)
     parts = out.with_name(out.name + ".parts")
+    if out.exists():
+        return _finished(out, record, rank)
     parts.mkdir(parents=True, exist_ok=True)
-    labels = np.asarray(labels, dtype=np.int64)
-    n_batches = math.ceil(len(labels) / batch_size)
-    mine = [b for b in range(rank, n_batches, world_size) if not (parts / f"{b:06d}.npz").exists()]
-    device = next(gpt.parameters()).device
-    for b in tqdm(mine, desc="sampling", unit="batch", disable=not progress or rank != 0):
-        chunk = torch.from_numpy(labels[b * batch_size : (b + 1) * batch_size])
-        images, tokens = sample_batch(gpt, vq, chunk.to(device), settings, seed=seed * 1_000_003 + b)
-        _save_part(parts / f"{b:06d}.npz", arr_0=images, labels=chunk.numpy(), tokens=tokens)
-    if rank != 0:
-        return None
-    files = [parts / f"{b:06d}.npz" for b in range(n_batches)]
-    missing = [f.name for f in files if not f.exists()]
-    if missing:
-        return None  # other ranks are still working; they merge on a later call
-    loaded = [np.load(f) for f in files]
-    merged = {key: np.concatenate([d[key] for d in loaded]) for key in ("arr_0", "labels", "tokens")}
-    _save_part(out, **merged)
-    for f in files:
-        f.unlink()
-    parts.rmdir()
+    lock = exclusive_dir(parts, "sample parts folder") if world_size == 1 else contextlib.nullcontext()
+    with lock:
+        if out.exists():  # another process finished it while this one waited for the lock
+            shutil.rmtree(parts, ignore_errors=True)
+            return _finished(out, record, rank)
+        _claim_parts(parts, record)
+        n_batches = math.ceil(len(labels) / batch_size)
+        chunks = [labels[b * batch_size : (b + 1) * batch_size] for b in range(n_batches)]
+        files = [parts / f"{b:06d}.npz" for b in range(n_batches)]
+        mine = [b for b in range(rank, n_batches, world_size) if not files[b].exists()]
+        device = next(gpt.parameters()).device
+        for b in tqdm(mine, desc="sampling", unit="batch", disable=not progress or rank != 0):
+            chunk = torch.from_numpy(chunks[b])
+            images, tokens = sample_batch(gpt, vq, chunk.to(device), settings, seed=seed * 1_000_003 + b)
+            _save_part(files[b], arr_0=images, labels=chunk.numpy(), tokens=tokens)
+        if rank != 0 or not all(f.exists() for f in files):
+            return None  # other ranks are still working; rank 0 merges on a later call
+        loaded = [_load_part(f, chunk) for f, chunk in zip(files, chunks)]
+        merged = {key: np.concatenate([d[key] for d in loaded]) for key in KEYS}
+        if len(merged["arr_0"]) != len(labels) or not np.array_equal(merged["labels"], labels):
+            raise DataError(f"the parts in {parts} hold {len(merged['arr_0'])} samples for {len(labels)} labels; "
+                            f"delete {parts} to sample again")
+        write_record(out.with_suffix(".json"), record)  # first: an out without its record is refused
+        _save_part(out, **merged)
+        shutil.rmtree(parts)
     return out

@@ -11,6 +11,7 @@ from typing import Any
 
 from mirai.errors import ConfigError
 from mirai.foresight.config import ForesightConfig
+from mirai.models.registry import gpt_args
 from mirai.sampling.pipeline import SampleSettings
 
 
@@ -28,6 +29,14 @@ class ModelConfig:
     num_classes: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
 
+    def validate(self) -> None:
+        """The name, override keys and values, checked where the config is read (before any data
+        work). The grid may still be unknown (it comes from the code store): then any grid that the
+        PAR regions divide stands in for it."""
+        known = {k: v for k, v in (("vocab_size", self.vocab_size), ("num_classes", self.num_classes)) if v}
+        grid = self.grid_size or self.overrides.get("regions_per_side", 1)
+        gpt_args(self.name, **{**self.overrides, **known, "grid_size": grid})
+
 
 @dataclass
 class DataConfig:
@@ -38,6 +47,8 @@ class DataConfig:
     def validate(self) -> None:
         if not self.codes:
             raise ConfigError("data.codes is empty: give the code store from `mirai extract` (data.codes=DIR)")
+        if self.val_images < 0:
+            raise ConfigError(f"data.val_images must be 0 (all) or positive, got {self.val_images}")
 
 
 @dataclass
@@ -55,8 +66,16 @@ class OptimConfig:
     def validate(self) -> None:
         if self.schedule not in ("constant", "cosine"):
             raise ConfigError(f"optim.schedule {self.schedule!r}: choose 'constant' or 'cosine'")
-        if self.lr <= 0 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError("optim.lr, optim.batch_size and optim.grad_accum must be positive")
+        for key in ("lr", "batch_size", "grad_accum"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"optim.{key} must be positive, got {getattr(self, key)}")
+        if self.grad_clip < 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ConfigError("optim.grad_clip (0 = no clipping), optim.weight_decay and optim.warmup_steps "
+                              "must be non-negative")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas must lie in [0, 1), got {list(self.betas)}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
 
 
 @dataclass
@@ -95,9 +114,54 @@ class TrainConfig:
     sampling: SampleSettings = field(default_factory=SampleSettings)
 
     def validate(self) -> None:
+        if self.steps < 0 or self.epochs < 0:
+            raise ConfigError(f"steps and epochs must not be negative (got steps={self.steps}, epochs={self.epochs})")
         if (self.steps > 0) == (self.epochs > 0):
             raise ConfigError("set exactly one of steps and epochs (e.g. steps=2000)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device {self.device!r}: choose auto, cpu or cuda")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"precision {self.precision!r}: choose auto, bf16 or fp32")
         if self.keep_last < 1:
             raise ConfigError("keep_last must be at least 1")
+        if self.log_every < 1:
+            raise ConfigError(f"log_every must be at least 1 (log every N steps), got {self.log_every}")
+        for key in ("eval_every", "sample_every", "save_every"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be 0 (only at the end) or a positive number of steps, "
+                                  f"got {getattr(self, key)}")
+
+
+# Settings a resumed run may change: how long it runs, where and how fast, what it logs, and the
+# learning rate and clipping (the usual recovery from a diverging run). Anything else (seed, batch,
+# model, data, schedules, EMA, foresight) would silently mix two runs in one directory.
+RESUMABLE_KEYS = (
+    "run_dir", "steps", "epochs", "device", "precision", "compile", "log_every", "eval_every", "sample_every",
+    "save_every", "keep_last", "tensorboard", "wandb", "optim.lr", "optim.grad_clip", "data.val_codes",
+    "data.val_images", "sampling",
+)
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}`` (lists and scalars are leaves)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        out.update(flatten(value, name + ".") if isinstance(value, dict) and value else {name: value})
+    return out
+
+
+def resume_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
+    """``{key: (saved, current)}`` for every setting that differs between the config a checkpoint
+    was trained with and the one resuming it; ``ConfigError`` when one of them may not change."""
+    old, new = flatten(saved), flatten(current)
+    changed = {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
+    refused = [k for k in changed if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)]
+    if refused:
+        detail = "; ".join(f"{k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused)
+        raise ConfigError(
+            f"--resume would change {detail}, which the checkpoint was not trained with. Resume with the run's "
+            "own config (its config.yaml), or start a new run in another run_dir. Only these may change on "
+            f"resume: {', '.join(RESUMABLE_KEYS)}"
+        )
+    return changed

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from mirai.data.options import resolve_device
+
 
 @dataclass
 class DistInfo:
@@ -26,12 +28,14 @@ class DistInfo:
 
 
 def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
-    if preference == "auto":
-        preference = "cuda" if torch.cuda.is_available() else "cpu"
-    if preference == "cuda":
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device(preference)
+    """``mirai.data.options.resolve_device``'s device, on this process's GPU (``local_rank``) when
+    it is CUDA without an index; ``ConfigError`` for a device this machine does not have."""
+    device = torch.device(resolve_device(preference))
+    if device.type == "cuda":
+        index = local_rank if device.index is None else device.index
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return device
 
 
 def init_distributed(device: str = "auto") -> DistInfo:

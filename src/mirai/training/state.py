@@ -16,10 +16,10 @@ import torch
 import torch.distributed as dist
 import yaml
 from safetensors.torch import save
-from torch import nn
 
 from mirai.checkpoint import (
-    Checkpoint, load_state_dict_checked, read_checkpoint, read_torch_file, read_weights, write_checkpoint,
+    Checkpoint, check_finite, load_state_dict_checked, read_checkpoint, read_torch_file, read_weights, verify_file,
+    write_checkpoint,
 )
 from mirai.config import to_dict
 from mirai.errors import CheckpointError
@@ -46,10 +46,6 @@ def _gather(obj):
     return out
 
 
-def _safetensors_bytes(module: nn.Module) -> bytes:
-    return save({k: v.contiguous().cpu() for k, v in module.state_dict().items()})
-
-
 def save_training_checkpoint(
     path: Path, *, cfg: TrainConfig, step: int, best_val: float, val_nll: float | None, model: GPT, ema: GPT,
     optimizer: torch.optim.Optimizer, states: dict[str, SavedState], is_main: bool,
@@ -63,7 +59,9 @@ def save_training_checkpoint(
     torch.save({"optimizer": optimizer.state_dict(), "step": step, "best_val": best_val, "rng": rng}, buffer)
     extra = {STATE_FILE: buffer.getvalue(), CONFIG_FILE: yaml.safe_dump(to_dict(cfg), sort_keys=False).encode()}
     for name, state in states.items():
-        extra[f"{name}.safetensors"] = _safetensors_bytes(state.module)
+        tensors = {k: v.contiguous().cpu() for k, v in state.module.state_dict().items()}
+        check_finite(tensors, f"{path} ({name})")
+        extra[f"{name}.safetensors"] = save(tensors)
     meta = {"step": step, "val_nll": val_nll, "seed": cfg.seed, "run_dir": str(Path(cfg.run_dir))}
     name, args = model.checkpoint_config()
     write_checkpoint(path, Checkpoint(model.checkpoint_kind, name, args, model.state_dict(), ema.state_dict(), meta),
@@ -114,7 +112,9 @@ def load_training_checkpoint(
         if not file.is_file():
             raise CheckpointError(f"{path} has no {file.name}, but this config keeps one ({state.made_by}): "
                                   "resume with the config that made the checkpoint")
+        verify_file(path, file.name)
         load_state_dict_checked(state.module, read_weights(file, name))
+    verify_file(path, STATE_FILE)
     state = read_torch_file(path / STATE_FILE)
     optimizer.load_state_dict(state["optimizer"])
     rng = state["rng"][rank]

@@ -8,6 +8,7 @@ checkpoint — which also restores optimizer, EMA, heads and RNG state — conti
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import signal
@@ -22,17 +23,25 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from mirai.config import save_yaml, to_dict
-from mirai.errors import ConfigError, TrainingError
+from mirai.checkpoint import recover_interrupted_writes
+from mirai.config import read_yaml, save_yaml, to_dict
+from mirai.errors import ConfigError, Interrupted, TrainingError
 from mirai.foresight import build_auxiliary_loss
 from mirai.foresight.base import Progress, SavedState
 from mirai.models import GPT, build_gpt
 from mirai.models.ema import ema_decay, update_ema
 from mirai.training import state as run_state
-from mirai.training.config import TrainConfig
+from mirai.locks import exclusive_dir
+from mirai.training.config import TrainConfig, resume_changes
 from mirai.training.data import TrainingData
 from mirai.training.distributed import DistInfo, barrier, init_distributed
 from mirai.training.metrics import MetricsLogger, truncate_metrics
+
+
+def all_finite(module: nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer of ``module`` is finite (one host sync)."""
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
@@ -68,10 +77,10 @@ class Objective(nn.Module):
         self.auxiliary = auxiliary
 
     def forward(self, batch: dict, progress: Progress) -> tuple[torch.Tensor, dict]:
-        tokens, labels = batch["tokens"], batch["labels"]
+        sequence, labels = self.gpt.to_sequence(batch["tokens"]), batch["labels"]  # the model's own order
         layers = self.auxiliary.hidden_layers if self.auxiliary is not None else ()
-        logits, hidden = self.gpt.forward_with_hidden(tokens[:, :-1], labels, layers)
-        loss = ntp_loss(logits, tokens)
+        logits, hidden = self.gpt.forward_with_hidden(sequence[:, :-1], labels, layers)
+        loss = ntp_loss(logits, sequence)
         logs = {"loss/ntp": loss.detach()}
         if self.auxiliary is not None:
             terms, aux_logs = self.auxiliary(batch, hidden, progress)
@@ -104,16 +113,17 @@ class Trainer:
 
         self.data = TrainingData(cfg, rank=self.dist.rank, world_size=self.dist.world_size)
         m = cfg.model
+        # Without dropout, class dropout is off too: the null-class row stays in the architecture
+        # (null_class) but is never trained, and the saved args say so (class_dropout_prob 0), so
+        # nothing samples with guidance from it.
         dropout_off = {} if cfg.dropout else dict(
-            token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0, attn_dropout_p=0.0
+            token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0, attn_dropout_p=0.0,
+            class_dropout_prob=0.0, null_class=True,
         )
-        # Class dropout stays in the architecture (the null class row exists) but may be switched off.
         self.gpt = build_gpt(
             m.name, vocab_size=self.data.vocab_size, grid_size=self.data.grid_size,
             num_classes=self.data.num_classes, **{**m.overrides, **dropout_off},
         ).to(self.device)
-        if not cfg.dropout:
-            self.gpt.cls_embedding.dropout_prob = 0.0
         self.ema = copy.deepcopy(self.gpt).eval().requires_grad_(False)
         auxiliary = build_auxiliary_loss(cfg.foresight, self.gpt, self.ema, ema_warmup=cfg.ema.warmup,
                                          store=self.data.store)
@@ -138,6 +148,7 @@ class Trainer:
         self._check_foresight_starts()
         self.step = 0
         self.best_val = math.inf
+        self.resume_changes: dict = {}  # settings changed by --resume (recorded in config_changes.jsonl)
         self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -173,6 +184,19 @@ class Trainer:
     def _handle_signal(self, signum, frame) -> None:
         self._stop_signal = signum
 
+    def _diverged(self, what: str) -> TrainingError:
+        """The error for a diverged step, naming the last checkpoint (all checkpoints are finite:
+        a step is checked before anything of it is kept)."""
+        folder = self.run_dir / "checkpoints"
+        if run_state.has_step_checkpoints(self.run_dir):
+            kept = (f"the last checkpoint, {run_state.latest_checkpoint(self.run_dir)}, holds finite weights; lower "
+                    "optim.lr (--resume accepts that change and records it), check the data, or use "
+                    "precision=fp32, then continue it with --resume")
+        else:
+            kept = (f"no checkpoint was saved yet in {folder}; lower optim.lr, check the data, or use "
+                    "precision=fp32, and start again")
+        return TrainingError(f"training diverged: {what}. Nothing of this step was kept: {kept}")
+
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
@@ -191,22 +215,26 @@ class Trainer:
                     loss, step_logs = self.step_fn(batch, progress)
                 step_logs = {k: float(v) for k, v in step_logs.items()}
                 if not math.isfinite(step_logs["loss/total"]):
-                    raise TrainingError(
-                        f"loss became {step_logs['loss/total']} at step {self.step} ({step_logs}); nothing was "
-                        f"saved from this step, the last good checkpoint in {self.run_dir / 'checkpoints'} is "
-                        "intact. Lower optim.lr, check the data, or use precision=fp32, then resume with --resume."
-                    )
+                    raise self._diverged(f"loss became {step_logs['loss/total']} at step {self.step} ({step_logs})")
                 (loss / len(micro_batches)).backward()
             for k, v in step_logs.items():
                 logs[k] = logs.get(k, 0.0) + v / len(micro_batches)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.objective.parameters(), cfg.optim.grad_clip)
+        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf  # 0: no clipping
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.objective.parameters(), max_norm))
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise self._diverged(f"the gradient norm became {grad_norm} at step {self.step}")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        # A finite gradient can still overflow the weights (a huge learning rate): stop before the
+        # EMA, a teacher or a checkpoint takes them in.
+        if not all_finite(self.objective):
+            raise self._diverged(f"the weights became non-finite in the update of step {self.step}")
         update_ema(self.ema, self.gpt, ema_decay(cfg.ema.decay, self.step, cfg.ema.warmup))
         if self.objective.auxiliary is not None:
             self.objective.auxiliary.after_optimizer_step(self.gpt, self.step)
         self.step += 1
-        logs.update({"lr": lr, "grad_norm": float(grad_norm), "epoch": self.step / self.data.steps_per_epoch})
+        logs.update({"lr": lr, "grad_norm": grad_norm, "epoch": self.step / self.data.steps_per_epoch})
         return logs
 
     # ------------------------------------------------------------------ evaluation
@@ -219,9 +247,10 @@ class Trainer:
         model.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # (total NLL, token count)
         for batch in self.data.val_batches(self.device):
+            sequence = model.to_sequence(batch["tokens"])
             with self._autocast():
-                logits = model(batch["tokens"][:, :-1], batch["labels"])
-            sums[0] += F.cross_entropy(logits.flatten(0, 1).float(), batch["tokens"].flatten(), reduction="sum")
+                logits = model(sequence[:, :-1], batch["labels"])
+            sums[0] += F.cross_entropy(logits.flatten(0, 1).float(), sequence.flatten(), reduction="sum")
             sums[1] += batch["tokens"].numel()
         if self.dist.enabled:
             torch.distributed.all_reduce(sums)
@@ -229,7 +258,8 @@ class Trainer:
         return (sums[0] / sums[1]).item()
 
     def sample_grid(self, name: str) -> Path | None:
-        """A grid from the EMA weights, one row per class (at most 10 classes, 10 each)."""
+        """A grid from the EMA weights, one row per class (at most 10 classes, 10 each); without
+        guidance when the run trained no null class (``dropout: false``)."""
         from mirai.data.images import save_image_grid
         from mirai.sampling.pipeline import sample_batch
 
@@ -238,7 +268,10 @@ class Trainer:
             return None
         classes = min(10, self.data.num_classes)
         labels = torch.arange(classes, device=self.device).repeat_interleave(10)
-        images, _ = sample_batch(self.ema, vq, labels, self.cfg.sampling, seed=self.cfg.seed)
+        settings = self.cfg.sampling
+        if self.gpt.args.class_dropout_prob == 0:  # no trained null class: guidance would be meaningless
+            settings = dataclasses.replace(settings, cfg_scale=1.0)
+        images, _ = sample_batch(self.ema, vq, labels, settings, seed=self.cfg.seed)
         path = self.run_dir / "samples" / f"{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image_grid(images, 10, path)
@@ -262,20 +295,40 @@ class Trainer:
         return path
 
     def resume(self, path: str | Path | None = None) -> None:
-        """Continue from ``path`` (default: the run's latest step checkpoint), exactly."""
+        """Continue from ``path`` (default: the run's latest step checkpoint), exactly. Settings
+        that may change on resume (``RESUMABLE_KEYS``) are recorded by ``fit``; others are refused."""
         path = Path(path) if path else run_state.latest_checkpoint(self.run_dir)
+        saved = path / run_state.CONFIG_FILE
+        if saved.is_file():
+            self.resume_changes = resume_changes(read_yaml(saved), to_dict(self.cfg))
         self.step, self.best_val = run_state.load_training_checkpoint(
             path, model=self.gpt, ema=self.ema, optimizer=self.optimizer, states=self.saved_states(),
             rank=self.dist.rank)
-        if self.dist.is_main:
-            truncate_metrics(self.run_dir, self.step)
+
+    def _claim_run_dir(self) -> None:
+        """Main rank, under the run-directory lock, before training: tidy interrupted checkpoint
+        writes, drop metrics past the step training starts from (a run killed before its first
+        checkpoint logged steps it will redo), write the config and record resume changes."""
+        for line in recover_interrupted_writes(self.run_dir / "checkpoints"):
+            tqdm.write(line)
+        truncate_metrics(self.run_dir, self.step)
+        save_yaml(self.cfg, self.run_dir / "config.yaml")
+        if self.resume_changes:
+            record = {"step": self.step, "time": time.time(),
+                      "changes": {k: list(v) for k, v in self.resume_changes.items()}}
+            with (self.run_dir / "config_changes.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainResult:
+        """Train to ``total_steps``, holding the run directory against other processes."""
+        with exclusive_dir(self.run_dir, "run directory") if self.dist.is_main else nullcontext():
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         cfg, is_main = self.cfg, self.dist.is_main
         if is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_yaml(cfg, self.run_dir / "config.yaml")
+            self._claim_run_dir()
         logger = MetricsLogger(self.run_dir, enabled=is_main, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
                                config=to_dict(cfg))
         previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -300,9 +353,8 @@ class Trainer:
                     self.sample_grid(f"step_{self.step:07d}")
                 if self._stop_signal is not None:
                     last_ckpt = self.save(val_nll)
-                    name = signal.Signals(self._stop_signal).name
-                    bar.write(f"{name} received: saved {last_ckpt} at step {self.step}; continue with --resume")
-                    raise KeyboardInterrupt
+                    raise Interrupted(self._stop_signal,
+                                      f"saved {last_ckpt} at step {self.step}; continue with --resume")
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
                     last_ckpt = self.save(val_nll)
             val_nll = self._evaluate(logger)
@@ -330,27 +382,27 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
     ``resume``: ``None``/``False`` starts a new run (refused if ``run_dir`` already holds
     checkpoints); ``True`` continues from the run's latest checkpoint; a path continues from
     that checkpoint; ``"auto"`` does whichever applies: nothing when the latest checkpoint
-    already reached ``cfg.steps``, a resume when one exists, else a fresh start (dropping
-    metrics a run killed before its first checkpoint had logged). Raises ``ConfigError`` and
-    ``CheckpointError`` with the fix in the message.
+    already reached ``cfg.steps``, a resume when one exists, else a fresh start. The run
+    directory is held against other processes throughout (``BusyError``). Raises
+    ``ConfigError`` (e.g. a resume that changes the seed) and ``CheckpointError`` with the fix
+    in the message; ``Interrupted`` after SIGTERM/SIGINT, once the state is saved.
     """
-    checkpoints = Path(cfg.run_dir) / "checkpoints"
-    if resume == "auto":
-        latest = run_state.latest_checkpoint(cfg.run_dir) if run_state.has_step_checkpoints(cfg.run_dir) else None
-        if latest is not None and cfg.steps and run_state.checkpoint_step(latest) >= cfg.steps:
-            meta = json.loads((latest / "config.json").read_text()).get("meta", {})
-            return TrainResult(Path(cfg.run_dir), run_state.checkpoint_step(latest), meta.get("val_nll"), latest)
-        if latest is None:
-            truncate_metrics(cfg.run_dir, 0)
-        resume = latest is not None
-    trainer = Trainer(cfg)
-    if resume:
-        trainer.resume(None if resume is True else resume)
-    elif checkpoints.exists() and any(checkpoints.iterdir()):
-        raise ConfigError(
-            f"{cfg.run_dir} already holds checkpoints: pass --resume to continue it, or choose another run_dir"
-        )
-    return trainer.fit()
+    with exclusive_dir(cfg.run_dir, "run directory"):
+        has_checkpoints = run_state.has_step_checkpoints(cfg.run_dir)
+        if resume == "auto":
+            latest = run_state.latest_checkpoint(cfg.run_dir) if has_checkpoints else None
+            if latest is not None and cfg.steps and run_state.checkpoint_step(latest) >= cfg.steps:
+                meta = json.loads((latest / "config.json").read_text()).get("meta", {})
+                return TrainResult(Path(cfg.run_dir), run_state.checkpoint_step(latest), meta.get("val_nll"), latest)
+            resume = latest is not None
+        if not resume and has_checkpoints:
+            raise ConfigError(
+                f"{cfg.run_dir} already holds checkpoints: pass --resume to continue it, or choose another run_dir"
+            )
+        trainer = Trainer(cfg)
+        if resume:
+            trainer.resume(None if resume is True else resume)
+        return trainer.fit()
 
 
 def summary_json(result: TrainResult) -> str:

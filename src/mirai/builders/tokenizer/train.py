@@ -32,10 +32,11 @@ from tqdm import tqdm
 
 from mirai import checkpoint
 from mirai.builders.tokenizer.discriminator import PatchDiscriminator, generator_loss, hinge_d_loss
-from mirai.builders.tokenizer.evaluate import reconstruction_report
+from mirai.builders.tokenizer.evaluate import kmeans_baseline, reconstruction_report
 from mirai.config import save_yaml, to_dict
+from mirai.data.options import finite_float, non_negative_int, positive_float, positive_int, resolve_device
 from mirai.errors import ConfigError, TrainingError
-from mirai.models.vq import VectorQuantizer, VQModel, build_vq
+from mirai.models.vq import VectorQuantizer, VQModel, build_vq, vq_args
 
 
 @dataclass
@@ -45,6 +46,15 @@ class ModelSection:
     codebook_dim: int = 8
     # Any other ``VQArgs`` field, e.g. {ch: 16, ch_mult: [1, 2, 4], commit_loss_beta: 0.25}.
     arch: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """The named architecture with these settings must exist (checked without building it)."""
+        try:
+            vq_args(self.name, codebook_size=self.codebook_size, codebook_dim=self.codebook_dim, **self.arch)
+        except ConfigError as err:
+            raise ConfigError(f"model: {err}") from None
+        except TypeError as err:  # a wrongly typed arch value
+            raise ConfigError(f"model.arch: {err}") from None
 
 
 @dataclass
@@ -70,6 +80,12 @@ class LossSection:
     adversarial_start: int = 0  # step at which the adversarial term switches on
     disc_lr: float = 1e-4
 
+    def validate(self) -> None:
+        for name in ("codebook_weight", "adversarial_weight"):
+            finite_float(getattr(self, name), f"loss.{name}", low=0.0)
+        non_negative_int(self.adversarial_start, "loss.adversarial_start")
+        positive_float(self.disc_lr, "loss.disc_lr")
+
 
 @dataclass
 class OptimSection:
@@ -79,6 +95,16 @@ class OptimSection:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine decay from lr to lr * min_lr_ratio
     grad_clip: float = 1.0  # 0 disables clipping
+
+    def validate(self) -> None:
+        positive_float(self.lr, "optim.lr")
+        for beta in self.betas:
+            if not 0.0 <= beta < 1.0:
+                raise ConfigError(f"optim.betas must lie in [0, 1), got {list(self.betas)}")
+        finite_float(self.weight_decay, "optim.weight_decay", low=0.0)
+        non_negative_int(self.warmup_steps, "optim.warmup_steps")
+        finite_float(self.min_lr_ratio, "optim.min_lr_ratio", low=0.0, high=1.0)
+        finite_float(self.grad_clip, "optim.grad_clip (0 disables clipping)", low=0.0)
 
 
 @dataclass
@@ -100,13 +126,20 @@ class TokenizerTrainConfig:
     optim: OptimSection = field(default_factory=OptimSection)
 
     def validate(self) -> None:
+        """Every setting, sections included, before any data is read (``ConfigError`` naming the first bad one)."""
         for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.restart_every < 0 or not 0.0 <= self.restart_stop <= 1.0:
-            raise ConfigError("restart_every must be >= 0 and restart_stop must lie in [0, 1]")
-        if self.optim.lr <= 0:
-            raise ConfigError(f"optim.lr must be positive, got {self.optim.lr}")
+        non_negative_int(self.restart_every, "restart_every (0 disables restarts)")
+        finite_float(self.restart_stop, "restart_stop (a fraction of the run)", low=0.0, high=1.0)
+        non_negative_int(self.threads, "threads (0 keeps PyTorch's default)")
+        non_negative_int(self.seed, "seed")
+        resolve_device(self.device)
+        for section in (self.model, self.data, self.loss, self.optim):  # also when built without from_dict
+            section.validate()
+        out = Path(self.out_dir)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"out_dir {out} is a file; give a directory for the run")
 
 
 # ---------------------------------------------------------------------------- data
@@ -123,6 +156,26 @@ def to_model_input(images: np.ndarray) -> torch.Tensor:
     from mirai.data.transforms import fashion_mnist_to_rgb, to_model_range
 
     return to_model_range(fashion_mnist_to_rgb(images))
+
+
+def evaluate_checkpoint(path: str | Path, split: str = "test", limit: int | None = None, root: str | None = None,
+                        kmeans: bool = False, batch_size: int = 256) -> dict:
+    """Reconstruction report of the VQ checkpoint at ``path`` on the first ``limit`` images (all by
+    default) of the Fashion-MNIST ``split``, and with ``kmeans`` the k-means patch baseline fitted on
+    the training split (``mirai tokenizer eval``). Settings are checked before any data is read."""
+    if limit is not None:
+        positive_int(limit, "limit (--limit)")
+    positive_int(batch_size, "batch_size (--batch-size)")
+    if split not in ("train", "test"):
+        raise ConfigError(f"split must be train or test, got {split!r}")
+    model = checkpoint.load(path, VQModel)
+    images = to_model_input(fashion_mnist_images(split, root)[:limit])
+    report = {"checkpoint": str(path), "split": split,
+              "vq": reconstruction_report(model, images, batch_size=batch_size)}
+    if kmeans:
+        train = to_model_input(fashion_mnist_images("train", root))
+        report["kmeans"] = kmeans_baseline(train, images, model.downsample_factor, model.codebook_size)
+    return report
 
 
 def split_train_val(images: np.ndarray, cfg: DataSection) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,59 @@
+"""One process per output directory: an advisory ``fcntl`` lock on ``DIR/.lock``.
+
+Two trainers in one run directory (a double launch, two ``--resume``) or two samplers into
+one folder would interleave their outputs; the second one is refused at once instead. The
+lock is released when the process ends, however it ends (``kill -9`` included), so a stale
+lock file never blocks a later run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from mirai.errors import BusyError
+
+LOCK_FILE = ".lock"
+_held: dict[Path, int] = {}  # directories this process holds, with their nesting depth
+
+
+@contextmanager
+def exclusive_dir(path: str | Path, what: str) -> Iterator[Path]:
+    """Hold ``path`` (created if missing) for this process; ``what`` names it in the error.
+
+    Re-entrant within a process (``train`` holds the run directory around ``Trainer.fit``,
+    which holds it too). Raises ``BusyError`` naming the holder's pid when another process
+    holds it.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    key = path.resolve()
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield path
+        finally:
+            _held[key] -= 1
+        return
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise BusyError(
+                f"{what} {path} is in use by another mirai process (pid {holder}); wait for it to finish, "
+                "stop it, or choose another directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _held[key] = 1
+        try:
+            yield path
+        finally:
+            del _held[key]
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

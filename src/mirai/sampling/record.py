@@ -1,0 +1,100 @@
+"""What a sample set was made from, written beside it, so that no run mixes in samples made differently.
+
+A record names both checkpoints (path, for people, and a SHA-256 of the loaded weights, which is
+what is compared), the sampling settings, the seed, the batch size (it fixes each batch's seed)
+and a digest of the labels. ``sample_to_npz`` keeps one in its parts folder while it works and
+one beside the finished ``.npz`` (``samples.json`` for ``samples.npz``); a run whose record
+differs from the saved one is refused, never merged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mirai.config import write_text_atomic
+from mirai.errors import ConfigError, DataError
+
+RECORD_FORMAT, RECORD_VERSION = "mirai-samples", 1
+PATH_KEY = "checkpoint"  # recorded for people; a moved checkpoint with the same weights still matches
+
+
+def fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's state dict: names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(data.tobytes())
+    return digest.hexdigest()
+
+
+def sample_record(
+    gpt: torch.nn.Module, vq: torch.nn.Module, labels: np.ndarray, settings: Any, seed: int, batch_size: int,
+    sources: dict[str, str] | None = None,
+) -> dict:
+    """The record of a sample set (plain JSON data); ``sources`` maps "gpt"/"vq" to checkpoint paths."""
+    sources = sources or {}
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    record = {
+        "format": RECORD_FORMAT, "version": RECORD_VERSION,
+        "gpt": {PATH_KEY: sources.get("gpt"), "sha256": fingerprint(gpt)},
+        "vq": {PATH_KEY: sources.get("vq"), "sha256": fingerprint(vq)},
+        "settings": dataclasses.asdict(settings), "seed": seed, "batch_size": batch_size,
+        "num_samples": int(len(labels)), "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest(),
+    }
+    return json.loads(json.dumps(record))  # tuples -> lists, as they read back
+
+
+def _leaves(data: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"settings": {"top_k": 5}}`` -> ``{"settings.top_k": 5}``, without the checkpoint paths."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key != PATH_KEY:
+            name = f"{prefix}{key}"
+            out.update(_leaves(value, name + ".") if isinstance(value, dict) else {name: value})
+    return out
+
+
+def _short(value: Any) -> str:
+    return f"{value[:12]}..." if isinstance(value, str) and len(value) == 64 else repr(value)
+
+
+def differences(saved: dict, current: dict) -> list[str]:
+    """``key: saved -> current`` for every compared value that differs (checkpoint paths are not compared)."""
+    old, new = _leaves(saved), _leaves(current)
+    return [f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}" for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k)]
+
+
+def read_record(path: Path) -> dict | None:
+    """The record at ``path``, or None when there is none; ``DataError`` when it is unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"sample record {path} is corrupt ({err}); delete it and the samples beside it") from None
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        raise DataError(f"{path} is not a Mirai sample record; move it away, or use another output path")
+    return record
+
+
+def check_same(saved: dict | None, current: dict, what: str, fix: str) -> None:
+    """``ConfigError`` saying how ``what`` was made differently (or without a record) and ``fix``."""
+    if saved is None:
+        raise ConfigError(f"{what} has no record of how it was sampled, so it cannot be trusted to match: {fix}")
+    diff = differences(saved, current)
+    if diff:
+        raise ConfigError(f"{what} was sampled differently ({'; '.join(diff[:6])}): {fix}")
+
+
+def write_record(path: Path, record: dict) -> None:
+    """Write ``record`` as indented JSON, atomically."""
+    write_text_atomic(path, json.dumps(record, indent=2) + "\n")

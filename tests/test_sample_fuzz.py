@@ -1,0 +1,144 @@
+"""``mirai sample`` against a table of bad values, one option at a time: each must end in one error
+line and a non-zero exit, without a traceback, and write nothing outside its own output folder
+(``helpers.assert_cli_refuses``). The unchanged command must succeed, so every refusal is the
+bad value's doing."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_cli_refuses
+from test_sampling import save_with_nan, tiny_gpt, tiny_vq
+
+from mirai import checkpoint
+from mirai.cli.main import main
+from mirai.models import build_vq
+
+NAN, INF = "nan", "inf"
+
+# option -> [(bad value, regex the error line must match)]
+BAD = {
+    "--num-samples": [("0", "num_samples must be an integer at least 1"), ("-5", "num_samples"),
+                      (NAN, "invalid int"), ("2.5", "invalid int"), ("abc", "invalid int")],
+    "--per-class": [("0", "--per-class must be at least 1"), ("-1", "--per-class"), ("x", "invalid int")],
+    "--batch-size": [("0", "batch_size must be an integer at least 1"), ("-3", "batch_size"),
+                     ("1.5", "invalid int")],
+    "--top-k": [("-3", "top_k must be an integer at least 1"), ("0", "top_k"), ("17", "top_k .* between 1 and 16"),
+                ("abc", "invalid int")],
+    "--top-p": [("0", r"top_p must be a number in \(0, 1\]"), ("-0.1", "top_p"), ("1.5", "top_p"),
+                (NAN, "top_p"), (INF, "top_p"), ("abc", "invalid float")],
+    "--temperature": [("-1", "temperature must be a finite number >= 0"), (NAN, "temperature"),
+                      (INF, "temperature"), ("abc", "invalid float")],
+    "--cfg-scale": [("-1", "cfg_scale must be a finite number >= 0"), (NAN, "cfg_scale"), (INF, "cfg_scale"),
+                    ("-inf", "cfg_scale"), ("x", "invalid float")],
+    "--classes": [("abc", "--classes 'abc': give comma-separated class ids"), ("", "--classes"),
+                  ("1,,2", "--classes"), ("3", r"\[3\] are outside this model's 3 classes.*0..2"),
+                  ("-1", r"\[-1\] are outside"), ("0,7", r"\[7\]")],
+    "--guidance-interval": [("-0.1,0.5", "guidance_interval must be"), ("0,1.5", "guidance_interval"),
+                            ("0.6,0.2", "guidance_interval"), ("nan,1", "guidance_interval"),
+                            ("0.5", "START,END"), ("a,b", "START,END")],
+    "--seed": [("-1", "seed must be an integer between 0"), (str(2**40), "seed"), ("abc", "invalid int")],
+    "--grid-size": [("0", "--grid-size must be at least 1"), ("-2", "--grid-size")],
+    "--device": [("tpu", "invalid choice")],
+    "--precision": [("fp64", "invalid choice")],
+    "--class-sampling": [("random", "invalid choice")],
+}
+
+# option -> [(file made by the fixture, regex)]: missing, wrong kind, not a checkpoint, NaN or corrupt weights
+BAD_FILES = {
+    "--gpt": [("missing", "does not exist"), ("notes.txt", "not a readable PyTorch file|not loaded"),
+              ("vq", "holds a 'vq' model, but a 'gpt' one"), ("vq.pt", "not a LlamaGen class-conditional GPT"),
+              ("nan_gpt", "GPT checkpoint .*nan_gpt holds NaN/inf weights"),
+              ("nan_gpt.pt", "GPT checkpoint .*nan_gpt.pt holds NaN/inf weights"),
+              ("empty_dir", "no config.json"), ("corrupt_gpt", "corrupt|truncated|checksum")],
+    "--vq": [("missing", "does not exist"), ("notes.txt", "not a readable PyTorch file|not loaded"),
+             ("gpt", "holds a 'gpt' model, but a 'vq' one"), ("nan_vq", "VQ checkpoint .*nan_vq holds NaN/inf"),
+             ("vq_other_codebook", r"GPT vocabulary \(16\) differs from the tokenizer's codebook \(32\)")],
+    "--out": [("notes.txt", "is a file, not a folder")],
+}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """Good and bad inputs side by side; every case may write only in its own output folder."""
+    root = tmp_path_factory.mktemp("fuzz")
+    checkpoint.save(root / "gpt", tiny_gpt())
+    checkpoint.save(root / "vq", tiny_vq())
+    torch.save({"model": tiny_vq().state_dict()}, root / "vq.pt")
+    torch.save({"model": tiny_gpt().state_dict()}, root / "gpt.pt")  # a LlamaGen file (its grid is not in it)
+    save_with_nan(root / "nan_gpt", tiny_gpt())
+    save_with_nan(root / "nan_gpt.pt", tiny_gpt(), llamagen=True)
+    save_with_nan(root / "nan_vq", tiny_vq())
+    torch.manual_seed(0)
+    checkpoint.save(root / "vq_other_codebook", build_vq("VQ-Tiny", codebook_size=32, codebook_dim=4))
+    corrupt = checkpoint.save(root / "corrupt_gpt", tiny_gpt())
+    data = (corrupt / "model.safetensors").read_bytes()
+    (corrupt / "model.safetensors").write_bytes(data[: len(data) // 2])
+    (root / "empty_dir").mkdir()
+    (root / "notes.txt").write_text("not a checkpoint\n")
+    return root
+
+
+def command(root, out, **options):
+    """``mirai sample`` on the good tiny pair, with ``options`` (``--top-k="0"`` style) replacing the defaults."""
+    base = {"--gpt": root / "gpt", "--vq": root / "vq", "--out": out, "--device": "cpu", "--per-class": "1",
+            "--batch-size": "2"}
+    return ["sample"] + [f"{k}={v}" for k, v in {**base, **options}.items()]
+
+
+def test_the_unchanged_command_succeeds(root):
+    out = root / "out_ok"
+    assert main(command(root, out)) == 0
+    assert len(np.load(out / "samples.npz")["arr_0"]) == 3
+    assert json.loads((out / "samples.json").read_text())["settings"]["cfg_scale"] == 2.0
+
+
+CASES = [(option, value, match) for option, rows in BAD.items() for value, match in rows]
+FILE_CASES = [(option, name, match) for option, rows in BAD_FILES.items() for name, match in rows]
+
+
+@pytest.mark.parametrize("option, value, match", CASES, ids=[f"{o}={v}" for o, v, _ in CASES])
+def test_bad_values_are_refused_in_one_line(root, option, value, match):
+    out = root / f"out_{option.strip('-')}_{value}"
+    extra = {"--gpt": root / "gpt.pt"} if option == "--grid-size" else {}  # the grid matters for LlamaGen files
+    if option == "--num-samples" or option == "--class-sampling":
+        extra["--num-samples"] = "4"
+    assert_cli_refuses(command(root, out, **{**extra, option: value}), root, match=match, output=out)
+
+
+@pytest.mark.parametrize("option, name, match", FILE_CASES, ids=[f"{o}={n}" for o, n, _ in FILE_CASES])
+def test_bad_files_are_refused_in_one_line(root, option, name, match):
+    out = root / f"out_{option.strip('-')}_{name}"
+    output = None if option == "--out" else out  # a refused --out FILE must not be touched either
+    assert_cli_refuses(command(root, out, **{option: root / name}), root, match=match, output=output)
+
+
+def test_every_option_of_the_command_is_fuzzed():
+    from mirai.cli.main import build_parser
+
+    sample = build_parser()._subparsers._group_actions[0].choices["sample"]
+    options = {o for a in sample._actions for o in a.option_strings if o.startswith("--") and a.nargs != 0}
+    covered = set(BAD) | set(BAD_FILES) | {"--model"}
+    assert options - {"--help"} <= covered, options - covered
+
+
+def test_llamagen_files_sample_and_an_unknown_model_name_is_refused(root):
+    llamagen = {"--gpt": root / "gpt.pt", "--grid-size": "2"}
+    assert main(command(root, root / "out_llamagen", **llamagen, **{"--model": "GPT-Nano"})) == 0
+    out = root / "out_model"
+    assert_cli_refuses(command(root, out, **llamagen, **{"--model": "GPT-Nope"}), root,
+                       match="unknown GPT config 'GPT-Nope' .*choose one of", output=out)
+
+
+def test_combinations_of_two_bad_values_are_refused(root):
+    """Pairs of bad values: whichever is checked first, the run still ends in one error line."""
+    picks = [(o, v) for o, v, _ in CASES if o not in ("--grid-size",)][::5]
+    for (o1, v1), (o2, v2) in itertools.islice(itertools.combinations(picks, 2), 0, None, 7):
+        if o1 == o2:
+            continue
+        out = root / f"out_pair_{o1.strip('-')}_{o2.strip('-')}"
+        assert_cli_refuses(command(root, out, **{o1: v1, o2: v2}), root, output=out)

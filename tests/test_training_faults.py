@@ -1,0 +1,284 @@
+"""Training under faults users reported (issue 13): divergence, kills during and between saves,
+two processes in one run directory, resumes with another config, wrapped checkpoint keys,
+guidance without a trained null class, bit rot, signals and bad settings. CPU-only, offline."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mirai import checkpoint
+from mirai.cli.main import main
+from mirai.config import to_dict
+from mirai.errors import BusyError, CheckpointError, ConfigError, TrainingError
+from mirai.locks import exclusive_dir
+from mirai.models import GPT, build_gpt
+from mirai.training import state as run_state
+from mirai.training.metrics import read_metrics
+from mirai.training.trainer import Trainer, train
+
+from helpers import assert_same, make_cfg, weights
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def all_tensors_finite(folder: Path) -> bool:
+    return all(torch.isfinite(v).all() for f in folder.glob("*.safetensors") for v in load_file(str(f)).values()
+               if v.is_floating_point())
+
+
+# ------------------------------------------------------------------------------------ divergence
+@pytest.mark.parametrize("overrides", [{"optim.lr": 1e9}, {"optim.lr": 1e4}, {"optim.lr": 1e4, "optim.grad_clip": 0}])
+def test_a_diverging_run_never_saves_non_finite_weights(stores, tmp_path, overrides):
+    cfg = make_cfg(stores, tmp_path / "run", steps=12, save_every=1, **overrides)
+    with pytest.raises(TrainingError, match="training diverged") as err:
+        train(cfg)
+    saved = sorted((tmp_path / "run" / "checkpoints").glob("step_*"))
+    assert saved and all(all_tensors_finite(p) for p in saved)
+    assert str(saved[-1]) in str(err.value)  # the message names the checkpoint that really is the last finite one
+
+
+def test_the_advised_recovery_from_divergence_works_and_is_recorded(stores, tmp_path):
+    train(make_cfg(stores, tmp_path / "run", steps=3, save_every=1))
+    with pytest.raises(TrainingError, match=r"the last checkpoint, .*step_0000003, holds finite weights"):
+        train(make_cfg(stores, tmp_path / "run", steps=8, save_every=0, **{"optim.lr": 1e9}), resume=True)
+    # A lower learning rate is a change --resume accepts, and records.
+    result = train(make_cfg(stores, tmp_path / "run", steps=8, save_every=1, **{"optim.lr": 1e-3}), resume=True)
+    assert result.step == 8 and all_tensors_finite(result.checkpoint)
+    records = [json.loads(line) for line in (tmp_path / "run" / "config_changes.jsonl").read_text().splitlines()]
+    # Each change is against the config the resumed checkpoint was trained with (step 3's).
+    assert [r["changes"] for r in records] == [{"optim.lr": [3e-3, 1e9], "save_every": [1, 0], "steps": [3, 8]},
+                                              {"optim.lr": [3e-3, 1e-3], "steps": [3, 8]}]
+    assert all(r["step"] == 3 for r in records)
+
+
+def test_divergence_before_any_checkpoint_says_there_is_none(stores, tmp_path):
+    with pytest.raises(TrainingError, match="no checkpoint was saved yet"):
+        train(make_cfg(stores, tmp_path / "run", steps=12, **{"optim.lr": 1e9}))
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    model = build_gpt("GPT-Nano", vocab_size=16, grid_size=2, num_classes=2)
+    with torch.no_grad():
+        model.output.weight[0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"NaN or infinity.*output.weight"):
+        checkpoint.save(tmp_path / "ck", model)
+    assert not (tmp_path / "ck").exists() and not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------ kills
+def _killed_worker(cfg_dict: dict, kill_at: str, step: int) -> None:
+    """Train in a child that SIGKILLs itself: after step ``step`` ("step") or inside the save of
+    checkpoint ``step`` once the weights are in the temporary directory ("save")."""
+    from mirai.config import from_dict
+    from mirai.training.config import TrainConfig
+
+    torch.set_num_threads(1)
+    if kill_at == "save":
+        real = checkpoint.file_sha256
+
+        def hash_then_die(path):
+            if f"step_{step:07d}" in str(path.parent):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(path)
+
+        checkpoint.file_sha256 = hash_then_die
+    else:
+        real_step = Trainer.train_step
+
+        def step_then_die(self):
+            logs = real_step(self)
+            if self.step == step:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return logs
+
+        Trainer.train_step = step_then_die
+    train(from_dict(TrainConfig, cfg_dict))
+
+
+def run_killed(cfg, kill_at: str, step: int) -> None:
+    child = SPAWN.Process(target=_killed_worker, args=(to_dict(cfg), kill_at, step))
+    child.start()
+    child.join(120)
+    assert child.exitcode == -signal.SIGKILL
+
+
+def test_kill_9_between_saves_then_resume_is_exact(stores, tmp_path):
+    whole = Trainer(make_cfg(stores, tmp_path / "whole", steps=8))
+    whole.fit()
+    cfg = make_cfg(stores, tmp_path / "killed", steps=8, save_every=3)
+    run_killed(cfg, "step", 5)  # checkpoints at 3; steps 4 and 5 are lost
+    assert [p.name for p in (tmp_path / "killed" / "checkpoints").glob("step_*")] == ["step_0000003"]
+    result = train(cfg, resume=True)
+    assert result.step == 8
+    assert_same(weights(whole.gpt), load_file(str(result.checkpoint / "model.safetensors")))
+    steps = [r["step"] for r in read_metrics(tmp_path / "killed") if "loss/ntp" in r]
+    assert steps == list(range(1, 9))  # the lost steps were logged once, not twice
+
+
+def test_kill_during_the_first_save_leaves_a_run_that_starts_again(stores, tmp_path):
+    cfg = make_cfg(stores, tmp_path / "run", steps=4, save_every=2)
+    run_killed(cfg, "save", 2)
+    folder = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in folder.iterdir()] and not list(folder.glob("step_*"))  # only a temporary dir
+    with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+        train(cfg, resume=True)
+    result = train(cfg)  # a fresh start is not refused by the leftover, and removes it
+    assert result.step == 4 and all(p.name.startswith(("step_", "best")) for p in folder.iterdir())
+    assert [r["step"] for r in read_metrics(tmp_path / "run") if "loss/ntp" in r] == [1, 2, 3, 4]
+
+
+def test_kill_during_a_later_save_resumes_from_the_previous_checkpoint(stores, tmp_path):
+    whole = Trainer(make_cfg(stores, tmp_path / "whole", steps=6))
+    whole.fit()
+    cfg = make_cfg(stores, tmp_path / "run", steps=6, save_every=2)
+    run_killed(cfg, "save", 4)
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*")] == ["step_0000002"]
+    result = train(cfg, resume=True)
+    assert_same(weights(whole.gpt), load_file(str(result.checkpoint / "model.safetensors")))
+
+
+def test_an_interrupted_replacement_is_restored(tmp_path):
+    folder = tmp_path / "checkpoints"
+    (folder / ".best.old-123").mkdir(parents=True)  # killed between moving best away and moving the new one in
+    (folder / ".best.old-123" / "model.safetensors").write_bytes(b"x")
+    (folder / ".step_0000004.tmp-abc").mkdir()
+    done = checkpoint.recover_interrupted_writes(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["best"] and len(done) == 2
+
+
+# ------------------------------------------------------------------------------------ one run per directory
+def _hold(path: str, ready, release) -> None:
+    with exclusive_dir(path, "run directory"):
+        ready.set()
+        release.wait(60)
+
+
+def test_a_second_trainer_in_the_same_run_directory_is_refused(stores, tmp_path):
+    run = tmp_path / "run"
+    train(make_cfg(stores, run, steps=2))
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    ready, release = SPAWN.Event(), SPAWN.Event()
+    holder = SPAWN.Process(target=_hold, args=(str(run), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        with pytest.raises(BusyError, match=rf"run directory {run} is in use by another mirai process \(pid {holder.pid}\)"):
+            train(make_cfg(stores, run, steps=4), resume=True)
+    finally:
+        release.set()
+        holder.join(30)
+    after = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before  # nothing was written by the refused trainer
+    assert train(make_cfg(stores, run, steps=4), resume=True).step == 4  # the lock went with its holder
+
+
+# ------------------------------------------------------------------------------------ resume with another config
+@pytest.mark.parametrize("change", [{"seed": 4}, {"optim.batch_size": 4}, {"ema.decay": 0.5},
+                                    {"optim.weight_decay": 0.1}, {"model.name": "GPT-Micro"}])
+def test_resume_refuses_settings_the_checkpoint_was_not_trained_with(stores, tmp_path, change):
+    train(make_cfg(stores, tmp_path / "run", steps=2))
+    key = next(iter(change))
+    with pytest.raises(ConfigError, match=rf"--resume would change {key}: .* -> .*another run_dir"):
+        train(make_cfg(stores, tmp_path / "run", steps=4, **change), resume=True)
+    assert "seed: 3" in (tmp_path / "run" / "config.yaml").read_text()  # the saved config is untouched
+
+
+def test_resume_refuses_another_code_store(stores, tmp_path):
+    train(make_cfg(stores, tmp_path / "run", steps=2))
+    other = shutil.copytree(stores / "codes_train", tmp_path / "other_codes")
+    with pytest.raises(ConfigError, match="data.codes"):
+        train(make_cfg(stores, tmp_path / "run", steps=4, **{"data.codes": str(other)}), resume=True)
+
+
+# ------------------------------------------------------------------------------------ checkpoint contents
+def test_wrapper_names_are_stripped_as_whole_components():
+    t = torch.zeros(1)
+    state = {"module._fsdp_wrapped_module.layers.0._checkpoint_wrapped_module.attention.wqkv.weight": t,
+             "_orig_mod.output.weight": t, "submodule.weight": t, "layers.0.my_module.w": t}
+    stripped, _ = checkpoint.llamagen_state_dicts(state)
+    assert sorted(stripped) == ["layers.0.attention.wqkv.weight", "layers.0.my_module.w", "output.weight",
+                                "submodule.weight"]
+
+
+def test_a_run_without_dropout_records_that_it_trained_no_null_class(stores, tmp_path):
+    result = train(make_cfg(stores, tmp_path / "run", steps=2, dropout=False))
+    gpt = checkpoint.load(result.checkpoint, GPT, use_ema=True)
+    assert gpt.args.class_dropout_prob == 0.0 and gpt.args.null_class  # the row exists, untrained
+    assert gpt.cls_embedding.embedding_table.num_embeddings == 4  # 3 classes + the null row
+    assert (tmp_path / "run" / "samples" / "final.png").is_file()  # the trainer's own grid skipped guidance
+
+
+def test_bit_rot_in_a_weights_file_is_named_on_load(stores, tmp_path):
+    result = train(make_cfg(stores, tmp_path / "run", steps=2, **{"foresight.source": "ema",
+                                                                  "foresight.warmup": 0}))
+    for name in ("model.safetensors", "auxiliary.safetensors"):
+        damaged = tmp_path / name
+        damaged.write_bytes((result.checkpoint / name).read_bytes())
+        data = bytearray(damaged.read_bytes())
+        data[-3] ^= 0x01  # one flipped bit in the last tensor's data: still finite, still loads
+        (result.checkpoint / name).write_bytes(bytes(data))
+        with pytest.raises(CheckpointError, match=rf"{name} does not match the checksum"):
+            if name == "model.safetensors":
+                checkpoint.load(result.checkpoint, GPT)
+            else:
+                train(make_cfg(stores, tmp_path / "run", steps=4, **{"foresight.source": "ema",
+                                                                     "foresight.warmup": 0}), resume=True)
+        (result.checkpoint / name).write_bytes(damaged.read_bytes())
+    assert checkpoint.load(result.checkpoint, GPT) is not None
+
+
+def test_weights_files_are_readable_like_any_file(stores, tmp_path):
+    result = train(make_cfg(stores, tmp_path / "run", steps=2))
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in result.checkpoint.iterdir():
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f.name
+
+
+# ------------------------------------------------------------------------------------ signals and settings
+def test_sigterm_exits_143_after_saving(stores, tmp_path, monkeypatch):
+    step = Trainer.train_step
+
+    def step_then_signal(self):
+        logs = step(self)
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return logs
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    config = tmp_path / "cfg.yaml"
+    config.write_text(json.dumps(to_dict(make_cfg(stores, tmp_path / "run", steps=5))))
+    assert main(["train", "--config", str(config)]) == 128 + signal.SIGTERM
+    assert run_state.has_step_checkpoints(tmp_path / "run")
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"log_every": 0}, "log_every must be at least 1"),
+    ({"save_every": -1}, "save_every must be 0"),
+    ({"eval_every": -2}, "eval_every must be 0"),
+    ({"optim.lr": "nan"}, "optim.lr: expected a finite number"),
+    ({"optim.lr": "inf"}, "optim.lr: expected a finite number"),
+    ({"optim.grad_clip": -1}, "optim.grad_clip"),
+    ({"ema.decay": "nan"}, "ema.decay: expected a finite number"),
+    ({"data.val_images": -1}, "data.val_images"),
+])
+def test_bad_settings_are_refused_before_anything_runs(stores, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        make_cfg(stores, tmp_path / "run", **override)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_directory_is_named_as_one(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory; give a YAML file in it"):
+        from mirai.config import read_yaml
+
+        read_yaml(tmp_path)
