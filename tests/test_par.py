@@ -250,3 +250,34 @@ def test_a_tiny_par_run_trains_and_samples_from_the_command_line(stores, tmp_pat
                  "--per-class", "2", "--device", "cpu", "--batch-size", "4", "--cfg-scale", "1.5"]) == 0
     assert "in 7 forward passes per batch (PAR, 2x2 regions)" in capsys.readouterr().out
     assert np.load(out / "samples.npz")["arr_0"].shape == (6, 8, 8, 3)
+
+
+def test_cell_states_of_a_par_model_sit_on_the_true_grid_cells():
+    model = tiny()
+    tokens, labels = torch.randint(0, 32, (2, 16)), torch.tensor([0, 1])
+    states = model.cell_states(tokens, labels, 1)
+    # Training positions: the state that read each cell is the same as in the training forward.
+    sequence = model.to_sequence(tokens)
+    train_states = model.hidden_state(sequence[:, :-1], labels, 1)
+    read, _ = model.sequence_cells()
+    for position, cell in enumerate(read.tolist()):
+        if cell >= 0:
+            torch.testing.assert_close(states[:, cell], train_states[:, position])
+    last = int(par_cells(4, 2)[-1])  # never read in training: the whole-grid forward's last position
+    whole = model._blocks(sequence, labels, set(), 1, whole_grid=True)[0]
+    assert states.shape == (2, 16, 64) and last not in read.tolist()
+    torch.testing.assert_close(states[:, last], whole[:, -1])
+
+
+def test_flops_count_the_learnable_positions_and_diagnostic_heads_stay_raster():
+    from mirai.analysis.flops import Convention, gpt_macs
+    from mirai.foresight import ForesightConfig, build_auxiliary_loss
+    from mirai.models import gpt_args
+
+    conv = Convention(embedding=False)
+    raster, par = gpt_args("GPT-B", grid_size=16), gpt_args("GPT-B", grid_size=16, order="par", regions_per_side=2)
+    blocks = gpt_macs(raster, 12, conv)  # blocks only: 256 positions against PAR's 259
+    assert gpt_macs(par, 12, conv) * 256 == blocks * 259
+    assert gpt_macs(par, conv=conv) - gpt_macs(par, 12, conv) == gpt_macs(raster, conv=conv) - blocks  # output: N
+    with pytest.raises(ConfigError, match="output_diagnostic.*raster"):
+        build_auxiliary_loss(ForesightConfig(source="ema", output_diagnostic=True), tiny(), None)

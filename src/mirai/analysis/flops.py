@@ -87,15 +87,17 @@ def attention_score_macs(positions: int, width: int) -> int:
 
 
 def gpt_macs(args: GPTArgs, layers: int | None = None, conv: Convention = Convention()) -> int:
-    """Multiply-adds of one forward pass over one image: all blocks and the output, or blocks 1..layers."""
-    n = args.seq_len
+    """Multiply-adds of one forward pass over one image: all blocks and the output, or blocks 1..layers.
+    The blocks run over every training position (PAR adds its n - 1 learnable tokens); the output
+    layer over the N predicting ones."""
+    n, positions = args.seq_len, args.max_len
     d = args.dim
     block = d * (args.n_head + 2 * args.n_kv_head) * args.head_dim + args.n_head * args.head_dim * d
     block += 3 * d * ffn_hidden_dim(args)
     depth = args.n_layer if layers is None else layers
-    macs = n * depth * block
+    macs = positions * depth * block
     if conv.attention_scores:
-        macs += depth * attention_score_macs(n, args.n_head * args.head_dim)
+        macs += depth * attention_score_macs(positions, args.n_head * args.head_dim)
     if conv.embedding:
         class_rows = args.num_classes + int(args.class_dropout_prob > 0)
         macs += (n - 1) * args.vocab_size * d + class_rows * d
@@ -143,7 +145,7 @@ def training_flops(
     as in Table 15. Mirai-I heads map to ``target_dim``: by default the encoder's width, or
     768 (DINOv2-B, the paper's GPT-B setting) when no encoder is given.
     """
-    n = args.seq_len
+    n = args.max_len  # positions the heads see
     parts = {"gpt": TRAIN_FACTOR * FLOPS_PER_MAC * gpt_macs(args, conv=conv)}
     if cfg is not None and cfg.enabled:
         cfg.resolve_layer(args.n_layer)  # a block the model does not have is an error for every source

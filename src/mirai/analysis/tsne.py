@@ -45,10 +45,9 @@ def class_inputs(gpt: GPT, labels: np.ndarray, condition: Condition) -> torch.Te
 def cell_states(gpt: GPT, tokens: torch.Tensor, classes: torch.Tensor, layer: int) -> torch.Tensor:
     """The block-``layer`` state (B, g*g, dim) of every grid cell of ``tokens`` (B, g*g) in raster order.
 
-    Cell ``c``'s state is the one at position ``c + 1`` of ``[class, x_0, ..., x_{N-1}]``: the
-    position that has just read the cell's token (method.md §3). The training forward stops one
-    token short (the last token is only predicted), so the blocks are run here on the whole grid
-    to give the last cell a state too; causal attention leaves every other state as in training.
+    Cell ``c``'s state is the one at the position that has just read the cell's token (method.md
+    §3): ``c + 1`` of ``[class, x_0, ..., x_{N-1}]`` in raster order, PAR's own position for a PAR
+    model (``GPT.cell_states``), so the maps are drawn on the true grid cells either way.
     """
     args = gpt.args
     if not 1 <= layer <= args.n_layer:
@@ -56,11 +55,7 @@ def cell_states(gpt: GPT, tokens: torch.Tensor, classes: torch.Tensor, layer: in
     if tokens.shape[1:] != (args.seq_len,):
         raise DataError(f"expected (B, {args.seq_len}) tokens of a {args.grid_size}x{args.grid_size} grid, "
                         f"got {tuple(tokens.shape)}")
-    h = gpt.embed(tokens, classes)
-    rope = gpt.freqs_cis[: h.size(1)]
-    for block in gpt.layers[:layer]:
-        h = block(h, rope)
-    return h[:, args.cls_token_num:]
+    return gpt.cell_states(tokens, classes, layer)
 
 
 def image_states(gpt: GPT, store: CodeStore, indices: Sequence[int], layer: int,

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from mirai import checkpoint
 from mirai.bench.config import BenchConfig
 from mirai.data.options import resolve_device
+from mirai.evaluation.npz import NpzArchive
 from mirai.data.codes import CodeStore
 from mirai.data.images import save_image_grid
 from mirai.data.transforms import to_uint8_hwc
@@ -104,8 +105,8 @@ class Scorer:
             labels = class_labels(gpt.args.num_classes, b.num_samples, b.class_sampling, seed=b.sample_seed)
             sample_to_npz(gpt, self.vq, labels, samples, b.sampling, seed=b.sample_seed,
                           batch_size=b.sample_batch_size)
-        with np.load(samples) as data:
-            images, labels = data["arr_0"], data["labels"]
+        with NpzArchive(samples, "sample batch") as data:
+            images, labels = data.array("arr_0"), data.array("labels")
         features = extract_features(self.network, images, b.eval_batch_size, desc="sample features")
         real = score(features, self.references["real"], labels, self.num_classes, str(self.device))
         recon = score({"pool": features["pool"]}, self.references["recon"], device=str(self.device))

@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mirai.config import from_dict
     from mirai.data.images import save_image_grid
+    from mirai.evaluation.npz import NpzArchive
     from mirai.sampling.pipeline import SampleSettings, check_request, class_labels, load_for_sampling, sample_to_npz
     from mirai.training.distributed import barrier, init_distributed, shutdown
 
@@ -142,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
             if dist.is_main and path is None:  # other ranks finished after rank 0 looked: merge now
                 path = sample_to_npz(gpt, vq, labels, progress=False, **npz)
             if dist.is_main:
-                images = np.load(path)["arr_0"]
+                with NpzArchive(path, "sample batch") as data:
+                    images = data.array("arr_0")
                 nrow = args.per_class if args.num_samples is None else min(10, len(images))
                 preview = images if args.num_samples is None else images[:100]
                 save_image_grid(preview, nrow, out / "grid.png")

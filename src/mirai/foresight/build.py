@@ -65,6 +65,9 @@ def build_auxiliary_loss(
     common = dict(pair_with=cfg.pair_with, align_class_token=cfg.align_class_token, cells=model.sequence_cells())
     device = next(model.parameters()).device
     if cfg.output_diagnostic:
+        if args.order != "raster":
+            raise ConfigError("foresight.output_diagnostic (the Table 1 ablation) is defined for raster order; "
+                              "use it without order: par")
         pairs = head_pairs(args.grid_size, cfg.layout, "ema", cfg.k, cfg.offsets, **common)
         heads = [build_head(cfg.head, args.dim, args.dim, cfg.head_hidden) for _ in pairs]
         loss: HeadsLoss = OutputDiagnosticLoss(model, heads, pairs, schedules, warmup, cfg.reduction)

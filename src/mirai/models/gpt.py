@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mirai.models.par import (
-    DecodePass, decode_schedule, from_par, group_mask, par_rope_table, sequence_cells, to_par,
+    DecodePass, cell_positions, decode_schedule, from_par, group_mask, par_rope_table, sequence_cells, to_par,
 )
 
 
@@ -272,7 +272,8 @@ class GPT(nn.Module):
                 raise ValueError("PAR order is defined for one class token (cls_token_num=1)")
             self.spe_tok_embeddings = SpecialTokens(args.parallel_tokens - 1, args.dim)
             rope = par_rope_table(rope, args.grid_size, args.regions_per_side, args.cls_token_num)
-            self.register_buffer("attn_mask", group_mask(args.max_len, args.parallel_tokens), persistent=False)
+            # One position longer than training uses: the whole grid can be fed (``cell_states``).
+            self.register_buffer("attn_mask", group_mask(len(rope), args.parallel_tokens), persistent=False)
         self.register_buffer("freqs_cis", rope, persistent=False)
         self.initialize_weights()
 
@@ -312,6 +313,20 @@ class GPT(nn.Module):
         none); what the foresight pairs are built from (``mirai.models.par.sequence_cells``)."""
         return sequence_cells(self.args.grid_size, self.args.regions_per_side if self.parallel else 1)
 
+    def cell_states(self, tokens: torch.Tensor, labels: torch.Tensor, layer: int) -> torch.Tensor:
+        """The block-``layer`` state (B, N, dim) of every grid cell of raster ``tokens`` (B, N), in
+        raster order: the training-time state at the position that has just read the cell's token.
+        The last cell is only predicted in training; its state comes from feeding the whole grid."""
+        sequence = self.to_sequence(tokens)
+        h = self._blocks(sequence, labels, set(), layer, whole_grid=True)[0]
+        regions = self.args.regions_per_side if self.parallel else 1
+        states = h[:, cell_positions(self.args.grid_size, regions).to(h.device) + self.args.cls_token_num - 1]
+        if self.parallel:  # the last group also attends to the last token: keep the training states
+            train = self.hidden_state(sequence[:, :-1], labels, layer)
+            read = self.sequence_cells()[0].to(h.device)
+            states[:, read[read >= 0]] = train[:, read >= 0]
+        return states
+
     def embed(self, tokens: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
         """``[class, tokens...]`` embeddings with token dropout; ``tokens`` (model order) may be None.
         PAR inserts its n - 1 learnable tokens after the n-th token."""
@@ -349,12 +364,14 @@ class GPT(nn.Module):
         return self._blocks(tokens, labels, set(), layer)[0]
 
     def _blocks(
-        self, tokens: torch.Tensor, labels: torch.Tensor, keep: set[int], stop_after: int | None
+        self, tokens: torch.Tensor, labels: torch.Tensor, keep: set[int], stop_after: int | None,
+        whole_grid: bool = False,
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        if tokens.size(1) > self.args.seq_len - 1:
+        limit = self.args.seq_len - (0 if whole_grid else 1)  # training inputs stop one token short
+        if tokens.size(1) > limit:
             raise ValueError(
                 f"{tokens.size(1)} input tokens do not fit a {self.args.grid_size}x{self.args.grid_size} grid"
-                f" (at most {self.args.seq_len - 1}); is grid_size set to the tokenizer's grid?"
+                f" (at most {limit}); is grid_size set to the tokenizer's grid?"
             )
         # Skipped under torch.compile: a data-dependent branch would split the graph (and sync a GPU).
         if not torch.compiler.is_compiling() and tokens.numel() and (

@@ -90,6 +90,15 @@ def forward_passes(grid_size: int, regions_per_side: int) -> int:
     return n + grid_size * grid_size // n - 1
 
 
+def cell_positions(grid_size: int, regions_per_side: int) -> torch.Tensor:
+    """``positions[cell]``: the sequence position that reads raster cell ``cell`` when the whole
+    grid is fed (class token first; PAR's learnable tokens after the n-th token), LongTensor (N,).
+    Rank k sits at position k + 1 when k < n, else k + n."""
+    n = regions_per_side ** 2
+    ranks = par_ranks(grid_size, regions_per_side)
+    return torch.where(ranks < n, ranks + 1, ranks + n)
+
+
 def sequence_cells(grid_size: int, regions_per_side: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For each position of the training sequence (class token, N - 1 inputs, and for PAR its
     n - 1 learnable tokens after the n-th input): the raster cell it has just read and the cell
