@@ -25,7 +25,7 @@ from mirai.data.folders import ImageFolder
 from mirai.data.views import ViewSpec
 from mirai.errors import ConfigError
 from mirai.foresight.encoders import ASSETS
-from mirai.models import VQModel
+from mirai.models import GPT, VQModel
 from mirai.training.state import checkpoint_step, has_step_checkpoints, latest_checkpoint
 
 RECORD_KEYS = {"seed", "step", "fid", "precision", "recall", "inception_score", "class_accuracy", "val_nll",
@@ -287,3 +287,19 @@ def test_paired_table_compares_each_seed_with_the_baseline(setup, tmp_path):
     assert relative == pytest.approx([-10.0, -5.0, 10.0])
     table = format_table(bench, results, FLOORS)
     assert "| b@4 | 3.333 ± 23 (2/3) | 1.667 ± 12 (2/3) |" in table and "| – | -1.667 ± 10 |" in table
+
+
+def test_par_variants_run_beside_raster_ones(setup, tmp_path):
+    par = ['model.overrides={order: par, regions_per_side: 2}']
+    bench = from_dict(BenchConfig, bench_dict(setup, tmp_path / "bench", steps=2, eval_at=[],
+                                              variants={"baseline": [], "par": par,
+                                                        "par_mirai_e": [*par, "foresight.source=ema",
+                                                                        "foresight.warmup=0"]}))
+    results = run_convergence(bench)
+    assert set(results) == {"baseline", "par", "par_mirai_e"}
+    assert all(records[0]["fid"] > 0 for records in results.values())
+    gpt = checkpoint.load(tmp_path / "bench" / "runs" / "par" / "seed_0" / "checkpoints" / "step_0000002", GPT)
+    assert gpt.args.order == "par" and len(gpt.decode_schedule()) == 4 + 64 // 4 - 1
+    maps = json.loads((tmp_path / "bench" / "tsne_maps.json").read_text())
+    assert list(maps["maps"]) == ["baseline", "par", "par_mirai_e"]  # PAR maps drawn on the grid cells too
+    assert "| par@2 |" in (tmp_path / "bench" / "results.md").read_text()
