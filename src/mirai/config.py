@@ -161,6 +161,16 @@ def to_dict(cfg: Any) -> dict:
     return plain(dataclasses.asdict(cfg))
 
 
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``: dotted keys, lists, scalars and empty
+    mappings as leaves (how configs and records are compared key by key)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        out.update(flatten(value, name + ".") if isinstance(value, dict) and value else {name: value})
+    return out
+
+
 def deep_merge(base: dict, update: dict) -> dict:
     """``update`` laid over ``base``: sections merge key by key, values replace."""
     out = dict(base)

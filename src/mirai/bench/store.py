@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mirai.bench.config import BenchConfig, Run
-from mirai.config import read_yaml, save_yaml, to_dict, write_text_atomic
+from mirai.config import flatten, read_yaml, save_yaml, to_dict, write_text_atomic
 from mirai.errors import ConfigError, DataError
 
 # Bench keys that change what a stored record means; a rerun must not mix records made differently.
@@ -75,18 +75,8 @@ def check_same_training(run: Run) -> None:
     path = run.run_dir / "config.yaml"
     if not path.is_file():
         return
-    old, new = _flatten(read_yaml(path)), _flatten(to_dict(run.cfg))
+    old, new = flatten(read_yaml(path)), flatten(to_dict(run.cfg))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if changed:
         raise ConfigError(f"{run.run_dir} was trained with another config (differs in {', '.join(changed)}); "
                           "use another out_dir, or delete that run to retrain it")
-
-
-def _flatten(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mirai.config import write_text_atomic
+from mirai.config import flatten, write_text_atomic
 from mirai.errors import ConfigError, DataError
 
 RECORD_FORMAT, RECORD_VERSION = "mirai-samples", 1
@@ -52,14 +52,9 @@ def sample_record(
     return json.loads(json.dumps(record))  # tuples -> lists, as they read back
 
 
-def _leaves(data: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"settings": {"top_k": 5}}`` -> ``{"settings.top_k": 5}``, without the checkpoint paths."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if key != PATH_KEY:
-            name = f"{prefix}{key}"
-            out.update(_leaves(value, name + ".") if isinstance(value, dict) else {name: value})
-    return out
+def _leaves(data: dict) -> dict[str, Any]:
+    """Dotted leaves of a record, without the checkpoint paths (recorded for people only)."""
+    return {k: v for k, v in flatten(data).items() if k.rpartition(".")[2] != PATH_KEY}
 
 
 def _short(value: Any) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mirai.config import flatten
 from mirai.errors import ConfigError
 from mirai.foresight.config import ForesightConfig
 from mirai.models.registry import gpt_args
@@ -140,15 +141,6 @@ RESUMABLE_KEYS = (
     "save_every", "keep_last", "tensorboard", "wandb", "optim.lr", "optim.grad_clip", "data.val_codes",
     "data.val_images", "sampling",
 )
-
-
-def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}`` (lists and scalars are leaves)."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        out.update(flatten(value, name + ".") if isinstance(value, dict) and value else {name: value})
-    return out
 
 
 def resume_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
