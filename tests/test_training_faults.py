@@ -282,3 +282,28 @@ def test_a_config_directory_is_named_as_one(tmp_path):
         from mirai.config import read_yaml
 
         read_yaml(tmp_path)
+
+
+def test_resuming_a_checkpoint_past_the_runs_steps_is_refused(stores, tmp_path):
+    result = train(make_cfg(stores, tmp_path / "run", steps=4))
+    with pytest.raises(ConfigError, match=r"at step 4, past this run's 2 steps; set steps to at least 4"):
+        train(make_cfg(stores, tmp_path / "other", steps=2), resume=result.checkpoint)
+
+
+def test_a_mirai_e_teacher_of_another_model_is_refused():
+    from mirai.foresight import ForesightConfig, build_auxiliary_loss
+
+    student = build_gpt("GPT-Nano", vocab_size=64, grid_size=4, num_classes=3)
+    other = build_gpt("GPT-Nano", vocab_size=64, grid_size=2, num_classes=3)
+    with pytest.raises(ConfigError, match="teacher must be an EMA of the model itself.*2x2.*4x4"):
+        build_auxiliary_loss(ForesightConfig(source="ema"), student, other)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train"], "no config given: pass --config FILE"),
+    (["train", "--config", "fashion/baseline.yaml", "seed=-1"], "seed must be non-negative"),
+])
+def test_train_without_a_config_or_with_a_negative_seed_says_so(tmp_path, argv, message):
+    from helpers import assert_cli_refuses
+
+    assert_cli_refuses(argv, tmp_path, match=message)

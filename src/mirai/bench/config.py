@@ -64,8 +64,8 @@ class BenchConfig:
             if not name or "/" in name or name.startswith("."):
                 raise ConfigError(f"variant name {name!r} must be a plain folder name")
         self.variant_specs()
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"seeds must be a non-empty list without repeats, got {self.seeds}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ConfigError(f"seeds must be a non-empty list of non-negative seeds without repeats, got {self.seeds}")
         self._check_run_layout()
         if self.steps < 1:
             raise ConfigError("steps must be positive: every variant trains for the same number of steps")

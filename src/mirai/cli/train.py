@@ -41,6 +41,11 @@ def run(args: argparse.Namespace) -> int:
     from mirai.training.trainer import summary_json, train
 
     _check_resume(args.resume)
+    if args.config is None and not args.overrides:
+        from mirai.errors import ConfigError
+
+        raise ConfigError("no config given: pass --config FILE (e.g. --config configs/fashion/baseline.yaml) "
+                          "and any key=value overrides")
     cfg = load_config(TrainConfig, args.config, args.overrides)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))

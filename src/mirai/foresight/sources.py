@@ -79,6 +79,11 @@ class EMASource(Source):
         n_layer = model.args.n_layer
         if not 1 <= layer <= n_layer:
             raise ConfigError(f"foresight layer {layer} is outside the EMA model's blocks 1..{n_layer}")
+        if ema.args != model.args:
+            raise ConfigError("the Mirai-E teacher must be an EMA of the model itself (the same architecture, "
+                              f"grid and vocabulary); got a {ema.args.grid_size}x{ema.args.grid_size}, "
+                              f"{ema.args.n_layer}-block teacher for a {model.args.grid_size}x{model.args.grid_size}, "
+                              f"{model.args.n_layer}-block model")
         self.teacher_decay, self.ema_warmup = teacher_decay, ema_warmup
         self.teacher = ema if teacher_decay is None else copy.deepcopy(model).eval().requires_grad_(False)
         self.layer, self.feature_dim = layer, model.args.dim

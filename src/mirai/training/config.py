@@ -119,6 +119,8 @@ class TrainConfig:
             raise ConfigError(f"steps and epochs must not be negative (got steps={self.steps}, epochs={self.epochs})")
         if (self.steps > 0) == (self.epochs > 0):
             raise ConfigError("set exactly one of steps and epochs (e.g. steps=2000)")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be non-negative, got {self.seed}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device {self.device!r}: choose auto, cpu or cuda")
         if self.precision not in ("auto", "bf16", "fp32"):

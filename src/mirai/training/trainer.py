@@ -304,6 +304,9 @@ class Trainer:
         self.step, self.best_val = run_state.load_training_checkpoint(
             path, model=self.gpt, ema=self.ema, optimizer=self.optimizer, states=self.saved_states(),
             rank=self.dist.rank)
+        if self.step > self.total_steps:
+            raise ConfigError(f"{path} is at step {self.step}, past this run's {self.total_steps} steps; set "
+                              f"steps to at least {self.step} to continue it")
 
     def _claim_run_dir(self) -> None:
         """Main rank, under the run-directory lock, before training: tidy interrupted checkpoint
