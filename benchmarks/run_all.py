@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["sampling_kv_cache", "foresight_overhead", "train_throughput"]
+SCRIPTS = ["sampling_kv_cache", "par_sampling", "foresight_overhead", "train_throughput"]
 
 
 def main() -> int:
