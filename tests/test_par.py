@@ -281,3 +281,18 @@ def test_flops_count_the_learnable_positions_and_diagnostic_heads_stay_raster():
     assert gpt_macs(par, conv=conv) - gpt_macs(par, 12, conv) == gpt_macs(raster, conv=conv) - blocks  # output: N
     with pytest.raises(ConfigError, match="output_diagnostic.*raster"):
         build_auxiliary_loss(ForesightConfig(source="ema", output_diagnostic=True), tiny(), None)
+
+
+def test_mirai_convert_reads_m_from_a_par_file_and_refuses_a_wrong_one(tmp_path, capsys):
+    from mirai.cli.main import main
+
+    from helpers import assert_cli_refuses
+
+    torch.save({"model": tiny().state_dict()}, tmp_path / "par.pt")
+    assert main(["convert", "llamagen", str(tmp_path / "par.pt"), str(tmp_path / "out"), "--grid-size", "4"]) == 0
+    assert "PAR with 2x2 regions" in capsys.readouterr().out
+    assert checkpoint.load(tmp_path / "out", GPT).args.regions_per_side == 2
+    assert_cli_refuses(["convert", "llamagen", tmp_path / "par.pt", tmp_path / "bad", "--grid-size", "4",
+                        "--regions-per-side", "4"], tmp_path, match="2 regions per side", output=tmp_path / "bad")
+    assert_cli_refuses(["convert", "llamagen", tmp_path / "par.pt", tmp_path / "bad", "--grid-size", "5"],
+                       tmp_path, match="cannot be split into 2x2", output=tmp_path / "bad")

@@ -11,7 +11,7 @@ def add_parser(subparsers) -> None:
     sub = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
     p = sub.add_parser(
         "llamagen",
-        help="a LlamaGen GPT (c2i_*.pt) or VQ (vq_ds*_c2i.pt) checkpoint",
+        help="a LlamaGen or PAR GPT (c2i_*.pt) or VQ (vq_ds*_c2i.pt) checkpoint",
         description="Reads the file with torch.load(weights_only=True) only; files holding pickled "
         "objects are refused. Writes a directory with model.safetensors (+ ema.safetensors) and config.json.",
     )
@@ -22,6 +22,8 @@ def add_parser(subparsers) -> None:
     grid = p.add_mutually_exclusive_group()
     grid.add_argument("--grid-size", type=int, help="token grid of the GPT (16 for 256 px, 24 for 384 px)")
     grid.add_argument("--image-size", type=int, help="image size with a 16x-downsampling tokenizer")
+    p.add_argument("--regions-per-side", type=int,
+                   help="PAR's M, checked against the file (default: read from its learnable tokens; 1 = LlamaGen)")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already at OUTPUT")
     p.set_defaults(func=run)
 
@@ -59,8 +61,12 @@ def run(args: argparse.Namespace) -> int:
     from mirai.checkpoint import check_checkpoint_out
 
     check_checkpoint_out(args.output, "output", inputs=[source], overwrite=args.overwrite)
-    ckpt = read_llamagen(source, kind=args.kind, name=args.model, grid_size=grid)
+    if args.regions_per_side is not None and args.regions_per_side < 1:
+        raise ConfigError(f"--regions-per-side must be at least 1, got {args.regions_per_side}")
+    ckpt = read_llamagen(source, kind=args.kind, name=args.model, grid_size=grid, regions_per_side=args.regions_per_side)
     write_checkpoint(args.output, ckpt)
     ema = " (+ EMA weights)" if ckpt.ema is not None else ""
-    print(f"wrote {ckpt.kind} checkpoint {ckpt.name}{ema} to {args.output}")
+    order = ckpt.args.get("order", "raster")
+    par = f", PAR with {ckpt.args['regions_per_side']}x{ckpt.args['regions_per_side']} regions" if order == "par" else ""
+    print(f"wrote {ckpt.kind} checkpoint {ckpt.name}{ema}{par} to {args.output}")
     return 0
