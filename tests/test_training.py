@@ -129,7 +129,7 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(stores, tmp_path, 
         return loss * float("nan") if calls["n"] == 2 else loss
 
     monkeypatch.setattr(trainer_module, "ntp_loss", poisoned)
-    with pytest.raises(TrainingError, match=r"loss became nan at step 5.*last checkpoint, .*step_0000004, holds finite weights"):
+    with pytest.raises(TrainingError, match=r"loss became nan in step 6.*last checkpoint, .*step_0000004, holds finite weights"):
         train(make_cfg(stores, tmp_path / "run", steps=8, save_every=2), resume=True)
     assert_same(before, load_file(str(saved / "model.safetensors")))
     assert checkpoint.load(saved, GPT, use_ema=True) is not None

@@ -191,7 +191,8 @@ class Trainer:
         if run_state.has_step_checkpoints(self.run_dir):
             kept = (f"the last checkpoint, {run_state.latest_checkpoint(self.run_dir)}, holds finite weights; lower "
                     "optim.lr (--resume accepts that change and records it), check the data, or use "
-                    "precision=fp32, then continue it with --resume")
+                    "precision=fp32, then continue it with --resume (or from an earlier checkpoint, --resume PATH, "
+                    "if the run was already diverging when that one was saved)")
         else:
             kept = (f"no checkpoint was saved yet in {folder}; lower optim.lr, check the data, or use "
                     "precision=fp32, and start again")
@@ -215,7 +216,7 @@ class Trainer:
                     loss, step_logs = self.step_fn(batch, progress)
                 step_logs = {k: float(v) for k, v in step_logs.items()}
                 if not math.isfinite(step_logs["loss/total"]):
-                    raise self._diverged(f"loss became {step_logs['loss/total']} at step {self.step} ({step_logs})")
+                    raise self._diverged(f"loss became {step_logs['loss/total']} in step {self.step + 1} ({step_logs})")
                 (loss / len(micro_batches)).backward()
             for k, v in step_logs.items():
                 logs[k] = logs.get(k, 0.0) + v / len(micro_batches)
@@ -223,13 +224,13 @@ class Trainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.objective.parameters(), max_norm))
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
-            raise self._diverged(f"the gradient norm became {grad_norm} at step {self.step}")
+            raise self._diverged(f"the gradient norm became {grad_norm} in step {self.step + 1}")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         # A finite gradient can still overflow the weights (a huge learning rate): stop before the
         # EMA, a teacher or a checkpoint takes them in.
         if not all_finite(self.objective):
-            raise self._diverged(f"the weights became non-finite in the update of step {self.step}")
+            raise self._diverged(f"the weights became non-finite in the update of step {self.step + 1}")
         update_ema(self.ema, self.gpt, ema_decay(cfg.ema.decay, self.step, cfg.ema.warmup))
         if self.objective.auxiliary is not None:
             self.objective.auxiliary.after_optimizer_step(self.gpt, self.step)
