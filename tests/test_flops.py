@@ -93,3 +93,18 @@ def test_cli_flags_and_config(tmp_path, capsys):
     config.write_text("foresight:\n  source: ema\n  k: 0\n")
     assert main(["flops", "--config", str(config)]) == 1
     assert "foresight.k must be at least 1" in capsys.readouterr().err
+
+
+def test_cli_reads_grid_vocabulary_and_classes_from_the_configs_code_store(stores, tmp_path, capsys):
+    config = tmp_path / "train.yaml"
+    config.write_text(f"model:\n  name: GPT-Nano\ndata:\n  codes: {stores / 'codes_train'}\n")
+    assert main(["flops", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "4x4 tokens, vocabulary 64" in out  # the tiny store's grid and codebook, not ImageNet's 16x16 / 16384
+    expected = training_flops(gpt_args("GPT-Nano", vocab_size=64, grid_size=4, num_classes=3))["total"]
+    assert f"{expected:.3e}" in out
+    assert main(["flops", "--config", str(config), "--grid", "2"]) == 0  # a flag still wins
+    assert "2x2 tokens, vocabulary 64" in capsys.readouterr().out
+    config.write_text(f"model:\n  name: GPT-Nano\ndata:\n  codes: {tmp_path / 'nowhere'}\n")
+    assert main(["flops", "--config", str(config)]) == 1
+    assert "leaves grid_size, vocab_size, num_classes to its code store" in capsys.readouterr().err

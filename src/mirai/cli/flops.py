@@ -15,9 +15,9 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--config", help="training YAML; its model: and foresight: sections are read")
     p.add_argument("--model", help="GPT config name (default GPT-B, or the config's)")
-    p.add_argument("--grid", type=int, help="token grid side g (default 16)")
-    p.add_argument("--vocab", type=int, help="codebook size V (default 16384)")
-    p.add_argument("--classes", type=int, help="number of classes (default 1000)")
+    p.add_argument("--grid", type=int, help="token grid side g (default: the config's or its code store's; 16)")
+    p.add_argument("--vocab", type=int, help="codebook size V (default: the config's or its code store's; 16384)")
+    p.add_argument("--classes", type=int, help="number of classes (default: the config's or its code store's; 1000)")
     p.add_argument("--source", choices=["none", "encoder", "ema", "all"],
                    help="what to count (default: the config's source, or all without a config)")
     p.add_argument("--k", type=int, help="number of foresight heads")
@@ -32,6 +32,26 @@ def add_parser(subparsers) -> None:
 
 def _heads(k: int) -> str:
     return f"{k} head" + ("s" if k != 1 else "")
+
+
+def _store_sizes(data: dict, args: argparse.Namespace, model: dict) -> dict:
+    """Grid, vocabulary and classes of the config's code store, for the ones neither a flag nor the
+    config's model section gives (a training config leaves them to its store). ``ConfigError`` when
+    the store is needed but not there: the numbers would otherwise be ImageNet's, silently."""
+    from mirai.data.codes import CodeStore
+    from mirai.errors import ConfigError, DataError
+
+    keys = {"grid_size": args.grid, "vocab_size": args.vocab, "num_classes": args.classes}
+    missing = [k for k, flag in keys.items() if flag is None and model.get(k) is None]
+    codes = (data.get("data") or {}).get("codes")
+    if not missing or not codes:
+        return {}
+    try:
+        store = CodeStore.open(codes)
+    except DataError as err:
+        raise ConfigError(f"{args.config} leaves {', '.join(missing)} to its code store, which cannot be read "
+                          f"({err}); extract it first, or pass --grid, --vocab and --classes") from None
+    return {k: getattr(store, k) for k in missing}
 
 
 def _pick(flag, configured, default):
@@ -50,11 +70,12 @@ def run(args: argparse.Namespace) -> int:
     model = data.get("model") or {}
     if not isinstance(model, dict):
         raise ConfigError(f"{args.config}: the model section must be a mapping")
+    stored = _store_sizes(data, args, model) if args.config else {}
     gpt = gpt_args(
         _pick(args.model, model.get("name"), "GPT-B"),
-        vocab_size=_pick(args.vocab, model.get("vocab_size"), 16384),
-        grid_size=_pick(args.grid, model.get("grid_size"), 16),
-        num_classes=_pick(args.classes, model.get("num_classes"), 1000),
+        vocab_size=_pick(args.vocab, model.get("vocab_size") or stored.get("vocab_size"), 16384),
+        grid_size=_pick(args.grid, model.get("grid_size") or stored.get("grid_size"), 16),
+        num_classes=_pick(args.classes, model.get("num_classes") or stored.get("num_classes"), 1000),
         **(model.get("overrides") or {}),
     )
     section = dict(data.get("foresight") or {})
