@@ -213,29 +213,35 @@ def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
                               f"(e.g. {bad[:3]}); nothing was written. Lower the learning rate or check the data")
 
 
-def check_checkpoint_out(path: str | Path, name: str, inputs: Iterable[str | Path] = (),
-                         overwrite: bool = False) -> Path:
-    """Refuse (``ConfigError``) a checkpoint directory to write that is a file, one of the
-    ``inputs``, a folder holding something other than a checkpoint, an existing checkpoint
-    (unless ``overwrite``), or lies under a file: the new checkpoint replaces ``path`` wholesale.
-    Nothing is created: call this before any work."""
+def refuse_under_file(path: Path, name: str) -> None:
+    """``ConfigError`` when the nearest existing parent of ``path`` is a file (nothing can go there)."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{name} {path}: {parent} is a file, so nothing can be written there; "
+                                  "choose another location")
+            return
+
+
+def check_output_dir(path: str | Path, name: str, *, holds: str = "checkpoint", marker: str = CONFIG_FILE,
+                     inputs: Iterable[str | Path] = (), overwrite: bool = False) -> Path:
+    """Refuse (``ConfigError``) a directory about to be written whole (a ``holds``, recognised by its
+    ``marker`` file) that is one of the ``inputs``, a file, a folder holding something else, an
+    existing ``holds`` (unless ``overwrite``), or lies under a file. Nothing is created: call this
+    before any work."""
     path = Path(path)
     for given in inputs:
         if path.resolve() == Path(given).resolve():
             raise ConfigError(f"{name} {path} is also the input; writing it would destroy the input: "
                               "choose another directory")
+    refuse_under_file(path, name)
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"{name} {path} is a file; give a new directory for the checkpoint")
-    if path.is_dir() and any(path.iterdir()) and not (path / CONFIG_FILE).is_file():
-        raise ConfigError(f"{name} {path} is a folder that holds other files; give a new directory")
-    if (path / CONFIG_FILE).is_file() and not overwrite:
-        raise ConfigError(f"{name} {path} already holds a checkpoint; pass --overwrite to replace it "
+        raise ConfigError(f"{name} {path} is a file, not a {holds} directory; give a new directory")
+    if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
+        raise ConfigError(f"{name} {path} is a folder that holds other files, not a {holds}; give a new directory")
+    if (path / marker).is_file() and not overwrite:
+        raise ConfigError(f"{name} {path} already holds a {holds}; pass --overwrite to replace it "
                           "or choose another directory")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"{name} {path}: {parent} is a file; choose another location")
-            break
     return path
 
 

@@ -58,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
     grid = _grid_size(args)
     if args.model is not None and args.model not in GPT_CONFIGS:
         raise ConfigError(f"--model {args.model!r} is not a GPT config; choose one of {sorted(GPT_CONFIGS)}")
-    from mirai.checkpoint import check_checkpoint_out
+    from mirai.checkpoint import check_output_dir
 
-    check_checkpoint_out(args.output, "output", inputs=[source], overwrite=args.overwrite)
+    check_output_dir(args.output, "output", inputs=[source], overwrite=args.overwrite)
     if args.regions_per_side is not None and args.regions_per_side < 1:
         raise ConfigError(f"--regions-per-side must be at least 1, got {args.regions_per_side}")
     ckpt = read_llamagen(source, kind=args.kind, name=args.model, grid_size=grid, regions_per_side=args.regions_per_side)

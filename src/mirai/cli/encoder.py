@@ -80,14 +80,14 @@ def run_train(args: argparse.Namespace) -> int:
     from mirai import checkpoint
     from mirai.builders.encoder import FashionTrainConfig, parameter_count, train_fashion_encoder
     from mirai.builders.encoder_probe import linear_probe
-    from mirai.checkpoint import check_checkpoint_out
+    from mirai.checkpoint import check_output_dir
     from mirai.foresight.encoders import GridNetEncoder
 
     overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                                    "seed": args.seed, "crop_min": args.crop_min}.items() if v is not None}
     cfg = FashionTrainConfig(grid=args.grid, objective=args.objective, **overrides)
     # Training takes minutes: every setting and the output are checked first.
-    check_checkpoint_out(args.out, "--out", overwrite=args.overwrite)
+    check_output_dir(args.out, "--out", overwrite=args.overwrite)
     _threads(args.threads)
     net, log = train_fashion_encoder(cfg, root=args.root)
     meta = {"train_config": asdict(cfg), "uses_labels": cfg.objective == "supervised",

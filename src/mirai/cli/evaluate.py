@@ -155,7 +155,7 @@ def train(args: argparse.Namespace) -> int:
     positive_float(args.lr, "--lr")
     if args.data_root is not None:
         existing_dir(args.data_root, "--data-root")
-    checkpoint.check_checkpoint_out(args.out, "--out", overwrite=args.overwrite)
+    checkpoint.check_output_dir(args.out, "--out", overwrite=args.overwrite)
     from mirai.builders.evaluator import train_fashion_classifier
 
     torch.set_num_threads(args.threads)

@@ -39,34 +39,14 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    from mirai.data.codes import MANIFEST
-    from mirai.errors import DataError
-
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise DataError(f"--out {out}: {parent} is a file, so no store can be written there; "
-                                "choose another --out directory")
-            break
-    if not out.exists():
-        return
-    if not (out / MANIFEST).is_file():
-        # The store replaces --out wholesale, so never point it at a folder holding anything else.
-        if out.is_dir() and not any(out.iterdir()):
-            return
-        raise DataError(f"{out} exists and is not a code store; choose a new --out directory")
-    if not overwrite:
-        raise DataError(f"{out} already holds a code store; pass --overwrite to replace it")
-
-
 def run(args: argparse.Namespace) -> int:
-    from mirai.data.codes import extract, load_vq
+    from mirai.checkpoint import check_output_dir
+    from mirai.data.codes import MANIFEST, extract, load_vq
     from mirai.data.views import ViewSpec
     from mirai.errors import DataError
 
     out = Path(args.out)
-    _check_out(out, args.overwrite)
+    check_output_dir(out, "--out", holds="code store", marker=MANIFEST, overwrite=args.overwrite)
     # Cheap settings first, so a typo is reported before the dataset and tokenizer are read;
     # extract() checks batch size, workers and device with the same rules.
     spec = ViewSpec.from_dict({

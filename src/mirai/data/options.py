@@ -13,6 +13,7 @@ from typing import Iterable
 
 import torch
 
+from mirai.checkpoint import refuse_under_file
 from mirai.errors import ConfigError, DataError
 
 
@@ -115,12 +116,7 @@ def check_output_file(path: str | Path, name: str, inputs: Iterable[str | Path |
         if given is not None and _same_file(path, Path(given)):
             raise ConfigError(f"{name} {path} is also an input of this command; writing it would destroy "
                               "the input: choose another file name")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"{name} {path}: {parent} is a file, so the output cannot be written there; "
-                                  "choose another location")
-            break
+    refuse_under_file(path, name)
     if path.exists() and not overwrite:
         raise ConfigError(f"{name} {path} already exists; pass --overwrite to replace it or choose another name")
     return path
