@@ -8,7 +8,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup data demo test bench clean
+.PHONY: setup data browser demo test bench clean
 
 setup: $(VENV)/.installed data
 
@@ -28,10 +28,19 @@ data:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
 	else echo "Fashion-MNIST not installed: the loader will download it on first use"; fi
 
+# Chromium and its driver from Debian, for the browser test of `mirai serve` (tests/test_serve.py
+# skips that test, saying why, where they cannot be installed).
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif command -v apt-get >/dev/null; then \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver; } \
+	  || echo "Chromium could not be installed: the browser test of mirai serve will be skipped"; \
+	else echo "no apt-get: install chromium and chromedriver to run the browser test of mirai serve"; fi
+
 demo: setup
 	$(VENV)/bin/mirai demo
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q
 
 bench: setup

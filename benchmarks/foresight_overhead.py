@@ -66,7 +66,8 @@ from mirai.foresight.base import Progress
 from mirai.foresight.encoders import build_encoder
 from mirai.models import build_gpt
 from mirai.models.ema import update_ema
-from mirai.training.trainer import Objective, param_groups
+from mirai.training.optim import param_groups
+from mirai.training.trainer import Objective
 
 PAPER_FLOPS = {"baseline": 1.70e11, "mirai_i": 1.81e11, "mirai_e": 2.35e11}  # Table 15, GPT-B, 256 px
 EXECUTED = Convention(embedding=False, attention_scores=True)

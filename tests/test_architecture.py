@@ -15,15 +15,15 @@ import mirai
 
 PACKAGE = Path(mirai.__file__).resolve().parent
 
-# cli -> bench/analysis -> training/builders -> foresight/sampling/evaluation/convert
-#     -> models/data -> checkpoint/config -> errors. Lower numbers may import higher ones.
+# cli -> bench/analysis/serve -> training/builders -> foresight/sampling/evaluation/convert
+#     -> models/data/figures -> checkpoint/config/hub -> errors. Lower numbers may import higher ones.
 LAYERS = {
     "cli": 0,
-    "bench": 1, "analysis": 1,
+    "bench": 1, "analysis": 1, "serve": 1,
     "training": 2, "builders": 2,
     "foresight": 3, "sampling": 3, "evaluation": 3, "convert": 3,
-    "models": 4, "data": 4,
-    "checkpoint": 5, "config": 5, "locks": 5,
+    "models": 4, "data": 4, "figures": 4,
+    "checkpoint": 5, "config": 5, "locks": 5, "hub": 5,
     "errors": 6,
 }
 

@@ -128,9 +128,13 @@ def test_bench_writes_results_and_resumes_without_redoing_work(setup, tmp_path, 
     table = (out / "results.md").read_text()
     for row in ("| baseline@2 |", "| baseline@4 |", "| mirai_i@4 |", "| mirai_i@last2 |"):
         assert row in table
-    assert "FID↓" in table and "IS↑" in table and "Tokenizer floor" in table
-    for name in ("fid_vs_steps.png", "grid_baseline.png", "grid_mirai_i.png", "tsne_maps.png", "curves.png"):
-        assert Image.open(out / name).size[0] > 50
+    assert "FID↓" in table and "IS↑" in table and "| tokenizer floor (12 recon) |" in table
+    # The noise floor is taken at the sample count (12 test images: capped at half of them, 6 vs 6).
+    assert floors["noise_floor"]["num_images"] == 6 and floors["noise_floor"]["capped"] is True
+    assert "| noise floor (6 real) |" in table
+    for name in ("fid_vs_steps", "grid_baseline", "grid_mirai_i", "tsne_maps", "curves"):
+        assert Image.open(out / f"{name}.png").size[0] > 50
+        assert (out / f"{name}.pdf").read_bytes().startswith(b"%PDF")
     maps = json.loads((out / "tsne_maps.json").read_text())
     assert maps["images"] == [0] and list(maps["maps"]) == ["baseline", "mirai_i"]
     assert {m["layer"] for m in maps["maps"].values()} == {1}  # foresight default: 2/3 of GPT-Nano's 2 blocks
@@ -251,7 +255,8 @@ def test_parallel_shares_merge_their_records_and_a_plain_run_writes_the_report(s
 FLOORS = {"num_images": 12, "reference_codes": "x",
           "tokenizer_floor": {"fid": 1.0, "precision": 0.9, "recall": 0.9, "inception_score": 3.0,
                               "class_accuracy": 0.95, "num_images": 12},
-          "noise_floor": {"fid": 0.5, "half_size": 6}}
+          "noise_floor": {"fid": 0.5, "precision": 0.8, "recall": 0.8, "inception_score": 3.5, "class_accuracy": 0.9,
+                          "num_images": 6, "num_reference": 6, "capped": True}}
 
 
 def test_table_reports_mean_and_spread_over_seeds(setup, tmp_path):
@@ -269,7 +274,9 @@ def test_table_reports_mean_and_spread_over_seeds(setup, tmp_path):
     assert [r["fid"] for r in rows["a@last2"]] == [15.0, 19.0]  # each seed over steps 4 and 6
     table = format_table(bench, results, FLOORS)
     assert "| a@2 | 32 ± 2.8 | 16 ± 1.4 | 2 ± 0 |" in table
-    assert "| a@last2 | 17 ± 2.8 |" in table and table.count("| – |") == 4  # val NLL unknown in every row
+    assert "| a@last2 | 17 ± 2.8 |" in table
+    assert table.count("| – |") == 4 + 2 * 2  # val NLL unknown in every row; the floors: no FID vs recon, no seeds
+    assert "| noise floor (6 real) | 0.5 | – | 3.5 | 0.8 | 0.8 | 0.9 | – | – |" in table
 
 
 def test_paired_table_compares_each_seed_with_the_baseline(setup, tmp_path):
@@ -303,3 +310,11 @@ def test_par_variants_run_beside_raster_ones(setup, tmp_path):
     maps = json.loads((tmp_path / "bench" / "tsne_maps.json").read_text())
     assert list(maps["maps"]) == ["baseline", "par", "par_mirai_e"]  # PAR maps drawn on the grid cells too
     assert "| par@2 |" in (tmp_path / "bench" / "results.md").read_text()
+
+
+def test_every_shipped_bench_config_draws_fid_curves_of_at_least_five_checkpoints():
+    shipped = sorted((Path(ASSETS).parent.parent / "configs" / "bench").glob("*.yaml"))
+    assert len(shipped) >= 5
+    for path in shipped:
+        bench = load_config(BenchConfig, path)
+        assert len(bench.schedule()) >= 5, f"{path.name} scores only steps {bench.schedule()}"

@@ -41,11 +41,11 @@ CONVERT = ["convert", "llamagen", f"{W}/gpt.pt", OUT]
 FLOPS = ["flops", "--model", "GPT-Nano"]
 BENCH = ["bench", "convergence", "--config", f"{W}/bench.yaml", f"out_dir={OUT}"]
 CURVES = ["analyze", "curves", f"{W}/run", "--out", f"{OUT}/curves.png"]
-TSNE = ["analyze", "tsne", "--checkpoint", f"{W}/gpt", "--codes", f"{W}/codes_val", "--out", f"{OUT}/t.png"]
+TSNE = ["analyze", "tsne", "--gpt", f"{W}/gpt", "--codes", f"{W}/codes_val", "--out", f"{OUT}/t.png"]
 CLASSMAP = ["analyze", "classmap", f"{W}/gpt", "--codes", f"{W}/codes_train", "--layer", "1", "--k", "3",
             "--out", f"{OUT}/c.png"]
 TOK_TRAIN = ["tokenizer", "train", "--no-progress", "--config", f"{W}/vq.yaml", f"out_dir={OUT}"]
-TOK_EVAL = ["tokenizer", "eval", "--checkpoint", f"{W}/vq"]
+TOK_EVAL = ["tokenizer", "eval", "--tokenizer", f"{W}/vq"]
 ENC_TRAIN = ["encoder", "train-fashion", "--out", f"{OUT}/enc", "--no-probe"]
 ENC_PROBE = ["encoder", "probe", "fashion8"]
 ENC_INFO = ["encoder", "info", "fashion8", "--grid", "4"]
@@ -101,6 +101,8 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
         (["convert", "llamagen", f"{W}/gpt.pt", f"{W}/notes.txt"], "notes.txt"),
         (["convert", "llamagen", f"{W}/gpt.pt", f"{W}/vq"], "already"),
         (["convert", "llamagen", f"{W}/gpt.pt", f"{W}/gpt.pt"], "gpt.pt"),
+        (CONVERT, "does not store its token grid.*--grid-size"),  # not a released file: never a silent 16x16
+        (["convert", "llamagen", "llamagen:c2i_Q_256", OUT], "unknown released input .*llamagen:c2i_B_256"),
         *table(CONVERT, {"--grid-size": [("0", "--grid-size must be at least 1"), ("-1", "--grid-size"),
                                          ("abc", "invalid int")],
                          "--image-size": [("0", "--image-size"), ("17", "multiple of 16"), ("-16", "--image-size"),
@@ -158,7 +160,7 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
                         "--key": [("bogus", "no run logged 'bogus'")],
                         "--out": [(f"{OUT}/c.xyz", "file type"), (f"{W}/empty", "is a directory"),
                                   (f"{W}/notes.txt/c.png", "is a file")]}),
-        *table(TSNE, {"--checkpoint": [(MISSING, "missing"), (f"{W}/vq", "'vq' model"), (f"{W}/notes.txt", "notes"),
+        *table(TSNE, {"--gpt": [(MISSING, "missing"), (f"{W}/vq", "'vq' model"), (f"{W}/notes.txt", "notes"),
                                        (f"{W}/empty", "config.json")],
                       "--codes": [(MISSING, "missing"), (f"{W}/vq", "vq"), (f"{W}/notes.txt", "notes.txt")],
                       "--layer": [("0", "layer"), ("3", "outside the model's blocks 1..2"), ("x", "invalid int")],
@@ -178,6 +180,9 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
                           "--out": [(f"{OUT}/c.xyz", "file type"), (f"{W}/empty", "is a directory")]}),
         (["analyze", "classmap", f"{W}/vq", *CLASSMAP[3:]], "'vq' model"),
         (["analyze", "classmap", MISSING, *CLASSMAP[3:]], "missing"),
+        (["analyze", "classmap", "--gpt", MISSING, *CLASSMAP[3:]], "missing"),  # the canonical flag
+        (["analyze", "classmap", *CLASSMAP[3:]], "give the GPT checkpoint once: --gpt"),
+        (["analyze", "tsne", *TSNE[4:]], "no GPT checkpoint given: pass --gpt"),
     ],
     "tokenizer": [
         (with_option(TOK_TRAIN, "--config", MISSING), "does not exist"),
@@ -195,7 +200,7 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
                                  ("model.arch={bogus: 1}", "bogus"), ("bogus=1", "unknown key"),
                                  (f"data.root={MISSING}", "missing"),
                                  (f"out_dir={W}/notes.txt", "notes.txt")]}),
-        *table(TOK_EVAL, {"--checkpoint": [(MISSING, "does not exist"), (f"{W}/gpt", "'gpt' model"),
+        *table(TOK_EVAL, {"--tokenizer": [(MISSING, "does not exist"), (f"{W}/gpt", "'gpt' model"),
                                            (f"{W}/notes.txt", "notes.txt"), (f"{W}/empty", "config.json")],
                           "--limit": [("0", "--limit"), ("-1", "--limit"), ("abc", "invalid int")],
                           "--batch-size": [("0", "batch.size"), ("-8", "batch.size")],
@@ -327,7 +332,7 @@ def test_the_unchanged_commands_succeed(root, tmp_path):
     """The bases of the table work (those that finish in a moment), so a refusal is the bad value's."""
     out = tmp_path / "ok"
     assert main(fill(TRAIN, root, out / "train") + ["--print-config"]) == 0
-    assert main(fill(CONVERT, root, out / "convert")) == 0
+    assert main(fill(CONVERT, root, out / "convert") + ["--grid-size", "4"]) == 0  # a LlamaGen .pt has no grid
     assert json.loads((out / "convert" / "config.json").read_text())["kind"] == "gpt"
     assert main(fill(FLOPS, root, out) + ["--k", "2", "--layer", "2", "--encoder-res", "56"]) == 0
     assert main(fill(BENCH, root, out / "bench") + ["--dry-run"]) == 0

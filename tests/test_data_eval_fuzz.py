@@ -90,6 +90,8 @@ EXTRACT_CASES = [
     ("--image-size", "inf", "invalid"), ("--image-size", "7", "multiple of the tokenizer"),
     ("--crop-ratio", "nan", "finite"), ("--crop-ratio", "inf", "finite"), ("--crop-ratio", "-1", "at least 1.0"),
     ("--crop-ratio", "wide", "invalid float"), ("--per-class", "0", "at least 1"), ("--per-class", "-2", "at least 1"),
+    ("--per-class", "99", "holds 8 images, fewer than per_class=99"), ("--subset-seed", "3", "give per_class"),
+    ("--subset-seed", "x", "invalid int"),
     ("--num-classes", "0", "at least 1"), ("--num-classes", "7", "3 class folders"),
     ("--tokenizer", f"{W}/missing", "does not exist"), ("--tokenizer", f"{W}/notes.txt", "is a file, not a Mirai"),
     ("--tokenizer", f"{W}/gpt", "'gpt' model.*tokenizer is a Mirai VQ"), ("--tokenizer", f"{W}/empty", "config.json"),

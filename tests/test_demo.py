@@ -25,9 +25,11 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
         assert report["num_samples"] == 40 and report["num_reference"] == 10_000
         assert 0 <= report["metrics"]["class_accuracy"] <= 1 and report["metrics"]["fid"] > 0
         assert report["val_nll_ema"] is not None
-        assert (out / variant / "samples" / "final.png").is_file()
+        assert all((out / variant / "samples" / f"final.{kind}").is_file() for kind in ("png", "pdf"))
+        assert report["noise_floor"]["num_images"] == 40  # the floor at the demo's sample count
         assert (out / variant / "checkpoints" / "step_0000004").is_dir()
     assert "Fashion-MNIST demo" in (out / "results.md").read_text()
+    assert "| noise floor (40 real) |" in (out / "results.md").read_text()
     # A second run finds every stage done: nothing is retrained or resampled.
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "results.md"}
     assert main(argv) == 0

@@ -45,7 +45,9 @@ def test_fashion_evaluation_end_to_end(tmp_path, random_fashion_evaluator, capsy
         assert np.isfinite(values[key]), key
     assert 1.0 <= values["inception_score"] <= 10.0 and 0.0 <= values["class_accuracy"] <= 1.0
     floor = report["noise_floor"]
-    assert floor["half_size"] == 20 and np.isfinite(floor["fid"])
+    # As many real images as samples (24), capped at half the 40-image reference.
+    assert (floor["num_images"], floor["num_reference"], floor["capped"]) == (20, 20, True)
+    assert np.isfinite(floor["fid"])
     printed = capsys.readouterr().out
     assert "FID" in printed and "noise floor" in printed and "Class accuracy" in printed
 
@@ -54,6 +56,23 @@ def test_fashion_evaluation_end_to_end(tmp_path, random_fashion_evaluator, capsy
     with np.load(tmp_path / "samples.npz") as raw:
         predicted = model(torch.from_numpy(raw["arr_0"])).argmax(1).numpy()
         assert values["class_accuracy"] == pytest.approx(np.mean(predicted == raw["labels"]))
+
+
+def test_evaluate_writes_its_metrics_beside_the_samples_by_default(tmp_path, random_fashion_evaluator, capsys):
+    write_batch(tmp_path / "ref_images.npz", 40, 32, seed=0)
+    (tmp_path / "run").mkdir()
+    write_batch(tmp_path / "run" / "samples.npz", 10, 32, seed=1)
+    assert main(["evaluate", "make-ref", "--images", str(tmp_path / "ref_images.npz"), "--evaluator", "fashion",
+                 "--fashion-evaluator", str(random_fashion_evaluator), "--out", str(tmp_path / "ref.npz")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run" / "samples.npz"), "--ref", str(tmp_path / "ref.npz"),
+                 "--fashion-evaluator", str(random_fashion_evaluator)]) == 0
+    default = tmp_path / "run" / "samples.metrics.json"
+    assert f"wrote the metrics to {default}" in capsys.readouterr().out
+    report = json.loads(default.read_text())
+    assert report["num_samples"] == 10 and np.isfinite(report["metrics"]["fid"])
+    # The floor is taken at the sample count: 10 real images, not half of the 40-image reference.
+    assert (report["noise_floor"]["num_images"], report["noise_floor"]["num_reference"]) == (10, 30)
 
 
 def test_evaluate_refuses_statistics_from_other_weights_without_images(tmp_path, random_fashion_evaluator, capsys):
@@ -119,7 +138,7 @@ def test_committed_evaluator_scores_real_images_near_the_noise_floor(tmp_path, m
     real, noise = reports["real"]["metrics"], reports["noise"]["metrics"]
     floor = reports["real"]["noise_floor"]
     assert "noise_floor" not in reports["noise"]
-    assert floor["half_size"] == 1500 and floor["class_accuracy"] > 0.9
+    assert (floor["num_images"], floor["num_reference"]) == (1000, 2000) and floor["class_accuracy"] > 0.9
     assert real["class_accuracy"] > 0.9 and noise["class_accuracy"] < 0.3
     assert real["fid"] < 5 * floor["fid"] + 1 < noise["fid"]
     # Noise lands in one clump that the widest reference balls may cover (so its precision is not

@@ -108,3 +108,25 @@ def test_cli_reads_grid_vocabulary_and_classes_from_the_configs_code_store(store
     config.write_text(f"model:\n  name: GPT-Nano\ndata:\n  codes: {tmp_path / 'nowhere'}\n")
     assert main(["flops", "--config", str(config)]) == 1
     assert "leaves grid_size, vocab_size, num_classes to its code store" in capsys.readouterr().err
+
+
+def test_cli_sizes_mirai_i_heads_by_the_configs_encoder_width(tmp_path, capsys):
+    from mirai.foresight.encoders import build_encoder
+
+    config = tmp_path / "train.yaml"
+    config.write_text("model:\n  name: GPT-Nano\n  grid_size: 4\n  vocab_size: 48\n  num_classes: 7\n"
+                      "foresight:\n  source: encoder\n  encoder: fashion8\n")
+    assert main(["flops", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    width = build_encoder("fashion8", 4).feature_dim  # the committed encoder's features, not DINOv2-B's 768
+    assert width != 768 and f"C={width}, measured" in out
+    args = gpt_args("GPT-Nano", vocab_size=48, grid_size=4, num_classes=7)
+    cfg = from_dict(ForesightConfig, {"source": "encoder", "encoder": "fashion8"})
+    heads_only = training_flops(args, cfg, target_dim=width)
+    assert f"{heads_only['total']:.3e}" in out
+    assert heads_only["heads"] == 3 * 2 * head_macs("mlp", args.dim, width, args.max_len)
+    # The encoder's forward is counted as FlopCounterMode sees it on one 32x32 image, once (frozen: no backward).
+    encoder = build_encoder("fashion8", 4).eval()
+    forward = counted(lambda: encoder(torch.zeros(1, 3, 32, 32)))
+    encoder_line = next(line for line in out.splitlines() if "measured" in line)
+    assert float(encoder_line.split("encoder ")[-1]) == pytest.approx(forward, rel=1e-2)

@@ -1,11 +1,12 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from mirai.errors import ConfigError
 from mirai.models import GPT_CONFIGS, build_gpt
-from mirai.models.gpt import apply_rope, ffn_hidden_dim, rope_2d_table
+from mirai.models.gpt import apply_rope, check_token_ids, ffn_hidden_dim, rope_2d_table
 
 
 def tiny(**kw):
@@ -120,8 +121,12 @@ def test_hidden_states_and_early_stop():
 
 def test_bad_tokens_and_grid_give_clear_errors():
     model = tiny().eval()
-    with pytest.raises(ValueError, match="token ids must lie in"):
-        model(torch.full((1, 3), 40), torch.tensor([0]))
+    # The id range is checked where batches are made (host side), not in forward.
+    for bad, got in ((torch.full((1, 3), 40), r"\[40, 40\]"), (np.array([[3, -1]]), r"\[-1, 3\]")):
+        with pytest.raises(ValueError, match=rf"token ids must lie in \[0, 40\); got {got}"):
+            check_token_ids(bad, model.args.vocab_size)
+    check_token_ids(np.zeros((0, 4), dtype=np.int64), 40)
+    check_token_ids(torch.tensor([[0, 39]]), 40)
     with pytest.raises(ValueError, match="do not fit"):
         model(torch.zeros(1, 16, dtype=torch.long), torch.tensor([0]))
 

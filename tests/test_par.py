@@ -1,4 +1,4 @@
-"""PAR's order, mask and RoPE table (par.md sections 2-4), checked against the spec's tables."""
+"""PAR's order, mask and RoPE table (docs/par.md sections 2-4), checked against the spec's tables."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from mirai.models.par import (
 
 
 def test_the_4x4_table_of_the_spec():
-    # par.md 2.2: entry = PAR rank of each cell of a 4x4 grid with 2x2 regions.
+    # docs/par.md 2.2: entry = PAR rank of each cell of a 4x4 grid with 2x2 regions.
     expected = torch.tensor([[0, 4, 1, 5], [8, 12, 9, 13], [2, 6, 3, 7], [10, 14, 11, 15]])
     assert torch.equal(par_ranks(4, 2).view(4, 4), expected)
 
@@ -33,7 +33,7 @@ def test_reordering_round_trips_and_groups_hold_one_token_per_region(grid, m):
 
 
 def test_the_8x8_pass_table_of_the_spec():
-    # par.md 2.2: the 0-based forward pass that produces each cell, 8x8 grid, m = 2 (19 passes):
+    # docs/par.md 2.2: the 0-based forward pass that produces each cell, 8x8 grid, m = 2 (19 passes):
     # rank k < n comes from pass k, a later rank from pass n - 1 + k // n.
     quarter = [[0, 4, 5, 6], [7, 8, 9, 10], [11, 12, 13, 14], [15, 16, 17, 18]]
     expected = torch.tensor([[q for q in row] + [q for q in row] for row in quarter] * 2)
@@ -116,14 +116,15 @@ def test_cached_decoding_under_teacher_forcing_equals_the_full_forward():
     model = tiny()
     sequence, labels = torch.randint(0, 32, (2, 16)), torch.tensor([1, 2])
     full = model(sequence[:, :-1], labels)  # (2, 16, V): position r predicts rank r
-    model.setup_kv_cache(2)
+    plan = model.setup_kv_cache(2)
     schedule = decode_schedule(4, 2)
-    assert len(schedule) == forward_passes(4, 2) == 4 + 16 // 4 - 1
+    assert plan.schedule == schedule and len(schedule) == forward_passes(4, 2) == 4 + 16 // 4 - 1
     produced = []
-    for step in schedule:
+    for i, step in enumerate(schedule):
         fed = sequence[:, list(step.feed)]
-        logits = model.decode(model.pass_inputs(step, fed, labels), step.start, last=len(step.produce))
-        logits = logits.view(2, len(step.produce), -1)
+        h = model.pass_inputs(step, fed, labels)
+        h = torch.cat([h.new_zeros(2, plan.width - h.size(1), h.size(2)), h], dim=1)  # padding rows lead
+        logits = model.decode_step(h, plan.positions[i], plan.slots[i], plan.masks[i])[:, -len(step.produce):]
         for i, rank in enumerate(step.produce):
             torch.testing.assert_close(logits[:, i], full[:, rank], rtol=1e-5, atol=1e-5)
             produced.append(rank)
@@ -147,7 +148,7 @@ def test_a_released_par_state_dict_loads_strictly_and_a_wrong_m_is_refused(tmp_p
 
 def test_foresight_pairs_under_par_by_hand_on_4x4():
     cells = tiny().sequence_cells()
-    # PAR ranks of the 4x4 grid (par.md 2.2): row 0 = ranks 0 4 1 5, row 1 = 8 12 9 13, ...
+    # PAR ranks of the 4x4 grid (docs/par.md 2.2): row 0 = ranks 0 4 1 5, row 1 = 8 12 9 13, ...
     # Rank k >= 4 is read at position k + 4 (3 learnable tokens sit at 5..7); rank k < 4 at k + 1.
     (current,) = head_pairs(4, "grid2d", "encoder", cells=cells)
     pairs = dict(zip(current[0].tolist(), current[1].tolist()))
@@ -200,11 +201,11 @@ from mirai.sampling.generate import generate  # noqa: E402
 def test_par_decoding_makes_n_plus_n_over_n_minus_1_passes_and_agrees_with_the_full_forward():
     model = tiny()
     calls = []
-    real = model.decode
-    model.decode = lambda *a, **kw: calls.append(a[1]) or real(*a, **kw)
+    real = model.decode_step
+    model.decode_step = lambda h, positions, *a: calls.append((h.size(1), int(positions[-1]))) or real(h, positions, *a)
     labels = torch.tensor([0, 1, 2])
     cached = generate(model, labels, cfg_scale=1.5, generator=torch.Generator().manual_seed(3))
-    assert len(calls) == forward_passes(4, 2) == 7 and calls == [0, 1, 2, 3, 4, 8, 12]
+    assert len(calls) == forward_passes(4, 2) == 7 and calls == [(4, p) for p in (0, 1, 2, 3, 7, 11, 15)]  # one width
     reference = generate(model, labels, cfg_scale=1.5, generator=torch.Generator().manual_seed(3),
                          use_kv_cache=False)
     assert cached.shape == (3, 16) and torch.equal(cached, reference)  # same draws, same tokens

@@ -273,7 +273,12 @@ def test_cli_train_then_sample(stores, tmp_path, capsys):
     npz = np.load(out / "samples.npz")
     assert npz["arr_0"].shape == (6, 8, 8, 3) and npz["arr_0"].dtype == np.uint8
     assert npz["labels"].tolist() == [0, 0, 1, 1, 2, 2] and npz["tokens"].shape == (6, 16)
-    assert (out / "grid.png").is_file()
+    assert (out / "grid.png").is_file() and (out / "grid.pdf").is_file()
+    # The grid's row names and title come from the checkpoint: its step and its training store's classes.
+    from mirai.data.codes import CodeStore
+    from mirai.sampling.grid import checkpoint_details
+
+    assert checkpoint_details(summary["checkpoint"]) == (3, CodeStore.open(stores / "codes_train").class_names)
 
 
 def test_a_warmup_longer_than_the_run_is_refused(stores, tmp_path):

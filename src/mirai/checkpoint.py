@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mirai.errors import CheckpointError, ConfigError, MiraiError
+from mirai.hub.resolve import missing_message, resolve
 
 FORMAT_VERSION = 1
 CONFIG_FILE, MODEL_FILE, EMA_FILE = "config.json", "model.safetensors", "ema.safetensors"
@@ -245,8 +246,10 @@ def check_output_dir(path: str | Path, name: str, *, holds: str = "checkpoint", 
     return path
 
 
-def write_checkpoint(path: str | Path, ckpt: Checkpoint, extra_files: dict[str, bytes] | None = None) -> Path:
-    """Write a ``Checkpoint`` as a Mirai directory (atomically); non-finite weights are refused."""
+def write_checkpoint(path: str | Path, ckpt: Checkpoint, extra_files: dict[str, bytes | Path] | None = None) -> Path:
+    """Write a ``Checkpoint`` as a Mirai directory (atomically); non-finite weights are refused.
+    ``extra_files`` values are contents, or finished files on the same filesystem that are moved in
+    (e.g. the shards ``torch.distributed.checkpoint`` wrote from every rank)."""
     check_finite(ckpt.model, f"{path} (model weights)")
     if ckpt.ema is not None:
         check_finite(ckpt.ema, f"{path} (EMA weights)")
@@ -256,7 +259,10 @@ def write_checkpoint(path: str | Path, ckpt: Checkpoint, extra_files: dict[str, 
         if ckpt.ema is not None:
             save_file(_contiguous(ckpt.ema), str(tmp / EMA_FILE))
         for name, data in (extra_files or {}).items():
-            (tmp / name).write_bytes(data)
+            if isinstance(data, Path):
+                os.replace(data, tmp / name)
+            else:
+                (tmp / name).write_bytes(data)
         # Written last, with the SHA-256 of every other file, so a load can tell bit rot from weights.
         config = {
             "format": "mirai", "version": FORMAT_VERSION, "kind": ckpt.kind,
@@ -294,8 +300,9 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def read_torch_file(path: str | Path) -> dict:
-    """Read a ``.pt``/``.pth`` file with ``weights_only=True``; refuse pickled code."""
-    path = Path(path)
+    """Read a ``.pt``/``.pth`` file (or a name ``mirai.hub.resolve`` knows) with ``weights_only=True``;
+    refuse pickled code."""
+    path = resolve(path, "weights file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -339,7 +346,7 @@ def read_weights(path: str | Path, what: str = "weights") -> dict[str, torch.Ten
     """A state dict from a ``.safetensors`` file or a ``.pt/.pth/.bin`` file read with
     ``weights_only=True``, unwrapped from ``{"model": ...}``/``{"state_dict": ...}`` containers
     and wrapper prefixes. ``what`` names the file's role in error messages (``CheckpointError``)."""
-    path = Path(path)
+    path = resolve(path, what)
     if not path.is_file():
         raise CheckpointError(f"{what} file {path} does not exist")
     if path.suffix not in WEIGHT_SUFFIXES:
@@ -372,10 +379,11 @@ def read_manifest(path: Path, fmt: str, version: int, error: type[MiraiError], f
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a Mirai checkpoint directory (LlamaGen ``.pt`` files go through ``mirai.convert``)."""
-    path = Path(path)
+    """Read a Mirai checkpoint directory, given as a path or a name ``mirai.hub.resolve`` knows
+    (LlamaGen ``.pt`` files go through ``mirai.convert``)."""
+    path = resolve(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(missing_message(path))
     if path.is_file():
         raise CheckpointError(
             f"{path} is a file, not a Mirai checkpoint directory; convert a LlamaGen .pt first with "

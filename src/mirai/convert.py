@@ -3,7 +3,9 @@ model kinds for the commands that open a file of either kind (``mirai convert``,
 
 LlamaGen stores no config beside its weights, so the architecture is inferred from tensor
 shapes (depth, width, vocabulary, classes) and matched against the named configs; the
-token grid is not in the weights and comes from the caller (16 for 256 px, 24 for 384 px).
+token grid is not in the weights: it comes from the caller (16 for 256 px, 24 for 384 px) or,
+for the released files, from ``mirai.hub.resolve.RELEASED``. Without either a GPT file is
+refused: a wrong grid would silently give images of the wrong size.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from mirai.checkpoint import (
     Checkpoint, llamagen_state_dicts, load_state_dict_checked, read_checkpoint, read_torch_file,
 )
 from mirai.errors import CheckpointError
+from mirai.hub.resolve import ReleasedFile, released_file, resolve
 from mirai.models.gpt import GPT
 from mirai.models.registry import GPT_CONFIGS, gpt_args, infer_gpt_name
 from mirai.models.vq import VQModel, vq_from_llamagen_state
@@ -55,10 +58,12 @@ def par_regions(state: dict[str, torch.Tensor], grid_size: int, regions_per_side
 
 
 def gpt_from_llamagen_state(
-    state: dict[str, torch.Tensor], name: str | None = None, grid_size: int = 16, class_dropout_prob: float = 0.1,
+    state: dict[str, torch.Tensor], name: str | None = None, *, grid_size: int | None, class_dropout_prob: float = 0.1,
     regions_per_side: int | None = None,
 ) -> GPT:
     """Build a GPT whose shapes match a LlamaGen (or PAR) c2i state dict, and load it strictly.
+    ``grid_size`` must be given: the weights do not hold it (16 for 256 px, 24 for 384 px); None raises
+    ``CheckpointError`` asking for --grid-size/--image-size.
     A PAR file is recognised by its learnable tokens; ``regions_per_side`` is then checked against it."""
     try:
         vocab_size, dim = state["tok_embeddings.weight"].shape
@@ -66,6 +71,10 @@ def gpt_from_llamagen_state(
         wqkv = state["layers.0.attention.wqkv.weight"].shape[0]
     except KeyError as err:
         raise CheckpointError(f"not a LlamaGen class-conditional GPT state dict: key {err} is missing") from None
+    if grid_size is None:
+        raise CheckpointError(
+            "a LlamaGen/PAR .pt does not store its token grid and this is not one of the released files Mirai "
+            "knows; pass --grid-size (16 for 256-px models, 24 for 384-px ones) or --image-size (grid_size= in Python)")
     n_layer = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k)))
     inferred = infer_gpt_name(n_layer, dim)
     name = name or inferred
@@ -92,9 +101,24 @@ def gpt_from_llamagen_state(
     return model
 
 
-def read_llamagen(path: str | Path, kind: str | None = None, name: str | None = None, grid_size: int = 16,
+def released_grid(spec: str | Path, grid_size: int | None) -> int | None:
+    """The token grid of a LlamaGen/PAR file: the caller's, else the table's (``mirai.hub.resolve.RELEASED``)
+    when ``spec`` names a released file. (The table's model name is not needed: depth and width in the
+    weights give it, and they also hold for a fine-tuned file saved under a released name.)"""
+    entry: ReleasedFile | None = released_file(spec)
+    if grid_size is not None or entry is None or entry.kind != "gpt":
+        return grid_size
+    return entry.grid_size
+
+
+def read_llamagen(path: str | Path, kind: str | None = None, name: str | None = None, grid_size: int | None = None,
                   regions_per_side: int | None = None) -> Checkpoint:
-    """Read a LlamaGen or PAR GPT, or a VQ, ``.pt`` (any container; wrapper prefixes) as a Checkpoint."""
+    """Read a LlamaGen or PAR GPT, or a VQ, ``.pt`` (any container; wrapper prefixes) as a Checkpoint.
+
+    ``path``: a file or a name ``mirai.hub.resolve`` knows (``llamagen:c2i_B_256``, ``hf://...``).
+    ``grid_size``: the GPT's token grid; None takes it from the table of released files and raises
+    ``CheckpointError`` (asking for --grid-size/--image-size) for a GPT file the table does not know."""
+    grid_size = released_grid(path, grid_size)
     model_state, ema_state = llamagen_state_dicts(read_torch_file(path), path)
     kind = kind or detect_kind(model_state)
     if kind == "gpt":
@@ -115,13 +139,15 @@ def read_llamagen(path: str | Path, kind: str | None = None, name: str | None = 
 
 
 def load_module(
-    path: str | Path, kind: str, prefer_ema: bool = True, name: str | None = None, grid_size: int = 16
+    path: str | Path, kind: str, prefer_ema: bool = True, name: str | None = None, grid_size: int | None = None
 ) -> torch.nn.Module:
     """A GPT or VQ in eval mode from a Mirai directory or a LlamaGen ``.pt`` (EMA weights when
-    the file has them and ``prefer_ema``)."""
+    the file has them and ``prefer_ema``). ``path`` may be any name ``mirai.hub.resolve`` knows;
+    ``grid_size`` matters for a GPT ``.pt`` only (see ``read_llamagen``)."""
     if kind not in MODEL_KINDS:
         raise CheckpointError(f"unknown kind {kind!r}: use one of {sorted(MODEL_KINDS)}")
-    path = Path(path)
+    grid_size = released_grid(path, grid_size)
+    path = resolve(path)
     ckpt = read_llamagen(path, kind=kind, name=name, grid_size=grid_size) if path.is_file() else read_checkpoint(path)
     try:
         return ckpt.build(MODEL_KINDS[kind], use_ema=prefer_ema and ckpt.ema is not None).eval()

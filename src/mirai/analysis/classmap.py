@@ -20,11 +20,11 @@ import torch
 from tqdm import tqdm
 
 from mirai import checkpoint
-from mirai.analysis.curves import check_figure_path
 from mirai.analysis.tsne import Condition, check_tsne_settings, image_states, tsne_embed
 from mirai.data.codes import CodeStore
 from mirai.data.options import positive_int
 from mirai.errors import DataError
+from mirai.figures import check_figure_path, save_figure
 from mirai.models.gpt import GPT
 
 
@@ -65,7 +65,8 @@ def gpt_features(gpt: GPT, store: CodeStore, indices: np.ndarray, layer: int,
                  condition: Condition = "null", batch_size: int = 256) -> np.ndarray:
     """Per image, the block-``layer`` states of view 0's grid cells, mean-pooled over the cells."""
     pooled = []
-    for start in tqdm(range(0, len(indices), batch_size), desc=f"GPT block {layer}", unit="batch"):
+    for start in tqdm(range(0, len(indices), batch_size), desc=f"GPT block {layer}", unit="batch",
+                      disable=None):
         states = image_states(gpt, store, indices[start:start + batch_size], layer, condition)
         pooled.append(states.float().mean(dim=1).cpu().numpy())
     return np.concatenate(pooled)
@@ -77,7 +78,7 @@ def encoder_features(encoder: torch.nn.Module, store: CodeStore, indices: np.nda
     """Per image, a foresight encoder's grid features of view 0's pixels, mean-pooled over the grid."""
     device = next(encoder.parameters()).device
     pooled = []
-    for start in tqdm(range(0, len(indices), batch_size), desc="encoder", unit="batch"):
+    for start in tqdm(range(0, len(indices), batch_size), desc="encoder", unit="batch", disable=None):
         chunk = indices[start:start + batch_size]
         images = store.source_images(chunk, np.zeros_like(chunk)).to(device)
         pooled.append(encoder(images).mean(dim=1).cpu().numpy())
@@ -86,7 +87,8 @@ def encoder_features(encoder: torch.nn.Module, store: CodeStore, indices: np.nda
 
 def plot_class_maps(maps: dict[str, np.ndarray], labels: np.ndarray, class_names: list[str],
                     scores: dict[str, dict[str, float]], out: str | Path) -> None:
-    """One scatter panel per map, points coloured by class, k-NN accuracies in the panel titles."""
+    """One scatter panel per map, points coloured by class (the key at the right), k-NN accuracies in the
+    panel titles; written to ``out`` and a PDF beside it."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
@@ -103,9 +105,9 @@ def plot_class_maps(maps: dict[str, np.ndarray], labels: np.ndarray, class_names
                      fontsize="medium")
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.axes[-1].legend(fontsize="small", markerscale=3, loc="center left", bbox_to_anchor=(1, 0.5))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    fig.legend(*fig.axes[-1].get_legend_handles_labels(), loc="outside right center", fontsize="small",
+               markerscale=3, title="colour: class", title_fontsize="small")
+    save_figure(fig, out)
 
 
 def classmap_report(checkpoint_path: str | Path, codes: str | Path, layer: int, out: str | Path,

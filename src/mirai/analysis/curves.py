@@ -1,17 +1,21 @@
-"""Training curves of several runs from their ``metrics.jsonl``: one panel per metric, one line per run."""
+"""Training curves of several runs from their ``metrics.jsonl``: one panel per metric, one colour per
+variant (group of runs), its seeds drawn as a band around their mean."""
 
 from __future__ import annotations
 
 import math
 import re
+import statistics
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from mirai.data.options import check_output_file, existing_dir
+from mirai.data.options import existing_dir
 from mirai.errors import DataError
+from mirai.figures import check_figure_path, save_figure
 from mirai.training.metrics import read_metrics
 
 HEAD_LOSS = re.compile(r"^(\w+)/loss(\d+)$")  # one auxiliary head's loss: foresight/loss0, foresight/loss1, ...
+SEED_TAIL = re.compile(r"/?seed_\d+$")  # the bench's run folders: VARIANT/seed_S
 Curves = dict[str, dict[str, tuple[list[int], list[float]]]]  # key -> run label -> (steps, values)
 
 
@@ -32,16 +36,6 @@ def default_keys(logged: Iterable[str]) -> list[str]:
     heads = sorted((k for k in logged if HEAD_LOSS.match(k)),
                    key=lambda k: (HEAD_LOSS.match(k).group(1), int(HEAD_LOSS.match(k).group(2))))
     return [k for k in ("loss/ntp", *heads, "val/nll_ema") if k in logged]
-
-
-def check_figure_path(out: str | Path) -> Path:
-    """``out`` if a figure can be written there: a file (not a folder) whose suffix matplotlib knows,
-    under no file. Raises ``ConfigError``; call it before any work."""
-    from matplotlib.backend_bases import FigureCanvasBase
-
-    known = (f".{kind}" for kind in FigureCanvasBase.get_supported_filetypes())
-    suffixes = dict.fromkeys([".png", ".pdf", ".svg", *known])  # the usual ones first, in the message too
-    return check_output_file(out, "out", suffixes=list(suffixes))
 
 
 def smooth_ema(values: list[float], weight: float) -> list[float]:
@@ -82,36 +76,85 @@ def load_curves(run_dirs: Sequence[str | Path], keys: Sequence[str] | None = Non
     return curves
 
 
+def quantity_label(key: str) -> str:
+    """The y-axis label of a logged key, with its unit: losses and NLLs are in nats per token, and a
+    foresight head's loss is the negative cosine similarity of its projections to their targets."""
+    head = HEAD_LOSS.match(key)
+    if head:
+        return f"{head.group(1)} head {head.group(2)} loss (−cosine similarity)"
+    return {"loss/ntp": "next-token loss (nats/token)", "loss/total": "total loss (nats/token + λ·foresight)",
+            "val/nll_ema": "validation NLL, EMA weights (nats/token)", "val/nll": "validation NLL (nats/token)",
+            "lr": "learning rate", "images_per_s": "throughput (images/s)"}.get(key, key)
+
+
+def default_groups(labels: Sequence[str]) -> list[str]:
+    """Each run's group: its label without a trailing ``seed_N`` part, so a bench's seeds of one variant
+    (``baseline/seed_0``, ``baseline/seed_1``) draw as one band."""
+    return [SEED_TAIL.sub("", label) or label for label in labels]
+
+
+def band(runs: Sequence[tuple[list[int], list[float]]]) -> tuple[list[int], list[float], list[float]]:
+    """(steps, mean, spread) over runs at every step any of them logged; the spread is the standard
+    deviation over the runs that logged the step (0 where only one did)."""
+    by_step: dict[int, list[float]] = {}
+    for steps, values in runs:
+        for step, value in zip(steps, values):
+            by_step.setdefault(step, []).append(value)
+    steps = sorted(by_step)
+    means = [statistics.fmean(by_step[s]) for s in steps]
+    spreads = [statistics.stdev(by_step[s]) if len(by_step[s]) > 1 else 0.0 for s in steps]
+    return steps, means, spreads
+
+
 def plot_curves(run_dirs: Sequence[str | Path], out: str | Path, keys: Sequence[str] | None = None,
-                smooth: float = 0.0, log_y: bool = False) -> Curves:
-    """One panel per key (default: ``default_keys``) with one line per run, against step, into ``out``
-    (format from the suffix); returns the raw curves."""
+                smooth: float = 0.0, log_y: bool = False, groups: Sequence[str] | None = None) -> Curves:
+    """One panel per key (default: ``default_keys``) against training step, one colour per group of runs
+    (``groups``, one name per run; default ``default_groups``: a bench's variants): the mean over the group's
+    runs (seeds) as a line, mean ± standard deviation shaded. Written to ``out`` (format from the suffix)
+    and a PDF beside it; returns the raw curves. ``DataError`` for a bad ``smooth`` or mismatched ``groups``."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     if not 0.0 <= smooth < 1.0:
         raise DataError(f"smooth must lie in [0, 1), got {smooth}")
     check_figure_path(out)
-    curves = load_curves(run_dirs, keys)
     labels = run_labels([Path(d) for d in run_dirs])
-    palette = colormaps["tab10" if len(labels) <= 10 else "tab20"]
-    colours = {label: palette(i % palette.N) for i, label in enumerate(labels)}  # a run keeps its colour
+    groups = list(groups) if groups is not None else default_groups(labels)
+    if len(groups) != len(labels):
+        raise DataError(f"give one group per run: {len(groups)} groups for {len(labels)} runs")
+    curves = load_curves(run_dirs, keys)
+    group_of = dict(zip(labels, groups))
+    names = list(dict.fromkeys(groups))
+    palette = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    colours = {name: palette(i % palette.N) for i, name in enumerate(names)}  # a group keeps its colour
     cols = min(3, len(curves))
     rows = math.ceil(len(curves) / cols)
-    fig = Figure(figsize=(4.5 * cols, 3.2 * rows + 0.3 * math.ceil(len(labels) / 4)), layout="constrained")
-    lines = {}
+    fig = Figure(figsize=(4.6 * cols, 3.3 * rows + 0.35 * math.ceil(len(names) / 4) + 0.3), layout="constrained")
+    seeds = {name: groups.count(name) for name in names}
     for i, (key, runs) in enumerate(curves.items(), start=1):
         ax = fig.add_subplot(rows, cols, i)
-        for label, (steps, values) in runs.items():
-            lines[label], = ax.plot(steps, smooth_ema(values, smooth), color=colours[label],
-                                    marker="o" if len(steps) <= 30 else None, markersize=3)  # sparse: val NLL
+        for name in names:
+            members = [(steps, smooth_ema(values, smooth)) for label, (steps, values) in runs.items()
+                       if group_of[label] == name]
+            if not members:
+                continue
+            steps, means, spreads = band(members)
+            sparse = len(steps) <= 30  # validation NLL: a few points, so mark them
+            ax.plot(steps, means, color=colours[name], marker="o" if sparse else None, markersize=3, linewidth=1.2)
+            if any(spreads):
+                ax.fill_between(steps, [m - s for m, s in zip(means, spreads)],
+                                [m + s for m, s in zip(means, spreads)], color=colours[name], alpha=0.2, linewidth=0)
         ax.set_title(key + (f" (smoothed {smooth})" if smooth else ""), fontsize="medium")
         ax.set_xlabel("training step")
+        ax.set_ylabel(quantity_label(key), fontsize="small")
+        ax.grid(alpha=0.3)
         if log_y:
             ax.set_yscale("log")
-    shown = [label for label in labels if label in lines]
-    fig.legend([lines[label] for label in shown], shown, loc="outside lower center", ncols=min(4, len(shown)),
-               fontsize="small")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    handles = [Patch(color=colours[name], label=f"{name} ({seeds[name]} run{'s' if seeds[name] > 1 else ''})")
+               for name in names]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(names)), fontsize="small",
+               title="line: mean over runs; band: ± standard deviation" if max(seeds.values()) > 1 else None,
+               title_fontsize="small")
+    save_figure(fig, out)
     return curves

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from mirai.errors import ConfigError
 from mirai.foresight.config import ForesightConfig
@@ -137,13 +138,15 @@ def training_flops(
     encoder_resolution: int | None = None,
     conv: Convention = Convention(),
     target_dim: int | None = None,
+    encoder_flops: float | None = None,
 ) -> dict[str, float]:
     """Per-image training FLOPs by part: ``gpt``, ``heads``, ``teacher``, ``encoder``, ``total``.
 
     ``encoder`` (Mirai-I) adds its frozen forward at ``encoder_resolution`` (default
     patch*g, the patch grid equal to the token grid); without it the encoder is left out,
-    as in Table 15. Mirai-I heads map to ``target_dim``: by default the encoder's width, or
-    768 (DINOv2-B, the paper's GPT-B setting) when no encoder is given.
+    as in Table 15. ``encoder_flops`` instead gives a measured forward (``measure_encoder``, for
+    encoders that are not ViTs). Mirai-I heads map to ``target_dim``: by default the encoder's
+    width, or 768 (DINOv2-B, the paper's GPT-B setting) when no encoder is given.
     """
     n = args.max_len  # positions the heads see
     parts = {"gpt": TRAIN_FACTOR * FLOPS_PER_MAC * gpt_macs(args, conv=conv)}
@@ -172,6 +175,29 @@ def training_flops(
                                       f"{encoder.patch}-px patch of {encoder.name}; give at least {encoder.patch}, "
                                       f"e.g. {encoder.patch * args.grid_size}")
                 parts["encoder"] = FLOPS_PER_MAC * vit_macs(encoder, resolution, conv)
+            elif encoder_flops is not None:
+                parts["encoder"] = encoder_flops
     parts = {name: float(v) for name, v in parts.items()}
     parts["total"] = sum(parts.values())
     return parts
+
+
+def measure_encoder(spec: str | dict, grid_size: int) -> tuple[int, float] | None:
+    """(feature width C, forward FLOPs of one image) of a foresight encoder held in a checkpoint directory
+    (``fashion8``, or a folder from ``mirai encoder train-fashion``), whose convolutions no formula here
+    covers: the encoder is built as training builds it and one forward over a 32x32 image (its input
+    size) is counted by ``torch.utils.flop_counter.FlopCounterMode``. None for any other encoder (a timm
+    name, whose weights may need a download)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mirai.foresight.encoders import FASHION_ASSETS, build_encoder
+    from mirai.models.fashion_encoder import INPUT_SIZE
+
+    name = spec if isinstance(spec, str) else str(spec.get("name", ""))
+    if name not in FASHION_ASSETS and not Path(name).expanduser().is_dir():
+        return None
+    encoder = build_encoder(spec, grid_size, device="cpu").eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        encoder(torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE))
+    return encoder.feature_dim, float(counter.get_total_flops())

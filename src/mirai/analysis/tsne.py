@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 from mirai import checkpoint
-from mirai.analysis.curves import check_figure_path, run_labels
+from mirai.analysis.curves import run_labels
 from mirai.data.codes import CodeStore
 from mirai.data.options import non_negative_int, positive_float
 from mirai.errors import ConfigError, DataError
+from mirai.figures import check_figure_path, save_figure
 from mirai.foresight.config import ForesightConfig
 from mirai.models.gpt import GPT
 
@@ -45,7 +46,7 @@ def class_inputs(gpt: GPT, labels: np.ndarray, condition: Condition) -> torch.Te
 def cell_states(gpt: GPT, tokens: torch.Tensor, classes: torch.Tensor, layer: int) -> torch.Tensor:
     """The block-``layer`` state (B, g*g, dim) of every grid cell of ``tokens`` (B, g*g) in raster order.
 
-    Cell ``c``'s state is the one at the position that has just read the cell's token (method.md
+    Cell ``c``'s state is the one at the position that has just read the cell's token (docs/method.md
     §3): ``c + 1`` of ``[class, x_0, ..., x_{N-1}]`` in raster order, PAR's own position for a PAR
     model (``GPT.cell_states``), so the maps are drawn on the true grid cells either way.
     """
@@ -121,26 +122,54 @@ def smoothness(grid: np.ndarray) -> float:
     return float(neighbours.mean() / pairs)
 
 
+def colour_key(resolution: int = 64) -> np.ndarray:
+    """The ``grid_colours`` map itself as a (resolution, resolution, 3) image: row 0 is the top (t-SNE
+    dimension 2 high), column 0 the left (dimension 1 low), as the key is drawn."""
+    axis = np.linspace(0.0, 1.0, resolution)
+    x, y = np.meshgrid(axis, axis[::-1])
+    return grid_colours(np.stack([x, y], axis=-1))
+
+
 def plot_token_maps(images: list[tuple[str, np.ndarray]], maps: dict[str, list[np.ndarray]],
                     titles: dict[str, list[str]], out: str | Path) -> None:
-    """One row per image: the image, then each checkpoint's colour map (g, g, 3) of it."""
+    """One row per image: the image, then each checkpoint's colour map (g, g, 3) of it; a colour key at the
+    right of the first row (a cell's colour is where its state lands in the 2-D t-SNE embedding). Written
+    to ``out`` and a PDF beside it; titles are wrapped to their panel's width so none is clipped."""
+    import textwrap
+
     from matplotlib.figure import Figure
 
-    cols = 1 + len(maps)
-    fig = Figure(figsize=(2.8 * cols, 3.1 * len(images)), layout="constrained")
+    cols = 2 + len(maps)  # the image, the maps, the key
+    panel = 2.6  # inches
+    def wrap(text: str) -> str:
+        return "\n".join(textwrap.fill(line, 30) for line in text.split("\n"))
+
+    lines = max(wrap(t).count("\n") + 1 for ts in [*titles.values(), [c for c, _ in images]] for t in ts)
+    # A single row needs 1 in more below for the key's explanation, else the layout clips the titles.
+    extra = 1.0 if len(images) == 1 else 0.0
+    fig = Figure(figsize=(panel * (cols - 1) + 1.9, (panel + 0.18 * lines + 0.2) * len(images) + extra),
+                 layout="constrained")
+    grid = fig.add_gridspec(len(images), cols, width_ratios=[panel] * (cols - 1) + [1.5])
     for row, (caption, pixels) in enumerate(images):
-        ax = fig.add_subplot(len(images), cols, row * cols + 1)
+        ax = fig.add_subplot(grid[row, 0])
         ax.imshow(pixels)
-        ax.set_title(caption, fontsize="small")
-        for col, label in enumerate(maps, start=2):
-            ax = fig.add_subplot(len(images), cols, row * cols + col)
+        ax.set_title(wrap(caption), fontsize="small")
+        for col, label in enumerate(maps, start=1):
+            ax = fig.add_subplot(grid[row, col])
             ax.imshow(maps[label][row], interpolation="nearest")
-            ax.set_title(titles[label][row], fontsize="small")
+            ax.set_title(wrap(titles[label][row]), fontsize="small")
     for ax in fig.axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    key = fig.add_subplot(grid[0, -1])
+    key.imshow(colour_key(), extent=(0, 1, 0, 1))
+    key.set_title("colour key", fontsize="small")
+    key.set_xlabel("t-SNE dim 1 →\n\na cell's colour: where its\nblock state lands in the\n2-D t-SNE of "
+                   "the image's\ncells (alike colours =\nalike states)", fontsize="x-small")
+    key.set_ylabel("t-SNE dim 2 →", fontsize="x-small")
+    key.set_xticks([])
+    key.set_yticks([])
+    save_figure(fig, out)
 
 
 def tsne_maps(checkpoints: Sequence[str | Path], codes: str | Path, out: str | Path,

@@ -1,7 +1,7 @@
 """The convergence benchmark (``mirai bench convergence``): FID against training steps, per variant.
 
 The paper's headline claim is about convergence speed (Mirai-I at 40 epochs matches the
-baseline at 400, method.md §8), so one final number per run is not enough: every variant is
+baseline at 400, docs/method.md §8), so one final number per run is not enough: every variant is
 trained from the same seeds, data order and step budget, and each run's EMA weights are
 scored at the same checkpoints with the same sample count, labels and sampling settings.
 A variant is a training config plus ``key=value`` overrides, so an ablation is just one
@@ -27,12 +27,16 @@ Layout of ``OUT``::
                           other scoring settings (more samples) without training again, and
                           ``run_layout`` names the folder of each run under it
     reference/            real.npz, recon.npz: reference batches (ADM layout, with evaluator features)
-    reference.json        tokenizer floor and evaluator noise floor
+    reference.json        tokenizer floor and evaluator noise floor (at num_samples real images)
     results.json          variant -> [{seed, step, fid, precision, recall, ...}]
-    results.md            the table (mean ± std over seeds), fid_vs_steps.png, grid_VARIANT.png
+    results.md            the table (mean ± std over seeds, the two floors as rows)
+    fid_vs_steps.png      FID, FID vs reconstructions and class accuracy against steps, a band over seeds
+    grid_VARIANT.png      samples of the first seed's final checkpoint, a row per class, named
     tsne_maps.png, .json  t-SNE token maps of one test image (paper Fig. 9) by each variant's final
-                          checkpoint of the first seed, with their smoothness scores
-    curves.png            training curves of every run: NTP loss, foresight head losses, validation NLL
+                          checkpoint of the first seed, with their smoothness scores and a colour key
+    curves.png            training curves of every run: NTP loss, foresight head losses, validation NLL,
+                          one colour per variant and a band over its seeds
+    (every figure also as .pdf beside its .png)
 
 Modules (each imports PyTorch; import the one you need): ``config`` (``BenchConfig``, run
 planning, shares), ``scorer`` (evaluator, references, floors, checkpoint scores, grids),

@@ -1,4 +1,5 @@
-"""The bench's report: the results table (plain and paired by seed), the FID-vs-steps plot, t-SNE maps, curves."""
+"""The bench's report: the results table (plain and paired by seed, with the floors as rows), the
+scores-vs-steps figure, t-SNE maps and training curves (every figure as PNG and PDF)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from mirai.analysis.curves import plot_curves
 from mirai.analysis.tsne import tsne_maps
 from mirai.bench.config import BenchConfig, Run, first_seed_runs
 from mirai.data.options import resolve_device
+from mirai.figures import figure_paths, save_figure
 
 TSNE_IMAGE = 0  # the test image of tsne_maps.png
 COLUMNS = (("fid", "FID↓"), ("fid_recon", "FID vs recon↓"), ("inception_score", "IS↑"), ("precision", "Pre↑"),
@@ -68,15 +70,19 @@ def format_table(bench: BenchConfig, results: dict[str, list[dict]], floors: dic
         f"temperature {s.temperature}, top-k {s.top_k}, top-p {s.top_p}, EMA weights.",
         f"Fashion-MNIST evaluator features against {floors['num_images']} real test images "
         f"({floors['reference_codes']}); \"vs recon\" = against the tokenizer's reconstructions of them.",
-        f"Tokenizer floor (reconstructions vs real, {tok['num_images']} images): FID {tok['fid']:.4g}, "
-        f"Pre {tok['precision']:.3g}, Rec {tok['recall']:.3g}, IS {tok['inception_score']:.4g}, "
-        f"class acc {tok['class_accuracy']:.3g}. Evaluator noise floor (half vs half of the real images, "
-        f"{noise['half_size']} each): FID {noise['fid']:.4g}.", "",
+        f"The last two rows are floors, scored like the samples: the noise floor is {noise['num_images']} real "
+        f"test images against the other {noise['num_reference']} (what a perfect generator would get with "
+        f"{noise['num_images']} samples{'; capped at half the test set' if noise.get('capped') else ''}), the "
+        f"tokenizer floor {tok['num_images']} of the tokenizer's reconstructions against all real images "
+        "(no GPT can do better).", "",
         "| run | " + " | ".join(label for _, label in COLUMNS) + " | seeds |",
         "|---|" + "---|" * (len(COLUMNS) + 1),
     ]
     for name, records in summary_rows(bench, results):
         lines.append(f"| {name} | " + " | ".join(_cell(records, k) for k, _ in COLUMNS) + f" | {len(records)} |")
+    for name, floor in ((f"noise floor ({noise['num_images']} real)", noise),
+                        (f"tokenizer floor ({tok['num_images']} recon)", tok)):
+        lines.append(f"| {name} | " + " | ".join(_cell([floor], k) for k, _ in COLUMNS) + " | – |")
     paired = paired_rows(bench, results)
     if paired:
         reference = bench.reference_variant()
@@ -115,37 +121,60 @@ def paired_rows(
     return rows
 
 
-def plot_fid(bench: BenchConfig, results: dict[str, list[dict]], floors: dict, path: Path) -> None:
-    """FID against steps: one line per variant (mean over seeds), shaded from the lowest seed to the highest."""
+FID_PANELS = (("fid", "FID vs real test images ↓"), ("fid_recon", "FID vs tokenizer reconstructions ↓"),
+              ("class_accuracy", "class accuracy of samples ↑"))
+
+
+def plot_fid(bench: BenchConfig, results: dict[str, list[dict]], floors: dict, path: Path) -> list[Path]:
+    """The scores against training steps, one panel per quantity (``FID_PANELS``), one colour per
+    variant: the mean over seeds with markers at the scored checkpoints, mean ± standard deviation
+    over seeds shaded; the noise and tokenizer floors as dashed lines where they apply. Written to
+    ``path`` and a PDF beside it; returns the paths."""
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 4), layout="constrained")
-    ax = fig.add_subplot()
-    for name in bench.variants:
-        steps, means, lows, highs = [], [], [], []
-        for step in bench.schedule():
-            values = [r["fid"] for r in results.get(name, []) if r["step"] == step and r["seed"] in bench.seeds]
-            if values:
-                steps.append(step)
-                means.append(statistics.mean(values))
-                lows.append(min(values))
-                highs.append(max(values))
-        line, = ax.plot(steps, means, marker="o", label=name)
-        ax.fill_between(steps, lows, highs, color=line.get_color(), alpha=0.2)
-    ax.axhline(floors["tokenizer_floor"]["fid"], color="grey", linestyle="--", label="tokenizer floor")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("FID (Fashion-MNIST evaluator) ↓")
-    ax.set_title(f"{bench.num_samples} samples, {len(bench.seeds)} seed(s): mean, min–max shaded")
-    ax.legend()
-    fig.savefig(path, dpi=120)
+    fig = Figure(figsize=(4.4 * len(FID_PANELS), 3.9), layout="constrained")
+    palette = colormaps["tab10" if len(bench.variants) <= 10 else "tab20"]
+    noise, tok = floors["noise_floor"], floors["tokenizer_floor"]
+    for i, (key, label) in enumerate(FID_PANELS, start=1):
+        ax = fig.add_subplot(1, len(FID_PANELS), i)
+        for c, name in enumerate(bench.variants):
+            steps, means, spreads = [], [], []
+            for step in bench.schedule():
+                values = [r[key] for r in results.get(name, [])
+                          if r["step"] == step and r["seed"] in bench.seeds and r.get(key) is not None]
+                if values:
+                    steps.append(step)
+                    means.append(statistics.mean(values))
+                    spreads.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+            if not steps:
+                continue
+            colour = palette(c % palette.N)
+            ax.plot(steps, means, marker="o", markersize=4, color=colour, label=name)
+            if any(spreads):
+                ax.fill_between(steps, [m - s for m, s in zip(means, spreads)], [m + s for m, s in zip(means, spreads)],
+                                color=colour, alpha=0.2, linewidth=0)
+        if key != "fid_recon":  # both floors are measured against the real images
+            ax.axhline(noise[key], color="black", linestyle=":", linewidth=1,
+                       label=f"noise floor ({noise['num_images']} real images)")
+            ax.axhline(tok[key], color="grey", linestyle="--", linewidth=1, label="tokenizer floor")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(5, len(labels)), fontsize="small")
+    seeds = f"mean over {len(bench.seeds)} seeds, ± standard deviation shaded" if len(bench.seeds) > 1 else "one seed"
+    fig.suptitle(f"{bench.num_samples} samples per checkpoint, Fashion-MNIST evaluator; {seeds}", fontsize="medium")
+    return save_figure(fig, path)
 
 
 def write_report(bench: BenchConfig, runs: list[Run], results: dict[str, list[dict]], floors: dict) -> None:
-    """Write ``OUT/results.md``, ``fid_vs_steps.png``, ``curves.png`` and (once) ``tsne_maps.png``/``.json``
-    for ``runs``, which must be every run of the bench: the report compares all variants."""
+    """Write ``OUT/results.md``, ``fid_vs_steps.png``, ``curves.png`` (each figure with a PDF beside it) and
+    (once) ``tsne_maps.png``/``.pdf``/``.json`` for ``runs``, which must be every run of the bench: the
+    report compares all variants."""
     out = Path(bench.out_dir)
     maps = out / "tsne_maps.png"
-    if not (maps.is_file() and maps.with_suffix(".json").is_file()):
+    if not (all(p.is_file() for p in figure_paths(maps)) and maps.with_suffix(".json").is_file()):
         first_seed = first_seed_runs(bench, runs)
         layers = [bench.tsne_layer if bench.tsne_layer is not None else run.cfg.foresight.layer for run in first_seed]
         tsne_maps([run.final_checkpoint for run in first_seed], bench.reference_codes, maps, layers=layers,
@@ -153,4 +182,4 @@ def write_report(bench: BenchConfig, runs: list[Run], results: dict[str, list[di
                   device=resolve_device(bench.device))
     (out / "results.md").write_text(format_table(bench, results, floors))
     plot_fid(bench, results, floors, out / "fid_vs_steps.png")
-    plot_curves([run.run_dir for run in runs], out / "curves.png")
+    plot_curves([run.run_dir for run in runs], out / "curves.png", groups=[run.variant for run in runs])

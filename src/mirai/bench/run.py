@@ -17,6 +17,7 @@ from mirai.bench.store import (
     check_same_scoring, check_same_training, read_results, save_bench_config, store_record, write_json,
 )
 from mirai.errors import CheckpointError, MiraiError
+from mirai.figures import figure_paths
 from mirai.training.metrics import read_metrics
 from mirai.training.trainer import TrainResult, train
 
@@ -74,7 +75,8 @@ def train_and_score(bench: BenchConfig, variants: list[str] | None = None,
             scorer.check_store(run.cfg.data.codes)
         return scorer
 
-    bar = tqdm(total=sum(len(m) for _, m in todo), desc="bench checkpoints", unit="ckpt", dynamic_ncols=True)
+    bar = tqdm(total=sum(len(m) for _, m in todo), desc="bench checkpoints", unit="ckpt", dynamic_ncols=True,
+               disable=None)
     try:
         for run, missing in todo:
             get_scorer()  # check stores and tokenizers before spending time on training
@@ -94,7 +96,8 @@ def train_and_score(bench: BenchConfig, variants: list[str] | None = None,
     finally:
         bar.close()
     floors_path = out / "reference.json"
-    if not floors_path.is_file():
+    # Floors written before the noise floor was taken at the sample count lack its num_images: redo them.
+    if not floors_path.is_file() or "num_images" not in json.loads(floors_path.read_text())["noise_floor"]:
         write_json(floors_path, get_scorer().floors())
     return ScoredShare(runs, json.loads(floors_path.read_text()), get_scorer)
 
@@ -111,8 +114,9 @@ def run_convergence(bench: BenchConfig, variants: list[str] | None = None,
     share = train_and_score(bench, variants, seeds)
     for run in first_seed_runs(bench, share.runs):
         grid = out / f"grid_{run.variant}.png"
-        if not grid.is_file():
-            share.scorer().grid(run.final_checkpoint, grid)
+        if not all(path.is_file() for path in figure_paths(grid)):
+            share.scorer().grid(run.final_checkpoint, grid, f"{run.variant} (seed {run.seed}, EMA weights)",
+                                bench.steps)
     results = read_results(out)  # with the records other shares added meanwhile
     if variants is None and seeds is None:
         write_report(bench, share.runs, results, share.floors)

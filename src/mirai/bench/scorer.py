@@ -15,12 +15,12 @@ from mirai.bench.config import BenchConfig
 from mirai.data.options import resolve_device
 from mirai.evaluation.npz import NpzArchive
 from mirai.data.codes import CodeStore
-from mirai.data.images import save_image_grid
 from mirai.data.transforms import to_uint8_hwc
 from mirai.errors import DataError
 from mirai.evaluation.reference import FeatureSet, read_reference, write_reference
 from mirai.evaluation.suite import extract_features, load_network, noise_floor, reference_features, score
 from mirai.models import GPT
+from mirai.sampling.grid import write_sample_grid
 from mirai.sampling.pipeline import class_labels, sample_batch, sample_to_npz
 
 METRICS = ("fid", "precision", "recall", "inception_score", "class_accuracy")
@@ -64,12 +64,13 @@ class Scorer:
         return reference_features(read_reference(path), self.network, self.info, self.bench.eval_batch_size)
 
     def _real_images(self) -> np.ndarray:
-        return np.stack([self.store.source_image(i, 0) for i in tqdm(range(len(self.store)), desc="real images")])
+        return np.stack([self.store.source_image(i, 0) for i in tqdm(range(len(self.store)), desc="real images",
+                                                                                   disable=None)])
 
     @torch.no_grad()
     def _reconstructions(self) -> np.ndarray:
         codes, out = self.store.codes, []
-        for start in tqdm(range(0, len(codes), self.bench.eval_batch_size), desc="reconstructions"):
+        for start in tqdm(range(0, len(codes), self.bench.eval_batch_size), desc="reconstructions", disable=None):
             chunk = torch.from_numpy(np.asarray(codes[start:start + self.bench.eval_batch_size, 0], dtype=np.int64))
             out.append(to_uint8_hwc(self.vq.decode_indices(chunk.to(self.device))))
         return np.concatenate(out)
@@ -82,7 +83,7 @@ class Scorer:
 
     def floors(self) -> dict:
         """The tokenizer floor (reconstructions scored like samples, at the samples' count) and the
-        evaluator's noise floor (one half of the real images against the other)."""
+        evaluator's noise floor (as many real images as samples, against the other real images)."""
         refs, labels = self.references, self.store.labels
         count = min(self.bench.num_samples, len(labels))
         pick = np.sort(np.random.default_rng(0).permutation(len(labels))[:count])
@@ -92,7 +93,8 @@ class Scorer:
             "evaluator": self.info,
             "tokenizer_floor": dict(score(recon, refs["real"], labels[pick], self.num_classes, str(self.device)),
                                     num_images=count),
-            "noise_floor": noise_floor(refs["real"], labels, self.num_classes, str(self.device)),
+            "noise_floor": noise_floor(refs["real"], labels, self.num_classes, str(self.device),
+                                       num_images=self.bench.num_samples),
         }
 
     def score_checkpoint(self, path: Path, samples: Path) -> dict:
@@ -115,9 +117,12 @@ class Scorer:
         return {**{k: real[k] for k in METRICS},
                 **{f"{k}_recon": recon[k] for k in ("fid", "precision", "recall")}}
 
-    def grid(self, path: Path, out: Path) -> None:
-        """Ten samples per class (at most ten classes), one row each, from a checkpoint's EMA weights."""
+    def grid(self, path: Path, out: Path, what: str, step: int) -> list[Path]:
+        """Ten samples per class (at most ten classes), one row each named by the reference store's class
+        names, from a checkpoint's EMA weights, titled ``what`` at ``step`` with the bench's sampling
+        settings; written to ``out`` and a PDF beside it."""
         gpt = checkpoint.load(path, GPT, use_ema=True).to(self.device)
         labels = torch.arange(min(10, gpt.args.num_classes), device=self.device).repeat_interleave(10)
         images, _ = sample_batch(gpt, self.vq, labels, self.bench.sampling, seed=self.bench.sample_seed)
-        save_image_grid(images, 10, out)
+        return write_sample_grid(images, labels.cpu().numpy(), out, what, step, self.bench.sampling,
+                                 self.store.class_names)

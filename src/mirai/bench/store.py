@@ -66,7 +66,7 @@ def check_same_scoring(bench: BenchConfig, out_dir: Path) -> None:
     if changed:
         raise ConfigError(f"{out_dir} holds results scored with other {', '.join(changed)} "
                           f"({', '.join(f'{k}: {old.get(k)!r}' for k in changed)}); use another out_dir, or "
-                          "delete results.json, reference.json, reference/ and grid_*.png there to rescore "
+                          "delete results.json, reference.json, reference/ and grid_*.png/.pdf there to rescore "
                           "everything (the training runs are kept)")
 
 

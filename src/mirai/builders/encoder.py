@@ -186,7 +186,8 @@ def train_fashion_encoder(cfg: FashionTrainConfig, root: str | None = None,
     history: list[dict] = []
     order = torch.empty(0, dtype=torch.long)
     start = time.time()
-    bar = tqdm(range(total), desc=f"train fashion encoder ({cfg.objective}, grid {cfg.grid})", unit="step")
+    bar = tqdm(range(total), desc=f"train fashion encoder ({cfg.objective}, grid {cfg.grid})", unit="step",
+               disable=None)
     for step in bar:
         if len(order) < cfg.batch_size:  # reshuffle each epoch, dropping the ragged tail
             order = torch.randperm(len(images), generator=gen)

@@ -82,7 +82,8 @@ def train_fashion_classifier(
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(x_train), generator=generator)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
+                   disable=None)
         for step in bar:
             index = order[step * batch_size:(step + 1) * batch_size]
             logits = model.head(_augment(x_train[index], generator))[1]

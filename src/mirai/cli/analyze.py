@@ -3,10 +3,10 @@
 Examples::
 
     mirai analyze curves runs/fashion/baseline runs/fashion/mirai_i --out curves.png
-    mirai analyze tsne --checkpoint runs/fashion/baseline/checkpoints/best \\
-        --checkpoint runs/fashion/mirai_i/checkpoints/best --labels baseline mirai_i \\
+    mirai analyze tsne --gpt runs/fashion/baseline/checkpoints/best \\
+        --gpt runs/fashion/mirai_i/checkpoints/best --labels baseline mirai_i \\
         --codes runs/codes/fashion-vq8-test --layer 2 --image-index 0 7 --out maps.png
-    mirai analyze classmap runs/fashion/mirai_i/checkpoints/best --codes runs/codes/fashion-vq8-test \\
+    mirai analyze classmap --gpt runs/fashion/mirai_i/checkpoints/best --codes runs/codes/fashion-vq8-test \\
         --layer 3 --encoder fashion8 --out classmap.png
 """
 
@@ -16,6 +16,8 @@ import argparse
 
 
 def add_parser(subparsers) -> None:
+    from mirai.cli.flags import add_flag
+
     parser = subparsers.add_parser("analyze", help="training curves, token maps and class maps of representations")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
@@ -40,8 +42,8 @@ def add_parser(subparsers) -> None:
         "between any two cells (lower = smoother, about 1 = no spatial structure). Writes OUT and OUT with "
         "suffix .json.",
     )
-    p.add_argument("--checkpoint", action="append", dest="checkpoints", required=True, metavar="CKPT",
-                   help="GPT checkpoint directory (e.g. RUN/checkpoints/best); repeat to compare runs")
+    add_flag(p, "--gpt", ("--checkpoint",), action="append", dest="checkpoints", metavar="GPT",
+             help="GPT checkpoint directory (e.g. RUN/checkpoints/best); repeat to compare runs (required)")
     p.add_argument("--codes", required=True, help="code store holding the images (e.g. the test split)")
     p.add_argument("--layer", type=int, help="1-based GPT block (default: the foresight default, 2/3 of the depth)")
     p.add_argument("--out", required=True, help="figure file (.png, .pdf, .svg)")
@@ -64,7 +66,9 @@ def add_parser(subparsers) -> None:
         "with t-SNE and colours them by class; --encoder adds the same map for a foresight encoder's features. "
         "Writes OUT and OUT with suffix .json (k-NN class accuracy of the features and of the map).",
     )
-    p.add_argument("checkpoint", help="GPT checkpoint directory (e.g. RUN/checkpoints/best)")
+    add_flag(p, "--gpt", dest="gpt", help="GPT checkpoint directory (e.g. RUN/checkpoints/best)")
+    # The positional form (`mirai analyze classmap CKPT`) is the older spelling, still accepted.
+    p.add_argument("checkpoint", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("--codes", required=True, help="code store whose images are embedded (e.g. the test split)")
     p.add_argument("--layer", type=int, required=True, help="1-based GPT block")
     p.add_argument("--out", required=True, help="figure file (.png, .pdf, .svg)")
@@ -83,12 +87,13 @@ def add_parser(subparsers) -> None:
 
 def curves(args: argparse.Namespace) -> int:
     from mirai.analysis.curves import plot_curves
+    from mirai.figures import figure_paths
 
     plotted = plot_curves(args.run_dirs, args.out, keys=args.keys, smooth=args.smooth, log_y=args.log_y)
     for key, runs in plotted.items():
         for label, (steps, values) in runs.items():
             print(f"{label}: {len(steps)} points, last {key} = {values[-1]:.4g} at step {steps[-1]}")
-    print(f"wrote {args.out}")
+    print(f"wrote {' and '.join(map(str, figure_paths(args.out)))}")
     return 0
 
 
@@ -97,14 +102,18 @@ def tsne(args: argparse.Namespace) -> int:
     from statistics import mean
 
     from mirai.analysis.tsne import tsne_maps
+    from mirai.errors import ConfigError
+    from mirai.figures import figure_paths
 
+    if not args.checkpoints:
+        raise ConfigError("no GPT checkpoint given: pass --gpt CHECKPOINT (repeat it to compare runs)")
     report = tsne_maps(args.checkpoints, args.codes, args.out, layers=[args.layer] * len(args.checkpoints),
                        image_indices=args.image_indices, labels=args.labels, condition=args.condition,
                        use_ema=not args.raw_weights, perplexity=args.perplexity, seed=args.seed, device=args.device)
     for label, s in report["maps"].items():
         print(f"{label} (block {s['layer']}): smoothness {mean(s['smoothness']):.4f} (map), "
               f"{mean(s['smoothness_states']):.4f} (states), mean over {len(s['smoothness'])} image(s)")
-    print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}")
+    print(f"wrote {', '.join(map(str, figure_paths(args.out)))} and {Path(args.out).with_suffix('.json')}")
     return 0
 
 
@@ -112,11 +121,15 @@ def classmap(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mirai.analysis.classmap import classmap_report
+    from mirai.errors import ConfigError
+    from mirai.figures import figure_paths
 
-    report = classmap_report(args.checkpoint, args.codes, args.layer, args.out, encoder=args.encoder,
+    if (args.gpt is None) == (args.checkpoint is None):
+        raise ConfigError("give the GPT checkpoint once: --gpt CHECKPOINT (the older positional form also works)")
+    report = classmap_report(args.gpt or args.checkpoint, args.codes, args.layer, args.out, encoder=args.encoder,
                              num_images=args.num_images, condition=args.condition, use_ema=not args.raw_weights,
                              k=args.k, perplexity=args.perplexity, seed=args.seed, device=args.device)
     for title, s in report["maps"].items():
         print(f"{title}: {s['k']}-NN class accuracy {s['knn_features']:.4f} (features), {s['knn_map']:.4f} (t-SNE map)")
-    print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}")
+    print(f"wrote {', '.join(map(str, figure_paths(args.out)))} and {Path(args.out).with_suffix('.json')}")
     return 0

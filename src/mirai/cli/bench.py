@@ -30,7 +30,7 @@ def add_parser(subparsers) -> None:
         description="Trains every (variant, seed) of a bench config for the same steps, scores the EMA weights "
         "at each eval_at checkpoint with the Fashion-MNIST evaluator against the real test images and against "
         "the tokenizer's reconstructions, and writes OUT/results.json, results.md, fid_vs_steps.png, "
-        "grid_VARIANT.png, tsne_maps.png (+ .json) and curves.png. Resumable: rerun the same command after an "
+        "grid_VARIANT.png, tsne_maps.png (+ .json) and curves.png, every figure also as PDF. Resumable: rerun the same command after an "
         "interruption; a rerun only adds what is missing.",
     )
     p.add_argument("--config", required=True, help="bench YAML (see mirai.bench.config.BenchConfig)")
@@ -66,6 +66,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"this share's records are in {bench.out_dir}/results.json; when every share has finished, run the "
               "command once more without --variant/--seed to write the report")
         return 0
-    print(f"wrote {bench.out_dir}/results.json, results.md, fid_vs_steps.png, grid_*.png, tsne_maps.png and "
-          "curves.png")
+    print(f"wrote {bench.out_dir}/results.json, results.md and the figures fid_vs_steps, grid_*, tsne_maps and "
+          "curves (each .png and .pdf)")
     return 0

@@ -7,6 +7,8 @@ from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
+    from mirai.cli.flags import add_flag
+
     parser = subparsers.add_parser("data", help="inspect code stores")
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = sub.add_parser(
@@ -25,7 +27,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--nrow", type=int, default=8, help="images per grid row")
     p.add_argument("--seed", type=int, default=0, help="picks which view of each image is shown")
     p.add_argument("--tokenizer", help="tokenizer checkpoint (default: the one recorded in the store)")
-    p.add_argument("--source-root", help="dataset folder, when it moved since extraction")
+    add_flag(p, "--data-root", ("--source-root",), dest="source_root", help="dataset folder, when it moved since "
+             "extraction")
     p.add_argument("--min-agreement", type=float, default=0.99,
                    help="fail when fewer re-encoded tokens than this fraction match the store")
     p.add_argument("--device", default="cpu", help="torch device")

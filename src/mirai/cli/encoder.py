@@ -6,6 +6,8 @@ import argparse
 
 
 def add_parser(subparsers) -> None:
+    from mirai.cli.flags import add_flag
+
     parser = subparsers.add_parser("encoder", help="foresight encoders: train the Fashion-MNIST one, probe, inspect")
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
@@ -26,7 +28,8 @@ def add_parser(subparsers) -> None:
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--crop-min", type=float, default=None, help="smallest crop area of an augmented view")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    t.add_argument("--root", help="Fashion-MNIST folder (default: see mirai.data.fashion_mnist)")
+    add_flag(t, "--data-root", ("--root",), dest="root", help="Fashion-MNIST folder (default: see "
+             "mirai.data.fashion_mnist)")
     t.add_argument("--no-probe", action="store_true", help="skip the linear probe after training")
     t.add_argument("--overwrite", action="store_true", help="replace a checkpoint already at --out")
     t.set_defaults(func=run_train)
@@ -42,7 +45,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--n-train", type=int, help="use only the first N training images")
     p.add_argument("--n-test", type=int, help="use only the first N test images")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--root", help="Fashion-MNIST folder")
+    add_flag(p, "--data-root", ("--root",), dest="root", help="Fashion-MNIST folder")
     p.set_defaults(func=run_probe)
 
     i = sub.add_parser("info", help="build an encoder and print its grid, feature size and input size")

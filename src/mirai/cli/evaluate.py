@@ -2,7 +2,7 @@
 
 Three forms::
 
-    mirai evaluate SAMPLES.npz --ref REF.npz [--out metrics.json]
+    mirai evaluate SAMPLES.npz --ref REF.npz [--out METRICS.json]   (default: SAMPLES.metrics.json)
     mirai evaluate make-ref (--images X.npz | --dataset fashion-mnist [--split test]) --out REF.npz [--overwrite]
     mirai evaluate train-fashion-classifier --out DIR [--overwrite]
 
@@ -51,14 +51,19 @@ def score_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mirai evaluate", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Score an ADM-format sample batch (arr_0 uint8 N×H×W×3, optional labels) against a "
-                    "reference batch with ADM's metrics. Prints them and writes them as JSON.",
+                    "reference batch with ADM's metrics. Prints them and writes them as JSON (--out; default "
+                    "SAMPLES.metrics.json beside the samples).",
     )
     parser.add_argument("samples", help="sample batch .npz")
     parser.add_argument("--ref", required=True, help="reference batch .npz (ADM's, or from `mirai evaluate make-ref`)")
-    parser.add_argument("--out", help="write the metrics as JSON here")
+    parser.add_argument("--out", help="where to write the metrics as JSON (default: beside the samples, "
+                        "SAMPLES.metrics.json, e.g. samples.metrics.json for samples.npz)")
     parser.add_argument("--evaluator", choices=["auto", "inception", "fashion"], default="auto",
                         help="feature network; auto = fashion for 32×32 samples against a reference with "
                              "Fashion-MNIST statistics, else inception")
+    parser.add_argument("--image-size-eval", type=int, metavar="N",
+                        help="score the samples resized to NxN (bicubic, as LlamaGen's --image-size-eval), e.g. 256 "
+                             "for 384-px samples against a 256-px reference")
     parser.add_argument("--noise-floor", action=argparse.BooleanOptionalAction, default=None,
                         help="also score two halves of the reference against each other "
                              "(default: on for the fashion evaluator)")
@@ -117,17 +122,24 @@ def score(args: argparse.Namespace) -> int:
     from mirai.data.options import check_output_file
     from mirai.evaluation.suite import evaluate, format_report
 
-    if args.out:  # before the (long) scoring, so a bad --out never wastes it
-        check_output_file(args.out, "--out", inputs=[args.samples, args.ref])
+    out = Path(args.out) if args.out else default_metrics_path(args.samples)
+    check_output_file(out, "--out", inputs=[args.samples, args.ref])  # before the (long) scoring
     report = evaluate(args.samples, args.ref, evaluator=args.evaluator, inception_weights=args.inception_weights,
                       fashion_evaluator=args.fashion_evaluator, batch_size=args.batch_size, device=args.device,
-                      with_noise_floor=args.noise_floor, log=lambda text: print(text, file=sys.stderr))
+                      with_noise_floor=args.noise_floor, log=lambda text: print(text, file=sys.stderr),
+                      image_size_eval=args.image_size_eval)
     print(format_report(report))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote the metrics to {out}")
     return 0
+
+
+def default_metrics_path(samples: str | Path) -> Path:
+    """``SAMPLES.metrics.json`` beside the sample batch (``samples.npz`` -> ``samples.metrics.json``): next
+    to what was scored, and apart from the ``samples.json`` record that ``mirai sample`` writes there."""
+    samples = Path(samples)
+    return samples.with_name(f"{samples.stem}.metrics.json")
 
 
 def make_ref(args: argparse.Namespace) -> int:

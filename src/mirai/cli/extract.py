@@ -10,6 +10,8 @@ DEFAULT_VIEWS = {"fashion-mnist": "flip", "folder": "ten_crop"}
 
 
 def add_parser(subparsers) -> None:
+    from mirai.cli.flags import add_flag
+
     p = subparsers.add_parser(
         "extract",
         help="tokenize a dataset (all views of every image) into a code store",
@@ -18,19 +20,25 @@ def add_parser(subparsers) -> None:
         "crop-ratio x the image size, and their mirrors (LlamaGen's ten crops). Fashion-MNIST: the image "
         "padded to 32 px and its mirror.",
     )
-    p.add_argument("--tokenizer", required=True, help="Mirai VQ checkpoint directory")
+    p.add_argument("--tokenizer", required=True, help="VQ tokenizer: Mirai checkpoint folder, asset name "
+                   "(fashion/vq8) or hf://OWNER/REPO")
     p.add_argument("--ema", action="store_true", help="use the tokenizer's EMA weights")
     p.add_argument("--dataset", required=True, choices=["fashion-mnist", "folder"])
     p.add_argument("--split", default="train", choices=["train", "test"],
                    help="Fashion-MNIST split (recorded only, for folders)")
-    p.add_argument("--root", help="dataset folder (Fashion-MNIST: found automatically when omitted; "
+    add_flag(p, "--data-root", ("--root",), dest="root", help="dataset folder (Fashion-MNIST: found automatically when omitted; "
                    "folder: the directory whose sub-folders are the classes)")
     p.add_argument("--num-classes", type=int, help="expected class count; a folder with another count is an error")
     p.add_argument("--image-size", type=int, help="view size in pixels (default 32 for fashion-mnist, 256 for folder)")
     p.add_argument("--views", choices=["ten_crop", "flip"],
                    help="which views to extract (default ten_crop for folder, flip for fashion-mnist)")
     p.add_argument("--crop-ratio", type=float, default=1.1, help="ten_crop: centre-crop size / image size")
-    p.add_argument("--per-class", type=int, help="keep only the first K images of each class (sorted order)")
+    p.add_argument("--per-class", type=int, help="keep only K images of each class: the first K in sorted order, "
+                   "or K chosen by --subset-seed; a class with fewer is an error")
+    p.add_argument("--subset-seed", type=int,
+                   help="folder: draw the --per-class images at random with this seed (a hash of seed and file "
+                   "name: the same files on every machine), e.g. --per-class 100 --subset-seed 0 for the paper's "
+                   "low-resource ImageNet subset")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (each adds all its views)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes decoding images")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
@@ -43,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from mirai.checkpoint import check_output_dir
     from mirai.data.codes import MANIFEST, extract, load_vq
     from mirai.data.views import ViewSpec
-    from mirai.errors import DataError
+    from mirai.errors import ConfigError, DataError
 
     out = Path(args.out)
     check_output_dir(out, "--out", holds="code store", marker=MANIFEST, overwrite=args.overwrite)
@@ -57,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset == "fashion-mnist":
         from mirai.data.fashion_mnist import FashionMNIST
 
+        if args.subset_seed is not None:
+            raise ConfigError("--subset-seed applies to --dataset folder; Fashion-MNIST's --per-class keeps the "
+                              "first K images of each class")
         source = FashionMNIST(args.split, args.root, args.per_class)
         if args.num_classes is not None and args.num_classes != len(source.class_names):
             raise DataError(f"Fashion-MNIST has {len(source.class_names)} classes, "
@@ -66,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
         if args.root is None:
             raise DataError("--dataset folder needs --root, the directory whose sub-folders are the classes")
-        source = ImageFolder.scan(args.root, args.num_classes, args.per_class)
+        source = ImageFolder.scan(args.root, args.num_classes, args.per_class, args.subset_seed)
     vq = load_vq(args.tokenizer, args.ema)
     store = extract(vq, source, spec, out, tokenizer_path=args.tokenizer, tokenizer_ema=args.ema,
                     batch_size=args.batch_size, num_workers=args.workers, device=args.device or "auto")

@@ -60,7 +60,7 @@ def _pick(flag, configured, default):
 
 
 def run(args: argparse.Namespace) -> int:
-    from mirai.analysis.flops import Convention, training_flops, vit_shape
+    from mirai.analysis.flops import Convention, measure_encoder, training_flops, vit_shape
     from mirai.config import from_dict, read_yaml
     from mirai.errors import ConfigError
     from mirai.foresight.config import ForesightConfig
@@ -98,11 +98,20 @@ def run(args: argparse.Namespace) -> int:
             continue
         spec = args.encoder or cfg.encoder_spec(gpt.dim)
         shape = vit_shape(spec if isinstance(spec, str) else str(spec.get("name", "")))
-        rows.append((f"+ Mirai-I ({_heads(k)}, encoder not counted)",
-                     training_flops(gpt, cfg, conv=conv, target_dim=shape.width if shape else None)))
         if shape is None:
-            print(f"note: {spec!r} is not a ViT name; its forward is not counted (heads assume C=768)")
+            measured = measure_encoder(spec, gpt.grid_size)
+            if measured is None:
+                print(f"note: {spec!r} is neither a ViT name nor an encoder directory; its forward is not "
+                      "counted and the heads assume C=768")
+            width, flops = measured or (None, None)
+            rows.append((f"+ Mirai-I ({_heads(k)}, encoder not counted)",
+                         training_flops(gpt, cfg, conv=conv, target_dim=width)))
+            if measured is not None:
+                rows.append((f"+ Mirai-I incl. {spec} forward (C={width}, measured)",
+                             training_flops(gpt, cfg, conv=conv, target_dim=width, encoder_flops=flops)))
             continue
+        rows.append((f"+ Mirai-I ({_heads(k)}, encoder not counted)",
+                     training_flops(gpt, cfg, conv=conv, target_dim=shape.width)))
         res = _pick(args.encoder_res, None, shape.patch * gpt.grid_size)
         rows.append((f"+ Mirai-I incl. {shape.name} forward at {res} px",
                      training_flops(gpt, cfg, shape, res, conv)))

@@ -12,6 +12,7 @@ import importlib
 import signal
 import sys
 
+from mirai import __version__
 from mirai.errors import MiraiError
 
 # Subcommand modules, in the order ``mirai --help`` lists them.
@@ -23,6 +24,7 @@ COMMANDS = [
     "train",
     "convert",
     "sample",
+    "serve",
     "evaluate",
     "flops",
     "encoder",
@@ -35,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mirai", description="Autoregressive image generation with foresight alignment."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"mirai.cli.{name}").add_parser(sub)

@@ -17,15 +17,21 @@ def _float_pair(text: str) -> tuple[float, float]:
 
 
 def add_parser(subparsers) -> None:
+    from mirai.cli.flags import add_flag
+
     p = subparsers.add_parser(
         "sample",
         help="sample images from a GPT checkpoint (grid PNG + ADM .npz)",
         description="Grid mode (default): --per-class images for each of --classes (default: all), one row per "
-        "class, written to OUT/grid.png and OUT/samples.npz. Evaluation mode (--num-samples N): N images with "
+        "class, written to OUT/samples.npz and as a figure (class names, settings in the title) to "
+        "OUT/grid.png and .pdf. Evaluation mode (--num-samples N): N images with "
         "balanced or uniform class labels, resumable, split across processes under torchrun.",
     )
-    p.add_argument("--gpt", required=True, help="GPT checkpoint: Mirai directory or LlamaGen .pt")
-    p.add_argument("--vq", required=True, help="VQ tokenizer checkpoint: Mirai directory or LlamaGen .pt")
+    p.add_argument("--gpt", required=True, help="GPT checkpoint: Mirai folder, LlamaGen/PAR .pt, hf://OWNER/REPO[/FILE] "
+                   "or a released name such as llamagen:c2i_B_256 (docs/pretrained.md)")
+    add_flag(p, "--tokenizer", ("--vq",), required=True,
+             help="VQ tokenizer: Mirai folder, asset name (fashion/vq8), LlamaGen .pt, hf://... or "
+             "llamagen:vq_ds16_c2i")
     p.add_argument("--out", required=True, help="output directory (locked while sampling; a rerun with the same "
                    "checkpoints and settings resumes or reuses it, anything else is refused)")
     p.add_argument("--classes", default="all", help="comma-separated class ids, or 'all' (default)")
@@ -41,10 +47,18 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--compile", action="store_true", help="decode through torch.compile: one graph for every pass, "
+                   "compiled on the first batch (worth it for many batches; same draws, not recorded)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA weights")
-    p.add_argument("--model", help="GPT config name for a LlamaGen .pt (default: inferred)")
-    p.add_argument("--grid-size", type=int, default=16, help="token grid for a LlamaGen .pt (default 16)")
+    p.add_argument("--model", help="GPT config name for a LlamaGen .pt (default: inferred from depth and width)")
+    grid = p.add_mutually_exclusive_group()
+    grid.add_argument("--grid-size", type=int, help="token grid of a LlamaGen/PAR .pt (16 for 256 px, 24 for 384 px; "
+                      "default: the released-file table's; required for other .pt files)")
+    grid.add_argument("--image-size", type=int, help="or the image size of a LlamaGen/PAR .pt (grid = image size / "
+                      "the tokenizer's downsampling)")
+    p.add_argument("--image-size-eval", type=int, metavar="N", help="resize the decoded images to NxN (bicubic, as "
+                   "LlamaGen's sample_c2i --image-size-eval), e.g. 256 for 384-px models scored at 256")
     p.set_defaults(func=run)
 
 
@@ -66,8 +80,11 @@ def _check_cli(args: argparse.Namespace) -> None:
 
     if args.per_class < 1:
         raise ConfigError(f"--per-class must be at least 1, got {args.per_class}")
-    if args.grid_size < 1:
+    if args.grid_size is not None and args.grid_size < 1:
         raise ConfigError(f"--grid-size must be at least 1 (16 for 256 px, 24 for 384 px), got {args.grid_size}")
+    for flag, value in (("--image-size", args.image_size), ("--image-size-eval", args.image_size_eval)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be a positive number of pixels, got {value}")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out} is a file, not a folder: choose a new output folder")
     if args.device == "cuda":
@@ -75,6 +92,24 @@ def _check_cli(args: argparse.Namespace) -> None:
 
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda, but no CUDA device is available: use --device cpu or auto")
+
+
+def _grid_size(args: argparse.Namespace, vq) -> int | None:
+    """The GPT's token grid from --grid-size or --image-size (None: the table of released files decides,
+    and a .pt it does not know is refused); says so when the table supplies it."""
+    from mirai.errors import ConfigError
+    from mirai.hub.resolve import released_file
+
+    if args.image_size is not None:
+        factor = vq.downsample_factor
+        if args.image_size % factor:
+            raise ConfigError(f"--image-size {args.image_size} is not a multiple of the tokenizer's downsampling "
+                              f"({factor}); give e.g. {factor * 16} or {factor * 24}, or --grid-size")
+        return args.image_size // factor
+    entry = released_file(args.gpt)
+    if args.grid_size is None and entry is not None and entry.kind == "gpt":
+        print(entry.describe())
+    return args.grid_size
 
 
 @contextlib.contextmanager
@@ -105,8 +140,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from mirai.config import from_dict
-    from mirai.data.images import save_image_grid
     from mirai.evaluation.npz import NpzArchive
+    from mirai.hub.resolve import resolve
+    from mirai.sampling.grid import checkpoint_details, checkpoint_label, write_sample_grid
     from mirai.sampling.pipeline import SampleSettings, check_request, class_labels, load_for_sampling, sample_to_npz
     from mirai.training.distributed import barrier, init_distributed, shutdown
 
@@ -115,10 +151,11 @@ def run(args: argparse.Namespace) -> int:
     settings = from_dict(SampleSettings, {
         "cfg_scale": args.cfg_scale, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
         "guidance_interval": args.guidance_interval, "precision": args.precision,
+        "image_size_eval": args.image_size_eval,
     })
+    vq = load_for_sampling(args.tokenizer, "vq")
     gpt = load_for_sampling(args.gpt, "gpt", prefer_ema=not args.raw_weights, name=args.model,
-                            grid_size=args.grid_size)
-    vq = load_for_sampling(args.vq, "vq")
+                            grid_size=_grid_size(args, vq))
     n_classes = gpt.args.num_classes
     if args.num_samples is not None:
         labels = class_labels(n_classes, args.num_samples, args.class_sampling, seed=args.seed)
@@ -130,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
     vq.to(dist.device)
     out = Path(args.out)
     npz = dict(out=out / "samples.npz", settings=settings, seed=args.seed, batch_size=args.batch_size,
-               sources={"gpt": str(Path(args.gpt).resolve()), "vq": str(Path(args.vq).resolve())})
+               compile=args.compile,
+               sources={"gpt": str(resolve(args.gpt).resolve()), "vq": str(resolve(args.tokenizer).resolve())})
     if dist.is_main:
         a = gpt.args
         order = f"PAR, {a.regions_per_side}x{a.regions_per_side} regions" if gpt.parallel else "raster order"
@@ -144,12 +182,14 @@ def run(args: argparse.Namespace) -> int:
                 path = sample_to_npz(gpt, vq, labels, progress=False, **npz)
             if dist.is_main:
                 with NpzArchive(path, "sample batch") as data:
-                    images = data.array("arr_0")
-                nrow = args.per_class if args.num_samples is None else min(10, len(images))
-                preview = images if args.num_samples is None else images[:100]
-                save_image_grid(preview, nrow, out / "grid.png")
+                    images, drawn = data.array("arr_0"), data.array("labels")
+                step, names = checkpoint_details(resolve(args.gpt))
+                weights = "raw" if args.raw_weights else "EMA"
+                what = f"{checkpoint_label(args.gpt)} ({weights} weights, seed {args.seed})"
+                grid = write_sample_grid(images, drawn, out / "grid.png", what, step, settings, names,
+                                         per_row=args.per_class if args.num_samples is None else 10)
                 print(f"wrote {len(images)} samples to {path} (settings in {path.with_suffix('.json')}) "
-                      f"and a grid to {out / 'grid.png'}")
+                      f"and a grid of them by class to {' and '.join(map(str, grid))}")
     finally:
         shutdown()
     return 0

@@ -7,6 +7,8 @@ import json
 
 
 def add_parser(subparsers) -> None:
+    from mirai.cli.flags import add_flag
+
     parser = subparsers.add_parser("tokenizer", help="train or evaluate a VQ image tokenizer")
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
@@ -25,10 +27,12 @@ def add_parser(subparsers) -> None:
         "k-means baseline: the same number of codes over pixel patches as large as the tokenizer's "
         "downsample factor, so both produce the same token grid.",
     )
-    p.add_argument("--checkpoint", required=True, help="Mirai VQ checkpoint directory")
+    add_flag(p, "--tokenizer", ("--checkpoint",), dest="checkpoint", required=True,
+             help="VQ tokenizer: Mirai checkpoint folder, asset name (fashion/vq8) or hf://OWNER/REPO")
     p.add_argument("--split", choices=["train", "test"], default="test")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
-    p.add_argument("--root", help="Fashion-MNIST folder (default: the dataset's search order)")
+    add_flag(p, "--data-root", ("--root",), dest="root", help="Fashion-MNIST folder (default: the dataset's "
+             "search order)")
     p.add_argument("--kmeans", action="store_true", help="also report the k-means patch baseline")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: PyTorch's default)")

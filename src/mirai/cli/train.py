@@ -11,7 +11,10 @@ def add_parser(subparsers) -> None:
         help="train a GPT on a code store (one process, or many under torchrun)",
         description="Example: mirai train --config configs/fashion/baseline.yaml steps=500 optim.lr=3e-4. "
         "Overrides are dotted keys of the config (see mirai.training.config.TrainConfig). Under torchrun "
-        "each process joins the DDP group (gloo on CPU, NCCL on GPU); optim.batch_size is the global batch.",
+        "each process joins the DDP group (gloo on CPU, NCCL on GPU); optim.batch_size is the global batch. "
+        "Prints a banner (with warnings about the config), a line every log_every steps and a closing summary, "
+        "all also appended to RUN_DIR/log.txt; the last line printed is a JSON summary for scripts. The progress "
+        "bar is drawn only on a terminal.",
     )
     p.add_argument("--config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=3e-4 foresight.source=ema")

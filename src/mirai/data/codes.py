@@ -34,9 +34,10 @@ from mirai.data.transforms import to_model_range, to_unit_range
 from mirai.data.view_order import epoch_views, random_view
 from mirai.data.views import ViewSpec, render_view, render_views
 from mirai.errors import CheckpointError, DataError
+from mirai.hub.resolve import resolve
 
 __all__ = ["CodeStore", "ImageSource", "code_dtype", "describe_tokenizer", "epoch_views", "extract", "load_vq",
-           "open_source", "random_view", "state_hash"]
+           "open_source", "random_view", "reraised_one_line", "state_hash"]
 
 FORMAT = "mirai-codes"
 VERSION = 1
@@ -72,7 +73,7 @@ def state_hash(module: nn.Module) -> str:
 def describe_tokenizer(vq: nn.Module, path: str | Path | None, ema: bool = False) -> dict:
     """Manifest entry identifying the tokenizer (and whether its EMA weights) that produced a store."""
     return {
-        "path": None if path is None else str(Path(path).resolve()),
+        "path": None if path is None else str(resolve(path, "tokenizer").resolve()),  # names: the file they name
         "ema": ema,
         "name": getattr(vq, "name", type(vq).__name__),
         "args": vq.args.to_dict() if hasattr(vq, "args") else {},
@@ -93,7 +94,8 @@ def open_source(description: dict, class_names: list[str], files: list[str] | No
 
         if files is None:
             raise DataError(f"a class-folder store needs its {FILES}, which is missing")
-        return ImageFolder.from_files(root or description["root"], class_names, files, description.get("per_class"))
+        return ImageFolder.from_files(root or description["root"], class_names, files, description.get("per_class"),
+                                      description.get("subset_seed"))
     raise DataError(f"unknown dataset kind {kind!r} in the store manifest")
 
 
@@ -118,9 +120,10 @@ def _check_not_inside_dataset(out: Path, source: ImageSource) -> None:
                         "choose an --out outside it")
 
 
-def _reraised_one_line(loader: DataLoader):
+def reraised_one_line(loader: DataLoader):
     """The loader's batches; a ``DataError`` raised in a worker process comes back with the
-    worker's traceback in its message, so keep only the original one-line message."""
+    worker's traceback in its message, so keep only the original one-line message. Closing the
+    generator stops the worker processes."""
     batches = iter(loader)
     try:
         yield from batches
@@ -200,8 +203,9 @@ def extract(
     def write(tmp: Path) -> None:
         codes = np.lib.format.open_memmap(tmp / CODES, mode="w+", dtype=dtype, shape=(n, v, grid, grid))
         start, low, high = 0, None, None
-        with torch.inference_mode(), tqdm(total=n, desc="extract codes", unit="img", disable=not progress) as bar:
-            for views in _reraised_one_line(loader):
+        with torch.inference_mode(), tqdm(total=n, desc="extract codes", unit="img",
+                                           disable=None if progress else True) as bar:
+            for views in reraised_one_line(loader):
                 b = views.shape[0]
                 x = to_model_range(views.flatten(0, 1).to(device))  # move uint8, not 4x larger floats
                 idx = vq.encode_to_indices(x).view(b, v, grid, grid)
@@ -404,11 +408,15 @@ class CodeStore:
         """The exact uint8 ``(H, W, 3)`` pixels whose codes are ``codes[index, view]``."""
         return render_view(self.source().image(index), view, self.view_spec)
 
+    def source_pixels(self, indices: Sequence[int], views: Sequence[int]) -> np.ndarray:
+        """``source_image`` of several rows, uint8 ``(B, H, W, 3)`` (a quarter of the floats' bytes to
+        hand from a DataLoader worker to the device)."""
+        spec, source = self.view_spec, self.source()
+        return np.stack([render_view(source.image(int(i)), int(v), spec) for i, v in zip(indices, views)])
+
     def source_images(self, indices: Sequence[int], views: Sequence[int]) -> torch.Tensor:
         """``source_image`` of several rows as float ``(B, 3, H, W)`` in [0, 1] (foresight encoder input)."""
-        spec, source = self.view_spec, self.source()
-        pixels = np.stack([render_view(source.image(int(i)), int(v), spec) for i, v in zip(indices, views)])
-        return to_unit_range(pixels)
+        return to_unit_range(self.source_pixels(indices, views))
 
     def load_tokenizer(self, path: str | Path | None = None, strict: bool = False) -> nn.Module | None:
         """The tokenizer that made the codes (from ``path`` or the manifest), checked by weight hash.
@@ -417,7 +425,7 @@ class CodeStore:
         ``strict``: decoding with another tokenizer would give plausible-looking wrong images.
         """
         recorded = self.manifest["tokenizer"]
-        if path is not None and not Path(path).exists():
+        if path is not None and not resolve(path, "tokenizer").exists():
             raise DataError(f"tokenizer {path} does not exist; check the path (the store was extracted with "
                             f"{recorded.get('path')})")
         path = path or recorded.get("path")

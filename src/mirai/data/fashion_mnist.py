@@ -141,7 +141,8 @@ def download(dest: str | Path, timeout: float = 60.0) -> Path:
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    for stem in tqdm([s for pair in FILES.values() for s in pair], desc="download fashion-mnist", unit="file"):
+    for stem in tqdm([s for pair in FILES.values() for s in pair], desc="download fashion-mnist", unit="file",
+                     disable=None):
         target = dest / f"{stem}.gz"
         if target.is_file() and _md5(target.read_bytes()) == GZIP_MD5[stem]:
             continue

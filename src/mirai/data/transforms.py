@@ -46,8 +46,12 @@ def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def to_unit_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 HWC/NHWC → float32 ``(N, 3, H, W)`` in ``[0, 1]`` (the foresight encoder's input)."""
-    return _as_nchw_float(images) / 255.0
+    """uint8 HWC/NHWC → float32 ``(N, 3, H, W)`` in ``[0, 1]`` (the foresight encoder's input), on the
+    input's device, with the same bits on every device."""
+    x = _as_nchw_float(images)
+    # A divisor on the tensor's own device: CUDA turns a Python-number divisor into a multiplication
+    # by its reciprocal, one ulp off the CPU's true division for some pixel values.
+    return x / torch.tensor(255.0, device=x.device)
 
 
 def to_uint8_hwc(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:

@@ -15,6 +15,7 @@ import torch
 
 from mirai import checkpoint
 from mirai.errors import CheckpointError
+from mirai.hub.resolve import resolve
 from mirai.models.fashion_classifier import FashionClassifier
 
 
@@ -25,7 +26,7 @@ def default_evaluator_path() -> Path:
 
 def load_fashion_classifier(path: str | Path | None = None, device: str | torch.device = "cpu") -> FashionClassifier:
     """The evaluator checkpoint at ``path`` (default: the committed one), in eval mode on ``device``."""
-    path = Path(path) if path is not None else default_evaluator_path()
+    path = resolve(path, "Fashion-MNIST evaluator") if path is not None else default_evaluator_path()
     if not path.exists():
         raise CheckpointError(
             f"Fashion-MNIST evaluator {path} does not exist; train one with "

@@ -58,10 +58,14 @@ class NpzImages:
     A 50 000 × 256² batch is ~10 GB; reading it slice by slice from the zip member keeps
     memory at one batch. Arrays stored in Fortran order (rare) are loaded whole instead.
     ``what`` names the file's role ("sample batch", "reference batch") in error messages.
+    ``resize``: hand out every image resized to ``resize``² (``resize_uint8``), as LlamaGen's
+    ``--image-size-eval``; ``resolution`` then reports that size.
     """
 
-    def __init__(self, path: str | Path, key: str = IMAGES_KEY, what: str = "image batch") -> None:
+    def __init__(self, path: str | Path, key: str = IMAGES_KEY, what: str = "image batch",
+                 resize: int | None = None) -> None:
         self.path, self.key, self.what = Path(path), key, what
+        self.resize = None if resize is None else positive_int(resize, "image_size_eval (--image-size-eval)")
         hint = f"; an ADM batch keeps its images in {key!r}"
         with NpzArchive(self.path, what) as archive:
             self.shape, self.fortran_order, self.dtype = archive.header(key, hint)
@@ -75,10 +79,15 @@ class NpzImages:
 
     @property
     def resolution(self) -> tuple[int, int]:
-        return self.shape[1], self.shape[2]
+        return (self.resize, self.resize) if self.resize is not None else (self.shape[1], self.shape[2])
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        """Consecutive ``(≤batch_size, H, W, 3)`` uint8 arrays covering all images in order."""
+        """Consecutive ``(≤batch_size, H, W, 3)`` uint8 arrays covering all images in order (resized
+        when ``resize`` is set)."""
+        for batch in self._stored_batches(batch_size):
+            yield batch if self.resize is None else resize_uint8(batch, self.resize)
+
+    def _stored_batches(self, batch_size: int) -> Iterator[np.ndarray]:
         batch_size = positive_int(batch_size, "batch_size (--batch-size)")
         with NpzArchive(self.path, self.what) as archive:
             if self.fortran_order:
@@ -94,6 +103,20 @@ class NpzImages:
                         raise DataError(f"{self.what} {self.path}: {self.key!r} is truncated (ended inside image "
                                         f"{start + len(data) // image_bytes}); write the file again")
                     yield np.frombuffer(data, dtype=np.uint8).reshape(count, *self.shape[1:])
+
+
+def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``(N, H, W, 3)`` images resized to ``(N, size, size, 3)``: bicubic (``torch.nn.functional.
+    interpolate``, as LlamaGen's sample_c2i ``--image-size-eval``), then rounded and clipped to 0..255.
+    LlamaGen resizes the decoder's float output before rounding; ``mirai sample --image-size-eval``
+    does exactly that, this works on images already stored as uint8."""
+    import torch
+
+    if images.shape[1:3] == (size, size):
+        return images
+    x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float()  # a copy: batches are read-only views
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic")
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def read_labels(path: str | Path, count: int | None = None, what: str = "image batch") -> np.ndarray | None:

@@ -7,8 +7,8 @@ Two feature networks ("evaluators") are supported:
 * ``fashion`` — the supervised Fashion-MNIST classifier (``mirai.models.fashion_classifier``)
   for 32×32 runs: FID, precision and recall on its penultimate features, Inception Score
   from its class probabilities, class accuracy of the samples, and the evaluator's noise
-  floor: the same metrics between two random halves of the reference set, i.e. the score a
-  perfect generator would get up to sampling noise at that sample size.
+  floor: the same metrics of as many real reference images as there are samples against the
+  rest of the reference, i.e. the score a perfect generator would get at that sample count.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def extract_features(network: nn.Module, images: NpzImages | np.ndarray, batch_s
     else:
         batches, count = (images[i:i + batch_size] for i in range(0, len(images), batch_size)), len(images)
     outputs: dict[str, list[np.ndarray]] = {}
-    for batch in tqdm(batches, total=math.ceil(count / batch_size), desc=desc, unit="batch"):
+    for batch in tqdm(batches, total=math.ceil(count / batch_size), desc=desc, unit="batch", disable=None):
         # np.array copies: streamed batches are read-only views of the file's bytes.
         with torch.no_grad():
             result = network.extract(torch.from_numpy(np.array(batch)).to(device))
@@ -157,23 +157,35 @@ def score(samples: dict[str, np.ndarray], ref: FeatureSet, labels: np.ndarray | 
 
 
 def noise_floor(ref: FeatureSet, labels: np.ndarray | None = None, num_classes: int | None = None,
-                device: str = "cpu", seed: int = 0) -> dict[str, float | int | None]:
-    """The metrics of one random half of the reference against the other half.
+                device: str = "cpu", seed: int = 0, num_images: int | None = None) -> dict[str, float | int | None]:
+    """The metrics of ``num_images`` real reference images, scored like samples against the rest of the reference.
 
-    The halves come from a fixed permutation (``seed``) so the number is reproducible and
-    does not depend on how the reference happens to be ordered.
+    This is what a perfect generator would get with ``num_images`` samples: FID's bias grows as the
+    sample count falls (about 2.5x from 5 000 to 1 000 Fashion-MNIST images), so the floor must be
+    taken at the count being scored. ``num_images`` defaults to half the reference and is capped there
+    (the rest must stay a reference at least as large); the returned ``num_images``/``num_reference``
+    say what was used, ``capped`` whether the request was cut. The split comes from a fixed
+    permutation (``seed``), so the number is reproducible and independent of the reference's order.
+    Raises ``DataError`` without reference activations or with fewer than 4 reference images.
     """
     if ref.pool is None:
         raise DataError("the noise floor needs reference activations; remake the reference with make-ref")
-    order = np.random.default_rng(seed).permutation(len(ref.pool))
-    half_a, half_b = order[: len(order) // 2], order[len(order) // 2:]
-    samples = {"pool": ref.pool[half_a]}
+    total = len(ref.pool)
+    if total < 4:
+        raise DataError(f"the noise floor splits the reference, which holds only {total} image(s); use at least 4")
+    if num_images is not None:
+        positive_int(num_images, "num_images")
+    size = min(num_images or total // 2, total // 2)
+    order = np.random.default_rng(seed).permutation(total)
+    real, rest = order[:size], order[size:]
+    samples = {"pool": ref.pool[real]}
     if ref.logits is not None:
-        samples["logits"] = ref.logits[half_a]
-    floor = score(samples, FeatureSet.from_features({"pool": ref.pool[half_b]}),
-                  labels[half_a] if labels is not None else None, num_classes, device)
+        samples["logits"] = ref.logits[real]
+    floor = score(samples, FeatureSet.from_features({"pool": ref.pool[rest]}),
+                  labels[real] if labels is not None else None, num_classes, device)
     floor.pop("sfid")
-    floor["half_size"] = len(half_a)
+    floor.update(num_images=int(size), num_reference=int(len(rest)),
+                 capped=num_images is not None and size < num_images)
     return floor
 
 
@@ -185,16 +197,18 @@ def pick_evaluator(samples: NpzImages, ref: Reference) -> str:
 def evaluate(samples_path: str | Path, ref_path: str | Path, evaluator: str = "auto",
              inception_weights: str | Path | None = None, fashion_evaluator: str | Path | None = None,
              batch_size: int = 64, device: str | None = None, with_noise_floor: bool | None = None,
-             log: Callable[[str], None] = print) -> dict:
+             log: Callable[[str], None] = print, image_size_eval: int | None = None) -> dict:
     """Score an ADM-format sample batch against a reference batch; returns the JSON-ready report.
 
     ``with_noise_floor`` defaults to on for the Fashion-MNIST evaluator only (for Inception it
     costs another 2048-d matrix square root and ADM's tables do not report it).
+    ``image_size_eval``: score the samples resized (bicubic) to that size, e.g. 384-px samples at 256
+    as in LlamaGen's protocol (``mirai.evaluation.reference.resize_uint8``).
     """
     _check_evaluator(evaluator, ("auto", *EVALUATORS))
     batch_size = positive_int(batch_size, "batch_size (--batch-size)")
     device = resolve_device(device)
-    samples = NpzImages(samples_path, what="sample batch")
+    samples = NpzImages(samples_path, what="sample batch", resize=image_size_eval)
     if len(samples) < 2:
         raise DataError(f"sample batch {samples_path} holds {len(samples)} image(s); FID needs at least 2")
     labels = read_labels(samples_path, len(samples), "sample batch")
@@ -220,7 +234,7 @@ def evaluate(samples_path: str | Path, ref_path: str | Path, evaluator: str = "a
         "metrics": score(sample_features, ref_set, labels, num_classes, device),
     }
     if with_noise_floor:
-        report["noise_floor"] = noise_floor(ref_set, ref.labels, num_classes, device)
+        report["noise_floor"] = noise_floor(ref_set, ref.labels, num_classes, device, num_images=len(samples))
     return report
 
 
@@ -231,8 +245,10 @@ def format_report(report: dict) -> str:
     floor = report.get("noise_floor", {})
     lines = [f"{report['evaluator']} evaluator, {report['num_samples']} samples vs {report['num_reference']} reference images"]
     if floor:
-        lines.append(f"  [in brackets: noise floor = one random half of the reference vs the other, "
-                     f"{floor['half_size']} images each]")
+        cut = (f" (capped at half the reference; the samples are {report['num_samples']})"
+               if floor["capped"] else ", as many as the samples")
+        lines.append(f"  [in brackets: noise floor = {floor['num_images']} real reference images{cut}, "
+                     f"scored like the samples against the other {floor['num_reference']}]")
     for key, label in names.items():
         value = report["metrics"].get(key)
         if value is None:

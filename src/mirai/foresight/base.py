@@ -57,8 +57,10 @@ class AuxiliaryLoss(Protocol):
 
     def __call__(
         self, batch: dict, hidden: dict[int, Tensor], progress: Progress
-    ) -> tuple[dict[str, Tensor], dict[str, float]]:
-        """Returns (named loss terms, already weighted, to ADD to the NTP loss; scalar logs).
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor | float]]:
+        """Returns (named loss terms, already weighted, to ADD to the NTP loss; scalar logs: a
+        value computed on the device stays a 0-d tensor, never read here, so a step does not wait
+        for the device; the trainer reads its logs once per ``log_every`` steps).
 
         An empty terms dict means "nothing to add this step" (e.g. during a warm-up).
         """

@@ -1,4 +1,4 @@
-"""The paper's per-source defaults, in one table (method.md sections 3-5).
+"""The paper's per-source defaults, in one table (docs/method.md sections 3-5).
 
 A ``ForesightConfig`` field left at ``None`` takes its value from here when the loss is
 built, so a saved config says "default" where the user did not choose:

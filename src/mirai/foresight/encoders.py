@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from mirai import checkpoint
 from mirai.errors import CheckpointError, ConfigError
+from mirai.hub.resolve import resolve
 from mirai.models.fashion_encoder import INPUT_SIZE, FashionEncoderNet
 
 # Short names of the encoders the paper uses or compares (Table 4), mapped to timm names.
@@ -94,12 +95,15 @@ class FrozenEncoder(nn.Module, abc.ABC):
     # no_grad rather than inference_mode: the result is a target in a loss whose other side
     # needs gradients, and inference tensors may not be saved for backward.
     @torch.no_grad()
-    def forward(self, images01: Tensor) -> Tensor:
+    def forward(self, images01: Tensor, unit_range_known: bool = False) -> Tensor:
+        """Features (B, grid_size**2, feature_dim), float32, of float images (B, 3, H, W) in [0, 1].
+        ``unit_range_known``: the caller made the images from uint8 pixels (``to_unit_range``), so
+        the range test, which reads a device value (a GPU sync), is skipped."""
         if images01.ndim != 4 or images01.shape[1] not in (1, 3) or not images01.is_floating_point():
             raise ValueError(f"expected float images (B, 3, H, W) in [0, 1], got {images01.dtype} "
                              f"{tuple(images01.shape)}")
         # The tokenizer's [-1, 1] images are the likely mix-up; they would silently give wrong targets.
-        if images01.numel() and images01.min().item() < -1e-3:
+        if not unit_range_known and images01.numel() and images01.min().item() < -1e-3:
             raise ValueError("encoder input has negative values: foresight encoders take images in [0, 1], "
                              "not the tokenizer's [-1, 1] (use mirai.data.transforms.to_unit_range)")
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images01.is_cuda):
@@ -248,7 +252,7 @@ def build_encoder(spec: str | dict, grid_size: int, device: torch.device | str |
     if unknown:
         raise ConfigError(f"encoder spec has unknown key(s) {unknown}; valid keys are {sorted(_SPEC_KEYS)}")
     name = str(spec["name"])
-    local = FASHION_ASSETS.get(name, Path(name).expanduser())
+    local = FASHION_ASSETS.get(name) or resolve(Path(name).expanduser(), "encoder")  # asset names, hf://
     if name in FASHION_ASSETS or local.is_dir():
         extra = sorted(set(spec) - {"name"})
         if extra:
@@ -281,7 +285,7 @@ def cache_features(encoder: FrozenEncoder, image_iter: Iterable[Tensor], n: int,
     device = torch.device(device) if device is not None else next(encoder.parameters()).device
     out = torch.empty(n, encoder.grid_size ** 2, encoder.feature_dim, dtype=torch.float16)
     filled = 0
-    with tqdm(total=n, desc=desc, unit="img") as bar:
+    with tqdm(total=n, desc=desc, unit="img", disable=None) as bar:
         for batch in image_iter:
             b = len(batch)
             if filled + b > n:

@@ -1,4 +1,4 @@
-"""The foresight loss: L_F = sum_k lambda_k * mean_{b, pairs} -cos(f_k, rho_k(h)) (method.md section 2).
+"""The foresight loss: L_F = sum_k lambda_k * mean_{b, pairs} -cos(f_k, rho_k(h)) (docs/method.md section 2).
 
 ``reduction="sum"`` adds the weighted heads (the authors' scripts, which produced the
 published tables); ``"mean"`` divides by K (the paper's Eq. 11). The module's only
@@ -64,7 +64,7 @@ class HeadsLoss(nn.Module, ABC):
 
     def forward(
         self, batch: dict, hidden: dict[int, torch.Tensor], progress: Progress
-    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | float]]:
         lambdas = [schedule(progress) for schedule in self.schedules]
         if warming_up(progress, *self.warmup):
             return {}, {f"{self.name}/lambda{k}": 0.0 for k in range(len(lambdas))}
@@ -75,10 +75,12 @@ class HeadsLoss(nn.Module, ABC):
             # The whole sequence goes through the head: the transformer head attends across it.
             losses.append(self.head_loss(head(h)[:, student], f[:, target]))
         per_head = torch.stack(losses)
-        total = (per_head * per_head.new_tensor(lambdas)).sum()
+        # Filled on the device: a copy of the host list would wait for the GPU (pageable memory).
+        weights = torch.stack([per_head.new_full((), lam) for lam in lambdas])
+        total = (per_head * weights).sum()
         if self.reduction == "mean":
             total = total / len(losses)
-        logs = {f"{self.name}/loss{k}": v for k, v in enumerate(per_head.detach().tolist())}
+        logs: dict = {f"{self.name}/loss{k}": v for k, v in enumerate(per_head.detach().unbind())}  # no read
         logs.update({f"{self.name}/lambda{k}": lam for k, lam in enumerate(lambdas)})
         return {self.name: total}, logs
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from mirai.errors import ConfigError
 from mirai.foresight.base import SavedState
+from mirai.foresight.encoders import FrozenEncoder
 from mirai.models.ema import ema_decay, update_ema
 
 
@@ -130,8 +131,11 @@ class EncoderSource(Source):
             rows = batch["image_index"] * self.num_views + batch["view_index"]
             out = self.features[rows.to(self.features.device)].to(tokens.device, non_blocking=True).float()
         elif "images" in batch:
+            # Batch images are uint8 pixels made [0, 1] (training.data.to_device): a FrozenEncoder
+            # need not test their range, which would read the device (a GPU sync) every step.
+            known = {"unit_range_known": True} if isinstance(self.encoder, FrozenEncoder) else {}
             with frozen_eval(self.encoder):
-                out = self.encoder(batch["images"])
+                out = self.encoder(batch["images"], **known)
         else:
             raise ConfigError("the encoder source needs batch['images'] (the pixels of each row's view)")
         if out.shape[:2] != tokens.shape[:2]:

@@ -17,10 +17,13 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mirai.hub.pretrained import PretrainedMixin
+from mirai.models.decoding import DecodePlan, KVCache, decode_plan
 from mirai.models.par import (
     DecodePass, cell_positions, decode_schedule, from_par, group_mask, par_rope_table, sequence_cells, to_par,
 )
@@ -98,6 +101,22 @@ class GPTArgs:
         return asdict(self)
 
 
+def check_token_ids(tokens: np.ndarray | torch.Tensor, vocab_size: int) -> None:
+    """Raise ``ValueError`` unless every id in ``tokens`` (any shape; a NumPy array or a host
+    tensor) lies in ``[0, vocab_size)``.
+
+    Callers run it where batches are made, on the host, once per batch: inside ``forward`` the
+    same test would read a device value on every call (a GPU sync per step) and split a compiled
+    graph, and an out-of-range id on a GPU is an opaque device-side assert instead of this message.
+    """
+    if not len(tokens.reshape(-1)):
+        return
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= vocab_size:
+        raise ValueError(f"token ids must lie in [0, {vocab_size}); got [{low}, {high}]. Is the tokenizer's "
+                         "codebook the size the model was built for?")
+
+
 def ffn_hidden_dim(args: GPTArgs) -> int:
     """SwiGLU width: 2/3 of 4d (times an optional multiplier), rounded up to ``multiple_of``."""
     hidden = int(2 * (4 * args.dim) / 3)
@@ -143,22 +162,6 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return out.flatten(3).type_as(x)
 
 
-class KVCache(nn.Module):
-    """Keys and values of past positions for one attention layer."""
-
-    def __init__(self, batch: int, max_len: int, n_kv_head: int, head_dim: int, dtype: torch.dtype, device):
-        super().__init__()
-        shape = (batch, n_kv_head, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-
-    def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        end = start + k.size(2)
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
-
-
 class Attention(nn.Module):
     def __init__(self, args: GPTArgs):
         super().__init__()
@@ -169,27 +172,23 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(args.resid_dropout_p)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, start_pos: int | None = None,
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, slots: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``mask`` (T, keys), True = may attend, replaces the causal rule (PAR's group mask)."""
+        """``mask`` (T, keys), True = may attend, replaces the causal rule (PAR's group mask).
+        Decoding: ``slots`` (T,) are the cache slots of the T inputs, and ``mask`` covers the whole cache."""
         B, T, _ = x.shape
         q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         q, k, v = self.wqkv(x).split([q_size, kv_size, kv_size], dim=-1)
         q = apply_rope(q.view(B, T, self.n_head, self.head_dim), rope).transpose(1, 2)
         k = apply_rope(k.view(B, T, self.n_kv_head, self.head_dim), rope).transpose(1, 2)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        causal = mask is None
-        if start_pos is not None:  # incremental decoding: attend to everything cached so far
-            k, v = self.kv_cache.update(start_pos, k, v)
-            causal = False
-            if T > 1 and mask is None:
-                q_pos = torch.arange(start_pos, start_pos + T, device=x.device)
-                mask = q_pos[:, None] >= torch.arange(k.size(2), device=x.device)[None, :]
+        if slots is not None:
+            k, v = self.kv_cache.update(slots, k, v)
         if self.n_kv_head != self.n_head:
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         dropout = self.attn_dropout_p if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None, dropout_p=dropout)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout)
         return self.resid_dropout(self.wo(y.transpose(1, 2).reshape(B, T, -1)))
 
 
@@ -214,9 +213,9 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, start_pos: int | None = None,
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, slots: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), rope, start_pos, mask)
+        h = x + self.attention(self.attention_norm(x), rope, slots, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -249,7 +248,7 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(labels).unsqueeze(1)
 
 
-class GPT(nn.Module):
+class GPT(PretrainedMixin, nn.Module):
     """Class-conditional LlamaGen transformer over a g x g grid of VQ tokens."""
 
     checkpoint_kind = "gpt"
@@ -373,14 +372,6 @@ class GPT(nn.Module):
                 f"{tokens.size(1)} input tokens do not fit a {self.args.grid_size}x{self.args.grid_size} grid"
                 f" (at most {limit}); is grid_size set to the tokenizer's grid?"
             )
-        # Skipped under torch.compile: a data-dependent branch would split the graph (and sync a GPU).
-        if not torch.compiler.is_compiling() and tokens.numel() and (
-            tokens.min() < 0 or tokens.max() >= self.args.vocab_size
-        ):
-            raise ValueError(
-                f"token ids must lie in [0, {self.args.vocab_size}); got [{int(tokens.min())}, {int(tokens.max())}]."
-                " Is the tokenizer's codebook the size the model was built for?"
-            )
         h = self.embed(tokens, labels)
         rope = self.freqs_cis[: h.size(1)]
         mask = self.attn_mask[: h.size(1), : h.size(1)] if self.parallel else None
@@ -394,13 +385,19 @@ class GPT(nn.Module):
         return h, hidden
 
     # ------------------------------------------------------------------ decoding
-    def setup_kv_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> None:
-        max_len = max_len or self.args.max_len
-        dtype = dtype or self.output.weight.dtype
+    def setup_kv_cache(self, batch: int, dtype: torch.dtype | None = None) -> DecodePlan:
+        """Allocate every layer's cache for ``batch`` sequences (``dtype``: the weights' by default)
+        and return the static plan of this model's decode schedule (``mirai.models.decoding``)."""
+        length = self.args.max_len
+        allowed = (self.attn_mask[:length, :length].cpu() if self.parallel
+                   else torch.ones(length, length, dtype=torch.bool).tril())
         device = self.output.weight.device
+        plan = decode_plan(self.decode_schedule(), allowed, self.args.cls_token_num, device)
+        dtype = dtype or self.output.weight.dtype
         for layer in self.layers:
             attn = layer.attention
-            attn.kv_cache = KVCache(batch, max_len, attn.n_kv_head, attn.head_dim, dtype, device)
+            attn.kv_cache = KVCache(batch, plan.cache_len, attn.n_kv_head, attn.head_dim, dtype, device)
+        return plan
 
     def clear_kv_cache(self) -> None:
         for layer in self.layers:
@@ -421,14 +418,13 @@ class GPT(nn.Module):
             h = torch.cat([h, self.spe_tok_embeddings(len(h))[:, : step.learnable].to(h.dtype)], dim=1)
         return h
 
-    def decode(self, h: torch.Tensor, start_pos: int, last: int = 1) -> torch.Tensor:
-        """Run embeddings ``h`` (B, T, dim) at positions [start_pos, start_pos+T) through the
-        cached transformer; returns the logits of the ``last`` positions: (B, V) for one, else
-        (B, last, V) (a PAR pass predicts n tokens at once)."""
-        end = start_pos + h.size(1)
-        rope = self.freqs_cis[start_pos:end]
-        mask = self.attn_mask[start_pos:end, :end] if self.parallel else None
+    def decode_step(self, h: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:
+        """One pass of cached decoding (after ``setup_kv_cache``): embeddings ``h`` (B, W, dim) at
+        RoPE rows ``positions`` (W,) are stored at cache ``slots`` (W,) and attend where ``mask``
+        (W, cache length) is True; returns float32 logits (B, W, V). Every pass of a plan has these
+        shapes, so ``torch.compile(model.decode_step, fullgraph=True)`` compiles one graph for all."""
+        rope = self.freqs_cis[positions]
         for layer in self.layers:
-            h = layer(h, rope, start_pos, mask)
-        logits = self.output(self.norm(h[:, -last:])).float()
-        return logits[:, 0] if last == 1 else logits
+            h = layer(h, rope, slots, mask)
+        return self.output(self.norm(h)).float()

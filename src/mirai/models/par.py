@@ -1,5 +1,5 @@
 """PAR's token order, attention mask and RoPE table (Wang et al., "Parallelized Autoregressive
-Visual Generation", CVPR 2025; spec: ``docs``/``par.md`` sections 2-4). Pure functions of the
+Visual Generation", CVPR 2025; spec: ``docs/par.md`` sections 2-4). Pure functions of the
 grid side ``g`` and the regions per side ``m`` (n = m^2 regions, s = g/m region side, N = g^2).
 
 PAR rank k holds intra-region position j = k // n of region r = k % n: first the n region
@@ -64,7 +64,7 @@ def _grid_of(tokens: torch.Tensor) -> int:
 
 def group_mask(length: int, n: int) -> torch.Tensor:
     """PAR's attention mask, bool (length, length), True = may attend: causal, and from position
-    n on each n-token group [n + g n, n + (g+1) n) also sees its whole group (par.md 3.3)."""
+    n on each n-token group [n + g n, n + (g+1) n) also sees its whole group (docs/par.md 3.3)."""
     p = torch.arange(length)[:, None]
     q = torch.arange(length)[None, :]
     group_end = n + ((p - n) // n + 1) * n
@@ -102,7 +102,7 @@ def cell_positions(grid_size: int, regions_per_side: int) -> torch.Tensor:
 def sequence_cells(grid_size: int, regions_per_side: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For each position of the training sequence (class token, N - 1 inputs, and for PAR its
     n - 1 learnable tokens after the n-th input): the raster cell it has just read and the cell
-    it predicts, LongTensors (L,), -1 where there is none (par.md section 8).
+    it predicts, LongTensors (L,), -1 where there is none (docs/par.md section 8).
 
     Raster (m = 1): position p read cell p - 1 and predicts cell p. PAR: positions 1..n read the
     initial tokens, n + 1..2n - 1 are the learnable tokens (they read nothing), p >= 2n read rank
@@ -135,7 +135,7 @@ class DecodePass:
 
 
 def decode_schedule(grid_size: int, regions_per_side: int) -> list[DecodePass]:
-    """The passes that decode one image (par.md 4.1): the class prefill and the n - 1 sequential
+    """The passes that decode one image (docs/par.md 4.1): the class prefill and the n - 1 sequential
     passes, then (PAR, n > 1) the explicit transition pass that feeds the last initial token
     with the learnable tokens, and one pass per remaining group of n tokens. Raster (m = 1):
     one token per pass. ``len(decode_schedule(g, m)) == forward_passes(g, m)``."""

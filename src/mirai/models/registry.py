@@ -19,7 +19,9 @@ GPT_CONFIGS: dict[str, dict] = {
     "GPT-XXXL": dict(n_layer=48, n_head=40, dim=2560),  # 3.9B
     "GPT-1B": dict(n_layer=22, n_head=32, dim=2048),  # 1.2B
     "GPT-3B": dict(n_layer=24, n_head=32, dim=3200),  # 3.1B, head dim 100
-    "GPT-S": dict(n_layer=12, n_head=8, dim=512),  # about half of GPT-B (the appendix's low-resource model)
+    # The appendix's low-resource model (F, Table 14) is only "LlamaGen-B with half the parameters":
+    # B's depth and head width (64) kept, width 768 -> 512: 58.2M, 0.52x GPT-B at V=16384, 16x16 tokens.
+    "GPT-S": dict(n_layer=12, n_head=8, dim=512),
     "GPT-Mini": dict(n_layer=6, n_head=4, dim=256),  # CPU work: a few M parameters
     "GPT-Micro": dict(n_layer=4, n_head=4, dim=128),  # CPU demo: about 1M parameters
     "GPT-Nano": dict(n_layer=2, n_head=2, dim=64),  # tests

@@ -23,6 +23,7 @@ from torch import nn
 
 from mirai.checkpoint import load_state_dict_checked
 from mirai.errors import CheckpointError
+from mirai.hub.pretrained import PretrainedMixin
 from mirai.models.registry import named_args
 
 # Length of LlamaGen's ``codebook_used`` buffer (a rolling history of assigned code ids).
@@ -288,7 +289,7 @@ class VQOutput(NamedTuple):
     commit_loss: torch.Tensor
 
 
-class VQModel(nn.Module):
+class VQModel(PretrainedMixin, nn.Module):
     """LlamaGen's VQ tokenizer: encoder -> quant_conv -> quantize -> post_quant_conv -> decoder."""
 
     checkpoint_kind = "vq"

@@ -6,7 +6,9 @@ import contextlib
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
+from mirai.errors import ConfigError
 from mirai.models.gpt import GPT
 from mirai.sampling.checks import as_labels, check_guidance, check_sampling
 
@@ -66,6 +68,7 @@ def generate(
     guidance_interval: Sequence[float] | None = None,
     dtype: torch.dtype = torch.float32,
     use_kv_cache: bool = True,
+    compile: bool = False,
 ) -> torch.Tensor:
     """Sample token grids (B, N), in raster order, for class ``labels`` (B,).
 
@@ -79,6 +82,11 @@ def generate(
     runs under autocast. ``use_kv_cache=False`` recomputes the whole prefix every step
     (slow; the reference the cache is tested against).
 
+    The KV cache is static (``mirai.models.decoding``): every pass has the same shapes, so
+    ``compile=True`` runs the passes through one ``torch.compile(fullgraph=True)`` graph, built on
+    the first call for a model, batch size and dtype and reused after that (no recompilation per
+    step). Token sampling stays eager, so the same ``generator`` draws the same tokens.
+
     Every value is checked first (``mirai.sampling.checks``): labels must be class ids in
     [0, num_classes) (a tensor keeps its device; a list goes to the model's), guidance needs a
     model trained with class dropout; a bad value raises ``ConfigError``.
@@ -86,6 +94,8 @@ def generate(
     args = model.args
     check_sampling(cfg_scale, temperature, top_k, top_p, guidance_interval, vocab_size=args.vocab_size)
     check_guidance(args, cfg_scale)
+    if compile and not use_kv_cache:
+        raise ConfigError("compile=True compiles the KV-cache decoding pass; it needs use_kv_cache=True")
     device = labels.device if isinstance(labels, torch.Tensor) else next(model.parameters()).device
     labels = as_labels(labels, args.num_classes, device)
     n_tokens = args.seq_len
@@ -100,19 +110,21 @@ def generate(
     # Tokens in the model's own order (raster, or PAR's); a pass may sample several at once.
     sequence = torch.zeros(batch, n_tokens, dtype=torch.long, device=device)
     try:
-        if use_kv_cache:
-            model.setup_kv_cache(cond.size(0), dtype=dtype if dtype != torch.float32 else None)
+        plan = model.setup_kv_cache(cond.size(0), dtype=dtype if dtype != torch.float32 else None) if use_kv_cache \
+            else None
+        decode_step = torch.compile(model.decode_step, fullgraph=True, dynamic=False) if compile else model.decode_step
         with autocast:
-            for step in model.decode_schedule():
+            for i, step in enumerate(model.decode_schedule()):
                 k = len(step.produce)
-                if not use_kv_cache:
+                if plan is None:
                     context = sequence[:, : step.produce[0]]
                     logits = model.logits_at(context.repeat(2, 1) if guided else context, cond, step.produce)
                 else:
                     fed = sequence[:, list(step.feed)]
-                    start = step.start + args.cls_token_num - 1 if step.feed else 0
                     h = model.pass_inputs(step, fed.repeat(2, 1) if guided else fed, cond)
-                    logits = model.decode(h, start, last=k)
+                    if h.size(1) < plan.width:  # the plan's padding rows lead
+                        h = F.pad(h, (0, 0, plan.width - h.size(1), 0))
+                    logits = decode_step(h, plan.positions[i], plan.slots[i], plan.masks[i])[:, -k:]
                 logits = logits.float().reshape(cond.size(0) * k, -1)  # [cond; uncond] rows, k per image
                 if guided:
                     in_interval = _in_interval(step.produce[0], n_tokens, guidance_interval)

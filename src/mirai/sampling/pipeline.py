@@ -37,7 +37,7 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 
 @dataclass
 class SampleSettings:
-    """How tokens are drawn. Defaults: LlamaGen-B's evaluation settings (method.md §7)."""
+    """How tokens are drawn. Defaults: LlamaGen-B's evaluation settings (docs/method.md §7)."""
 
     cfg_scale: float = 2.0
     temperature: float = 1.0
@@ -45,6 +45,9 @@ class SampleSettings:
     top_p: float | None = None
     guidance_interval: tuple[float, float] | None = None
     precision: str = "fp32"
+    # Side of the images written, resized bicubically from the decoder's output (None: as decoded), as
+    # LlamaGen's sample_c2i --image-size-eval: 384-px models are scored at 256 px in its protocol.
+    image_size_eval: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -54,6 +57,8 @@ class SampleSettings:
         with ``vocab_size``, also a top-k above the model's vocabulary."""
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r}: choose one of {sorted(PRECISIONS)}")
+        if self.image_size_eval is not None:
+            check_int("image_size_eval (--image-size-eval)", self.image_size_eval, 1)
         check_sampling(self.cfg_scale, self.temperature, self.top_k, self.top_p, self.guidance_interval, vocab_size)
 
 
@@ -79,18 +84,22 @@ def check_pair(gpt: GPT, vq: torch.nn.Module) -> None:
 
 @torch.no_grad()
 def sample_batch(
-    gpt: GPT, vq: torch.nn.Module, labels: torch.Tensor, settings: SampleSettings, seed: int
+    gpt: GPT, vq: torch.nn.Module, labels: torch.Tensor, settings: SampleSettings, seed: int, compile: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Images (uint8 NHWC) and tokens (N, g*g) for one batch of labels."""
+    """Images (uint8 NHWC) and tokens (N, g*g) for one batch of labels; ``compile``: decode through
+    ``torch.compile`` (``generate``)."""
     device = next(gpt.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     tokens = generate(
         gpt, labels.to(device), cfg_scale=settings.cfg_scale, temperature=settings.temperature,
         top_k=settings.top_k, top_p=settings.top_p, generator=generator,
-        guidance_interval=settings.guidance_interval, dtype=PRECISIONS[settings.precision],
+        guidance_interval=settings.guidance_interval, dtype=PRECISIONS[settings.precision], compile=compile,
     )
     g = gpt.args.grid_size
     images = vq.decode_indices(tokens.view(-1, g, g))
+    if settings.image_size_eval is not None and images.shape[-1] != settings.image_size_eval:
+        size = (settings.image_size_eval, settings.image_size_eval)
+        images = torch.nn.functional.interpolate(images.float(), size=size, mode="bicubic")  # on [-1, 1], as LlamaGen
     return to_uint8_hwc(images), tokens.cpu().numpy()
 
 
@@ -180,6 +189,7 @@ def sample_to_npz(
     world_size: int = 1,
     progress: bool = True,
     sources: dict[str, str] | None = None,
+    compile: bool = False,
 ) -> Path | None:
     """Sample one image per label into ADM-format ``out`` (``arr_0``, ``labels``, ``tokens``).
 
@@ -193,6 +203,9 @@ def sample_to_npz(
     an ``out`` made the same way is returned as it is. One process locks the parts folder
     (``BusyError`` when another is sampling it); with several ranks the caller must hold a lock
     (``mirai sample`` locks its output folder).
+
+    ``compile``: decode through ``torch.compile`` (one graph per batch size, compiled on the first
+    batch). It is not recorded: it changes how fast the same draws are made, not what is drawn.
     """
     out = Path(out)
     labels = check_request(gpt, vq, labels, settings, seed, batch_size)
@@ -215,9 +228,10 @@ def sample_to_npz(
         files = [parts / f"{b:06d}.npz" for b in range(n_batches)]
         mine = [b for b in range(rank, n_batches, world_size) if not files[b].exists()]
         device = next(gpt.parameters()).device
-        for b in tqdm(mine, desc="sampling", unit="batch", disable=not progress or rank != 0):
+        for b in tqdm(mine, desc="sampling", unit="batch", disable=None if progress and rank == 0 else True):
             chunk = torch.from_numpy(chunks[b])
-            images, tokens = sample_batch(gpt, vq, chunk.to(device), settings, seed=seed * 1_000_003 + b)
+            images, tokens = sample_batch(gpt, vq, chunk.to(device), settings, seed=seed * 1_000_003 + b,
+                                          compile=compile)
             _save_part(files[b], arr_0=images, labels=chunk.numpy(), tokens=tokens)
         if rank != 0 or not all(f.exists() for f in files):
             return None  # other ranks are still working; rank 0 merges on a later call

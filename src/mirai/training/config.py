@@ -1,15 +1,15 @@
 """The training config: one validated dataclass tree, read from YAML with ``key=value`` overrides.
 
-The paper's recipe (LlamaGen's, method.md §6) is the default: AdamW lr 1e-4, betas
+The paper's recipe (LlamaGen's, docs/method.md §6) is the default: AdamW lr 1e-4, betas
 (0.9, 0.95), weight decay 0.05 on tensors with >= 2 dims, grad clip 1.0, constant LR, EMA 0.9999.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from mirai.config import flatten
+from mirai.config import flatten, to_dict
 from mirai.errors import ConfigError
 from mirai.foresight.config import ForesightConfig
 from mirai.models.registry import gpt_args
@@ -44,12 +44,22 @@ class DataConfig:
     codes: str = ""  # code store made by `mirai extract` (training split)
     val_codes: str | None = None  # held-out store for validation NLL
     val_images: int = 2000  # how many held-out images the validation NLL uses (0 = all)
+    # DataLoader worker processes per rank that prepare training steps ahead (0: in the training
+    # process). "auto": 0 for token-only batches (a memory-mapped slice; passing it between processes
+    # costs more than reading it) and on CPU devices (workers would take the training's cores);
+    # up to 8 per GPU process when batches carry rendered image views (Mirai-I).
+    workers: int | Literal["auto"] = "auto"
+    prefetch: int = 2  # steps each worker prepares ahead (DataLoader's prefetch_factor)
 
     def validate(self) -> None:
         if not self.codes:
             raise ConfigError("data.codes is empty: give the code store from `mirai extract` (data.codes=DIR)")
         if self.val_images < 0:
             raise ConfigError(f"data.val_images must be 0 (all) or positive, got {self.val_images}")
+        if self.workers != "auto" and self.workers < 0:
+            raise ConfigError(f"data.workers must be auto, 0 (in the training process) or positive, got {self.workers}")
+        if self.prefetch < 1:
+            raise ConfigError(f"data.prefetch must be at least 1 (steps per worker), got {self.prefetch}")
 
 
 @dataclass
@@ -91,6 +101,26 @@ class EMAConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """How several processes share the model. ``ddp`` replicates it on every rank; ``fsdp`` shards
+    parameters, gradients, optimizer state, the EMA and an EMA teacher per transformer block
+    (FSDP2, ``torch.distributed.fsdp.fully_shard``) and writes sharded checkpoints
+    (``torch.distributed.checkpoint``) that resume on any number of ranks."""
+
+    strategy: str = "ddp"  # ddp | fsdp
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
+    # fsdp only: the dtype blocks compute in (auto: bf16 on CUDA, fp32 on CPU); the sharded master
+    # weights, the optimizer state and the gradient reduction stay fp32.
+    param_dtype: str = "auto"  # auto | bf16 | fp32
+
+    def validate(self) -> None:
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"distributed.strategy {self.strategy!r}: choose ddp or fsdp")
+        if self.param_dtype not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"distributed.param_dtype {self.param_dtype!r}: choose auto, bf16 or fp32")
+
+
+@dataclass
 class TrainConfig:
     run_dir: str = "runs/default"
     seed: int = 0
@@ -111,6 +141,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     foresight: ForesightConfig = field(default_factory=ForesightConfig)
     sampling: SampleSettings = field(default_factory=SampleSettings)
 
@@ -141,14 +172,21 @@ class TrainConfig:
 RESUMABLE_KEYS = (
     "run_dir", "steps", "epochs", "device", "precision", "compile", "log_every", "eval_every", "sample_every",
     "save_every", "keep_last", "tensorboard", "wandb", "optim.lr", "optim.grad_clip", "data.val_codes",
-    "data.val_images", "sampling",
+    "data.val_images", "data.workers", "data.prefetch", "sampling", "distributed.activation_checkpointing",
+    "distributed.param_dtype",
 )
 
 
 def resume_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
     """``{key: (saved, current)}`` for every setting that differs between the config a checkpoint
     was trained with and the one resuming it; ``ConfigError`` when one of them may not change."""
-    old, new = flatten(saved), flatten(current)
+    # A checkpoint written before a setting existed was trained with that setting's default. A default
+    # that is a parent or child of a saved key (``model.overrides: {}`` beside ``model.overrides.order``)
+    # is the same setting written at another depth, not a missing one.
+    saved_flat = flatten(saved)
+    missing = {k: v for k, v in flatten(to_dict(TrainConfig())).items()
+               if not any(s == k or s.startswith(k + ".") or k.startswith(s + ".") for s in saved_flat)}
+    old, new = {**missing, **saved_flat}, flatten(current)
     changed = {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
     refused = [k for k in changed if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)]
     if refused:

@@ -2,19 +2,24 @@
 
 The order of images in epoch e is a permutation seeded by (seed, e), and each image's view in
 epoch e is drawn from a generator seeded the same way, so step s always sees the same batch:
-that is what makes ``--resume`` exact and lets DDP ranks agree without communicating.
+that is what makes ``--resume`` exact and lets DDP ranks agree without communicating. Steps are
+made in the training process or, with ``data.workers``, ahead of time by DataLoader workers
+(``mirai.training.loader``) calling the same ``StepRows.host_batches``: the batches are the same.
 """
 
 from __future__ import annotations
 
-from functools import cached_property
+from functools import cached_property, partial
 
 import numpy as np
 import torch
 
 from mirai.data.codes import CodeStore, epoch_views
+from mirai.data.transforms import to_unit_range
 from mirai.errors import ConfigError
+from mirai.models.gpt import check_token_ids
 from mirai.training.config import TrainConfig
+from mirai.training.loader import StepLoader, resolve_workers
 
 OPTIONAL_FIELDS = frozenset({"images"})
 
@@ -22,6 +27,75 @@ OPTIONAL_FIELDS = frozenset({"images"})
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator)
+
+
+def check_fields(fields: frozenset[str]) -> None:
+    unknown = fields - OPTIONAL_FIELDS
+    if unknown:
+        raise ConfigError(f"batches cannot carry {sorted(unknown)}; optional fields are {sorted(OPTIONAL_FIELDS)}")
+
+
+def host_batch(store: CodeStore, indices: np.ndarray, views: np.ndarray, fields: frozenset[str] = frozenset()) -> dict:
+    """Host tensors of rows ``indices`` (views ``views``): tokens int64 (B, g*g), labels, image and
+    view indices int64 (B,), and with ``"images"`` in ``fields`` the exact pixels of each row's
+    view, uint8 (B, H, W, 3) (``to_device`` makes them floats on the device). ``ValueError`` for
+    code ids outside the store's vocabulary."""
+    codes = store.codes[indices, views].reshape(len(indices), -1)
+    check_token_ids(codes, store.vocab_size)  # here, on the host: the model no longer checks (no GPU sync)
+    batch = {
+        "tokens": torch.from_numpy(codes.astype(np.int64)),
+        "labels": torch.from_numpy(store.labels[indices].astype(np.int64)),
+        "image_index": torch.from_numpy(indices),
+        "view_index": torch.from_numpy(views),
+    }
+    if "images" in fields:
+        batch["images"] = torch.from_numpy(store.source_pixels(indices, views))
+    return batch
+
+
+def to_device(batch: dict, device: torch.device | str, non_blocking: bool = False) -> dict:
+    """``batch`` on ``device``; ``"images"`` become float (B, 3, H, W) in [0, 1] there, the same bits
+    on any device (``to_unit_range``), after a copy of a quarter of the floats' bytes."""
+    out = {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
+    if "images" in out:
+        out["images"] = to_unit_range(out["images"])
+    return out
+
+
+class StepRows:
+    """Which rows (image, view) each of this rank's micro-batches holds in each optimizer step: the
+    global batch of step s is slice s of the epoch's ``epoch_order``, and rank r of w takes the
+    r-th of w equal parts, split into ``grad_accum`` micro-batches. Pickles without the store's
+    memory map or its epoch tables, so a spawned worker maps the file instead of copying it."""
+
+    def __init__(self, store: CodeStore, seed: int, batch_size: int, grad_accum: int, rank: int, world_size: int):
+        self.store, self.seed, self.batch_size, self.grad_accum = store, seed, batch_size, grad_accum
+        self.rank, self.world_size = rank, world_size
+        self.steps_per_epoch = len(store) // batch_size
+        self._tables: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    def __getstate__(self) -> dict:
+        return dict(self.__dict__, _tables=None)
+
+    def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The epoch's image order and views, kept for the epoch (ImageNet: ~60 ms to make them)."""
+        if self._tables is None or self._tables[0] != epoch:
+            n = len(self.store)
+            self._tables = (epoch, epoch_order(self.seed, epoch, n).numpy(),
+                            epoch_views(self.seed, epoch, n, self.store.num_views))
+        return self._tables[1], self._tables[2]
+
+    def rows(self, step: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(image indices, views), int64 (micro-batch,) each, of this rank's micro-batches of ``step``."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        order, views = self._epoch(epoch)
+        global_indices = order[position * self.batch_size : (position + 1) * self.batch_size]
+        mine = global_indices.reshape(self.world_size, -1)[self.rank]
+        return [(chunk, views[chunk]) for chunk in mine.reshape(self.grad_accum, -1)]
+
+    def host_batches(self, step: int, fields: frozenset[str] = frozenset()) -> list[dict]:
+        """``host_batch`` of each of this rank's micro-batches of ``step``."""
+        return [host_batch(self.store, indices, views, fields) for indices, views in self.rows(step)]
 
 
 class TrainingData:
@@ -45,40 +119,35 @@ class TrainingData:
                 f"optim.batch_size={batch} is not divisible by processes x grad_accum = {world_size} x {accum}"
             )
         self.micro_batch = batch // (world_size * accum)
-        self.steps_per_epoch = len(self.store) // batch
+        self.rows = StepRows(self.store, cfg.seed, batch, accum, rank, world_size)
+        self.steps_per_epoch = self.rows.steps_per_epoch
         if self.steps_per_epoch == 0:
             raise ConfigError(f"optim.batch_size={batch} is larger than the {len(self.store)} training images")
-
-    def _batch(self, store: CodeStore, indices: np.ndarray, views: np.ndarray, device,
-               fields: frozenset[str] = frozenset()) -> dict:
-        """Tokens (B, g*g), labels (B,), image and view indices (B,), and the optional ``fields``:
-        ``"images"``, the exact pixels of each row's view, float (B, 3, H, W) in [0, 1]."""
-        unknown = fields - OPTIONAL_FIELDS
-        if unknown:
-            raise ConfigError(f"batches cannot carry {sorted(unknown)}; optional fields are {sorted(OPTIONAL_FIELDS)}")
-        tokens = torch.from_numpy(store.codes[indices, views].reshape(len(indices), -1).astype(np.int64))
-        batch = {
-            "tokens": tokens.to(device),
-            "labels": torch.from_numpy(store.labels[indices].astype(np.int64)).to(device),
-            "image_index": torch.from_numpy(indices).to(device),
-            "view_index": torch.from_numpy(views).to(device),
-        }
-        if "images" in fields:
-            batch["images"] = store.source_images(indices, views).to(device)
-        return batch
+        self._loader: StepLoader | None = None
+        self._loader_key: tuple | None = None
 
     def step_batches(self, step: int, device, fields: frozenset[str] = frozenset()) -> list[dict]:
-        """This rank's micro-batches for optimizer step ``step``, with the optional ``fields``."""
-        epoch, position = divmod(step, self.steps_per_epoch)
-        batch = self.cfg.optim.batch_size
-        order = epoch_order(self.cfg.seed, epoch, len(self.store))
-        global_indices = order[position * batch : (position + 1) * batch].numpy()
-        mine = global_indices.reshape(self.world_size, -1)[self.rank]
-        views = epoch_views(self.cfg.seed, epoch, len(self.store), self.store.num_views)
-        return [
-            self._batch(self.store, chunk, views[chunk], device, fields)
-            for chunk in mine.reshape(self.cfg.optim.grad_accum, -1)
-        ]
+        """This rank's micro-batches for optimizer step ``step`` on ``device``, with the optional
+        ``fields``: made here, or by ``data.workers`` DataLoader workers (the same batches)."""
+        check_fields(fields)
+        device = torch.device(device)
+        workers = resolve_workers(self.cfg.data.workers, device, fields)
+        if workers == 0:
+            return [to_device(b, device) for b in self.rows.host_batches(step, fields)]
+        pin = device.type == "cuda"
+        key = (fields, workers, pin)
+        if self._loader is None or self._loader_key != key:
+            self.close()
+            self._loader = StepLoader(partial(self.rows.host_batches, fields=fields), workers,
+                                      self.cfg.data.prefetch, pin)
+            self._loader_key = key
+        return [to_device(b, device, non_blocking=pin) for b in self._loader.get(step)]
+
+    def close(self) -> None:
+        """Stop any DataLoader workers (``step_batches`` starts them again when needed)."""
+        if self._loader is not None:
+            self._loader.close()
+        self._loader, self._loader_key = None, None
 
     def val_batches(self, device):
         """This rank's share of the held-out images, canonical view 0 (deterministic)."""
@@ -86,7 +155,7 @@ class TrainingData:
         indices = np.arange(self.rank, n, self.world_size)
         for start in range(0, len(indices), self.micro_batch):
             chunk = indices[start : start + self.micro_batch]
-            yield self._batch(self.val, chunk, np.zeros_like(chunk), device)
+            yield to_device(host_batch(self.val, chunk, np.zeros_like(chunk)), device)
 
     @cached_property
     def _vq(self):

@@ -1,4 +1,5 @@
-"""Process-group set-up for one process or ``torchrun`` (NCCL on GPU, gloo on CPU)."""
+"""Process-group set-up for one process or ``torchrun`` (NCCL on GPU, gloo on CPU), and the
+wrapping of the model for the configured strategy (DDP or FSDP2)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from mirai.data.options import resolve_device
+from mirai.models.gpt import GPT
+from mirai.training.config import DistributedConfig
+from mirai.training.fsdp import checkpoint_blocks, shard_training
 
 
 @dataclass
@@ -62,3 +68,20 @@ def barrier() -> None:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def wrap_for_training(objective: nn.Module, gpt: GPT, frozen: list[GPT], cfg: DistributedConfig, info: DistInfo,
+                      find_unused: bool) -> nn.Module:
+    """The module the trainer calls each micro-batch. One process: ``objective`` itself; several:
+    DDP around it (``find_unused``: parameters may get no gradient, e.g. heads during a foresight
+    warm-up), or with ``strategy: fsdp`` the sharded objective (``mirai.training.fsdp``; then the
+    EMA/teacher copies in ``frozen`` are sharded too). Activation checkpointing (per block of
+    ``gpt``) applies to every strategy. Call before building the optimizer; collective."""
+    if cfg.activation_checkpointing:
+        checkpoint_blocks(gpt)
+    if not info.enabled:
+        return objective
+    if cfg.strategy == "fsdp":
+        return shard_training(objective, gpt, frozen, cfg, info.device)
+    return DistributedDataParallel(objective, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+                                   find_unused_parameters=find_unused)

@@ -6,8 +6,49 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from mirai.config import write_text_atomic
 from mirai.errors import ConfigError
+
+
+class LogWindow:
+    """Step logs summed over a logging window, read once when the window is logged.
+
+    Reading a device value waits for every queued kernel (a GPU sync); adding 0-d tensors only
+    queues more, so the steps between two log lines never wait for the device (issue 15). ``read``
+    gives the mean of each device value over the steps that reported it (LlamaGen logs the mean
+    loss of its log interval too) and the latest value of each host number (learning rate, epoch,
+    lambda: schedules, whose value at the logged step is the one to plot).
+    """
+
+    def __init__(self) -> None:
+        self._device: dict[str, torch.Tensor] = {}
+        self._host: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, logs: dict[str, torch.Tensor | float]) -> None:
+        """Add one step's logs: 0-d tensors (kept on their device) or numbers."""
+        for k, v in logs.items():
+            if isinstance(v, torch.Tensor):
+                v = v.detach().double()
+                self._device[k] = self._device[k] + v if k in self._device else v
+                self._counts[k] = self._counts.get(k, 0) + 1
+            else:
+                self._host[k] = float(v)
+
+    def read(self, extra: torch.Tensor | None = None) -> tuple[dict[str, float], list[float]]:
+        """(each key's mean or latest value since the last read, the values of the 1-d ``extra``), read
+        from the device in one transfer; starts a new window."""
+        names = list(self._device)
+        parts = [torch.stack([self._device[k] for k in names])] if names else []
+        if extra is not None:
+            parts.append(extra.to(parts[0].device) if parts else extra)
+        values = torch.cat(parts).tolist() if parts else []
+        means = {k: v / self._counts[k] for k, v in zip(names, values)}
+        means.update(self._host)
+        self._device, self._host, self._counts = {}, {}, {}
+        return means, values[len(names):]
 
 
 class MetricsLogger:
@@ -25,13 +66,13 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise ConfigError("tensorboard=true needs the tensorboard package: pip install 'mirai[tensorboard]'") from None
+                raise ConfigError("tensorboard=true needs the tensorboard package: pip install 'mirai-foresight[tensorboard]'") from None
             self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
         if wandb:
             try:
                 import wandb as wandb_module
             except ImportError:
-                raise ConfigError("wandb=true needs the wandb package: pip install 'mirai[wandb]'") from None
+                raise ConfigError("wandb=true needs the wandb package: pip install 'mirai-foresight[wandb]'") from None
             self.wb = wandb_module.init(project="mirai", dir=str(run_dir), config=config, name=Path(run_dir).name)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:

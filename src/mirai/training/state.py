@@ -3,6 +3,12 @@ state beside them (optimizer, step, RNG of every rank, the run's config, and the
 auxiliary loss hands over, e.g. foresight heads as ``auxiliary.safetensors`` and a Mirai-E
 teacher as ``teacher.safetensors``). Components are passed in; nothing here reaches into
 the trainer.
+
+With ``distributed.strategy: fsdp`` the training state is sharded instead: every rank writes its
+shards of the objective (GPT and heads), optimizer, EMA and any teacher with
+``torch.distributed.checkpoint`` (DCP) into the same directory, which still holds consolidated
+``model``/``ema`` safetensors in the usual layout (so ``mirai sample`` reads it) and resumes on
+any number of ranks (DCP re-shards on load).
 """
 
 from __future__ import annotations
@@ -10,12 +16,19 @@ from __future__ import annotations
 import io
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import yaml
 from safetensors.torch import save
+from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict,
+)
 
 from mirai.checkpoint import (
     Checkpoint, check_finite, load_state_dict_checked, read_checkpoint, read_torch_file, read_weights, verify_file,
@@ -26,9 +39,11 @@ from mirai.errors import CheckpointError
 from mirai.foresight.base import SavedState
 from mirai.models.gpt import GPT
 from mirai.training.config import TrainConfig
+from mirai.training.fsdp import full_state_dict
 
 STATE_FILE, CONFIG_FILE = "training_state.pt", "train_config.yaml"
 STEP_DIR = re.compile(r"^step_(\d+)$")
+DCP_METADATA = ".metadata"  # the index torch.distributed.checkpoint writes beside its shard files
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -48,11 +63,15 @@ def _gather(obj):
 
 def save_training_checkpoint(
     path: Path, *, cfg: TrainConfig, step: int, best_val: float, val_nll: float | None, model: GPT, ema: GPT,
-    optimizer: torch.optim.Optimizer, states: dict[str, SavedState], is_main: bool,
+    optimizer: torch.optim.Optimizer, states: dict[str, SavedState], is_main: bool, objective: nn.Module | None = None,
 ) -> Path:
     """Collective: every rank calls it (RNG states are gathered); rank 0 writes ``path`` atomically
-    and prunes step checkpoints beyond ``cfg.keep_last``."""
+    and prunes step checkpoints beyond ``cfg.keep_last``. With ``strategy: fsdp`` the training
+    state is sharded (``objective``: the module the optimizer trains; see the module docstring)."""
     rng = _gather(_rng_state(next(model.parameters()).device))
+    if cfg.distributed.strategy == "fsdp":
+        return _save_sharded(path, cfg=cfg, step=step, best_val=best_val, val_nll=val_nll, rng=rng, model=model,
+                             ema=ema, objective=objective, optimizer=optimizer, states=states, is_main=is_main)
     if not is_main:
         return path
     buffer = io.BytesIO()
@@ -98,10 +117,14 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
 
 def load_training_checkpoint(
     path: Path, *, model: GPT, ema: GPT, optimizer: torch.optim.Optimizer, states: dict[str, SavedState],
-    rank: int,
+    rank: int, objective: nn.Module | None = None, world_size: int = 1,
 ) -> tuple[int, float]:
     """Restore weights, EMA, the given states, optimizer and this rank's RNG from ``path``;
-    returns ``(step, best_val)``. A missing file or mismatched tensor is a ``CheckpointError``."""
+    returns ``(step, best_val)``. A missing file or mismatched tensor is a ``CheckpointError``.
+    A sharded checkpoint (``strategy: fsdp``) loads into ``objective`` on any number of ranks."""
+    if (path / DCP_METADATA).is_file():
+        return _load_sharded(path, objective=objective, ema=ema, optimizer=optimizer, states=states, rank=rank,
+                             world_size=world_size)
     ckpt = read_checkpoint(path)
     if not (path / STATE_FILE).is_file():
         raise CheckpointError(f"{path} holds weights only (no {STATE_FILE}): it can seed a new run, not resume one")
@@ -117,8 +140,99 @@ def load_training_checkpoint(
     verify_file(path, STATE_FILE)
     state = read_torch_file(path / STATE_FILE)
     optimizer.load_state_dict(state["optimizer"])
-    rng = state["rng"][rank]
+    _set_rng(state["rng"][rank], next(model.parameters()).device)
+    return int(state["step"]), float(state["best_val"])
+
+
+def _set_rng(rng: dict, device: torch.device) -> None:
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng:
-        torch.cuda.set_rng_state(rng["cuda"], next(model.parameters()).device)
-    return int(state["step"]), float(state["best_val"])
+        torch.cuda.set_rng_state(rng["cuda"], device)
+
+
+# ---------------------------------------------------------------------------- sharded (FSDP2)
+def _sharded_state(objective: nn.Module, ema: GPT, optimizer: torch.optim.Optimizer,
+                   states: dict[str, SavedState]) -> dict:
+    """What DCP saves and loads, by the fully qualified parameter names (independent of how many
+    ranks hold the shards): the objective (GPT and heads) with its optimizer, the EMA, and the
+    saved states that live outside the objective (a teacher)."""
+    model_state, optim_state = get_state_dict(objective, optimizer)
+    out = {"model": model_state, "optimizer": optim_state, "ema": get_model_state_dict(ema)}
+    inside = {id(m) for m in objective.modules()}
+    for name, state in states.items():
+        if id(state.module) not in inside:
+            out[f"state.{name}"] = get_model_state_dict(state.module)
+    return out
+
+
+def _save_sharded(path: Path, *, cfg: TrainConfig, step: int, best_val: float, val_nll: float | None, rng: list,
+                  model: GPT, ema: GPT, objective: nn.Module, optimizer: torch.optim.Optimizer,
+                  states: dict[str, SavedState], is_main: bool) -> Path:
+    # Every rank writes its shards into a staging folder that ``recover_interrupted_writes`` tidies
+    # if a rank dies; rank 0 then moves them into the atomically published checkpoint directory.
+    stage = path.with_name(f".{path.name}.tmp-shards")
+    if is_main:
+        shutil.rmtree(stage, ignore_errors=True)
+    _barrier()
+    _dcp(dcp.save, _sharded_state(objective, ema, optimizer, states), stage)
+    model_state, ema_state = full_state_dict(model), full_state_dict(ema)  # gathered on rank 0 only
+    if is_main:
+        buffer = io.BytesIO()
+        torch.save({"step": step, "best_val": best_val, "rng": rng}, buffer)
+        extra: dict[str, bytes | Path] = {
+            STATE_FILE: buffer.getvalue(), CONFIG_FILE: yaml.safe_dump(to_dict(cfg), sort_keys=False).encode(),
+            **{f.name: f for f in stage.iterdir()},
+        }
+        meta = {"step": step, "val_nll": val_nll, "seed": cfg.seed, "run_dir": str(Path(cfg.run_dir))}
+        name, args = model.checkpoint_config()
+        write_checkpoint(path, Checkpoint(model.checkpoint_kind, name, args, model_state, ema_state, meta),
+                         extra_files=extra)
+        shutil.rmtree(stage, ignore_errors=True)
+        _prune(path.parent, cfg.keep_last)
+    _barrier()  # no rank reads or overwrites the checkpoint before it is published
+    return path
+
+
+def _load_sharded(path: Path, *, objective: nn.Module | None, ema: GPT, optimizer: torch.optim.Optimizer,
+                  states: dict[str, SavedState], rank: int, world_size: int) -> tuple[int, float]:
+    if objective is None:
+        raise CheckpointError(f"{path} is a sharded (FSDP) checkpoint: resume it through the trainer "
+                              "(mirai train --resume), or load its model.safetensors/ema.safetensors")
+    if not (path / STATE_FILE).is_file():
+        raise CheckpointError(f"{path} has shards but no {STATE_FILE}: it was not written completely; "
+                              "resume from an earlier checkpoint (--resume PATH)")
+    for name in sorted(f.name for f in path.iterdir() if f.name == DCP_METADATA or f.suffix == ".distcp"):
+        verify_file(path, name)  # every rank: one failing alone would leave the others waiting in dcp.load
+    verify_file(path, STATE_FILE)
+    target = _sharded_state(objective, ema, optimizer, states)
+    try:
+        _dcp(dcp.load, target, path)
+    except (CheckpointException, RuntimeError, ValueError, KeyError) as err:  # a missing or mis-shaped entry
+        raise CheckpointError(f"{path} does not match this run's model, heads or teacher ({err}); resume with "
+                              "the config that made the checkpoint") from err
+    set_state_dict(objective, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"])
+    set_model_state_dict(ema, target["ema"])
+    for name, state in states.items():
+        if f"state.{name}" in target:
+            set_model_state_dict(state.module, target[f"state.{name}"])
+    saved = read_torch_file(path / STATE_FILE)
+    # Each rank's dropout stream continues exactly when the world size is the same; on a different
+    # number of ranks the streams are the fresh per-rank ones (weights, optimizer and data order
+    # still continue exactly).
+    if len(saved["rng"]) == world_size:
+        _set_rng(saved["rng"][rank], next(objective.parameters()).device)
+    return int(saved["step"]), float(saved["best_val"])
+
+
+def _dcp(call, state: dict, path: Path) -> None:
+    """``dcp.save``/``dcp.load`` of ``state`` at ``path``, collective over the ranks of the process
+    group, or in this process alone when there is none (a sharded run resumed on one process: DCP
+    warns about that case even when it is asked for)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        call(state, checkpoint_id=path, no_dist=not dist.is_initialized())
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()

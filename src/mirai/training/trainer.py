@@ -1,6 +1,7 @@
 """The training loop: next-token prediction plus whatever auxiliary loss the config asks for.
 
-One process or many (``torchrun``, DDP: gloo on CPU, NCCL on GPU). The data order is a pure
+One process or many (``torchrun``; DDP, or FSDP2 with ``distributed.strategy: fsdp``: gloo on CPU,
+NCCL on GPU). The data order is a pure
 function of (seed, epoch), and the step fixes where in an epoch we are, so resuming from a
 checkpoint — which also restores optimizer, EMA, heads and RNG state — continues exactly.
 """
@@ -11,6 +12,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import signal
 import time
 from contextlib import nullcontext
@@ -20,12 +22,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mirai.checkpoint import recover_interrupted_writes
 from mirai.config import read_yaml, save_yaml, to_dict
-from mirai.errors import ConfigError, Interrupted, TrainingError
+from mirai.errors import ConfigError, Interrupted
 from mirai.foresight import build_auxiliary_loss
 from mirai.foresight.base import Progress, SavedState
 from mirai.models import GPT, build_gpt
@@ -34,33 +35,12 @@ from mirai.training import state as run_state
 from mirai.locks import exclusive_dir
 from mirai.training.config import TrainConfig, resume_changes
 from mirai.training.data import TrainingData
-from mirai.training.distributed import DistInfo, barrier, init_distributed
-from mirai.training.metrics import MetricsLogger, truncate_metrics
-
-
-def all_finite(module: nn.Module) -> bool:
-    """Whether every floating-point parameter and buffer of ``module`` is finite (one host sync)."""
-    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
-
-
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices and embeddings (>= 2 dims) only, as LlamaGen does."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-
-
-def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
-    o = cfg.optim
-    if step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
-    if o.schedule == "cosine":
-        t = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
-        return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
-    return o.lr
+from mirai.training.distributed import DistInfo, barrier, init_distributed, wrap_for_training
+from mirai.training.fsdp import gather_for_sampling, replicated
+from mirai.training import console as text
+from mirai.training.health import GRAD_NORM, LOSS, DivergenceWatch, diverged_error
+from mirai.training.metrics import LogWindow, MetricsLogger, truncate_metrics
+from mirai.training.optim import adamw_kernel, learning_rate, param_groups
 
 
 def ntp_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -98,6 +78,8 @@ class TrainResult:
     step: int
     val_nll: float | None
     checkpoint: Path | None
+    samples: Path | None = None  # the final sample grid
+    log: Path | None = None  # RUN_DIR/log.txt, what the console printed
 
 
 class Trainer:
@@ -108,6 +90,8 @@ class Trainer:
         self.dist = dist or init_distributed(cfg.device)
         self.device = self.dist.device
         self.run_dir = Path(cfg.run_dir)
+        self.console = text.Console(enabled=self.dist.is_main)
+        self.console.say(f"mirai train: loading the data and building {cfg.model.name} for {self.run_dir}")
         # Every rank builds identical weights (the EMA and the heads are never broadcast by DDP)...
         torch.manual_seed(cfg.seed)
 
@@ -129,17 +113,14 @@ class Trainer:
                                          store=self.data.store)
         self.batch_fields = auxiliary.batch_fields if auxiliary is not None else frozenset()
         self.objective = Objective(self.gpt, auxiliary)
+        # DDP or FSDP2 (which also shards the EMA and a teacher), before the optimizer sees the parameters.
+        frozen = [self.ema, *(s.module for s in self.saved_states().values() if isinstance(s.module, GPT))]
+        self.step_fn: nn.Module = wrap_for_training(self.objective, self.gpt, frozen, cfg.distributed, self.dist,
+                                                    find_unused=auxiliary is not None)
         self.optimizer = torch.optim.AdamW(
             param_groups(self.objective, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas,
-            fused=self.device.type == "cuda",
+            **adamw_kernel(self.device),
         )
-        self.step_fn: nn.Module = self.objective
-        if self.dist.enabled:
-            # Heads get no gradient during a foresight warm-up: let DDP tolerate unused parameters.
-            self.step_fn = DistributedDataParallel(
-                self.objective, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=auxiliary is not None,
-            )
         torch.manual_seed(cfg.seed + 1_000 * (1 + self.dist.rank))  # ...then draws its own dropout masks.
         if cfg.compile:
             self.objective.compile()  # in place: the modules (and their state-dict names) stay the same
@@ -148,6 +129,7 @@ class Trainer:
         self._check_foresight_starts()
         self.step = 0
         self.best_val = math.inf
+        self.watch = DivergenceWatch(self.device)  # non-finite losses and gradient norms, kept on the device
         self.resume_changes: dict = {}  # settings changed by --resume (recorded in config_changes.jsonl)
         self._stop_signal: int | None = None
 
@@ -184,29 +166,29 @@ class Trainer:
     def _handle_signal(self, signum, frame) -> None:
         self._stop_signal = signum
 
-    def _diverged(self, what: str) -> TrainingError:
-        """The error for a diverged step, naming the last checkpoint (all checkpoints are finite:
-        a step is checked before anything of it is kept)."""
-        folder = self.run_dir / "checkpoints"
-        if run_state.has_step_checkpoints(self.run_dir):
-            kept = (f"the last checkpoint, {run_state.latest_checkpoint(self.run_dir)}, holds finite weights; lower "
-                    "optim.lr (--resume accepts that change and records it), check the data, or use "
-                    "precision=fp32, then continue it with --resume (or from an earlier checkpoint, --resume PATH, "
-                    "if the run was already diverging when that one was saved)")
-        else:
-            kept = (f"no checkpoint was saved yet in {folder}; lower optim.lr, check the data, or use "
-                    "precision=fp32, and start again")
-        return TrainingError(f"training diverged: {what}. Nothing of this step was kept: {kept}")
+    def check_finite(self, values: list[float] | None = None) -> None:
+        """Raise the divergence error if a loss, gradient norm or weight went non-finite since the
+        run started. ``values``: the ``DivergenceWatch.pending`` values when the caller already read
+        them with its logs; else they are read here (one device sync). Called before every
+        checkpoint write, sample grid and evaluation, and at log steps."""
+        if values is None:
+            values = self.watch.pending(self.objective).tolist()
+        what = DivergenceWatch.describe(values, self.step)
+        if what is not None:
+            raise diverged_error(self.run_dir, what)
 
     # ------------------------------------------------------------------ one step
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, torch.Tensor | float]:
+        """One optimizer step; returns its logs, device values as 0-d tensors. Nothing here reads
+        the device (no GPU sync): non-finite values are recorded in ``self.watch``, which
+        ``check_finite`` reads before anything of the run is kept."""
         cfg = self.cfg
         lr = learning_rate(cfg, self.step, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.step_fn.train()
         progress = self.progress()
-        logs: dict[str, float] = {}
+        logs: dict[str, torch.Tensor | float] = {}
         micro_batches = self.data.step_batches(self.step, self.device, self.batch_fields)
         for i, batch in enumerate(micro_batches):
             # Gradients are all-reduced once per optimizer step, on the last micro-batch.
@@ -214,23 +196,17 @@ class Trainer:
             with self.step_fn.no_sync() if skip_sync else nullcontext():
                 with self._autocast():
                     loss, step_logs = self.step_fn(batch, progress)
-                step_logs = {k: float(v) for k, v in step_logs.items()}
-                if not math.isfinite(step_logs["loss/total"]):
-                    raise self._diverged(f"loss became {step_logs['loss/total']} in step {self.step + 1} ({step_logs})")
+                self.watch.observe(LOSS, step_logs["loss/total"], self.step + 1)
                 (loss / len(micro_batches)).backward()
             for k, v in step_logs.items():
                 logs[k] = logs.get(k, 0.0) + v / len(micro_batches)
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf  # 0: no clipping
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.objective.parameters(), max_norm))
-        if not math.isfinite(grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise self._diverged(f"the gradient norm became {grad_norm} in step {self.step + 1}")
+        grad_norm = replicated(torch.nn.utils.clip_grad_norm_(self.objective.parameters(), max_norm)).detach()
+        self.watch.observe(GRAD_NORM, grad_norm, self.step + 1)
+        # A non-finite step still updates the weights (they stay non-finite); check_finite stops
+        # the run before a checkpoint, a grid or an evaluation takes them in.
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        # A finite gradient can still overflow the weights (a huge learning rate): stop before the
-        # EMA, a teacher or a checkpoint takes them in.
-        if not all_finite(self.objective):
-            raise self._diverged(f"the weights became non-finite in the update of step {self.step + 1}")
         update_ema(self.ema, self.gpt, ema_decay(cfg.ema.decay, self.step, cfg.ema.warmup))
         if self.objective.auxiliary is not None:
             self.objective.auxiliary.after_optimizer_step(self.gpt, self.step)
@@ -260,11 +236,12 @@ class Trainer:
 
     def sample_grid(self, name: str) -> Path | None:
         """A grid from the EMA weights, one row per class (at most 10 classes, 10 each); without
-        guidance when the run trained no null class (``dropout: false``)."""
-        from mirai.data.images import save_image_grid
+        guidance when the run trained no null class (``dropout: false``). Every rank calls it; rank 0 draws."""
+        from mirai.sampling.grid import write_sample_grid
         from mirai.sampling.pipeline import sample_batch
 
-        vq = self.data.tokenizer(self.device)
+        ema = gather_for_sampling(self.ema, self.dist.is_main, self.device)  # collective when sharded
+        vq = self.data.tokenizer(self.device) if ema is not None else None
         if vq is None:
             return None
         classes = min(10, self.data.num_classes)
@@ -272,10 +249,11 @@ class Trainer:
         settings = self.cfg.sampling
         if self.gpt.args.class_dropout_prob == 0:  # no trained null class: guidance would be meaningless
             settings = dataclasses.replace(settings, cfg_scale=1.0)
-        images, _ = sample_batch(self.ema, vq, labels, settings, seed=self.cfg.seed)
-        path = self.run_dir / "samples" / f"{name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image_grid(images, 10, path)
+        images, _ = sample_batch(ema, vq, labels, settings, seed=self.cfg.seed)
+        path = self.run_dir / "samples" / f"{name}.png"  # and a PDF beside it
+        run = "/".join(self.run_dir.parts[-2:])  # VARIANT/seed_S for a bench run
+        write_sample_grid(images, labels.cpu().numpy(), path, f"{run} (EMA weights)", self.step, settings,
+                          self.data.store.class_names)
         return path
 
     # ------------------------------------------------------------------ checkpoints
@@ -284,9 +262,12 @@ class Trainer:
         return self.objective.auxiliary.saved_states() if self.objective.auxiliary is not None else {}
 
     def save(self, val_nll: float | None = None) -> Path:
-        """Collective (all ranks call it); rank 0 writes ``checkpoints/step_N`` (and ``best``)."""
+        """Collective (all ranks call it); rank 0 writes ``checkpoints/step_N`` (and ``best``).
+        ``TrainingError`` instead when the run went non-finite (``check_finite``)."""
+        self.check_finite()
         components = dict(cfg=self.cfg, step=self.step, val_nll=val_nll, model=self.gpt, ema=self.ema,
-                          optimizer=self.optimizer, states=self.saved_states(), is_main=self.dist.is_main)
+                          optimizer=self.optimizer, states=self.saved_states(), is_main=self.dist.is_main,
+                          objective=self.objective)
         folder = self.run_dir / "checkpoints"
         path = run_state.save_training_checkpoint(folder / f"step_{self.step:07d}", best_val=self.best_val,
                                                   **components)
@@ -304,7 +285,7 @@ class Trainer:
             self.resume_changes = resume_changes(read_yaml(saved), to_dict(self.cfg))
         self.step, self.best_val = run_state.load_training_checkpoint(
             path, model=self.gpt, ema=self.ema, optimizer=self.optimizer, states=self.saved_states(),
-            rank=self.dist.rank)
+            rank=self.dist.rank, objective=self.objective, world_size=self.dist.world_size)
         if self.step > self.total_steps:
             raise ConfigError(f"{path} is at step {self.step}, past this run's {self.total_steps} steps; set "
                               f"steps to at least {self.step} to continue it")
@@ -314,7 +295,7 @@ class Trainer:
         writes, drop metrics past the step training starts from (a run killed before its first
         checkpoint logged steps it will redo), write the config and record resume changes."""
         for line in recover_interrupted_writes(self.run_dir / "checkpoints"):
-            tqdm.write(line)
+            self.console.say(line)
         truncate_metrics(self.run_dir, self.step)
         save_yaml(self.cfg, self.run_dir / "config.yaml")
         if self.resume_changes:
@@ -330,53 +311,80 @@ class Trainer:
             return self._fit()
 
     def _fit(self) -> TrainResult:
-        cfg, is_main = self.cfg, self.dist.is_main
+        cfg, is_main, say = self.cfg, self.dist.is_main, self.console.say
+        log_path = self.console.open_log(self.run_dir)
         if is_main:
             self._claim_run_dir()
         logger = MetricsLogger(self.run_dir, enabled=is_main, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
                                config=to_dict(cfg))
+        for line in text.start_banner(self) if is_main else ():
+            say(line)
         previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        # A bar only on a terminal (tqdm's disable=None): in a log file its frames are noise, and
+        # the text lines report the same progress.
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.run_dir.name}", unit="step",
-                   disable=not is_main, dynamic_ncols=True)
-        last_ckpt, val_nll = None, None
+                   disable=None if is_main else True, dynamic_ncols=True)
+        last_ckpt = val_nll = samples = None
+        window, start_step, start = LogWindow(), self.step, time.perf_counter()
         try:
-            tic, window = time.perf_counter(), 0
+            tic, steps = time.perf_counter(), 0
             while self.step < self.total_steps:
-                logs = self.train_step()
-                window += 1
+                window.add(self.train_step())
+                steps += 1
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                    elapsed = time.perf_counter() - tic
-                    logs["images_per_s"] = window * cfg.optim.batch_size / elapsed
-                    tic, window = time.perf_counter(), 0
+                    logs, health = window.read(self.watch.pending(self.objective))  # the window's one device read
+                    self.check_finite(health)
+                    logs["images_per_s"] = steps * cfg.optim.batch_size / (time.perf_counter() - tic)
+                    tic, steps = time.perf_counter(), 0
                     logger.log(self.step, logs)
                     bar.set_postfix(loss=f"{logs['loss/ntp']:.3f}")
+                    say(text.step_line(self.step, self.total_steps, logs, self.data.grid_size ** 2,
+                                       time.perf_counter() - start, start_step))
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
                     val_nll = self._evaluate(logger)
-                if cfg.sample_every and self.step % cfg.sample_every == 0 and is_main:
-                    self.sample_grid(f"step_{self.step:07d}")
+                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self.check_finite()
+                    say(f"step {self.step} | samples {self.sample_grid(f'step_{self.step:07d}')}")
                 if self._stop_signal is not None:
                     last_ckpt = self.save(val_nll)
                     raise Interrupted(self._stop_signal,
                                       f"saved {last_ckpt} at step {self.step}; continue with --resume")
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
                     last_ckpt = self.save(val_nll)
+                    say(f"step {self.step} | checkpoint {last_ckpt}")
+            bar.close()  # the loop is done: what follows says what it does
+            if self.data.val is not None:
+                say("final validation (EMA and raw weights)...")
             val_nll = self._evaluate(logger)
             last_ckpt = self.save(val_nll)
-            if is_main:
-                self.sample_grid("final")
+            say(f"step {self.step} | checkpoint {last_ckpt}")
+            say("drawing the final sample grid from the EMA weights...")
+            samples = self.sample_grid("final")
             barrier()
+            best = self.run_dir / "checkpoints" / "best"
+            for line in text.summary_lines(self.step, time.perf_counter() - start, val_nll, last_ckpt,
+                                           best if best.is_dir() else None, samples, logger.path, log_path):
+                say(line)
+        except BaseException as error:  # the text log says why the run stopped (the CLI prints it too)
+            self.console.record(f"stopped at step {self.step}: {type(error).__name__}: {error}")
+            raise
         finally:
+            self.console.close()
+            self.data.close()  # stop DataLoader workers (data.workers) now, not at garbage collection
             bar.close()
             logger.close()
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        return TrainResult(self.run_dir, self.step, val_nll, last_ckpt)
+        return TrainResult(self.run_dir, self.step, val_nll, last_ckpt, samples, log_path)
 
     def _evaluate(self, logger: MetricsLogger) -> float | None:
+        self.check_finite()
         ema_nll = self.validation_nll(self.ema)
         if ema_nll is not None:
-            logger.log(self.step, {"val/nll_ema": ema_nll, "val/nll_raw": self.validation_nll(self.gpt)})
+            raw_nll = self.validation_nll(self.gpt)
+            logger.log(self.step, {"val/nll_ema": ema_nll, "val/nll_raw": raw_nll})
+            self.console.say(text.val_line(self.step, ema_nll, raw_nll))
         return ema_nll
 
 
@@ -391,7 +399,9 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
     ``ConfigError`` (e.g. a resume that changes the seed) and ``CheckpointError`` with the fix
     in the message; ``Interrupted`` after SIGTERM/SIGINT, once the state is saved.
     """
-    with exclusive_dir(cfg.run_dir, "run directory"):
+    # Under torchrun every rank calls this: rank 0 alone holds the run directory (as in ``fit``).
+    holds_dir = int(os.environ.get("RANK", "0")) == 0
+    with exclusive_dir(cfg.run_dir, "run directory") if holds_dir else nullcontext():
         has_checkpoints = run_state.has_step_checkpoints(cfg.run_dir)
         if resume == "auto":
             latest = run_state.latest_checkpoint(cfg.run_dir) if has_checkpoints else None
@@ -411,4 +421,6 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
 
 def summary_json(result: TrainResult) -> str:
     return json.dumps({"run_dir": str(result.run_dir), "step": result.step, "val_nll": result.val_nll,
-                       "checkpoint": str(result.checkpoint) if result.checkpoint else None})
+                       "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+                       "samples": str(result.samples) if result.samples else None,
+                       "metrics": str(Path(result.run_dir) / "metrics.jsonl")})

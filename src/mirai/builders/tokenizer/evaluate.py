@@ -47,7 +47,8 @@ def reconstruction_report(
     model.eval()
     device = next(model.parameters()).device
     errors, counts = [], torch.zeros(model.codebook_size, dtype=torch.long)
-    for start in tqdm(range(0, len(images), batch_size), desc="reconstruct", disable=not progress, leave=False):
+    for start in tqdm(range(0, len(images), batch_size), desc="reconstruct", disable=None if progress else True,
+                      leave=False):
         x = images[start : start + batch_size].to(device)
         indices = model.encode_to_indices(x)
         errors.append(_image_errors(model.decode_indices(indices), x).cpu())

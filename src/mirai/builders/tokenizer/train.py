@@ -287,7 +287,7 @@ def train_tokenizer(
     order, cursor = torch.randperm(len(train_images), generator=generator), 0
     report: dict = {}
     start_time = time.time()
-    bar = tqdm(range(cfg.steps), desc="tokenizer", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(range(cfg.steps), desc="tokenizer", disable=None if progress else True, dynamic_ncols=True)
     for step in bar:
         if cursor + cfg.batch_size > len(order):
             order, cursor = torch.randperm(len(train_images), generator=generator), 0

@@ -1,0 +1,120 @@
+"""CPU training step against the machine's limit: model FLOPs per second / the fp32 matmul rate, in one run.
+
+    .venv/bin/python benchmarks/train_mfu.py [--quick] [--threads 1]
+    .venv/bin/python benchmarks/train_mfu.py --models GPT-Micro,GPT-Mini --grid 8 --batch 32
+
+For each model, one training step as ``mirai.training.trainer.Trainer.train_step`` runs it with the
+project's defaults on a CPU (fp32, dropout on, AdamW with weight decay on matrices, gradient
+clipping at 1, the EMA update), on random 8x8-token batches of 32 images (the Fashion-MNIST vq8
+shape: 512 codes, 10 classes). ``eager`` runs the ``Objective`` as it is; ``compiled`` after
+``Objective.compile()``, as ``compile: true`` does (compiled in the untimed warm-up).
+
+Model FLOPs per step: 3 x 2 x the multiply-adds of one forward over the batch, counted with
+``mirai.analysis.flops.gpt_macs`` over every Linear and the output layer plus the attention-score
+products QK^T and AV (the full square), without the embedding lookups (no matmul runs there):
+6 x (non-embedding parameters) x tokens + attention. The limit is the rate of ``torch.mm`` of two
+``--mm-size`` square fp32 matrices measured in the same process, interleaved with the steps, so
+that both see the same load. MFU per round = (FLOPs / step time) / (matmul FLOPs / matmul time);
+the median over rounds is reported.
+
+``--quick``: GPT-Micro only, 2 rounds.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+import _common as C
+from mirai.analysis.flops import FLOPS_PER_MAC, TRAIN_FACTOR, Convention, gpt_macs
+from mirai.foresight.base import Progress
+from mirai.models import build_gpt
+from mirai.models.ema import update_ema
+from mirai.training.trainer import Objective, param_groups
+
+
+def training_step(model_name: str, args, compiled: bool, device: torch.device):
+    """A closure running one training step (what ``Trainer.train_step`` does for the baseline)."""
+    torch.manual_seed(0)
+    gpt = build_gpt(model_name, vocab_size=args.vocab, grid_size=args.grid, num_classes=args.classes).to(device)
+    ema = copy.deepcopy(gpt).eval().requires_grad_(False)
+    objective = Objective(gpt, None)
+    optimizer = torch.optim.AdamW(param_groups(objective, 0.05), lr=1e-4, betas=(0.9, 0.95),
+                                  fused=device.type == "cuda")
+    if compiled:
+        objective.compile()
+    batch = {"tokens": torch.randint(0, args.vocab, (args.batch, args.grid**2), device=device),
+             "labels": torch.randint(0, args.classes, (args.batch,), device=device)}
+
+    def step() -> None:
+        objective.train()
+        loss, _ = objective(batch, Progress(step=0, epoch=0.0, fraction=0.0))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(objective.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        update_ema(ema, gpt, 0.9999)
+
+    return gpt, step
+
+
+def main() -> None:
+    parser = C.base_parser(__doc__)
+    parser.add_argument("--models", help="comma list (default GPT-Micro,GPT-Mini; GPT-Micro with --quick)")
+    parser.add_argument("--grid", type=int, default=8)
+    parser.add_argument("--vocab", type=int, default=512)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=3, help="training steps per timed call")
+    parser.add_argument("--mm-size", type=int, default=1024, help="side of the square matrices of the limit")
+    args = parser.parse_args()
+    device = C.setup(args)
+    C.warn_if_busy(args.threads)
+    models = [m.strip() for m in (args.models or ("GPT-Micro" if args.quick else "GPT-Micro,GPT-Mini")).split(",")]
+    repeats = args.repeats or (2 if args.quick else 5)
+    n = args.mm_size
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    mm_calls = 10
+    mm_flops = 2 * n**3 * mm_calls
+
+    def matmul() -> None:
+        for _ in range(mm_calls):
+            torch.mm(a, b)
+
+    report, rows = {}, []
+    for model in models:
+        variants, flops = {"matmul": matmul}, 0
+        for mode in ("eager", "compiled"):
+            gpt, step = training_step(model, args, mode == "compiled", device)
+            macs = gpt_macs(gpt.args, conv=Convention(embedding=False, attention_scores=True))
+            flops = TRAIN_FACTOR * FLOPS_PER_MAC * macs * args.batch * args.steps
+
+            def call(step=step) -> None:
+                for _ in range(args.steps):
+                    step()
+            variants[mode] = call
+        times, _ = C.interleaved(variants, repeats=repeats, warmup=1, device=device)
+        limit = [mm_flops / t for t in times["matmul"]]
+        mfu = {mode: [flops / t / lim for t, lim in zip(times[mode], limit)] for mode in ("eager", "compiled")}
+        params = sum(p.numel() for p in gpt.parameters())
+        report[model] = {"parameters": params, "flops_per_call": flops, "matmul_flops_per_s": limit,
+                         "seconds_per_call": times, "mfu_per_round": mfu,
+                         "mfu": {m: C.median(v) for m, v in mfu.items()}}
+        for mode in ("eager", "compiled"):
+            rows.append([model, mode, f"{params / 1e6:.2f} M", flops / C.median(times[mode]) / 1e9,
+                         C.median(limit) / 1e9, C.median(mfu[mode]), C.spread(mfu[mode])])
+    print(f"{args.grid}x{args.grid} tokens, V={args.vocab}, batch {args.batch}, {args.steps} steps per call, "
+          f"{device}, {args.threads} threads, {repeats} rounds, limit: torch.mm {n}x{n} fp32")
+    C.print_table(["model", "mode", "params", "model GFLOP/s", "matmul GFLOP/s", "MFU", "round range"], rows)
+    C.write_json("train_mfu", {
+        "benchmark": "train_mfu", "machine": C.machine(device),
+        "settings": {"models": models, "grid": args.grid, "vocab": args.vocab, "classes": args.classes,
+                     "batch": args.batch, "steps": args.steps, "mm_size": n, "repeats": repeats,
+                     "quick": args.quick},
+        "results": report,
+    }, args.out, args.quick)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""One flag name per concept across subcommands, with the older names kept as hidden aliases.
+
+Canonical names: ``--gpt`` (a GPT checkpoint), ``--tokenizer`` (a VQ tokenizer), ``--data-root``
+(a dataset folder). Older spellings (``--checkpoint``, ``--vq``, ``--root``, ``--source-root``)
+still parse into the same value but are left out of ``--help`` (``argparse.SUPPRESS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_flag(parser: argparse.ArgumentParser, name: str, aliases: tuple[str, ...] = (), *, required: bool = False,
+             **kwargs) -> None:
+    """Add ``name`` (shown in --help) and each of ``aliases`` (hidden), all writing ``name``'s dest.
+
+    ``required``: one of them must be given (argparse's error then names ``name`` only);
+    ``action="append"`` collects the values of every spelling into one list."""
+    dest = kwargs.pop("dest", name.lstrip("-").replace("-", "_"))
+    group = parser.add_mutually_exclusive_group(required=required) if required and aliases else parser
+    if kwargs.get("action") == "append":  # repeated flags of both spellings must all be kept
+        group = parser
+    group.add_argument(name, dest=dest, required=required and group is parser and not aliases, **kwargs)
+    hidden = {k: v for k, v in kwargs.items() if k not in ("help", "metavar")}
+    for alias in aliases:
+        group.add_argument(alias, dest=dest, help=argparse.SUPPRESS, **hidden)

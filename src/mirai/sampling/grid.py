@@ -1,0 +1,69 @@
+"""Sample grids as figures: one row per class named at its left, titled with what was sampled and how.
+
+The trainer (``RUN/samples/*.png``), the bench (``grid_VARIANT.png``) and ``mirai sample``
+(``OUT/grid.png``) all draw through ``write_sample_grid``, each beside a PDF of the same figure.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import yaml
+
+from mirai.checkpoint import CONFIG_FILE
+from mirai.data.codes import MANIFEST
+from mirai.figures import save_sample_grid
+
+TRAIN_CONFIG = "train_config.yaml"  # written into every training checkpoint (training.state.CONFIG_FILE)
+
+
+def settings_caption(settings) -> str:
+    """``guidance 2, temperature 1, top-k off, top-p off`` for a ``SampleSettings`` (and its guidance interval)."""
+    parts = [f"guidance {settings.cfg_scale:g}"]
+    if settings.guidance_interval is not None:
+        parts[0] += " on tokens {:g}–{:g}".format(*settings.guidance_interval)
+    parts += [f"temperature {settings.temperature:g}",
+              f"top-k {settings.top_k if settings.top_k else 'off'}",
+              f"top-p {settings.top_p:g}" if settings.top_p is not None else "top-p off"]
+    return ", ".join(parts)
+
+
+def grid_title(what: str, step: int | None, settings) -> str:
+    """Two lines: what was sampled (and at which training step), then how (``settings_caption``)."""
+    return what + (f", step {step}" if step is not None else "") + "\n" + settings_caption(settings)
+
+
+def checkpoint_label(path: str | Path) -> str:
+    """A short name for a checkpoint in a title: ``RUN`` for ``RUN/checkpoints/step_N`` (the step is given
+    apart), else the file or folder name (``c2i_B_256.pt``)."""
+    path = Path(path)
+    return path.parent.parent.name if path.parent.name == "checkpoints" and path.parent.parent.name else path.name
+
+
+def checkpoint_details(path: str | Path) -> tuple[int | None, list[str] | None]:
+    """(training step, class names) of a Mirai training checkpoint, as far as they can be read: the step from
+    its ``config.json`` meta, the names from the manifest of the code store it was trained on. Either is None
+    when unknown (a LlamaGen file, a checkpoint without its training store here); nothing is raised."""
+    path = Path(path)
+    step = names = None
+    try:
+        step = json.loads((path / CONFIG_FILE).read_text()).get("meta", {}).get("step")
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        codes = (yaml.safe_load((path / TRAIN_CONFIG).read_text()) or {})["data"]["codes"]
+        names = json.loads((Path(codes) / MANIFEST).read_text())["class_names"]
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        pass
+    return (step if isinstance(step, int) else None), (names if isinstance(names, list) else None)
+
+
+def write_sample_grid(images: np.ndarray, labels: np.ndarray, out: str | Path, what: str, step: int | None,
+                      settings, class_names: Sequence[str] | None = None, per_row: int = 10) -> list[Path]:
+    """Draw ``images`` (uint8 (N, H, W, 3)) with their ``labels`` (N,) as a class-per-row grid titled by
+    ``grid_title(what, step, settings)`` into ``out`` and a PDF beside it; class names default to
+    ``class N`` (ImageNet indices). Returns the written paths."""
+    return save_sample_grid(images, labels, out, grid_title(what, step, settings), class_names, per_row)

@@ -1,0 +1,95 @@
+"""torch.compile: KV-cache decoding (one graph for a whole generation, eager's tokens) and the training step
+(eager's weights, no graph break)."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torch._dynamo
+from helpers import MIRAI_E, encoder_overrides, make_cfg
+
+from mirai.errors import ConfigError
+from mirai.models import build_gpt
+from mirai.sampling.generate import generate
+from mirai.training.trainer import Trainer
+
+
+@pytest.fixture
+def dynamo():
+    """A clean Dynamo cache that raises on any recompilation; the counters of what it compiled."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        yield torch._dynamo.utils.counters
+    torch._dynamo.reset()
+
+
+def use_backend(monkeypatch, backend: str, **kw) -> None:
+    """Compile with ``backend`` (``aot_eager``: Dynamo's capture and AOTAutograd without Inductor's
+    C++ build, which costs about a minute per graph on a 2-core machine)."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=backend, **kw))
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    model = build_gpt("GPT-Nano", vocab_size=32, grid_size=4, num_classes=3, **kw).eval()
+    with torch.no_grad():  # a non-zero output layer, so that draws are not uniform
+        model.output.weight.normal_(0, 0.5)
+    return model
+
+
+def draw(model, seed: int, **kw) -> torch.Tensor:
+    return generate(model, torch.tensor([0, 1, 2]), cfg_scale=1.5, top_k=20,
+                    generator=torch.Generator().manual_seed(seed), **kw)
+
+
+@pytest.mark.parametrize("order", [{}, {"order": "par", "regions_per_side": 2}], ids=["raster", "par"])
+def test_compiled_decoding_draws_eager_tokens_from_one_graph(order, dynamo):
+    model = tiny(**order)
+    for seed in (3, 4):  # the second generation reuses the graph of the first
+        assert torch.equal(draw(model, seed, compile=True), draw(model, seed))
+    assert dynamo["stats"]["unique_graphs"] == 1  # fullgraph=True: a graph break would have raised
+
+
+def test_compiled_decoding_runs_under_bf16_autocast(dynamo, monkeypatch):
+    use_backend(monkeypatch, "aot_eager")
+    model = tiny(order="par", regions_per_side=2)
+    tokens = draw(model, 5, compile=True, dtype=torch.bfloat16)
+    assert torch.equal(tokens, draw(model, 5, dtype=torch.bfloat16))
+    assert dynamo["stats"]["unique_graphs"] == 1
+
+
+def test_compile_needs_the_kv_cache():
+    with pytest.raises(ConfigError, match="use_kv_cache"):
+        draw(tiny(), 0, compile=True, use_kv_cache=False)
+
+
+VARIANTS = {"baseline": lambda stores: {}, "mirai_e": lambda stores: {**MIRAI_E, "foresight.warmup": 0},
+            "mirai_i": encoder_overrides}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_compiled_training_steps_match_eager_without_graph_breaks(variant, stores, tmp_path, monkeypatch):
+    # fullgraph=True turns any graph break into an error. One recompile is expected with foresight:
+    # its Python schedules read the training progress, and the first step specialises step 0.
+    use_backend(monkeypatch, "aot_eager", fullgraph=True)
+    torch._dynamo.reset()
+    overrides = {**VARIANTS[variant](stores), "dropout": "false", "steps": 2}
+    runs = {}
+    for compiled in (False, True):
+        trainer = Trainer(make_cfg(stores, tmp_path / str(compiled), compile=str(compiled).lower(), **overrides))
+        runs[compiled] = [{k: float(v) for k, v in trainer.train_step().items() if k.startswith("loss/")}
+                          for _ in range(2)]
+        runs[compiled].append({k: v.detach().clone() for k, v in trainer.objective.state_dict().items()})
+    torch._dynamo.reset()
+    *eager_logs, eager_weights = runs[False]
+    *compiled_logs, compiled_weights = runs[True]
+    assert "loss/foresight" in eager_logs[-1] or variant == "baseline"
+    for a, b in zip(eager_logs, compiled_logs):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5) for k in a)
+    # Compiling in place keeps the state-dict names (checkpoints of compiled runs load anywhere).
+    assert eager_weights.keys() == compiled_weights.keys()
+    for name, tensor in eager_weights.items():
+        torch.testing.assert_close(compiled_weights[name], tensor, rtol=1e-4, atol=1e-5, msg=name)

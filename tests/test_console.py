@@ -1,0 +1,107 @@
+"""The training console (issue 17, item 5): banner, config warnings, log lines with validation
+NLL, RUN_DIR/log.txt, the closing summary, and progress bars only on a terminal. CPU, offline."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import mirai
+from mirai.cli.main import main
+from mirai.config import to_dict
+from mirai.errors import TrainingError
+from mirai.training.console import config_warnings
+from mirai.training.trainer import train
+
+from helpers import make_cfg
+
+
+def warnings_for(stores, tmp_path, total=12, steps_per_epoch=3, images=24, has_val=True, has_tokenizer=True,
+                 **overrides) -> list[str]:
+    cfg = make_cfg(stores, tmp_path / "run", steps=total, **overrides)
+    return config_warnings(cfg, total, steps_per_epoch, images, has_val, has_tokenizer)
+
+
+@pytest.mark.parametrize("overrides, kwargs, expected", [
+    ({"optim.warmup_steps": 12}, {}, r"optim.warmup_steps=12 >= the run's 12 steps"),
+    ({"eval_every": 50}, {}, r"eval_every=50 is longer than the run \(12 steps\)"),
+    ({"sample_every": 13}, {}, r"sample_every=13 is longer"),
+    ({"save_every": 100}, {}, r"save_every=100 is longer"),
+    ({"eval_every": 5}, {"has_val": False}, r"data.val_codes is not"),
+    ({"optim.batch_size": 9}, {"steps_per_epoch": 2}, r"leaves 6 of the 24 training images out"),
+    ({"ema.warmup": False, "ema.decay": 0.99}, {}, r"ema.decay=0.99 averages over ~100 steps"),
+    ({}, {"has_tokenizer": False}, r"no sample grids"),
+    ({"dropout": False}, {}, r"no classifier-free guidance"),
+])
+def test_each_config_smell_is_named_with_its_fix(stores, tmp_path, overrides, kwargs, expected):
+    found = warnings_for(stores, tmp_path, **kwargs, **overrides)
+    assert len(found) == 1 and re.search(expected, found[0]), found  # one smell, one warning naming it
+
+
+def test_a_sound_config_gets_no_warning(stores, tmp_path):
+    assert warnings_for(stores, tmp_path, eval_every=6, save_every=6) == []
+
+
+def test_a_run_prints_and_logs_what_it_does_and_where_it_wrote(stores, tmp_path, capsys):
+    run = tmp_path / "run"
+    result = train(make_cfg(stores, run, steps=6, log_every=2, eval_every=3, **{"optim.warmup_steps": 10}))
+    out, err = capsys.readouterr()
+    log = (run / "log.txt").read_text()
+    assert "\r" not in out + err and "train run" not in err  # not a terminal: no bar frames
+    for text in (out, log):
+        assert "GPT-Nano, 139.8k parameters" in text and "precision fp32" in text
+        assert "schedule   6 steps = 2.00 epochs of 3 steps" in text
+        assert "warning: optim.warmup_steps=10 >= the run's 6 steps" in text
+        assert [line.split(" | ")[0] for line in text.splitlines() if " | lr " in line] == [
+            "step 2/6", "step 4/6", "step 6/6"]
+        assert "step 3 | validation NLL" in text and "step 6 | validation NLL" in text
+        assert "final validation" in text and "drawing the final sample grid" in text
+        summary = text[text.index("done: step 6"):]
+        for path in (result.checkpoint, run / "checkpoints" / "best", result.samples, run / "metrics.jsonl",
+                     run / "log.txt"):
+            assert str(path) in summary
+    assert result.samples == run / "samples" / "final.png" and result.samples.is_file()
+    # A resumed run appends to the same log.
+    train(make_cfg(stores, run, steps=8, log_every=2, eval_every=3, **{"optim.warmup_steps": 10}), resume=True)
+    log = (run / "log.txt").read_text()
+    assert log.count("done: step") == 2 and "resuming at step 6" in log and "step 8/8" in log
+
+
+def test_the_cli_ends_with_a_json_summary_naming_samples_and_metrics(stores, tmp_path, capsys):
+    config = tmp_path / "cfg.yaml"
+    config.write_text(json.dumps(to_dict(make_cfg(stores, tmp_path / "run", steps=2))))
+    assert main(["train", "--config", str(config)]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["samples"] == str(tmp_path / "run" / "samples" / "final.png")
+    assert last["metrics"] == str(tmp_path / "run" / "metrics.jsonl")
+
+
+def test_every_progress_bar_switches_off_outside_a_terminal():
+    """tqdm's ``disable=None`` draws only on a terminal; ``None if progress else True`` keeps an
+    explicit off switch. Any other value would fill a redirected log with bar frames."""
+    def allowed(node: ast.expr) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value is None
+        return isinstance(node, ast.IfExp) and (allowed(node.body) and isinstance(node.orelse, ast.Constant)
+                                                and node.orelse.value is True)
+
+    package = Path(mirai.__file__).parent
+    wrong = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "tqdm":
+                disable = next((k.value for k in node.keywords if k.arg == "disable"), None)
+                if disable is None or not allowed(disable):
+                    wrong.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert not wrong, f"give these tqdm bars disable=None (or None if progress else True): {wrong}"
+
+
+def test_the_text_log_says_why_a_run_stopped(stores, tmp_path):
+    with pytest.raises(TrainingError, match="training diverged"):
+        train(make_cfg(stores, tmp_path / "run", steps=12, log_every=4, **{"optim.lr": 1e9}))
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert re.search(r"stopped at step 4: TrainingError: training diverged: the (loss|gradient norm) became", log)

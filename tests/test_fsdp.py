@@ -1,0 +1,157 @@
+"""FSDP2 (``distributed.strategy: fsdp``) on CPU with 2 gloo processes: it trains the same weights
+as DDP, shards the EMA and a Mirai-E teacher, and its sharded checkpoints resume on 1 process and
+export a safetensors checkpoint that ``mirai.checkpoint.load`` reads. One spawn serves the tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from mirai import checkpoint
+from mirai.config import from_dict, to_dict
+from mirai.errors import ConfigError
+from mirai.models import GPT
+from mirai.training.config import TrainConfig, resume_changes
+from mirai.training.fsdp import full_state_dict, is_sharded
+from mirai.training.trainer import Trainer
+
+from helpers import assert_same, make_cfg, weights
+
+# Mirai-E with its own teacher (teacher_decay): heads in the objective, a teacher outside it.
+TEACHER = {"foresight.source": "ema", "foresight.warmup": 1, "foresight.warmup_unit": "step",
+           "foresight.teacher_decay": 0.5}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _modules(t: Trainer) -> dict:
+    return {"gpt": t.gpt, "ema": t.ema, "heads": t.objective.auxiliary, "teacher": t.saved_states()["teacher"].module}
+
+
+def _full(t: Trainer) -> dict:
+    """Every module's whole weights on rank 0 (collective for the sharded ones)."""
+    out = {}
+    for name, module in _modules(t).items():
+        if name == "heads":  # sharded under the objective root: gather through it
+            state = full_state_dict(t.objective)
+            out[name] = {k.removeprefix("auxiliary."): v for k, v in state.items() if k.startswith("auxiliary.")}
+        else:
+            out[name] = {k: v.clone() for k, v in full_state_dict(module).items()}
+    return out
+
+
+def _worker(rank: int, world: int, port: int, cfgs: dict, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        ddp = Trainer(from_dict(TrainConfig, cfgs["ddp"]))
+        ddp.fit()
+        fsdp = Trainer(from_dict(TrainConfig, cfgs["fsdp"]))
+        # Everything FSDP keeps for the model is sharded: no rank holds a full copy.
+        sharded = {name: is_sharded(m) for name, m in _modules(fsdp).items() if name != "heads"}
+        for _ in range(2):
+            fsdp.train_step()
+        fsdp.save()
+        fsdp.fit()  # steps 3..4, then the final checkpoint
+        # A new sharded run resumed from step 2 on the same 2 ranks.
+        again = Trainer(from_dict(TrainConfig, {**cfgs["fsdp"], "run_dir": cfgs["fsdp"]["run_dir"] + "_resumed"}))
+        again.resume(Path(cfgs["fsdp"]["run_dir"]) / "checkpoints" / "step_0000002")
+        again.fit()
+        result = {"ddp": _full(ddp), "fsdp": _full(fsdp), "resumed": _full(again), "sharded": sharded,
+                  "local_numel": next(iter(fsdp.gpt.layers[0].parameters())).to_local().numel()}
+        if rank == 0:
+            torch.save(result, out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(stores, tmp_path_factory):
+    root = tmp_path_factory.mktemp("fsdp")
+    common = dict(steps=4, dropout=False, **TEACHER)
+    cfgs = {"ddp": to_dict(make_cfg(stores, root / "ddp", **common)),
+            "fsdp": to_dict(make_cfg(stores, root / "fsdp", **common, **{"distributed.strategy": "fsdp"}))}
+    out = root / "result.pt"
+    mp.start_processes(_worker, args=(2, _free_port(), cfgs, str(out)), nprocs=2, start_method="spawn")
+    return root, cfgs, torch.load(out, weights_only=True)
+
+
+def test_fsdp_trains_the_same_weights_as_ddp(two_ranks):
+    _, _, result = two_ranks
+    assert all(result["sharded"].values()), result["sharded"]
+    full = result["fsdp"]["gpt"]["layers.0.attention.wqkv.weight"].numel()
+    assert result["local_numel"] * 2 == full  # rank 0 holds half of the block's first matrix
+    for name, want in result["ddp"].items():
+        got = result["fsdp"][name]
+        assert got.keys() == want.keys() and want, name
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=f"{name}.{k}")
+
+
+def test_sharded_checkpoint_resumes_exactly_on_the_same_ranks(two_ranks):
+    _, _, result = two_ranks
+    for name, want in result["fsdp"].items():
+        assert_same(result["resumed"][name], want)
+
+
+def test_sharded_checkpoint_resumes_on_one_process_and_exports(two_ranks):
+    root, cfgs, result = two_ranks
+    step2 = root / "fsdp" / "checkpoints" / "step_0000002"
+    assert (step2 / ".metadata").is_file() and len(list(step2.glob("*.distcp"))) == 2
+    # The consolidated export is an ordinary checkpoint: sampling loads it.
+    final = root / "fsdp" / "checkpoints" / "step_0000004"
+    assert_same(weights(checkpoint.load(final, GPT, use_ema=True)), result["fsdp"]["ema"])
+    assert_same(weights(checkpoint.load(final, GPT)), result["fsdp"]["gpt"])
+
+    # Resume the 2-rank checkpoint of step 2 in one process: the exported weights come back exactly...
+    cfg = from_dict(TrainConfig, {**cfgs["fsdp"], "run_dir": str(root / "fsdp")})
+    one = Trainer(cfg)
+    one.resume(step2)
+    assert one.step == 2 and not is_sharded(one.gpt)
+    assert_same(weights(one.gpt), weights(checkpoint.load(step2, GPT)))
+    assert_same(weights(one.ema), weights(checkpoint.load(step2, GPT, use_ema=True)))
+    # ...and the optimizer state, teacher and heads too: two more steps match the 2-rank run.
+    for _ in range(2):
+        one.train_step()
+    for name, module in _modules(one).items():
+        for k, v in weights(module).items():
+            torch.testing.assert_close(v, result["fsdp"][name][k], rtol=1e-5, atol=1e-6, msg=f"{name}.{k}")
+
+
+def test_activation_checkpointing_changes_no_weight(stores, tmp_path):
+    """Per-block recomputation (one process) gives the same weights, bit for bit, and the same names."""
+    runs = []
+    for flag in (False, True):
+        t = Trainer(make_cfg(stores, tmp_path / str(flag), dropout=False, **TEACHER,
+                             **{"distributed.activation_checkpointing": flag}))
+        for _ in range(2):
+            t.train_step()
+        runs.append(weights(t.gpt))
+    assert_same(runs[0], runs[1])
+
+
+def test_distributed_settings_are_checked(stores, tmp_path):
+    with pytest.raises(ConfigError, match="choose ddp or fsdp"):
+        make_cfg(stores, tmp_path, **{"distributed.strategy": "zero3"})
+    with pytest.raises(ConfigError, match="choose auto, bf16 or fp32"):
+        make_cfg(stores, tmp_path, **{"distributed.param_dtype": "fp8"})
+    saved = to_dict(make_cfg(stores, tmp_path))
+    # A resume may not switch strategy (the checkpoint layouts differ)...
+    with pytest.raises(ConfigError, match="distributed.strategy"):
+        resume_changes(saved, to_dict(make_cfg(stores, tmp_path, **{"distributed.strategy": "fsdp"})))
+    # ...but may trade memory for time (activation checkpointing changes no weight).
+    recompute = make_cfg(stores, tmp_path, **{"distributed.activation_checkpointing": True})
+    assert resume_changes(saved, to_dict(recompute)) == {"distributed.activation_checkpointing": (False, True)}
+    # ...and a checkpoint written before the setting existed counts as the default (ddp).
+    del saved["distributed"]
+    assert resume_changes(saved, to_dict(make_cfg(stores, tmp_path))) == {}
