@@ -147,6 +147,10 @@ def test_bench_writes_results_and_resumes_without_redoing_work(setup, tmp_path, 
     assert len(trained.calls) == 2 and len(sampled.calls) == 4
     assert json.loads((out / "results.json").read_text()) == results
     assert {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps
+    # Compiled decoding draws the same tokens as eager (tests/test_compile.py), so switching it on is not a
+    # change of scoring: accepted, and nothing is sampled again.
+    run_convergence(from_dict(BenchConfig, bench_dict(setup, out, compile_sampling=True)))
+    assert len(sampled.calls) == 4 and {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps
 
     # Interrupted after step 2: the run resumes from its checkpoint and reproduces step 4 exactly.
     run_dir = out / "runs" / "baseline" / "seed_0"
@@ -157,6 +161,7 @@ def test_bench_writes_results_and_resumes_without_redoing_work(setup, tmp_path, 
     bench = load_config(BenchConfig, config)
     again = run_convergence(bench)
     assert trained.calls[-1] == {"resume": True} and len(trained.calls) == 3 and len(sampled.calls) == 5
+    assert sampled.calls[-1]["compile"] is bench.compile_sampling is False  # the bench's setting reaches the sampler
     for key in ("fid", "fid_recon", "val_nll", "precision", "recall", "class_accuracy"):
         assert again["baseline"][1][key] == pytest.approx(results["baseline"][1][key], rel=1e-5, abs=1e-7), key
 

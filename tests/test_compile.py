@@ -93,3 +93,10 @@ def test_compiled_training_steps_match_eager_without_graph_breaks(variant, store
     assert eager_weights.keys() == compiled_weights.keys()
     for name, tensor in eager_weights.items():
         torch.testing.assert_close(compiled_weights[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_compile_with_activation_checkpointing_is_refused_before_training(stores, tmp_path):
+    # Together they fail inside PyTorch at the first backward (recomputed tensors differ from the
+    # compiled forward's): the config says so at once instead.
+    with pytest.raises(ConfigError, match="compile=true cannot be combined with distributed.activation_checkpointing"):
+        make_cfg(stores, tmp_path / "run", compile="true", **{"distributed.activation_checkpointing": "true"})

@@ -37,3 +37,15 @@ def test_bench_configs_plan_every_run(path, monkeypatch):
     runs = plan_runs(bench)  # builds and validates every variant's training config
     assert len(runs) == len(bench.variants) * len(bench.seeds)
     assert "baseline" in bench.variants
+
+
+def test_ill_typed_values_are_named_in_words():
+    """A value that fits no branch of a union, or a bare ``dict`` field, says what is expected in words."""
+    from mirai.errors import ConfigError
+
+    base = ["data.codes=codes"]
+    for override, match in [("data.workers=abc", "data.workers: expected an integer or 'auto', got 'abc'"),
+                            ("data.workers=1.5", "expected an integer or 'auto', got 1.5"),
+                            ("foresight.encoder=3", "foresight.encoder: expected a string or a mapping or null, got 3")]:
+        with pytest.raises(ConfigError, match=match):
+            load_config(TrainConfig, CONFIGS / "fashion" / "mirai_i.yaml", base + [override])

@@ -31,7 +31,8 @@ def warnings_for(stores, tmp_path, total=12, steps_per_epoch=3, images=24, has_v
     ({"eval_every": 50}, {}, r"eval_every=50 is longer than the run \(12 steps\)"),
     ({"sample_every": 13}, {}, r"sample_every=13 is longer"),
     ({"save_every": 100}, {}, r"save_every=100 is longer"),
-    ({"eval_every": 5}, {"has_val": False}, r"data.val_codes is not"),
+    ({"eval_every": 5}, {"has_val": False}, r"data.val_codes is not set.*or eval_every=0"),
+    ({"eval_every": 500}, {"has_val": False}, r"eval_every=500 but data.val_codes is not set"),  # once, not twice
     ({"optim.batch_size": 9}, {"steps_per_epoch": 2}, r"leaves 6 of the 24 training images out"),
     ({"ema.warmup": False, "ema.decay": 0.99}, {}, r"ema.decay=0.99 averages over ~100 steps"),
     ({}, {"has_tokenizer": False}, r"no sample grids"),

@@ -344,6 +344,8 @@ def test_cli_extract_and_check(tmp_path, tiny_vq, capsys):
     assert store.load_tokenizer() is not None
     with pytest.warns(UserWarning, match="weights differ"):
         assert store.load_tokenizer(other) is None
+    with pytest.raises(DataError, match="tokenizer fashion/vq16 is not the one"):  # an asset name exists too
+        store.load_tokenizer("fashion/vq16", strict=True)
     vq_dir.rename(tmp_path / "moved")
     with pytest.raises(DataError, match="not available"):
         store.load_tokenizer(strict=True)

@@ -235,3 +235,12 @@ def test_committed_encoder_probe_on_real_images():
     # Chance is 0.1; the same network untrained scores 0.63 here, the committed one about 0.85.
     assert result["test_accuracy"] > 0.78, result
     assert not math.isnan(result["train_accuracy"])
+
+
+def test_encoder_info_reports_a_checkpoints_own_grid(capsys):
+    from mirai.cli.main import main
+
+    assert main(["encoder", "info", "fashion/encoder8"]) == 0  # was 16x16 by default for the 8x8 encoder
+    assert "grid 8×8" in capsys.readouterr().out
+    assert main(["encoder", "info", "fashion/encoder8", "--grid", "16"]) == 0
+    assert "grid 16×16" in capsys.readouterr().out

@@ -8,7 +8,7 @@ import torch
 
 from mirai import checkpoint
 from mirai.cli.main import main
-from mirai.errors import DataError
+from mirai.errors import ConfigError, DataError
 from mirai.evaluation import load_fashion_classifier, read_reference
 from mirai.models.fashion_classifier import FashionClassifier
 
@@ -94,9 +94,20 @@ def test_fashion_evaluator_rejects_other_resolutions(tmp_path, random_fashion_ev
     write_batch(tmp_path / "samples.npz", 6, 16, seed=1)
     main(["evaluate", "make-ref", "--images", str(tmp_path / "ref_images.npz"), "--evaluator", "fashion",
           "--fashion-evaluator", str(random_fashion_evaluator), "--out", str(tmp_path / "ref.npz")])
-    with pytest.raises(DataError, match="32×32"):
+    with pytest.raises(DataError, match="32×32.*--image-size-eval 32"):  # the error gives the way out
         evaluate(tmp_path / "samples.npz", tmp_path / "ref.npz", evaluator="fashion",
                  fashion_evaluator=random_fashion_evaluator, device="cpu", log=lambda text: None)
+    # With the automatic choice (Inception, which is not at hand offline) the size note comes first.
+    notes = []
+    with pytest.raises(Exception):
+        evaluate(tmp_path / "samples.npz", tmp_path / "ref.npz", inception_weights=tmp_path / "missing.pth",
+                 device="cpu", log=notes.append)
+    assert notes and "--image-size-eval 32" in notes[0]
+    report = evaluate(tmp_path / "samples.npz", tmp_path / "ref.npz", fashion_evaluator=random_fashion_evaluator,
+                      device="cpu", log=lambda text: None, image_size_eval=32, with_noise_floor=False)
+    assert report["evaluator"] == "fashion" and report["num_samples"] == 6
+    with pytest.raises(ConfigError, match="at most 4096"):  # a typo is refused before anything is read
+        evaluate(tmp_path / "samples.npz", tmp_path / "ref.npz", device="cpu", image_size_eval=100000)
 
 
 def fashion_split(split):

@@ -85,6 +85,10 @@ def test_released_names_resolve_through_the_hub_cache(hub_cache, tmp_path):
         resolve("llamagen:c2i_L_384")  # in the table, not in the cache
     with pytest.raises(CheckpointError, match="not an hf:// address"):
         resolve("hf://just-a-name")
+    with pytest.raises(CheckpointError, match="empty revision after '@'"):
+        resolve("hf://FoundationVision/LlamaGen@/c2i_B_256.pt")  # refused here, not blamed on HF_HUB_OFFLINE
+    with pytest.raises(CheckpointError, match="'a b' is not a valid Hub owner or repository name"):
+        resolve("hf://a b/c.pt")
 
 
 def test_every_released_entry_is_consistent():

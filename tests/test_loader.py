@@ -132,6 +132,12 @@ def test_worker_settings(stores, tmp_path, monkeypatch):
         make_cfg(stores, tmp_path / "run", **{"data.workers": "many"})
     with pytest.raises(ConfigError, match="data.prefetch"):
         make_cfg(stores, tmp_path / "run", **{"data.prefetch": 0})
+    with pytest.raises(ConfigError, match="data.prefetch must be between 1 and 64"):  # each step is held in memory
+        make_cfg(stores, tmp_path / "run", **{"data.prefetch": 10**9})
+    with pytest.raises(ConfigError, match="data.workers=100000 is more than 4 per CPU.*data.workers=auto"):
+        resolve_workers(100000, cpu, frozenset())  # refused before any process starts
+    with pytest.raises(ConfigError, match="expected an integer or 'auto', got 'many'"):  # in words, not typing's repr
+        make_cfg(stores, tmp_path / "run", **{"data.workers": "many"})
 
 
 # ------------------------------------------------------------------------------------ subsets

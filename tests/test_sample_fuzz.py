@@ -46,7 +46,7 @@ BAD = {
     "--image-size": [("0", "--image-size must be a positive"), ("7", "not a multiple of the tokenizer's"),
                      ("x", "invalid int")],
     "--image-size-eval": [("0", "--image-size-eval must be a positive"), ("-3", "--image-size-eval"),
-                          ("x", "invalid int")],
+                          ("x", "invalid int"), ("100000", "between 1 and 4096")],  # not a TB allocation after sampling
     "--device": [("tpu", "invalid choice")],
     "--precision": [("fp64", "invalid choice")],
     "--class-sampling": [("random", "invalid choice")],
@@ -137,6 +137,16 @@ def test_llamagen_files_sample_and_an_unknown_model_name_is_refused(root):
     out = root / "out_model"
     assert_cli_refuses(command(root, out, **llamagen, **{"--model": "GPT-Nope"}), root,
                        match="unknown GPT config 'GPT-Nope' .*choose one of", output=out)
+    assert_cli_refuses(command(root, out, **llamagen, **{"--model": "GPT-B"}), root,  # 12 heads, width 64
+                       match="GPT-B's 12 attention heads do not divide the file's width 64.*leave it out", output=out)
+
+
+def test_a_grid_that_contradicts_a_mirai_checkpoint_is_refused(root):
+    """A Mirai folder knows its grid: a different --grid-size is an error, not silently ignored."""
+    out = root / "out_grid_mirai"
+    assert_cli_refuses(command(root, out, **{"--grid-size": "5"}), root,
+                       match="Mirai checkpoint of 2x2 tokens, not 5x5: leave out --grid-size", output=out)
+    assert main(command(root, root / "out_grid_same", **{"--grid-size": "2"})) == 0  # agreeing is fine
 
 
 def test_combinations_of_two_bad_values_are_refused(root):

@@ -156,6 +156,13 @@ def test_refusals_come_before_serving(models, tmp_path):
     finally:
         taken.close()
     assert_cli_refuses(["serve", models / "gpt10"], models, match="pass --tokenizer")
+    # --gpt is the same as the positional checkpoint (and reaches the same check); one of them, once.
+    assert_cli_refuses(["serve", "--gpt", models / "gpt10"], models, match="pass --tokenizer")
+    assert_cli_refuses(["serve", "--tokenizer", VQ8], models, match="give the GPT checkpoint once")
+    assert_cli_refuses(["serve", models / "gpt10", "--gpt", models / "gpt10"], models, match="give the GPT checkpoint once")
+    (tmp_path / "samples").mkdir()  # not a checkpoint: said so, rather than asking for a tokenizer
+    (tmp_path / "samples" / "grid.png").write_bytes(b"")
+    assert_cli_refuses(["serve", tmp_path / "samples", "--port", "0"], models, match="not a Mirai checkpoint")
     assert_cli_refuses(["serve", tmp_path / "missing", "--tokenizer", VQ8, "--port", "0"], models, match="missing")
     assert_cli_refuses(["serve", models / "gpt_vocab64", "--tokenizer", VQ8, "--port", "0"], models,
                        match="vocabulary")
@@ -165,6 +172,28 @@ def test_refusals_come_before_serving(models, tmp_path):
                                  ("--max-images", "0", "max_images"), ("--device", "tpu", "device"),
                                  ("--grid-size", "0", "--grid-size"), ("--host", "256.1.1.1", "--host")]:
         assert_cli_refuses([*base, option, value], models, match=match)
+
+
+def test_the_request_log_has_no_colour_codes_off_a_terminal(monkeypatch):
+    """Werkzeug colours its access log always; redirected to a file that would be escape codes."""
+    import werkzeug.serving
+
+    from mirai.serve.app import serve
+
+    class Server:
+        def serve_forever(self):
+            pass
+
+        def server_close(self):
+            pass
+
+    monkeypatch.setattr(werkzeug.serving, "_log_add_style", True)
+    monkeypatch.setattr(werkzeug.serving, "make_server", lambda *args, **kwargs: Server())
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    serve(None, sock, announce=lambda line: None)
+    assert werkzeug.serving._log_add_style is False
 
 
 def test_without_the_extra_the_error_names_the_install(models, monkeypatch):

@@ -277,6 +277,23 @@ def test_bad_settings_are_refused_before_anything_runs(stores, tmp_path, overrid
     assert not (tmp_path / "run").exists()
 
 
+def test_a_run_dir_that_cannot_be_a_run_directory_is_refused_in_one_line(stores, tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me\n")
+    ckpt = checkpoint.save(tmp_path / "model", build_gpt("GPT-Nano", vocab_size=16, grid_size=2, num_classes=2))
+    listing = sorted(p.name for p in ckpt.iterdir())
+    for run_dir, message in [(tmp_path / "notes.txt", "is a file, not a run directory"),
+                             (tmp_path / "notes.txt" / "run", "notes.txt is a file, so nothing can be written"),
+                             (ckpt, "holds config.json: it is a checkpoint or model folder")]:
+        with pytest.raises(ConfigError, match=message):  # was a FileExistsError/NotADirectoryError traceback
+            train(make_cfg(stores, run_dir, steps=2))
+    assert (tmp_path / "notes.txt").read_text() == "keep me\n" and sorted(p.name for p in ckpt.iterdir()) == listing
+
+
+def test_resuming_from_a_model_that_is_not_a_gpt_names_its_kind(stores, tmp_path):
+    with pytest.raises(CheckpointError, match="holds a 'vq' model, not a GPT training checkpoint"):
+        train(make_cfg(stores, tmp_path / "run", steps=2), resume="fashion/vq8")  # not "can seed a new run"
+
+
 def test_a_config_directory_is_named_as_one(tmp_path):
     with pytest.raises(ConfigError, match="is a directory; give a YAML file in it"):
         from mirai.config import read_yaml

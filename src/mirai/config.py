@@ -61,6 +61,22 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     return data
 
 
+def _describe(annotation: Any) -> str:
+    """A type annotation in words, for error messages: ``int | Literal["auto"]`` -> "an integer or 'auto'"."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is typing.Literal:
+        return " or ".join(repr(a) for a in args)
+    if origin in (list, tuple):
+        return "a list"
+    if origin is dict or dataclasses.is_dataclass(annotation):
+        return "a mapping"
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null",
+             dict: "a mapping", list: "a list"}
+    return words.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -75,7 +91,9 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 return _coerce(value, option, where)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {annotation}")
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        raise ConfigError(f"{where}: expected {_describe(annotation)}, got {value!r}")
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
@@ -96,7 +114,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         item = args[0] if args else Any
         items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
-    if origin is dict:
+    if origin is dict or annotation is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)

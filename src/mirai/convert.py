@@ -87,6 +87,10 @@ def gpt_from_llamagen_state(
         raise CheckpointError(f"unknown GPT config {name!r}; choose one of {sorted(GPT_CONFIGS)} (or omit it: "
                               f"{inferred or 'no config'} matches the file's depth and width)")
     n_head = GPT_CONFIGS[name]["n_head"]
+    if dim % n_head:
+        raise CheckpointError(f"{name}'s {n_head} attention heads do not divide the file's width {dim} (--model, name=): "
+                              f"leave it out ({inferred or 'no named config'} matches the file's {n_layer} layers of "
+                              f"width {dim})")
     head_dim = dim // n_head
     n_kv_head = (wqkv // head_dim - n_head) // 2
     num_classes = class_rows - 1 if class_dropout_prob > 0 else class_rows
@@ -150,6 +154,11 @@ def load_module(
     path = resolve(path)
     ckpt = read_llamagen(path, kind=kind, name=name, grid_size=grid_size) if path.is_file() else read_checkpoint(path)
     try:
-        return ckpt.build(MODEL_KINDS[kind], use_ema=prefer_ema and ckpt.ema is not None).eval()
+        module = ckpt.build(MODEL_KINDS[kind], use_ema=prefer_ema and ckpt.ema is not None).eval()
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
+    stored = getattr(getattr(module, "args", None), "grid_size", None)
+    if kind == "gpt" and not path.is_file() and grid_size is not None and stored != grid_size:
+        raise CheckpointError(f"{path} is a Mirai checkpoint of {stored}x{stored} tokens, not {grid_size}x{grid_size}: "
+                              "leave out --grid-size/--image-size (grid_size=), which only a LlamaGen/PAR .pt needs")
+    return module

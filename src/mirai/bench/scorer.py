@@ -106,7 +106,7 @@ class Scorer:
             gpt = checkpoint.load(path, GPT, use_ema=True).to(self.device)
             labels = class_labels(gpt.args.num_classes, b.num_samples, b.class_sampling, seed=b.sample_seed)
             sample_to_npz(gpt, self.vq, labels, samples, b.sampling, seed=b.sample_seed,
-                          batch_size=b.sample_batch_size)
+                          batch_size=b.sample_batch_size, compile=b.compile_sampling)
         with NpzArchive(samples, "sample batch") as data:
             images, labels = data.array("arr_0"), data.array("labels")
         features = extract_features(self.network, images, b.eval_batch_size, desc="sample features")

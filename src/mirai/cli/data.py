@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--nrow", type=int, default=8, help="images per grid row")
     p.add_argument("--seed", type=int, default=0, help="picks which view of each image is shown")
     p.add_argument("--tokenizer", help="tokenizer checkpoint (default: the one recorded in the store)")
-    add_flag(p, "--data-root", ("--source-root",), dest="source_root", help="dataset folder, when it moved since "
+    add_flag(p, "--data-root", ("--source-root",), dest="source_root", metavar="DATA_ROOT", help="dataset folder, when it moved since "
              "extraction")
     p.add_argument("--min-agreement", type=float, default=0.99,
                    help="fail when fewer re-encoded tokens than this fraction match the store")

@@ -50,7 +50,7 @@ def add_parser(subparsers) -> None:
 
     i = sub.add_parser("info", help="build an encoder and print its grid, feature size and input size")
     i.add_argument("encoder", help="name, checkpoint directory, or JSON dict spec")
-    i.add_argument("--grid", type=int, default=16)
+    i.add_argument("--grid", type=int, help="token grid (default: a checkpoint's own grid, else 16)")
     i.set_defaults(func=run_info)
 
 
@@ -120,7 +120,17 @@ def run_probe(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     from mirai.foresight.encoders import build_encoder
 
-    encoder = build_encoder(_spec(args.encoder), args.grid)
+    grid = args.grid
+    if grid is None:  # a trained encoder's own grid (fashion/encoder8: 8), not a fixed default
+        import json
+
+        from mirai.hub.resolve import resolve
+
+        try:
+            grid = json.loads((resolve(args.encoder) / "config.json").read_text())["args"]["grid"]
+        except (OSError, ValueError, KeyError, TypeError):
+            grid = 16
+    encoder = build_encoder(_spec(args.encoder), grid)
     params = sum(p.numel() for p in encoder.parameters())
     print(f"{type(encoder).__name__}: grid {encoder.grid_size}×{encoder.grid_size}, "
           f"features {encoder.feature_dim}, input {encoder.input_size} px, "

@@ -19,7 +19,10 @@ def add_parser(subparsers) -> None:
         "top-k, seed and images per class, and see the sampled grid. Stop it with Ctrl-C. Needs Flask: "
         "pip install 'mirai-foresight[serve]'.",
     )
-    p.add_argument("checkpoint", help="GPT checkpoint: Mirai folder, LlamaGen/PAR .pt, hf://... or a released name")
+    what = "GPT checkpoint: Mirai folder, LlamaGen/PAR .pt, hf://... or a released name"
+    p.add_argument("--gpt", help=what)
+    # `mirai serve CHECKPOINT` reads naturally for a one-model command; --gpt is the flag the other commands use.
+    p.add_argument("checkpoint", nargs="?", help=f"{what} (the same as --gpt)")
     p.add_argument("--tokenizer", help="VQ tokenizer the GPT was trained with (e.g. fashion/vq8); default: the one "
                    "recorded by the checkpoint's training codes")
     p.add_argument("--host", default="127.0.0.1",
@@ -46,12 +49,14 @@ def run(args: argparse.Namespace) -> int:
     from mirai.errors import ConfigError
     from mirai.serve.app import create_app, listen, load_generator, require_flask, serve
 
+    if (args.gpt is None) == (args.checkpoint is None):
+        raise ConfigError("give the GPT checkpoint once: mirai serve CHECKPOINT, or --gpt CHECKPOINT")
     require_flask()  # before loading anything: the one-line fix comes first
     if args.grid_size is not None and args.grid_size < 1:
         raise ConfigError(f"--grid-size must be at least 1 (16 for 256 px, 24 for 384 px), got {args.grid_size}")
     sock = listen(args.host, args.port)  # checked (and held) before the models load, so no load is wasted
     try:
-        generator = load_generator(args.checkpoint, args.tokenizer, device=args.device,
+        generator = load_generator(args.gpt or args.checkpoint, args.tokenizer, device=args.device,
                                    prefer_ema=not args.raw_weights, model=args.model, grid_size=args.grid_size,
                                    max_images=args.max_images)
         app = create_app(generator)

@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
         "k-means baseline: the same number of codes over pixel patches as large as the tokenizer's "
         "downsample factor, so both produce the same token grid.",
     )
-    add_flag(p, "--tokenizer", ("--checkpoint",), dest="checkpoint", required=True,
+    add_flag(p, "--tokenizer", ("--checkpoint",), dest="checkpoint", required=True, metavar="TOKENIZER",
              help="VQ tokenizer: Mirai checkpoint folder, asset name (fashion/vq8) or hf://OWNER/REPO")
     p.add_argument("--split", choices=["train", "test"], default="test")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")

@@ -429,7 +429,7 @@ class CodeStore:
             raise DataError(f"tokenizer {path} does not exist; check the path (the store was extracted with "
                             f"{recorded.get('path')})")
         path = path or recorded.get("path")
-        if path is None or not Path(path).exists():
+        if path is None or not resolve(path, "tokenizer").exists():  # asset names (fashion/vq16) too
             problem = (f"the tokenizer of {self.path} ({recorded.get('path')}) is not available; "
                        "pass the original checkpoint explicitly")
         else:

@@ -17,6 +17,20 @@ from mirai.checkpoint import refuse_under_file
 from mirai.errors import ConfigError, DataError
 
 
+# The largest --image-size-eval: evaluation protocols resize to 256 or 512 px; beyond this a typo
+# (100000) would only fail after the sampling, on an allocation of terabytes.
+IMAGE_SIZE_EVAL_MAX = 4096
+
+
+def image_size_eval(value: object, name: str = "image_size_eval (--image-size-eval)") -> int:
+    """A resize target in pixels: an integer in 1..``IMAGE_SIZE_EVAL_MAX``."""
+    value = positive_int(value, name)
+    if value > IMAGE_SIZE_EVAL_MAX:
+        raise ConfigError(f"{name} must be at most {IMAGE_SIZE_EVAL_MAX} pixels (evaluation protocols use 256 or "
+                          f"512), got {value}")
+    return value
+
+
 def positive_int(value: object, name: str) -> int:
     """``value`` if it is an integer of at least 1 (a count or a batch size)."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -42,7 +42,7 @@ from typing import Iterator
 
 import numpy as np
 
-from mirai.data.options import positive_int
+from mirai.data.options import image_size_eval, positive_int
 from mirai.errors import DataError
 from mirai.evaluation.npz import NpzArchive, integer_labels
 
@@ -65,7 +65,7 @@ class NpzImages:
     def __init__(self, path: str | Path, key: str = IMAGES_KEY, what: str = "image batch",
                  resize: int | None = None) -> None:
         self.path, self.key, self.what = Path(path), key, what
-        self.resize = None if resize is None else positive_int(resize, "image_size_eval (--image-size-eval)")
+        self.resize = None if resize is None else image_size_eval(resize)
         hint = f"; an ADM batch keeps its images in {key!r}"
         with NpzArchive(self.path, what) as archive:
             self.shape, self.fortran_order, self.dtype = archive.header(key, hint)

@@ -217,14 +217,16 @@ def evaluate(samples_path: str | Path, ref_path: str | Path, evaluator: str = "a
         evaluator = pick_evaluator(samples, ref)
     if evaluator == "fashion" and samples.resolution != (32, 32):
         raise DataError(f"the Fashion-MNIST evaluator takes 32×32 images; {samples_path} holds "
-                        f"{samples.resolution[0]}×{samples.resolution[1]}")
+                        f"{samples.resolution[0]}×{samples.resolution[1]}: score them resized with "
+                        f"--image-size-eval 32 (image_size_eval=32)")
     if with_noise_floor is None:
         with_noise_floor = evaluator == "fashion"
+    if ref.resolution is not None and ref.resolution != samples.resolution:  # before a network is loaded or fetched
+        log(f"note: samples are {samples.resolution[0]}×{samples.resolution[1]}, reference images "
+            f"{ref.resolution[0]}×{ref.resolution[1]} (resize samples to the reference resolution to compare like "
+            f"with like: --image-size-eval {ref.resolution[0]})")
     network, info = load_network(evaluator, inception_weights, fashion_evaluator, device)
     num_classes = getattr(network, "num_classes", None)  # classifiers only: enables class accuracy
-    if ref.resolution is not None and ref.resolution != samples.resolution:
-        log(f"note: samples are {samples.resolution[0]}×{samples.resolution[1]}, reference images "
-            f"{ref.resolution[0]}×{ref.resolution[1]} (resize samples to the reference resolution to compare like with like)")
     ref_set = reference_features(ref, network, info, batch_size)
     sample_features = extract_features(network, samples, batch_size, desc="samples")
     report = {

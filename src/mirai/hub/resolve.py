@@ -20,6 +20,7 @@ unchanged, so the caller's own "does not exist" error (with ``NAME_HINT``) names
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -88,6 +89,7 @@ RELEASED: dict[str, ReleasedFile] = {
     "par:3B-16x": _par("PAR-3B-16x.pt", "GPT-3B", 4),
 }
 RELEASED_PREFIXES = ("llamagen:", "par:")
+_HUB_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
 
 
 def asset_names() -> list[str]:
@@ -117,11 +119,18 @@ def _hub_error(spec: str, err: Exception) -> CheckpointError:
 
 def parse_hf(spec: str) -> tuple[str, str | None, str]:
     """``hf://OWNER/REPO[@REVISION][/PATH]`` -> (repo id, revision or None, path inside the repo or "")."""
+    usage = "write hf://OWNER/REPO[@REVISION][/FILE], e.g. hf://FoundationVision/LlamaGen/c2i_B_256.pt"
     parts = spec[len(HF_SCHEME):].strip("/").split("/")
     if len(parts) < 2 or not parts[0] or not parts[1]:
-        raise CheckpointError(f"{spec!r} is not an hf:// address: write hf://OWNER/REPO[@REVISION][/FILE], "
-                              "e.g. hf://FoundationVision/LlamaGen/c2i_B_256.pt")
-    name, _, revision = parts[1].partition("@")
+        raise CheckpointError(f"{spec!r} is not an hf:// address: {usage}")
+    name, at, revision = parts[1].partition("@")
+    if at and not revision:
+        raise CheckpointError(f"{spec!r} has an empty revision after '@': give a branch, tag or commit, or leave "
+                              f"out the '@'; {usage}")
+    for word in (parts[0], name):  # the Hub's own rule for OWNER and REPO, checked before any look-up
+        if not _HUB_NAME.fullmatch(word) or ".." in word or "--" in word:
+            raise CheckpointError(f"{spec!r}: {word!r} is not a valid Hub owner or repository name (letters, digits, "
+                                  f"'-', '_' and '.', not starting or ending with '-' or '.'); {usage}")
     return f"{parts[0]}/{name}", revision or None, "/".join(parts[2:])
 
 

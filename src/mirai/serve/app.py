@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,12 +158,13 @@ def load_generator(checkpoint: str | Path, tokenizer: str | Path | None = None, 
     check_int("max_images (--max-images)", max_images, 1)
     device = resolve_device(device)
     path = resolve(checkpoint)
+    # The GPT first: a path that is not a GPT checkpoint is named as such, not as one without a tokenizer.
+    gpt = load_for_sampling(checkpoint, "gpt", prefer_ema=prefer_ema, name=model, grid_size=grid_size)
     if tokenizer is None:
         tokenizer = ((_store_manifest(path) or {}).get("tokenizer") or {}).get("path")
         if tokenizer is None:
             raise ConfigError(f"{checkpoint}: no tokenizer recorded with this checkpoint (or its training codes are "
                               "not here); pass --tokenizer, the VQ the GPT was trained with (e.g. fashion/vq8)")
-    gpt = load_for_sampling(checkpoint, "gpt", prefer_ema=prefer_ema, name=model, grid_size=grid_size)
     vq = load_for_sampling(tokenizer, "vq")
     check_pair(gpt, vq)
     step = checkpoint_details(path)[0]
@@ -220,8 +222,11 @@ def listen(host: str, port: int) -> socket.socket:
 
 def serve(app, sock: socket.socket, announce: Callable[[str], None] = print) -> None:
     """Serve ``app`` on the listening ``sock`` (``listen``) until interrupted; ``announce`` gets the page's URL."""
+    import werkzeug.serving
     from werkzeug.serving import make_server
 
+    if not sys.stderr.isatty():  # Werkzeug colours its request log always: no escape codes in a log file
+        werkzeug.serving._log_add_style = False
     host, port = sock.getsockname()[:2]
     server = make_server(host, port, app, threaded=True, fd=sock.fileno())
     shown = f"[{host}]" if ":" in host else host

@@ -39,6 +39,9 @@ class ModelConfig:
         gpt_args(self.name, **{**self.overrides, **known, "grid_size": grid})
 
 
+MAX_PREFETCH = 64  # steps each DataLoader worker may hold ready (DataLoader's prefetch_factor)
+
+
 @dataclass
 class DataConfig:
     codes: str = ""  # code store made by `mirai extract` (training split)
@@ -58,8 +61,8 @@ class DataConfig:
             raise ConfigError(f"data.val_images must be 0 (all) or positive, got {self.val_images}")
         if self.workers != "auto" and self.workers < 0:
             raise ConfigError(f"data.workers must be auto, 0 (in the training process) or positive, got {self.workers}")
-        if self.prefetch < 1:
-            raise ConfigError(f"data.prefetch must be at least 1 (steps per worker), got {self.prefetch}")
+        if not 1 <= self.prefetch <= MAX_PREFETCH:  # each prefetched step is held in (pinned) memory
+            raise ConfigError(f"data.prefetch must be between 1 and {MAX_PREFETCH} (steps per worker), got {self.prefetch}")
 
 
 @dataclass
@@ -164,6 +167,11 @@ class TrainConfig:
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be 0 (only at the end) or a positive number of steps, "
                                   f"got {getattr(self, key)}")
+        if self.compile and self.distributed.activation_checkpointing:
+            # torch.compile of the whole objective records the per-block recomputation hooks' tensors
+            # differently than they are recomputed: the first backward fails inside PyTorch.
+            raise ConfigError("compile=true cannot be combined with distributed.activation_checkpointing=true "
+                              "(the first backward would fail): turn one of them off")
 
 
 # Settings a resumed run may change: how long it runs, where and how fast, what it logs, and the

@@ -94,12 +94,14 @@ def config_warnings(cfg: TrainConfig, total_steps: int, steps_per_epoch: int, im
     for key, name in (("eval_every", "validation NLL"), ("sample_every", "sample grid"),
                       ("save_every", "checkpoint"), ("log_every", "log line")):
         every = getattr(cfg, key)
+        if key == "eval_every" and not has_val:
+            continue  # no validation at all: the warning below says so once
         if every > total_steps:
             found.append(f"{key}={every} is longer than the run ({total_steps} steps): the only {name} is the "
                          f"final one; set {key} <= {total_steps}")
     if cfg.eval_every and not has_val:
-        found.append("eval_every is set but data.val_codes is not: no validation NLL will be computed; set "
-                     "data.val_codes to a held-out store (mirai extract on the validation split)")
+        found.append(f"eval_every={cfg.eval_every} but data.val_codes is not set: no validation NLL will be computed; "
+                     "set data.val_codes to a held-out store (mirai extract on the validation split), or eval_every=0")
     dropped = images - steps_per_epoch * o.batch_size
     if dropped > 0.1 * images:
         found.append(f"optim.batch_size={o.batch_size} leaves {dropped} of the {images} training images out of "

@@ -19,10 +19,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mirai.data.codes import reraised_one_line
+from mirai.errors import ConfigError
 
 # More workers than this per GPU process rarely helps Mirai-I (each renders its share of one step
 # at a time) and multiplies the pinned and shared memory held by prefetched steps.
 MAX_AUTO_WORKERS = 8
+# An explicit data.workers above this many per usable CPU is refused: processes, not a speed-up.
+MAX_WORKERS_PER_CPU = 4
 
 
 def resolve_workers(setting: int | str, device: torch.device, fields: frozenset[str]) -> int:
@@ -31,11 +34,15 @@ def resolve_workers(setting: int | str, device: torch.device, fields: frozenset[
     processes) or the device is a CPU (workers would compete with training for its cores), else
     up to ``MAX_AUTO_WORKERS`` from the CPUs this process may use shared among the node's ranks
     (``LOCAL_WORLD_SIZE``, set by ``torchrun``)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if setting != "auto":
+        limit = MAX_WORKERS_PER_CPU * cpus
+        if int(setting) > limit:  # a typo (100000) would start that many processes
+            raise ConfigError(f"data.workers={setting} is more than {MAX_WORKERS_PER_CPU} per CPU this process may "
+                              f"use ({cpus}): give at most {limit}, or data.workers=auto")
         return int(setting)
     if not fields or device.type != "cuda":
         return 0
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return max(1, min(MAX_AUTO_WORKERS, cpus // max(1, local_ranks)))
 

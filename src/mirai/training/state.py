@@ -126,6 +126,9 @@ def load_training_checkpoint(
         return _load_sharded(path, objective=objective, ema=ema, optimizer=optimizer, states=states, rank=rank,
                              world_size=world_size)
     ckpt = read_checkpoint(path)
+    if ckpt.kind != "gpt":
+        raise CheckpointError(f"{path} holds a {ckpt.kind!r} model, not a GPT training checkpoint: give "
+                              "RUN/checkpoints/step_NNNNNNN of a run (or --resume alone for the run's latest)")
     if not (path / STATE_FILE).is_file():
         raise CheckpointError(f"{path} holds weights only (no {STATE_FILE}): it can seed a new run, not resume one")
     load_state_dict_checked(model, ckpt.model)

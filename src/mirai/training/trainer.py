@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mirai.checkpoint import recover_interrupted_writes
+from mirai.checkpoint import CONFIG_FILE, recover_interrupted_writes, refuse_under_file
 from mirai.config import read_yaml, save_yaml, to_dict
 from mirai.errors import ConfigError, Interrupted
 from mirai.foresight import build_auxiliary_loss
@@ -399,6 +399,13 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
     ``ConfigError`` (e.g. a resume that changes the seed) and ``CheckpointError`` with the fix
     in the message; ``Interrupted`` after SIGTERM/SIGINT, once the state is saved.
     """
+    run_dir = Path(cfg.run_dir)
+    refuse_under_file(run_dir, "run_dir")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run_dir {run_dir} is a file, not a run directory: choose another run_dir")
+    if (run_dir / CONFIG_FILE).is_file():  # a checkpoint or model folder; runs keep config.yaml
+        raise ConfigError(f"run_dir {run_dir} holds {CONFIG_FILE}: it is a checkpoint or model folder, not a run "
+                          "directory; choose another run_dir")
     # Under torchrun every rank calls this: rank 0 alone holds the run directory (as in ``fit``).
     holds_dir = int(os.environ.get("RANK", "0")) == 0
     with exclusive_dir(cfg.run_dir, "run directory") if holds_dir else nullcontext():
