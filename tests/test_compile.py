@@ -72,8 +72,7 @@ VARIANTS = {"baseline": lambda stores: {}, "mirai_e": lambda stores: {**MIRAI_E,
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_compiled_training_steps_match_eager_without_graph_breaks(variant, stores, tmp_path, monkeypatch):
-    # fullgraph=True turns any graph break into an error. One recompile is expected with foresight:
-    # its Python schedules read the training progress, and the first step specialises step 0.
+    # fullgraph=True turns any graph break into an error.
     use_backend(monkeypatch, "aot_eager", fullgraph=True)
     torch._dynamo.reset()
     overrides = {**VARIANTS[variant](stores), "dropout": "false", "steps": 2}
@@ -93,6 +92,23 @@ def test_compiled_training_steps_match_eager_without_graph_breaks(variant, store
     assert eager_weights.keys() == compiled_weights.keys()
     for name, tensor in eager_weights.items():
         torch.testing.assert_close(compiled_weights[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("variant", ["mirai_e", "mirai_i"])
+def test_compiled_training_never_recompiles_across_the_warmup_end_and_a_lambda_milestone(
+        variant, stores, tmp_path, monkeypatch, dynamo):
+    # The progress (warm-up, lambda schedule) is read outside the compiled steps and the weights go in
+    # as a tensor: Dynamo compiles the NTP-only warm-up step and the foresight step once each, and
+    # error_on_recompile (the fixture) fails any step that would compile one of them again.
+    use_backend(monkeypatch, "aot_eager", fullgraph=True)
+    source = MIRAI_E if variant == "mirai_e" else encoder_overrides(stores)
+    overrides = {**source, "foresight.warmup": 2, "foresight.warmup_unit": "step", "dropout": "false", "steps": 5,
+                 "foresight.lambdas": "[{kind: step, values: [2, 1], at: [3], unit: step}]"}
+    trainer = Trainer(make_cfg(stores, tmp_path / "run", compile="true", **overrides))
+    logs = [trainer.train_step() for _ in range(4)]
+    assert [log["foresight/lambda0"] for log in logs] == [0.0, 0.0, 2.0, 1.0]  # as the eager run logs them
+    assert ["loss/foresight" in log for log in logs] == [False, False, True, True]
+    assert dynamo["stats"]["unique_graphs"] == 2
 
 
 def test_compile_with_activation_checkpointing_is_refused_before_training(stores, tmp_path):

@@ -32,6 +32,16 @@ def at(epoch=100.0, fraction=0.5, step=1000):
     return Progress(step=step, epoch=epoch, fraction=fraction)
 
 
+def run_loss(loss, batch, hidden, progress):
+    """The loss as ``Objective`` runs it: weights from the progress (outside a compiled step), then
+    the terms, none while the weights are None (the warm-up)."""
+    weights, logs = loss.weights(progress)
+    if weights is None:
+        return {}, logs
+    terms, step_logs = loss(batch, hidden, weights)
+    return terms, {**step_logs, **logs}
+
+
 def batch_of(b=4, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return {"tokens": torch.randint(0, V, (b, G * G), generator=gen),
@@ -340,7 +350,7 @@ def test_loss_weights_heads_by_lambda_and_reduces(reduction):
     schedules = [LambdaSchedule(values=[2.0]), LambdaSchedule(values=[0.5])]
     loss = ForesightLoss(source, [nn.Identity(), nn.Identity()], pairs, schedules, layer=1, reduction=reduction)
     source.hidden = torch.randn(3, G * G, 64)
-    terms, logs = loss(batch_of(3), {1: source.hidden}, at())
+    terms, logs = run_loss(loss, batch_of(3), {1: source.hidden}, at())
     expected = -(2.0 + 0.5) / (2 if reduction == "mean" else 1)
     assert terms["foresight"].item() == pytest.approx(expected, abs=1e-5)
     assert logs["foresight/loss0"] == pytest.approx(-1.0, abs=1e-5)
@@ -352,14 +362,22 @@ def test_warmup_turns_foresight_off_until_it_ends():
     loss = build_auxiliary_loss(from_dict(ForesightConfig, {"source": "ema"}), model, ema)
     batch = batch_of()
     _, hidden = model.forward_with_hidden(batch["tokens"][:, :-1], batch["labels"], loss.hidden_layers)
-    terms, logs = loss(batch, hidden, at(epoch=14.9))
+    terms, logs = run_loss(loss, batch, hidden, at(epoch=14.9))
     assert terms == {} and logs["foresight/lambda0"] == 0.0
-    terms, logs = loss(batch, hidden, at(epoch=15.0, fraction=0.2))
+    terms, logs = run_loss(loss, batch, hidden, at(epoch=15.0, fraction=0.2))
     assert set(terms) == {"foresight"} and logs["foresight/lambda2"] == 2.0
+    weights = loss.weights(at(epoch=16.0, fraction=0.3))[0]  # a (K,) float32 input of a compiled step
+    assert weights.dtype == torch.float32 and weights.tolist() == [2.0] * 3
+    assert loss.weights(at(epoch=17.0, fraction=0.4))[0] is weights  # refilled only when a lambda changes
     assert build_auxiliary_loss(from_dict(ForesightConfig, {"source": "encoder"}), model, None,
                                 encoder=PatchEncoder()).warmup == (0.0, "epoch")
     steps = from_dict(ForesightConfig, {"source": "ema", "warmup": 100, "warmup_unit": "step"})
-    assert build_auxiliary_loss(steps, model, ema)(batch, hidden, at(step=99))[0] == {}
+    assert build_auxiliary_loss(steps, model, ema).weights(at(step=99))[0] is None
+    # One call with a Progress (the docs' form) gives what the two-step form gives.
+    for progress in (at(epoch=14.9), at(epoch=15.0, fraction=0.2)):
+        one_call, two_step = loss(batch, hidden, progress), run_loss(loss, batch, hidden, progress)
+        assert one_call[1].keys() == two_step[1].keys()
+        assert {k: v.item() for k, v in one_call[0].items()} == {k: v.item() for k, v in two_step[0].items()}
 
 
 def test_no_gradient_reaches_the_teacher_and_only_heads_are_parameters():
@@ -372,7 +390,7 @@ def test_no_gradient_reaches_the_teacher_and_only_heads_are_parameters():
     assert all(k.startswith("heads.") for k in loss.state_dict())
     batch = batch_of()
     logits, hidden = model.forward_with_hidden(batch["tokens"][:, :-1], batch["labels"], loss.hidden_layers)
-    terms, _ = loss(batch, hidden, at())
+    terms, _ = run_loss(loss, batch, hidden, at())
     terms["foresight"].backward()
     assert all(p.grad is None for p in ema.parameters())
     assert model.layers[0].attention.wqkv.weight.grad.abs().sum() > 0
@@ -386,7 +404,7 @@ def test_no_gradient_reaches_the_encoder():
     assert not any(p is q for p in loss.parameters() for q in encoder.parameters())
     batch = {**batch_of(), "images": torch.rand(4, 3, 16, 16)}
     _, hidden = model.forward_with_hidden(batch["tokens"][:, :-1], batch["labels"], loss.hidden_layers)
-    loss(batch, hidden, at())[0]["foresight"].backward()
+    run_loss(loss, batch, hidden, at())[0]["foresight"].backward()
     assert all(p.grad is None for p in encoder.parameters())
     assert model.tok_embeddings.weight.grad is not None
 
@@ -429,7 +447,7 @@ def _optimise(loss, model, batch, steps=12):
     values = []
     for _ in range(steps):
         _, hidden = model.forward_with_hidden(batch["tokens"][:, :-1], batch["labels"], loss.hidden_layers)
-        term = loss(batch, hidden, at())[0]["foresight"]
+        term = run_loss(loss, batch, hidden, at())[0]["foresight"]
         opt.zero_grad()
         term.backward()
         opt.step()
@@ -466,7 +484,7 @@ def test_output_diagnostic_predicts_the_tokens_the_ema_pairs_point_at():
     assert torch.equal(loss.student0, loss.target0)
     batch = batch_of()
     _, hidden = model.forward_with_hidden(batch["tokens"][:, :-1], batch["labels"], loss.hidden_layers)
-    terms, logs = loss(batch, hidden, at(fraction=0.1))  # lambda 2 before the step at half of training
+    terms, logs = run_loss(loss, batch, hidden, at(fraction=0.1))  # lambda 2 before the step at half of training
     # A zero-initialised output layer predicts uniformly: every head starts at ln V.
     assert logs["output_foresight/loss1"] == pytest.approx(math.log(V), rel=1e-4)
     assert terms["output_foresight"].item() == pytest.approx(3 * 2.0 * math.log(V), rel=1e-4)

@@ -19,6 +19,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
+from mirai.training.data import to_device
 from mirai.training.metrics import LogWindow
 from mirai.training.trainer import Trainer
 
@@ -59,10 +60,10 @@ class DeviceReads(TorchFunctionMode):
         return out
 
 
-@pytest.mark.parametrize("variant", ["baseline", "mirai_e", "mirai_i"])
+@pytest.mark.parametrize("variant", ["baseline", "mirai_e", "mirai_i", "mirai_i_cached"])
 def test_steps_between_log_steps_never_read_the_device(stores, tmp_path, monkeypatch, variant):
-    extra = {"baseline": {}, "mirai_e": {**MIRAI_E, "foresight.warmup": 0},
-             "mirai_i": encoder_overrides(stores)}[variant]
+    extra = {"baseline": {}, "mirai_e": {**MIRAI_E, "foresight.warmup": 0}, "mirai_i": encoder_overrides(stores),
+             "mirai_i_cached": {**encoder_overrides(stores), "foresight.cache_features": "true"}}[variant]
     trainer = Trainer(make_cfg(stores, tmp_path / "run", steps=7, log_every=3, **extra))
     mode = DeviceReads([*trainer.objective.parameters(), *trainer.objective.buffers(), *trainer.ema.parameters(),
                         trainer.watch.state])
@@ -80,6 +81,16 @@ def test_steps_between_log_steps_never_read_the_device(stores, tmp_path, monkeyp
     where = "\n".join(f"{name}:\n{stack}" for name, stack in mode.reads[:3])
     # Steps 3 and 6 log: one read of the window's sums and the divergence record together.
     assert per_step == [0, 0, 1, 0, 0, 1], f"reads per step {per_step}; first reads:\n{where}"
+
+
+def test_batches_keep_the_row_indices_on_the_host():
+    # A cached-feature lookup reads them on the host: on the device they would have to be copied back.
+    host = {"tokens": torch.zeros(2, 16, dtype=torch.long), "labels": torch.zeros(2, dtype=torch.long),
+            "image_index": torch.tensor([4, 1]), "view_index": torch.tensor([0, 3])}
+    batch = to_device(host, "meta")
+    assert {k: v.device.type for k, v in batch.items()} == {
+        "tokens": "meta", "labels": "meta", "image_index": "cpu", "view_index": "cpu"}
+    assert batch["image_index"] is host["image_index"]
 
 
 def test_the_log_window_averages_device_values_and_keeps_the_latest_schedule_values():

@@ -2,7 +2,8 @@
 
 The trainer sees one object, built by ``build_auxiliary_loss(cfg, model, ema, ...)``: an
 ``nn.Module`` holding only the heads, that follows ``base.AuxiliaryLoss`` (the hidden
-layers and batch fields it needs, ``loss(batch, hidden, progress) -> (terms, logs)``, a
+layers and batch fields it needs, ``loss.weights(progress) -> (weights, logs)`` outside the
+compiled step, ``loss(batch, hidden, weights) -> (terms, logs)`` inside it, a
 hook after each optimizer step and the states a checkpoint keeps). Per-source defaults are
 in ``defaults``; image encoders live in ``encoders`` and are imported only when used.
 """

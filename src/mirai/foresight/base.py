@@ -55,14 +55,20 @@ class AuxiliaryLoss(Protocol):
     hidden_layers: tuple[int, ...]
     batch_fields: frozenset[str]
 
+    def weights(self, progress: Progress) -> tuple[Tensor | None, dict[str, float]]:
+        """Everything that depends on ``progress``, computed outside the (possibly compiled) step:
+        (a device tensor of weights for ``__call__``, or None when the loss adds nothing this step,
+        e.g. during a warm-up; host-side logs such as the weights). Handing the weights in as a
+        tensor keeps the compiled graph the same from step to step (no recompilation)."""
+        ...
+
     def __call__(
-        self, batch: dict, hidden: dict[int, Tensor], progress: Progress
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor | float]]:
+        self, batch: dict, hidden: dict[int, Tensor], weights: Tensor
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Returns (named loss terms, already weighted, to ADD to the NTP loss; scalar logs: a
         value computed on the device stays a 0-d tensor, never read here, so a step does not wait
-        for the device; the trainer reads its logs once per ``log_every`` steps).
-
-        An empty terms dict means "nothing to add this step" (e.g. during a warm-up).
+        for the device; the trainer reads its logs once per ``log_every`` steps). Not called
+        while ``weights`` returns None; must not read the training progress (it may be compiled).
         """
         ...
 

@@ -43,6 +43,7 @@ class HeadsLoss(nn.Module, ABC):
         self.heads, self.schedules = nn.ModuleList(heads), schedules
         self.layer, self.hidden_layers = layer, (layer,)
         self.warmup, self.reduction = warmup, reduction
+        self._weights: tuple[list[float], torch.Tensor] | None = None  # the last lambdas and their tensor
         for k, (student, target) in enumerate(head_pairs):  # buffers: they follow .to(device), never saved
             self.register_buffer(f"student{k}", student, persistent=False)
             self.register_buffer(f"target{k}", target, persistent=False)
@@ -62,12 +63,32 @@ class HeadsLoss(nn.Module, ABC):
     def head_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean loss of one head's predictions (B, P, out) against its targets (B, P, ...)."""
 
-    def forward(
-        self, batch: dict, hidden: dict[int, torch.Tensor], progress: Progress
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | float]]:
+    def weights(self, progress: Progress) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """(lambda_k as a (K,) float32 tensor on the heads' device, or None during the warm-up;
+        the lambda logs). Computed outside a compiled step and handed to ``forward`` as a tensor,
+        so that a new lambda changes an input of the compiled graph, not the graph."""
         lambdas = [schedule(progress) for schedule in self.schedules]
         if warming_up(progress, *self.warmup):
-            return {}, {f"{self.name}/lambda{k}": 0.0 for k in range(len(lambdas))}
+            return None, {f"{self.name}/lambda{k}": 0.0 for k in range(len(lambdas))}
+        device = self.student0.device
+        if self._weights is None or self._weights[0] != lambdas or self._weights[1].device != device:
+            # Filled on the device: a copy of the host list would wait for the GPU (pageable memory).
+            fills = [torch.full((), lam, dtype=torch.float32, device=device) for lam in lambdas]
+            self._weights = lambdas, torch.stack(fills)
+        return self._weights[1], {f"{self.name}/lambda{k}": lam for k, lam in enumerate(lambdas)}
+
+    def forward(
+        self, batch: dict, hidden: dict[int, torch.Tensor], weights: torch.Tensor | Progress
+    ) -> tuple[dict[str, torch.Tensor], dict]:
+        """``weights``: lambda_k, (K,) float32, from ``weights(progress)`` (what the trainer's compiled
+        step is given); or a ``Progress``, from which they are taken here, for one-call use outside a
+        compiled step (no terms during the warm-up; the lambda logs join the logs)."""
+        if isinstance(weights, Progress):
+            weights, lambda_logs = self.weights(weights)
+            if weights is None:
+                return {}, lambda_logs
+            terms, logs = self(batch, hidden, weights)
+            return terms, {**logs, **lambda_logs}
         h, f = hidden[self.layer], self.targets(batch)
         losses = []
         for k, head in enumerate(self.heads):
@@ -75,13 +96,10 @@ class HeadsLoss(nn.Module, ABC):
             # The whole sequence goes through the head: the transformer head attends across it.
             losses.append(self.head_loss(head(h)[:, student], f[:, target]))
         per_head = torch.stack(losses)
-        # Filled on the device: a copy of the host list would wait for the GPU (pageable memory).
-        weights = torch.stack([per_head.new_full((), lam) for lam in lambdas])
         total = (per_head * weights).sum()
         if self.reduction == "mean":
             total = total / len(losses)
         logs: dict = {f"{self.name}/loss{k}": v for k, v in enumerate(per_head.detach().unbind())}  # no read
-        logs.update({f"{self.name}/lambda{k}": lam for k, lam in enumerate(lambdas)})
         return {self.name: total}, logs
 
 

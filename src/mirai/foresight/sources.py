@@ -128,6 +128,8 @@ class EncoderSource(Source):
     def targets(self, batch: dict) -> torch.Tensor:
         tokens = batch["tokens"]
         if self.features is not None:
+            # The trainer's batches keep the row indices on the host (training.data.to_device): then
+            # the cache lookup and the copy of its rows to the device wait for nothing on the GPU.
             rows = batch["image_index"] * self.num_views + batch["view_index"]
             out = self.features[rows.to(self.features.device)].to(tokens.device, non_blocking=True).float()
         elif "images" in batch:

@@ -53,10 +53,16 @@ def host_batch(store: CodeStore, indices: np.ndarray, views: np.ndarray, fields:
     return batch
 
 
+# Row indices stay on the host: their one reader, a feature cache in host memory, would otherwise
+# copy them back from the device every step (a GPU sync). DDP and FSDP still move them to the device.
+HOST_FIELDS = frozenset({"image_index", "view_index"})
+
+
 def to_device(batch: dict, device: torch.device | str, non_blocking: bool = False) -> dict:
-    """``batch`` on ``device``; ``"images"`` become float (B, 3, H, W) in [0, 1] there, the same bits
-    on any device (``to_unit_range``), after a copy of a quarter of the floats' bytes."""
-    out = {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
+    """``batch`` on ``device``, but for the row indices (``HOST_FIELDS``), which stay host tensors;
+    ``"images"`` become float (B, 3, H, W) in [0, 1] there, the same bits on any device
+    (``to_unit_range``), after a copy of a quarter of the floats' bytes."""
+    out = {k: v if k in HOST_FIELDS else v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
     if "images" in out:
         out["images"] = to_unit_range(out["images"])
     return out
