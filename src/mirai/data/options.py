@@ -31,20 +31,23 @@ def image_size_eval(value: object, name: str = "image_size_eval (--image-size-ev
     return value
 
 
-def positive_int(value: object, name: str) -> int:
-    """``value`` if it is an integer of at least 1 (a count or a batch size)."""
+def whole_number(value: object, name: str) -> int:
+    """``value`` if it is an integer (``bool`` is not)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name} must be a whole number, got {value!r}")
-    if value < 1:
+    return value
+
+
+def positive_int(value: object, name: str) -> int:
+    """``value`` if it is an integer of at least 1 (a count or a batch size)."""
+    if whole_number(value, name) < 1:
         raise ConfigError(f"{name} must be at least 1, got {value}")
     return value
 
 
 def non_negative_int(value: object, name: str) -> int:
     """``value`` if it is an integer of at least 0 (e.g. a worker count, 0 = in this process)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be a whole number, got {value!r}")
-    if value < 0:
+    if whole_number(value, name) < 0:
         raise ConfigError(f"{name} must be 0 or more, got {value}")
     return value
 
