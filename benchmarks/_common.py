@@ -72,6 +72,31 @@ def machine(device: torch.device) -> dict:
     return info
 
 
+# Dense bf16 tensor-core peaks from the vendors' datasheets (FLOP/s, without sparsity), matched as
+# substrings of ``torch.cuda.get_device_name`` in this order (the NVL/PCIe parts before the SXM name).
+BF16_PEAK_FLOPS = (
+    ("H200 NVL", 835e12), ("H100 NVL", 835e12), ("H100 PCIe", 756e12),
+    ("H200", 989.4e12), ("H100", 989.4e12), ("A100", 312e12),
+)
+
+
+def bf16_peak_flops(device_name: str) -> float | None:
+    """The datasheet dense bf16 peak of a GPU named like ``torch.cuda.get_device_name``; None if unknown."""
+    return next((peak for key, peak in BF16_PEAK_FLOPS if key in device_name), None)
+
+
+def rss_bytes(field: str) -> int:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process, from /proc (Linux).
+
+    Not ``ru_maxrss``: Linux carries it over from the parent across fork and exec, so a child
+    of a large process would report the parent's size as its own peak.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError(f"{field} missing from /proc/self/status")
+
+
 def warn_if_busy(threads: int) -> None:
     """Other processes on the cores inflate small-op latency (OpenMP threads wait for each other)."""
     if not hasattr(os, "getloadavg"):

@@ -54,7 +54,6 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -212,28 +211,16 @@ class Setup:
         return saved.total
 
 
-def rss_bytes(field: str) -> int:
-    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process, from /proc (Linux).
-
-    Not ``ru_maxrss``: Linux carries it over from the parent across fork and exec, so a child
-    of a large process would report the parent's size as its own peak.
-    """
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024  # kB
-    raise RuntimeError(f"{field} missing from /proc/self/status")
-
-
 def peak_child(args: argparse.Namespace, device: torch.device) -> None:
     """In a fresh process: build one variant alone, take 2 steps, print its peak memory as JSON."""
-    imported = rss_bytes("VmRSS")
+    imported = C.rss_bytes("VmRSS")
     setup = Setup(args, device, [args.peak_of], args.peak_batch)
     step = setup.step_fn(args.peak_of)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(2):
         step()
-    result = {"max_rss_bytes": rss_bytes("VmHWM"), "rss_after_import_bytes": imported}
+    result = {"max_rss_bytes": C.rss_bytes("VmHWM"), "rss_after_import_bytes": imported}
     if device.type == "cuda":
         result["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device)
     print(PEAK_TAG + json.dumps(result))

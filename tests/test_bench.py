@@ -257,6 +257,27 @@ def test_parallel_shares_merge_their_records_and_a_plain_run_writes_the_report(s
         select_share(plan_runs(load_config(BenchConfig, config)), None, [5])
 
 
+def test_report_keeps_the_scores_of_runs_whose_folders_are_gone(setup, tmp_path, monkeypatch, capsys):
+    """Records merged from another machine (no run folder here) still fill the table and the FID figure;
+    curves and t-SNE maps are drawn from the runs on disk, and the command names the runs left out."""
+    out = tmp_path / "bench"
+    bench = from_dict(BenchConfig, bench_dict(setup, out, steps=2, eval_at=[]))
+    run_convergence(bench)
+    baseline_dir = next(run.run_dir for run in plan_runs(bench) if run.variant == "baseline")
+    for name in ("results.md", "tsne_maps.png", "tsne_maps.json", "curves.png"):
+        (out / name).unlink()
+    shutil.rmtree(baseline_dir)
+    trained = TrainingCounter(bench_run.train)
+    monkeypatch.setattr(bench_run, "train", trained)
+    capsys.readouterr()
+    run_convergence(bench)
+    assert trained.calls == []  # scored records mean done: nothing retrained
+    assert "| baseline@2 |" in (out / "results.md").read_text()
+    assert list(json.loads((out / "tsne_maps.json").read_text())["maps"]) == ["mirai_i"]
+    assert (out / "curves.png").is_file()
+    assert "1 run folders are gone (baseline seed 0)" in capsys.readouterr().out
+
+
 FLOORS = {"num_images": 12, "reference_codes": "x",
           "tokenizer_floor": {"fid": 1.0, "precision": 0.9, "recall": 0.9, "inception_score": 3.0,
                               "class_accuracy": 0.95, "num_images": 12},

@@ -3,6 +3,7 @@ feature caching and the linear probe. CPU-only and offline (tiny random ViTs, no
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -165,9 +166,13 @@ def test_fashion_checkpoint_roundtrip(tmp_path):
         build_encoder(str(tmp_path / "enc"), grid_size=12)
 
 
-@pytest.mark.skipif(not (FASHION_ASSETS["fashion8"] / "config.json").is_file(), reason="asset not built")
-def test_committed_fashion_encoder():
-    enc = build_encoder("fashion8", grid_size=8)
+@pytest.mark.parametrize(("name", "uses_labels"), [("fashion8", True), ("fashion8_supervised", True),
+                                                  ("fashion8_ssl", False)])
+def test_committed_fashion_encoders(name, uses_labels):
+    meta = json.loads((FASHION_ASSETS[name] / "config.json").read_text())["meta"]
+    assert meta["uses_labels"] is uses_labels  # what the encoder saw is recorded, and the name says it
+    assert (meta["train_config"]["objective"] == "ssl") is not uses_labels
+    enc = build_encoder(name, grid_size=8)
     assert isinstance(enc, FrozenEncoder) and enc.grid_size == 8
     assert all(not p.requires_grad for p in enc.parameters()) and not enc.training
     out = enc(torch.rand(4, 3, 32, 32))
@@ -224,15 +229,15 @@ def _fashion_available() -> bool:
 
 
 @pytest.mark.skipif(not _fashion_available(), reason="Fashion-MNIST not installed")
-@pytest.mark.skipif(not (FASHION_ASSETS["fashion8"] / "config.json").is_file(), reason="asset not built")
-def test_committed_encoder_probe_on_real_images():
+@pytest.mark.parametrize("name", ["fashion8", "fashion8_ssl"])
+def test_committed_encoder_probe_on_real_images(name):
     from mirai.builders.encoder import load_fashion_images
 
     images, labels = load_fashion_images("test")
-    enc = build_encoder("fashion8", grid_size=8)
+    enc = build_encoder(name, grid_size=8)
     feats = pooled_features(enc, images[:800].expand(-1, 3, -1, -1))
     result = fit_linear_probe(feats[:500], labels[:500], feats[500:], labels[500:800])
-    # Chance is 0.1; the same network untrained scores 0.63 here, the committed one about 0.85.
+    # Chance is 0.1; the same network untrained scores 0.63 here, the committed ones about 0.85.
     assert result["test_accuracy"] > 0.78, result
     assert not math.isnan(result["train_accuracy"])
 

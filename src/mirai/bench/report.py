@@ -168,18 +168,25 @@ def plot_fid(bench: BenchConfig, results: dict[str, list[dict]], floors: dict, p
     return save_figure(fig, path)
 
 
-def write_report(bench: BenchConfig, runs: list[Run], results: dict[str, list[dict]], floors: dict) -> None:
+def write_report(bench: BenchConfig, runs: list[Run], results: dict[str, list[dict]], floors: dict) -> list[Run]:
     """Write ``OUT/results.md``, ``fid_vs_steps.png``, ``curves.png`` (each figure with a PDF beside it) and
     (once) ``tsne_maps.png``/``.pdf``/``.json`` for ``runs``, which must be every run of the bench: the
-    report compares all variants."""
+    report compares all variants.
+
+    The table and the FID figure need only the stored records. Training curves and t-SNE maps need the
+    run folders, so runs whose folder is gone (records merged from another machine or an older bench)
+    are left out of those two figures; the runs left out are returned, so the caller can say so."""
     out = Path(bench.out_dir)
+    kept = [run for run in runs if (run.run_dir / "metrics.jsonl").is_file()]
     maps = out / "tsne_maps.png"
-    if not (all(p.is_file() for p in figure_paths(maps)) and maps.with_suffix(".json").is_file()):
-        first_seed = first_seed_runs(bench, runs)
+    first_seed = [run for run in first_seed_runs(bench, kept) if run.final_checkpoint.exists()]
+    if first_seed and not (all(p.is_file() for p in figure_paths(maps)) and maps.with_suffix(".json").is_file()):
         layers = [bench.tsne_layer if bench.tsne_layer is not None else run.cfg.foresight.layer for run in first_seed]
         tsne_maps([run.final_checkpoint for run in first_seed], bench.reference_codes, maps, layers=layers,
                   image_indices=[TSNE_IMAGE], labels=[run.variant for run in first_seed],
                   device=resolve_device(bench.device))
     (out / "results.md").write_text(format_table(bench, results, floors))
     plot_fid(bench, results, floors, out / "fid_vs_steps.png")
-    plot_curves([run.run_dir for run in runs], out / "curves.png", groups=[run.variant for run in runs])
+    if kept:
+        plot_curves([run.run_dir for run in kept], out / "curves.png", groups=[run.variant for run in kept])
+    return [run for run in runs if run not in kept]

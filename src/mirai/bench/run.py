@@ -114,10 +114,13 @@ def run_convergence(bench: BenchConfig, variants: list[str] | None = None,
     share = train_and_score(bench, variants, seeds)
     for run in first_seed_runs(bench, share.runs):
         grid = out / f"grid_{run.variant}.png"
-        if not all(path.is_file() for path in figure_paths(grid)):
+        if not all(path.is_file() for path in figure_paths(grid)) and run.final_checkpoint.exists():
             share.scorer().grid(run.final_checkpoint, grid, f"{run.variant} (seed {run.seed}, EMA weights)",
                                 bench.steps)
     results = read_results(out)  # with the records other shares added meanwhile
     if variants is None and seeds is None:
-        write_report(bench, share.runs, results, share.floors)
+        gone = write_report(bench, share.runs, results, share.floors)
+        if gone:
+            print(f"{len(gone)} run folders are gone ({', '.join(f'{r.variant} seed {r.seed}' for r in gone)}): "
+                  "their stored scores are in the table and FID figure, not in curves.png or the t-SNE maps")
     return results

@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
         description="Fits multinomial logistic regression on mean-pooled features of the training "
         "split and reports accuracy on the test split.",
     )
-    p.add_argument("encoder", help="checkpoint directory, 'fashion8', a timm encoder name or a JSON spec")
+    p.add_argument("encoder", help="checkpoint directory, 'fashion8_ssl' or 'fashion8', a timm encoder name or a JSON spec")
     p.add_argument("--grid", type=int, default=8, help="token grid the encoder is built for")
     p.add_argument("--n-train", type=int, help="use only the first N training images")
     p.add_argument("--n-test", type=int, help="use only the first N test images")

@@ -16,9 +16,10 @@ under ``torch.no_grad`` (bf16 autocast on CUDA).
   ``"norm_layer": true``; ``"pretrained": false`` gives a randomly initialised encoder
   (tests, ablations); ``"model_args"`` are extra ``timm.create_model`` arguments (e.g. a
   smaller ``depth``/``embed_dim``);
-* a Mirai checkpoint directory holding a ``fashion_encoder`` network, or ``"fashion8"``
-  for the committed Fashion-MNIST encoder (8×8 native grid; other grids are obtained by
-  average-pooling or bilinear upsampling of its feature map).
+* a Mirai checkpoint directory holding a ``fashion_encoder`` network, or a committed
+  Fashion-MNIST encoder: ``"fashion8_ssl"`` (self-supervised only, never saw a label) or
+  ``"fashion8"`` = ``"fashion8_supervised"`` (its global term is trained on the labels); 8×8 native
+  grid, other grids by average-pooling or bilinear upsampling of the feature map.
 
 Position embeddings are fitted to the grid once, when the model is built: timm creates the
 ViT at ``patch*g`` pixels and resamples (bicubic) any pos-embed saved at another size, such
@@ -58,8 +59,11 @@ ALIASES: dict[str, str] = {
 }
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "fashion"
-# One committed network serves every grid: GridNetEncoder pools or upsamples its 8×8 map.
-FASHION_ASSETS = {"fashion8": ASSETS / "encoder8"}
+# One committed network per objective serves every grid: GridNetEncoder pools or upsamples its 8×8 map.
+# ``fashion8_ssl`` never saw a label (the DINOv2 analogue); ``fashion8`` (also ``fashion8_supervised``)
+# has a supervised global term. ``fashion8`` keeps its meaning so that stored configs reproduce.
+FASHION_ASSETS = {"fashion8": ASSETS / "encoder8", "fashion8_supervised": ASSETS / "encoder8",
+                  "fashion8_ssl": ASSETS / "encoder8_ssl"}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 

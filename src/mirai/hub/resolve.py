@@ -3,7 +3,7 @@
 ``spec`` may be
 
 * a local path (a Mirai checkpoint folder, a LlamaGen/PAR ``.pt``, ...): returned as it is;
-* a committed asset name, ``fashion/vq8``, ``fashion/vq16``, ``fashion/encoder8`` or
+* a committed asset name, ``fashion/vq8``, ``fashion/vq16``, ``fashion/encoder8``, ``fashion/encoder8_ssl`` or
   ``fashion/evaluator`` (the folders under ``mirai/assets``), so commands work from any
   directory, as ``--config fashion/baseline.yaml`` does;
 * ``hf://OWNER/REPO[@REVISION][/PATH]``: a file (``PATH`` ending in a weight suffix) fetched with
