@@ -1,12 +1,17 @@
-"""Issue 15's GPU measurements in one command: GPT-B training-step time, MFU and peak memory of the
+"""GPU measurements of Mirai in one command: GPT-B training-step time, MFU and peak memory of the
 baseline, Mirai-I and Mirai-E at batch 32 in bf16, KV-cache sampling tokens/s, FSDP2 against DDP.
 
-    python3 benchmarks/gpu_suite.py --out DIR            # CUDA; at most 7 minutes (--budget 420)
-    .venv/bin/python benchmarks/gpu_suite.py --out DIR --smoke   # the same parts on a CPU, tiny sizes
+    python3 benchmarks/gpu_suite.py --out DIR [--budget SECONDS] [--only PART,...]   # on CUDA
+    python3 benchmarks/gpu_suite.py --out DIR --smoke    # the same parts on a CPU, tiny sizes
+
+Run it in a Mirai checkout (the paths above are from its root) with a Python that has PyTorch,
+timm, safetensors, PyYAML, NumPy, tqdm and Pillow. Mirai need not be installed: the suite puts the
+checkout's ``src`` on the parts' PYTHONPATH. Nothing is downloaded (the image encoders are random).
 
 Each part runs an existing benchmark script in its own process (fresh GPU memory, and a part
 that fails or hangs cannot take the others down) under a wall-clock limit: the part's own cap and
-what is left of ``--budget`` seconds, whichever is smaller (the parts run in this order):
+what is left of ``--budget`` seconds (default 420, i.e. at most 7 minutes; 300 with --smoke),
+whichever is smaller. ``--only`` picks parts by name; they run in this order:
 
 * ``matmul``: the bf16 rate of a large square ``torch.mm`` (8192³ on CUDA; fp32 256³ with --smoke);
 * ``overhead_eager``: ``foresight_overhead.py --device cuda --batch 32``: GPT-B (16x16 tokens,
@@ -27,34 +32,30 @@ tokens + attention scores, ``mirai.analysis.flops``, as ``train_mfu.py``; heads,
 the Mirai-I encoder forward included for those variants). The peak is the datasheet figure when
 ``_common.bf16_peak_flops`` knows the GPU (H200/H100 SXM 989.4e12, A100 312e12), and MFU is
 reported against the measured ``matmul`` rate too (the only limit for an unknown GPU or a CPU).
-Targets (issue 15): baseline MFU >= 40% on an H200, Mirai-E peak memory <= 1.10 x the baseline.
+Targets: baseline MFU >= 40% on an H200, Mirai-E peak memory <= 1.10 x the baseline.
 
-Outputs in ``--out`` (three files, since the device tool returns at most 8): ``suite.json`` (each
-part's status, wall time, its whole JSON and, when it failed, the end of its log; the derived
-numbers), ``summary.md`` (tables) and ``suite.log`` (every part's output). The two results files are
-rewritten after every part, so a run cut short keeps what finished. Exit status 1 if a part failed.
+Three files in the folder ``--out`` (made if missing): ``suite.json`` (each part's status, wall
+time, its whole JSON and, when it failed, the end of its log; the derived numbers; one entry per
+invocation under "runs"), ``summary.md`` (tables) and ``suite.log`` (every part's output). Both
+results files are rewritten after every part, so a run cut short keeps what finished. Running
+again into the same folder merges: the parts run now replace their earlier records (a part skipped
+for lack of budget keeps its earlier result), the others stay, the derived numbers and summary are
+recomputed from all of them, and suite.log grows by a headed section. A --smoke record and a CUDA
+record do not mix: use another --out. Exit status: 0 when every part run now succeeded or was
+skipped, 2 for a bad argument, 1 otherwise.
 
 ``--smoke``: the same parts on a CPU (GPT-Micro/Nano on 8x8 tokens, a random ViT-S/14 at 112 px,
 batch 2, one round, gloo), except ``overhead_compiled`` and ``decode_large``; about a minute, for
 tests/test_gpu_suite.py.
-
-The lent device machine (the ``run`` tool, H200): found in /work/.library/device/README.md and
-KINDS.md. It receives the checkout (tracked and untracked files, 64 MiB at most) and nothing
-else, reaches no network, and its ``python3`` (3.12, at /opt/torch/.venv) already holds PyTorch
-(2.11, CUDA 13), timm, safetensors, PyYAML, tqdm, Pillow, NumPy, SciPy, scikit-learn and
-matplotlib; torch-fidelity is missing, but these parts never import it. The project's .venv is
-several GB (the carry limit is 64 MiB) and built for another torch, so it stays here; Mirai is not
-installed there either, so this script puts the checkout's ``src`` on the parts' PYTHONPATH. The
-command, from the repository root, with ``timeout_s`` 480:
-
-    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_suite.py --out $OUT
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shlex
 import signal
 import statistics
 import subprocess
@@ -229,15 +230,17 @@ def summary(suite: dict) -> str:
     """``summary.md``: the parts' status and the derived numbers as Markdown tables."""
     d, MiB = suite.get("derived", {}), 2**20
     limits = d.get("limits", {})
-    lines = [f"# GPU suite{' (smoke, CPU)' if suite['smoke'] else ''}, {suite['started']}", "",
-             f"`{suite['command']}`", "", "| part | status | wall s |", "|---|---|---|"]
+    lines = [f"# GPU suite{' (smoke, CPU)' if suite['smoke'] else ''}", ""]
+    lines += [f"{i}. {run.get('started')}: `{run.get('command')}`" for i, run in enumerate(suite["runs"], 1)]
+    lines += ["", "| part | status | wall s | run |", "|---|---|---|---|"]
     for name, r in suite["parts"].items():
         lines.append(f"| {name} | {r['status']}{': ' + r['reason'] if 'reason' in r else ''} | "
-                     f"{r.get('seconds', 0):.0f} |")
+                     f"{r.get('seconds', 0):.0f} | {r.get('run', '-')} |")
     gflops = [f"{limits[k] / 1e12:.1f} TFLOP/s" if limits.get(k) else "-"
               for k in ("bf16_datasheet_flops_per_s", "matmul_flops_per_s")]
+    dtype = (limits.get("matmul_dtype") or "").removeprefix("torch.")
     lines += ["", (f"Device: {limits.get('gpu') or 'CPU'}; peak: datasheet bf16 {gflops[0]}, measured "
-                   f"{limits.get('matmul_dtype') or ''} matmul {gflops[1]}.")]
+                   f"{dtype + ' ' if dtype else ''}matmul {gflops[1]}.")]
     for name in ("overhead_eager", "overhead_compiled"):
         if name not in d:
             continue
@@ -279,35 +282,126 @@ def write_atomic(path: Path, text: str) -> None:
     partial.replace(path)
 
 
-def main() -> int:
+def _budget(text: str) -> float:
+    """``--budget``: seconds, a finite number above 0 (argparse reports anything else against the flag)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number of seconds > 0 (e.g. 420)")
+    return value
+
+
+def _only(text: str) -> list[str]:
+    """``--only``: one or more part names, comma-separated."""
+    names = [p.name for p in PARTS]
+    chosen = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in names]
+    if not chosen or unknown:
+        what = f"unknown part {', '.join(unknown)}" if unknown else "no part named"
+        raise argparse.ArgumentTypeError(f"{text!r}: {what}; give a comma list of one or more of {', '.join(names)}")
+    return chosen
+
+
+def out_problem(out: Path) -> str | None:
+    """Why the folder ``out`` cannot hold the results (naming the fix), or None; creates nothing."""
+    if out.exists() and not out.is_dir():
+        return f"{out} is a file: give a folder (new or existing) for the results"
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        return f"{out} lies under the file {existing}: give a folder path outside it"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{out} cannot be written ({existing} is not writable): give a folder you can write to"
+    return None
+
+
+def previous_suite(path: Path, smoke: bool) -> dict | None:
+    """The record in ``path`` (DIR/suite.json) that this run merges into, or None when there is none.
+
+    Raises ValueError, naming the file and the fix, when it is not a readable gpu_suite record or holds
+    the other mode (a --smoke record and a CUDA record do not mix)."""
+    if not path.exists():
+        return None
+    fix = "give another --out, or delete the file to start afresh"
+    try:
+        suite = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} cannot be read as JSON ({error}): {fix}") from error
+    if not (isinstance(suite, dict) and suite.get("suite") == "gpu_suite" and isinstance(suite.get("smoke"), bool)
+            and isinstance(suite.get("parts"), dict) and isinstance(suite.get("runs", []), list)
+            and all(isinstance(r, dict) and "status" in r for r in suite["parts"].values())):
+        raise ValueError(f"{path} is not a gpu_suite record: {fix}")
+    if suite["smoke"] != smoke:
+        modes = ("a --smoke", "a CUDA") if suite["smoke"] else ("a CUDA", "a --smoke")
+        raise ValueError(f"{path} holds {modes[0]} record and this is {modes[1]} run, which do not mix: {fix}")
+    return suite
+
+
+ORDER = {p.name: i for i, p in enumerate(PARTS)}
+
+
+def merge(parts: dict, name: str, record: dict) -> dict:
+    """``parts`` with this run's ``record`` of part ``name``, in PARTS order; the same dict, unchanged, when
+    the part was skipped now and ``parts`` holds an earlier result of it (a rerun short of budget keeps it)."""
+    earlier = parts.get(name)
+    if record["status"] == "skipped" and earlier is not None and earlier["status"] != "skipped":
+        return parts
+    return dict(sorted({**parts, name: record}.items(), key=lambda item: ORDER.get(item[0], len(ORDER))))
+
+
+def _matmul_part(argv: list[str]) -> int:
+    """The ``matmul`` part's own process, started by ``run_part``."""
+    parser = argparse.ArgumentParser(prog="gpu_suite.py --matmul-json")
+    parser.add_argument("--matmul-json", type=Path, required=True)
+    parser.add_argument("--matmul-size", type=int, default=8192)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
+    args = parser.parse_args(argv)
+    measure_matmul(args.matmul_json, args.matmul_size, torch.device(args.device))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    script = sys.argv[0] if argv is None else __file__  # for the record of the command
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--matmul-json"]:
+        return _matmul_part(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, help="folder for suite.json, summary.md, suite.log (required)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="folder for suite.json, summary.md, suite.log (made if missing; a rerun merges)")
     parser.add_argument("--smoke", action="store_true", help="the same parts on a CPU with tiny sizes")
-    parser.add_argument("--budget", type=float, help="seconds for all parts (default 420; 300 with --smoke)")
-    parser.add_argument("--only", help=f"comma list from {', '.join(p.name for p in PARTS)}")
-    parser.add_argument("--matmul-json", type=Path, help=argparse.SUPPRESS)  # internal: the matmul part
-    parser.add_argument("--matmul-size", type=int, default=8192, help=argparse.SUPPRESS)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.matmul_json:
-        measure_matmul(args.matmul_json, args.matmul_size, torch.device(args.device))
-        return 0
-    if args.out is None:
-        parser.error("--out DIR is required")
+    parser.add_argument("--budget", type=_budget, metavar="SECONDS",
+                        help="wall-clock seconds for all parts, > 0 (default 420; 300 with --smoke)")
+    parser.add_argument("--only", type=_only, metavar="PART,...",
+                        help=f"run only these parts: a comma list from {', '.join(ORDER)}")
+    args = parser.parse_args(argv)
+    # Every argument is checked before the CUDA check, so that a mistake is reported as itself.
+    if problem := out_problem(args.out):
+        parser.error(f"--out: {problem}")
+    try:
+        previous = previous_suite(args.out / "suite.json", args.smoke)
+    except ValueError as error:
+        parser.error(f"--out: {error}")
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("no CUDA device is visible to PyTorch: run this on a GPU, or add --smoke for the CPU smoke run")
-    names = [p.name for p in PARTS]
-    only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else names
-    if not only or not set(only) <= set(names):
-        parser.error(f"--only: a comma list from {', '.join(names)}")
-    chosen = [p for p in PARTS if p.name in only]
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--out: cannot create {args.out} ({error.strerror}): give a folder you can write to")
+    chosen = [p for p in PARTS if p.name in (args.only or ORDER)]
     budget = args.budget or (300 if args.smoke else 420)
     deadline = time.perf_counter() + budget
-    args.out.mkdir(parents=True, exist_ok=True)
-    suite = {"suite": "gpu_suite", "smoke": args.smoke, "budget_s": budget,
-             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-             "command": " ".join([Path(sys.executable).name, *sys.argv]), "parts": {}}
-    with tempfile.TemporaryDirectory() as tmp, open(args.out / "suite.log", "w") as log:
+    # A record written before "runs" existed holds one run's fields at its top level.
+    runs = (previous.get("runs") or [{**{k: previous.get(k) for k in ("started", "command", "budget_s")},
+                                      "parts": list(previous["parts"])}]) if previous else []
+    command = shlex.join([Path(sys.executable).name, script, *argv])
+    run = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command, "budget_s": budget,
+           "parts": [p.name for p in chosen]}
+    suite = {"suite": "gpu_suite", "smoke": args.smoke, "runs": [*runs, run],
+             "parts": dict(previous["parts"]) if previous else {}}
+    now: dict[str, dict] = {}  # this run's records, for the exit status
+    with tempfile.TemporaryDirectory() as tmp, open(args.out / "suite.log", "a") as log:
+        log.write(f"\n##### run {len(suite['runs'])}, {run['started']}: {run['command']}\n")
         for part in chosen:
             left = deadline - time.perf_counter()
             if args.smoke and isinstance(part.smoke, str):
@@ -318,21 +412,26 @@ def main() -> int:
                 timeout = left if args.smoke else min(part.cap_s, left)
                 print(f"[{time.strftime('%H:%M:%S')}] {part.name}: running (limit {timeout:.0f} s)", flush=True)
                 record = run_part(part, args, Path(tmp), log, timeout)
+            record["run"] = len(suite["runs"])
+            now[part.name] = record
+            parts = merge(suite["parts"], part.name, record)
+            kept = "; its earlier record is kept" if parts is suite["parts"] else ""
+            suite["parts"] = parts
             print(f"[{time.strftime('%H:%M:%S')}] {part.name}: {record['status']}"
-                  + (f" in {record['seconds']:.0f} s" if "seconds" in record else f" ({record['reason']})"),
+                  + (f" in {record['seconds']:.0f} s" if "seconds" in record else f" ({record['reason']})") + kept,
                   flush=True)
-            suite["parts"][part.name] = record
             try:  # a part whose JSON lacks a field must not cost the others' results
                 suite["derived"] = derive(suite["parts"])
                 report = summary(suite)
                 suite.pop("derived_error", None)
             except (KeyError, TypeError, ValueError, ZeroDivisionError) as error:
                 report = None
+                suite.pop("derived", None)
                 suite["derived_error"] = f"{type(error).__name__}: {error} (after part {part.name})"
             write_atomic(args.out / "suite.json", json.dumps(suite, indent=2, default=str) + "\n")
             write_atomic(args.out / "summary.md", report or f"derived numbers failed: {suite['derived_error']}\n")
     print(report or suite.get("derived_error"))
-    failed = any(r["status"] in ("failed", "timeout") for r in suite["parts"].values()) or "derived_error" in suite
+    failed = any(r["status"] in ("failed", "timeout") for r in now.values()) or "derived_error" in suite
     return int(failed)
 
 

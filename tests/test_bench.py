@@ -18,12 +18,13 @@ from mirai.bench import scorer as bench_scorer
 from mirai.bench.config import BenchConfig, plan_runs, select_share
 from mirai.bench.report import format_table, paired_rows, summary_rows
 from mirai.bench.run import run_convergence
+from mirai.bench.store import read_results
 from mirai.cli.main import main
 from mirai.config import from_dict, load_config
 from mirai.data.codes import extract
 from mirai.data.folders import ImageFolder
 from mirai.data.views import ViewSpec
-from mirai.errors import ConfigError
+from mirai.errors import ConfigError, DataError
 from mirai.foresight.encoders import ASSETS
 from mirai.models import GPT, VQModel
 from mirai.training.state import checkpoint_step, has_step_checkpoints, latest_checkpoint
@@ -276,6 +277,45 @@ def test_report_keeps_the_scores_of_runs_whose_folders_are_gone(setup, tmp_path,
     assert list(json.loads((out / "tsne_maps.json").read_text())["maps"]) == ["mirai_i"]
     assert (out / "curves.png").is_file()
     assert "1 run folders are gone (baseline seed 0)" in capsys.readouterr().out
+    # A curves figure already there is not replaced by one lacking the gone runs.
+    (out / "curves.png").write_bytes(b"drawn while every run was on disk")
+    run_convergence(bench)
+    assert (out / "curves.png").read_bytes() == b"drawn while every run was on disk"
+
+
+def test_report_only_draws_the_chosen_variants_from_stored_scores(setup, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bench"
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump(bench_dict(setup, out, steps=2, eval_at=[])))
+    assert main(["bench", "convergence", "--config", str(config), "--report"]) != 0
+    assert "holds no scores yet (no reference.json): run the bench before" in capsys.readouterr().err
+    run_convergence(load_config(BenchConfig, config))
+    (out / "results.md").unlink()
+    # A variant added to the config later, never run: the report of the others needs no training.
+    grown = bench_dict(setup, out, steps=2, eval_at=[])
+    grown["variants"]["mirai_e"] = ["foresight.source=ema", "foresight.warmup=0"]
+    config.write_text(yaml.safe_dump(grown))
+    trained = TrainingCounter(bench_run.train)
+    monkeypatch.setattr(bench_run, "train", trained)
+    assert main(["bench", "convergence", "--config", str(config), "--report"]) != 0
+    assert "no scores for mirai_e seed 0: run the bench for them first" in capsys.readouterr().err
+    assert main(["bench", "convergence", "--config", str(config), "--report", "--variant", "baseline",
+                 "--variant", "mirai_i"]) == 0
+    table = (out / "results.md").read_text()
+    assert "| baseline@2 |" in table and "| mirai_i@2 |" in table and "mirai_e" not in table
+    assert trained.calls == []
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("[1, 2]", "holds a list, not variant -> records"),
+    ('{"baseline": 5}', "the records of 'baseline' are not a list of objects"),
+    ('{"baseline": [{"seed": 0, "step": 3}]}', "a record of 'baseline' lacks fid"),
+])
+def test_a_results_file_of_the_wrong_shape_is_refused_before_any_work(tmp_path, content, problem):
+    (tmp_path / "results.json").write_text(content)
+    with pytest.raises(DataError, match=problem + ".*restore it, or delete it to score every checkpoint again"):
+        read_results(tmp_path)
+    assert (tmp_path / "results.json").read_text() == content  # nothing saved is touched
 
 
 FLOORS = {"num_images": 12, "reference_codes": "x",

@@ -37,6 +37,8 @@ def warnings_for(stores, tmp_path, total=12, steps_per_epoch=3, images=24, has_v
     ({"ema.warmup": False, "ema.decay": 0.99}, {}, r"ema.decay=0.99 averages over ~100 steps"),
     ({}, {"has_tokenizer": False}, r"no sample grids"),
     ({"dropout": False}, {}, r"no classifier-free guidance"),
+    ({"foresight.source": "ema", "foresight.encoder": "fashion8_ssl"}, {},
+     r"foresight.encoder is set but read only by Mirai-I .*this run's source is 'ema'.*set foresight.source=encoder"),
 ])
 def test_each_config_smell_is_named_with_its_fix(stores, tmp_path, overrides, kwargs, expected):
     found = warnings_for(stores, tmp_path, **kwargs, **overrides)

@@ -249,3 +249,21 @@ def test_encoder_info_reports_a_checkpoints_own_grid(capsys):
     assert "grid 8×8" in capsys.readouterr().out
     assert main(["encoder", "info", "fashion/encoder8", "--grid", "16"]) == 0
     assert "grid 16×16" in capsys.readouterr().out
+
+
+def test_misspelt_and_unservable_encoders_are_refused_with_the_fix(capsys):
+    from mirai.cli.main import main
+
+    for typo, suggestion in (("fashion8-ssl", "fashion8_ssl"), ("FASHION8_SSL", "fashion8_ssl"),
+                             ("fashion/encoder8-ssl", "fashion/encoder8_ssl")):
+        with pytest.raises(ConfigError, match=rf"did you mean '{suggestion}'\?.*the committed ones are \["):
+            build_encoder(typo, grid_size=8)
+    with pytest.raises(ConfigError, match=r"12×12 by an integer factor: it serves token grids 1, 2, 4, 8, 16, "
+                                          r"32, \.\.\.; choose another foresight.encoder"):
+        build_encoder("fashion8_ssl", grid_size=12)
+    assert main(["flops", "--model", "GPT-Micro", "--grid", "8", "--vocab", "512", "--classes", "10",
+                 "--encoder", "fashion8-ssl"]) != 0
+    assert "unknown encoder 'fashion8-ssl'" in capsys.readouterr().err
+    for name in ("fashion8_ssl", "fashion/encoder8_ssl"):  # a short name reports its asset's own grid too
+        assert main(["encoder", "info", name]) == 0
+        assert "grid 8×8" in capsys.readouterr().out

@@ -112,3 +112,141 @@ def test_parts_beyond_the_budget_are_skipped_and_recorded(tmp_path):
     assert parts["overhead_eager"]["reason"].endswith("s left of the 1 s budget")
     assert parts["overhead_compiled"]["status"] == "skipped"
     assert "| overhead_eager | skipped" in (tmp_path / "summary.md").read_text()
+
+
+# In-process runs of the suite's command line: run_part is replaced by a fake that returns a
+# finished part at once, so that argument checks and merging are tested without the parts.
+MATMUL = {"benchmark": "matmul", "machine": {"device": "cpu"}, "dtype": "torch.float32", "flops_per_s": 2e10}
+DECODE = {"settings": {"batch": 2, "dtype": "fp32"}, "tokens_per_s": {"eager": 100.0, "compiled": 150.0},
+          "speedup_compiled_over_eager": 1.5, "compile_seconds": 3.0}
+
+
+@pytest.fixture
+def fake_parts(monkeypatch):
+    """Results the fake run_part returns, by part name (a test may change them between runs)."""
+    results = {"matmul": dict(MATMUL), "decode_small": dict(DECODE)}
+
+    def run_part(part, args, tmp, log, timeout):
+        log.write(f"output of {part.name}\n")
+        return {"status": "ok", "seconds": 1.0, "returncode": 0, "command": [part.script], "limit_s": timeout,
+                "result": dict(results[part.name])}
+
+    monkeypatch.setattr(gpu_suite, "run_part", run_part)
+    monkeypatch.setattr(gpu_suite.torch.cuda, "is_available", lambda: False)  # the same on a GPU machine
+    return results
+
+
+def _suite(out):
+    return json.loads((out / "suite.json").read_text())
+
+
+def test_a_rerun_into_the_same_folder_merges_with_the_earlier_parts(tmp_path, fake_parts):
+    assert gpu_suite.main(["--out", str(tmp_path), "--smoke", "--only", "matmul"]) == 0
+    assert gpu_suite.main(["--out", str(tmp_path), "--smoke", "--only", "decode_small"]) == 0
+    suite = _suite(tmp_path)
+    assert list(suite["parts"]) == ["matmul", "decode_small"]
+    assert [r["parts"] for r in suite["runs"]] == [["matmul"], ["decode_small"]]
+    assert suite["parts"]["matmul"]["run"] == 1 and suite["parts"]["decode_small"]["run"] == 2
+    # The derived numbers come from both runs' parts.
+    assert suite["derived"]["limits"]["matmul_flops_per_s"] == 2e10
+    assert suite["derived"]["sampling"]["batch_2"]["compiled_speedup"] == 1.5
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| matmul | ok | 1 | 1 |" in summary and "| decode_small | ok | 1 | 2 |" in summary
+    assert "## Sampling" in summary and "measured float32 matmul 0.0 TFLOP/s" in summary
+    log = (tmp_path / "suite.log").read_text()
+    assert log.index("##### run 1") < log.index("output of matmul") < log.index("##### run 2") < log.index(
+        "output of decode_small")
+    # A part run again replaces its earlier record; the others stay.
+    fake_parts["matmul"]["flops_per_s"] = 3e10
+    assert gpu_suite.main(["--out", str(tmp_path), "--smoke", "--only", "matmul"]) == 0
+    suite = _suite(tmp_path)
+    assert suite["parts"]["matmul"]["run"] == 3 and suite["parts"]["decode_small"]["run"] == 2
+    assert suite["derived"]["limits"]["matmul_flops_per_s"] == 3e10 and "sampling" in suite["derived"]
+    assert (tmp_path / "suite.log").read_text().count("output of matmul") == 2
+
+
+def test_a_part_skipped_in_a_rerun_keeps_its_earlier_result(tmp_path, fake_parts):
+    assert gpu_suite.main(["--out", str(tmp_path), "--smoke", "--only", "decode_small"]) == 0
+    # decode_small needs 30 s of budget: skipped now, so the earlier result stays.
+    assert gpu_suite.main(["--out", str(tmp_path), "--smoke", "--only", "decode_small", "--budget", "1"]) == 0
+    suite = _suite(tmp_path)
+    assert suite["parts"]["decode_small"]["status"] == "ok" and suite["parts"]["decode_small"]["run"] == 1
+    assert len(suite["runs"]) == 2
+    skipped = {"status": "skipped", "reason": "1 s left"}
+    assert gpu_suite.merge({"a": skipped}, "a", {"status": "ok"}) == {"a": {"status": "ok"}}
+    assert gpu_suite.merge({"a": {"status": "failed"}}, "a", skipped) == {"a": {"status": "failed"}}
+
+
+@pytest.mark.parametrize("content, complaint", [
+    ("{not json", "cannot be read as JSON"),
+    ('{"parts": {}}', "is not a gpu_suite record"),
+    ('{"suite": "gpu_suite", "smoke": false, "parts": {}, "runs": []}', "holds a CUDA record"),
+])
+def test_a_suite_json_that_cannot_be_merged_is_refused_untouched(tmp_path, fake_parts, capsys, content, complaint):
+    (tmp_path / "suite.json").write_text(content)
+    with pytest.raises(SystemExit) as exit_:
+        gpu_suite.main(["--out", str(tmp_path), "--smoke"])
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and complaint in error
+    assert str(tmp_path / "suite.json") in error and "give another --out, or delete the file" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["suite.json"]
+    assert (tmp_path / "suite.json").read_text() == content
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--budget", "-5"], "--budget"), (["--budget", "0"], "--budget"), (["--budget", "nan"], "--budget"),
+    (["--budget", "inf"], "--budget"), (["--budget", "soon"], "--budget"),
+    (["--only", ""], "--only"), (["--only", ","], "--only"), (["--only", "matmul,nope"], "--only"),
+])
+def test_bad_arguments_are_reported_against_their_flag_before_the_cuda_check(tmp_path, fake_parts, capsys,
+                                                                            argv, flag):
+    out = tmp_path / "new"
+    with pytest.raises(SystemExit) as exit_:
+        gpu_suite.main(["--out", str(out), *argv])  # no --smoke, and CUDA is reported missing
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument {flag}: " in error and "CUDA" not in error
+    assert ("> 0" if flag == "--budget" else "comma list of one or more of matmul, ") in error
+    assert not out.exists()
+
+
+def test_out_is_required_and_shown_so_in_the_usage(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        gpu_suite.main([])
+    assert exit_.value.code == 2 and "the following arguments are required: --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        gpu_suite.main(["--help"])
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    assert " --out DIR" in usage and "[--out" not in usage
+
+
+@pytest.mark.parametrize("where", ["file", "under_file", "uncreatable"])
+def test_an_out_that_cannot_hold_the_results_is_a_clear_error(tmp_path, fake_parts, capsys, where):
+    (tmp_path / "a_file").write_text("x")
+    out = {"file": tmp_path / "a_file", "under_file": tmp_path / "a_file" / "results",
+           "uncreatable": Path("/proc/mirai-gpu-suite-test/results")}[where]
+    if where == "uncreatable" and not Path("/proc/self").exists():
+        pytest.skip("needs Linux /proc, where no folder can be made")
+    with pytest.raises(SystemExit) as exit_:
+        gpu_suite.main(["--out", str(out), "--smoke"])
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument" not in error and "--out: " in error and str(out) in error
+    fix = {"file": "is a file: give a folder", "under_file": f"lies under the file {tmp_path / 'a_file'}",
+           "uncreatable": "give a folder you can write to"}[where]
+    assert fix in error and "Traceback" not in error
+
+
+def test_help_tells_a_user_what_is_needed_and_nothing_of_the_lab():
+    text = gpu_suite.__doc__
+    for needed in ("PyTorch", "timm", "safetensors", "PyYAML", "NumPy", "PYTHONPATH", "--out DIR", "--smoke",
+                   "suite.json", "summary.md", "suite.log", "merges"):
+        assert needed in text, needed
+    for internal in ("/work/", "KINDS", "run tool", "device tool", "carry", "MiB", "timeout_s", "lent"):
+        assert internal not in text, internal
+
+
+def test_summary_has_no_double_spaces_without_a_matmul_result():
+    suite = {"smoke": True, "runs": [{"started": "2026-01-01 00:00:00", "command": "python3 gpu_suite.py"}],
+             "parts": {"matmul": {"status": "failed", "seconds": 2.0, "run": 1}}}
+    suite["derived"] = gpu_suite.derive(suite["parts"])
+    text = gpu_suite.summary(suite)
+    assert "measured matmul -." in text and "  " not in text

@@ -324,3 +324,19 @@ def test_train_without_a_config_or_with_a_negative_seed_says_so(tmp_path, argv, 
     from helpers import assert_cli_refuses
 
     assert_cli_refuses(argv, tmp_path, match=message)
+
+
+def test_an_interruption_checkpoint_never_pushes_out_a_scheduled_one(stores, tmp_path):
+    """keep_last counts the save schedule first: a run stopped at step 3 and resumed keeps the checkpoints of
+    steps 2, 4 and 6 (what a bench scores), not the resume point of step 3 (the fault: step 2 was lost)."""
+    cfg = make_cfg(stores, tmp_path / "run", steps=6, save_every=2, keep_last=3)
+    first = Trainer(cfg)
+    for step in (1, 2, 3):
+        first.train_step()
+        if step >= 2:
+            first.save()  # step 2: the schedule's save, as fit() writes it; step 3: what an interruption writes
+    second = Trainer(cfg)
+    second.resume()
+    second.fit()
+    steps = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith("step_"))
+    assert steps == ["step_0000002", "step_0000004", "step_0000006"]

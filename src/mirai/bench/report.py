@@ -175,7 +175,8 @@ def write_report(bench: BenchConfig, runs: list[Run], results: dict[str, list[di
 
     The table and the FID figure need only the stored records. Training curves and t-SNE maps need the
     run folders, so runs whose folder is gone (records merged from another machine or an older bench)
-    are left out of those two figures; the runs left out are returned, so the caller can say so."""
+    are left out of those two figures, and a ``curves.png`` already drawn is then kept as it is; the runs
+    left out are returned, so the caller can say so."""
     out = Path(bench.out_dir)
     kept = [run for run in runs if (run.run_dir / "metrics.jsonl").is_file()]
     maps = out / "tsne_maps.png"
@@ -187,6 +188,9 @@ def write_report(bench: BenchConfig, runs: list[Run], results: dict[str, list[di
                   device=resolve_device(bench.device))
     (out / "results.md").write_text(format_table(bench, results, floors))
     plot_fid(bench, results, floors, out / "fid_vs_steps.png")
-    if kept:
-        plot_curves([run.run_dir for run in kept], out / "curves.png", groups=[run.variant for run in kept])
-    return [run for run in runs if run not in kept]
+    gone = [run for run in runs if run not in kept]
+    curves = out / "curves.png"
+    # A figure drawn while every run was on disk is not replaced by one that lacks some.
+    if kept and not (gone and curves.is_file()):
+        plot_curves([run.run_dir for run in kept], curves, groups=[run.variant for run in kept])
+    return gone

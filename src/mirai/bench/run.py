@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Callable
@@ -16,7 +16,7 @@ from mirai.bench.scorer import Scorer
 from mirai.bench.store import (
     check_same_scoring, check_same_training, read_results, save_bench_config, store_record, write_json,
 )
-from mirai.errors import CheckpointError, MiraiError
+from mirai.errors import CheckpointError, ConfigError, MiraiError
 from mirai.figures import figure_paths
 from mirai.training.metrics import read_metrics
 from mirai.training.trainer import TrainResult, train
@@ -119,8 +119,31 @@ def run_convergence(bench: BenchConfig, variants: list[str] | None = None,
                                 bench.steps)
     results = read_results(out)  # with the records other shares added meanwhile
     if variants is None and seeds is None:
-        gone = write_report(bench, share.runs, results, share.floors)
-        if gone:
-            print(f"{len(gone)} run folders are gone ({', '.join(f'{r.variant} seed {r.seed}' for r in gone)}): "
-                  "their stored scores are in the table and FID figure, not in curves.png or the t-SNE maps")
+        _say_gone(write_report(bench, share.runs, results, share.floors))
     return results
+
+
+def report_stored(bench: BenchConfig, variants: list[str] | None = None, seeds: list[int] | None = None) -> None:
+    """Write the report (``write_report``) from the records already in ``OUT``, for the chosen variants and
+    seeds only (None: all); trains and scores nothing. For comparing some variants of a bench whose other
+    variants were never run. ``ConfigError`` if a chosen run has no stored score, naming how to get one."""
+    out = Path(bench.out_dir)
+    results, floors = read_results(out), out / "reference.json"
+    if not floors.is_file():
+        raise ConfigError(f"{out} holds no scores yet (no reference.json): run the bench before asking for its report")
+    runs = select_share(plan_runs(bench), variants, seeds)
+    unscored = [f"{r.variant} seed {r.seed}" for r in runs
+                if not any(record["seed"] == r.seed for record in results.get(r.variant, []))]
+    if unscored:
+        raise ConfigError(f"{out}/results.json has no scores for {', '.join(unscored)}: run the bench for them "
+                          "first, or leave them out with --variant/--seed")
+    chosen = {r.variant for r in runs}
+    shown = replace(bench, variants={k: v for k, v in bench.variants.items() if k in chosen},
+                    seeds=[s for s in bench.seeds if s in {r.seed for r in runs}])
+    _say_gone(write_report(shown, runs, results, json.loads(floors.read_text())))
+
+
+def _say_gone(gone: list[Run]) -> None:
+    if gone:
+        print(f"{len(gone)} run folders are gone ({', '.join(f'{r.variant} seed {r.seed}' for r in gone)}): "
+              "their stored scores are in the table and FID figure, not in curves.png or the t-SNE maps")

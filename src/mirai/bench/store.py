@@ -12,6 +12,7 @@ from mirai.config import flatten, read_yaml, save_yaml, to_dict, write_text_atom
 from mirai.errors import ConfigError, DataError
 
 # Bench keys that change what a stored record means; a rerun must not mix records made differently.
+RECORD_KEYS = ("seed", "step", "fid")  # what every record has; the report reads them
 SCORING_KEYS = ("num_samples", "class_sampling", "sample_seed", "sample_batch_size", "sampling",
                 "reference_codes", "evaluator")
 
@@ -27,9 +28,20 @@ def read_results(out_dir: Path) -> dict[str, list[dict]]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
+        results = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise DataError(f"{path} is corrupt ({err}); delete it to score every checkpoint again") from None
+    fix = "it is not a bench's records; restore it, or delete it to score every checkpoint again"
+    if not isinstance(results, dict):
+        raise DataError(f"{path} holds a {type(results).__name__}, not variant -> records: {fix}")
+    for variant, records in results.items():
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise DataError(f"{path}: the records of {variant!r} are not a list of objects: {fix}")
+        for record in records:
+            missing = [k for k in RECORD_KEYS if k not in record]
+            if missing:
+                raise DataError(f"{path}: a record of {variant!r} lacks {', '.join(missing)}: {fix}")
+    return results
 
 
 def store_record(out_dir: Path, variant: str, record: dict) -> None:

@@ -14,6 +14,9 @@ To use several cores or GPUs, start one process per share of the work, then one 
     OMP_NUM_THREADS=1 mirai bench convergence --config B.yaml --variant baseline &
     OMP_NUM_THREADS=1 mirai bench convergence --config B.yaml --variant mirai_i &
     wait; mirai bench convergence --config B.yaml
+
+``--report`` writes the tables and figures from the stored scores alone, for the ``--variant``/``--seed``
+given: e.g. to compare the variants that ran while another one of the config never did.
 """
 
 from __future__ import annotations
@@ -41,14 +44,18 @@ def add_parser(subparsers) -> None:
                    "--variant/--seed when all shares have finished")
     p.add_argument("--seed", action="append", type=int, metavar="S",
                    help="train and score only this training seed (repeatable); see --variant")
-    p.add_argument("--dry-run", action="store_true",
-                   help="check the config and every variant's training config, print the plan, do nothing")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true",
+                      help="check the config and every variant's training config, print the plan, do nothing")
+    mode.add_argument("--report", action="store_true",
+                      help="only write the report (tables, figures) from the scores already stored, for the "
+                      "--variant/--seed given (default: all); trains and scores nothing")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from mirai.bench.config import BenchConfig, plan_runs, select_share
-    from mirai.bench.run import run_convergence
+    from mirai.bench.run import report_stored, run_convergence
     from mirai.config import load_config
 
     bench = load_config(BenchConfig, args.config, args.overrides)
@@ -59,13 +66,27 @@ def run(args: argparse.Namespace) -> int:
         model_width = max(len(r.cfg.model.name) for r in runs)
         for r in runs:
             print(f"  {r.variant:<{name_width}}  seed {r.seed}  {r.cfg.model.name:<{model_width}}  "
-                  f"foresight={r.cfg.foresight.source:<8} {r.run_dir}")
+                  f"foresight={_source(r.cfg.foresight):<22} {r.run_dir}")
+        return 0
+    if args.report:
+        report_stored(bench, variants=args.variant, seeds=args.seed)
+        print(f"wrote {bench.out_dir}/results.md and fid_vs_steps from the stored scores, and the t-SNE maps and "
+              "curves of the runs on disk (each .png and .pdf)")
         return 0
     run_convergence(bench, variants=args.variant, seeds=args.seed)
     if args.variant or args.seed:
         print(f"this share's records are in {bench.out_dir}/results.json; when every share has finished, run the "
               "command once more without --variant/--seed to write the report")
         return 0
-    print(f"wrote {bench.out_dir}/results.json, results.md and the figures fid_vs_steps, grid_*, tsne_maps and "
-          "curves (each .png and .pdf)")
+    print(f"wrote {bench.out_dir}/results.json, results.md and fid_vs_steps, and the sample grids, t-SNE maps and "
+          "curves of the runs on disk (each .png and .pdf)")
     return 0
+
+
+def _source(foresight) -> str:
+    """The plan's foresight column: the source, and for Mirai-I which encoder (variants differ by it)."""
+    if foresight.source == "encoder":
+        spec = foresight.encoder
+        name = spec.get("name") if isinstance(spec, dict) else spec
+        return f"encoder:{name or 'default'}"
+    return foresight.source

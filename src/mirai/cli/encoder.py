@@ -126,8 +126,11 @@ def run_info(args: argparse.Namespace) -> int:
 
         from mirai.hub.resolve import resolve
 
+        from mirai.foresight.encoders import FASHION_ASSETS
+
         try:
-            grid = json.loads((resolve(args.encoder) / "config.json").read_text())["args"]["grid"]
+            folder = FASHION_ASSETS.get(args.encoder) or resolve(args.encoder)  # short names: their asset's grid
+            grid = json.loads((folder / "config.json").read_text())["args"]["grid"]
         except (OSError, ValueError, KeyError, TypeError):
             grid = 16
     encoder = build_encoder(_spec(args.encoder), grid)

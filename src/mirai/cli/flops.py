@@ -101,7 +101,16 @@ def run(args: argparse.Namespace) -> int:
         if shape is None:
             measured = measure_encoder(spec, gpt.grid_size)
             if measured is None:
-                print(f"note: {spec!r} is neither a ViT name nor an encoder directory; its forward is not "
+                import timm
+
+                from mirai.foresight.encoders import ALIASES, FASHION_ASSETS
+
+                name = spec if isinstance(spec, str) else str(spec.get("name", ""))
+                if not timm.is_model(ALIASES.get(name, name)):
+                    raise ConfigError(f"unknown encoder {name!r}: not a timm model, an encoder folder or a committed "
+                                      f"encoder ({', '.join(sorted(FASHION_ASSETS))}); fix --encoder or "
+                                      "foresight.encoder")
+                print(f"note: {spec!r} is a timm model whose shape this command does not know; its forward is not "
                       "counted and the heads assume C=768")
             width, flops = measured or (None, None)
             rows.append((f"+ Mirai-I ({_heads(k)}, encoder not counted)",

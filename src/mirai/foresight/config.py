@@ -63,6 +63,15 @@ class ForesightConfig:
         """The encoder to build: as configured, else DINOv2-B/14, or DINOv2-L/14 from GPT-L's width up (Table 8)."""
         return self.encoder if self.encoder is not None else default_encoder(model_dim)
 
+    def ignored_settings(self) -> list[str]:
+        """Mirai-I settings given for another source, which ignores them (allowed, so that one file can switch
+        source by override; the training banner warns): one message per setting, naming what to change."""
+        if self.source == "encoder":
+            return []
+        given = [key for key in ("encoder", "cache_features") if getattr(self, key) not in (None, False)]
+        return [f"foresight.{key} is set but read only by Mirai-I (foresight.source=encoder); this run's source is "
+                f"{self.source!r}, so it is ignored: drop it, or set foresight.source=encoder" for key in given]
+
     def resolve_layer(self, n_layer: int) -> int:
         layer = self.layer if self.layer is not None else default_layer(n_layer)
         if not 1 <= layer <= n_layer:

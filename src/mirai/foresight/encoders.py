@@ -29,6 +29,7 @@ as DINOv2's 37×37 (518 px) table.
 from __future__ import annotations
 
 import abc
+import difflib
 from pathlib import Path
 from typing import Iterable
 
@@ -141,7 +142,12 @@ class TimmEncoder(FrozenEncoder):
             raise ConfigError(f"encoder {name!r}: give either pretrained=true (hub weights) or a weights file, "
                               "not both")
         if not timm.is_model(timm_name):
-            raise ConfigError(f"unknown encoder {name!r}: not a timm model; short names are {sorted(ALIASES)}")
+            known = [*FASHION_ASSETS, *{f"fashion/{p.name}" for p in FASHION_ASSETS.values()}, *ALIASES]
+            close = difflib.get_close_matches(name.lower().replace("-", "_"), known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"unknown encoder {name!r}: not a timm model, a checkpoint folder or a committed "
+                              f"encoder; {hint}the committed ones are {sorted(FASHION_ASSETS)}, the short names "
+                              f"{sorted(ALIASES)} (or any timm ViT name)")
         with torch.device("meta"):  # learn the architecture without allocating the weights
             skeleton = timm.create_model(timm_name, pretrained=False, **model_args)
         if not isinstance(skeleton, (VisionTransformer, Eva)):
@@ -213,8 +219,11 @@ class GridNetEncoder(FrozenEncoder):
     def __init__(self, net: FashionEncoderNet, grid_size: int, source: str = ""):
         native = net.args.grid
         if grid_size % native and native % grid_size:
+            served = sorted({native // k for k in range(1, native + 1) if native % k == 0} | {native * 2, native * 4})
             raise ConfigError(f"encoder {source or 'network'} has a {native}×{native} grid, which cannot be pooled "
-                              f"or upsampled to {grid_size}×{grid_size} by an integer factor")
+                              f"or upsampled to {grid_size}×{grid_size} by an integer factor: it serves token grids "
+                              f"{', '.join(map(str, served))}, ...; choose another foresight.encoder (a timm ViT "
+                              "serves any grid) or a tokenizer whose grid is one of these")
         super().__init__(grid_size, net.args.dim)
         self.net, self.source, self.input_size = net, source, INPUT_SIZE
         self.freeze()

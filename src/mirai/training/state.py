@@ -66,7 +66,7 @@ def save_training_checkpoint(
     optimizer: torch.optim.Optimizer, states: dict[str, SavedState], is_main: bool, objective: nn.Module | None = None,
 ) -> Path:
     """Collective: every rank calls it (RNG states are gathered); rank 0 writes ``path`` atomically
-    and prunes step checkpoints beyond ``cfg.keep_last``. With ``strategy: fsdp`` the training
+    and prunes step checkpoints beyond ``cfg.keep_last`` (see ``_prune``). With ``strategy: fsdp`` the training
     state is sharded (``objective``: the module the optimizer trains; see the module docstring)."""
     rng = _gather(_rng_state(next(model.parameters()).device))
     if cfg.distributed.strategy == "fsdp":
@@ -85,7 +85,7 @@ def save_training_checkpoint(
     name, args = model.checkpoint_config()
     write_checkpoint(path, Checkpoint(model.checkpoint_kind, name, args, model.state_dict(), ema.state_dict(), meta),
                      extra_files=extra)
-    _prune(path.parent, cfg.keep_last)
+    _prune(path.parent, cfg.keep_last, cfg.save_every)
     return path
 
 
@@ -94,8 +94,17 @@ def _step_dirs(folder: Path) -> list[Path]:
     return sorted(dirs, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
 
 
-def _prune(folder: Path, keep: int) -> None:
-    for old in _step_dirs(folder)[:-keep]:
+def _prune(folder: Path, keep: int, save_every: int) -> None:
+    """Keep the newest ``keep`` step checkpoints, but drop those off the save schedule (not a multiple of
+    ``save_every``: written on an interruption, or at the end of a run later extended) before any on it.
+    An interruption's checkpoint was only a resume point; a scheduled one may be scored later (the bench
+    asks for exactly its scoring steps), so the resume point must never push it out."""
+    *older, _newest = _step_dirs(folder) or [None]
+    excess = len(older) + 1 - keep
+    if excess <= 0:
+        return
+    off = [p for p in older if not save_every or checkpoint_step(p) % save_every]
+    for old in (off + [p for p in older if p not in off])[:excess]:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -191,7 +200,7 @@ def _save_sharded(path: Path, *, cfg: TrainConfig, step: int, best_val: float, v
         write_checkpoint(path, Checkpoint(model.checkpoint_kind, name, args, model_state, ema_state, meta),
                          extra_files=extra)
         shutil.rmtree(stage, ignore_errors=True)
-        _prune(path.parent, cfg.keep_last)
+        _prune(path.parent, cfg.keep_last, cfg.save_every)
     _barrier()  # no rank reads or overwrites the checkpoint before it is published
     return path
 
