@@ -191,10 +191,11 @@ def measure_encoder(spec: str | dict, grid_size: int) -> tuple[int, float] | Non
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from mirai.foresight.config import encoder_name
     from mirai.foresight.encoders import FASHION_ASSETS, build_encoder
     from mirai.models.fashion_encoder import INPUT_SIZE
 
-    name = spec if isinstance(spec, str) else str(spec.get("name", ""))
+    name = encoder_name(spec)
     if name not in FASHION_ASSETS and not Path(name).expanduser().is_dir():
         return None
     encoder = build_encoder(spec, grid_size, device="cpu").eval()

@@ -85,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _source(foresight) -> str:
     """The plan's foresight column: the source, and for Mirai-I which encoder (variants differ by it)."""
+    from mirai.foresight.config import encoder_name
+
     if foresight.source == "encoder":
-        spec = foresight.encoder
-        name = spec.get("name") if isinstance(spec, dict) else spec
-        return f"encoder:{name or 'default'}"
+        return f"encoder:{encoder_name(foresight.encoder) or 'default'}"
     return foresight.source

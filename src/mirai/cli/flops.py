@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from mirai.analysis.flops import Convention, measure_encoder, training_flops, vit_shape
     from mirai.config import from_dict, read_yaml
     from mirai.errors import ConfigError
-    from mirai.foresight.config import ForesightConfig
+    from mirai.foresight.config import ForesightConfig, encoder_name
     from mirai.models import gpt_args
 
     data = read_yaml(args.config) if args.config else {}
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             rows.append((f"+ Mirai-E ({_heads(k)} {what})", training_flops(gpt, cfg, conv=conv)))
             continue
         spec = args.encoder or cfg.encoder_spec(gpt.dim)
-        shape = vit_shape(spec if isinstance(spec, str) else str(spec.get("name", "")))
+        shape = vit_shape(encoder_name(spec))
         if shape is None:
             measured = measure_encoder(spec, gpt.grid_size)
             if measured is None:
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
                 from mirai.foresight.encoders import ALIASES, FASHION_ASSETS
 
-                name = spec if isinstance(spec, str) else str(spec.get("name", ""))
+                name = encoder_name(spec)
                 if not timm.is_model(ALIASES.get(name, name)):
                     raise ConfigError(f"unknown encoder {name!r}: not a timm model, an encoder folder or a committed "
                                       f"encoder ({', '.join(sorted(FASHION_ASSETS))}); fix --encoder or "

@@ -16,6 +16,13 @@ from mirai.foresight.pairs import head_shifts
 from mirai.foresight.schedules import LambdaSchedule
 
 
+def encoder_name(spec: str | dict | None) -> str:
+    """The name in a ``build_encoder`` spec (a name, a folder, or ``{"name": ...}``); "" for None."""
+    if isinstance(spec, dict):
+        return str(spec.get("name", ""))
+    return "" if spec is None else str(spec)
+
+
 @dataclass
 class ForesightConfig:
     """Foresight alignment settings; ``source: none`` trains with next-token prediction only."""

@@ -99,10 +99,11 @@ def _prune(folder: Path, keep: int, save_every: int) -> None:
     ``save_every``: written on an interruption, or at the end of a run later extended) before any on it.
     An interruption's checkpoint was only a resume point; a scheduled one may be scored later (the bench
     asks for exactly its scoring steps), so the resume point must never push it out."""
-    *older, _newest = _step_dirs(folder) or [None]
-    excess = len(older) + 1 - keep
+    dirs = _step_dirs(folder)
+    excess = len(dirs) - keep
     if excess <= 0:
         return
+    older = dirs[:-1]  # the newest is always kept: it is where a resume starts
     off = [p for p in older if not save_every or checkpoint_step(p) % save_every]
     for old in (off + [p for p in older if p not in off])[:excess]:
         shutil.rmtree(old, ignore_errors=True)
