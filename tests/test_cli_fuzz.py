@@ -1,5 +1,5 @@
 """Bad values for every option of `mirai train`, `convert llamagen`, `flops`, `bench convergence`,
-`analyze curves|tsne|classmap`, `tokenizer train|eval`, `encoder train-fashion|probe|info` and `demo`:
+`analyze curves|tsne|classmap|foresight`, `tokenizer train|eval`, `encoder train-fashion|probe|info` and `demo`:
 zero, negative, NaN, infinity, the wrong type, a missing file, a file of the wrong kind (a folder
 for a file and back, text for a checkpoint or YAML, a VQ for a GPT, a pickle holding code).
 
@@ -44,6 +44,7 @@ CURVES = ["analyze", "curves", f"{W}/run", "--out", f"{OUT}/curves.png"]
 TSNE = ["analyze", "tsne", "--gpt", f"{W}/gpt", "--codes", f"{W}/codes_val", "--out", f"{OUT}/t.png"]
 CLASSMAP = ["analyze", "classmap", f"{W}/gpt", "--codes", f"{W}/codes_train", "--layer", "1", "--k", "3",
             "--out", f"{OUT}/c.png"]
+PROBE = ["analyze", "foresight", "--gpt", f"{W}/gpt", "--codes", f"{W}/codes_val", "--out", f"{OUT}/p.json"]
 TOK_TRAIN = ["tokenizer", "train", "--no-progress", "--config", f"{W}/vq.yaml", f"out_dir={OUT}"]
 TOK_EVAL = ["tokenizer", "eval", "--tokenizer", f"{W}/vq"]
 ENC_TRAIN = ["encoder", "train-fashion", "--out", f"{OUT}/enc", "--no-probe"]
@@ -183,6 +184,15 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
         (["analyze", "classmap", "--gpt", MISSING, *CLASSMAP[3:]], "missing"),  # the canonical flag
         (["analyze", "classmap", *CLASSMAP[3:]], "give the GPT checkpoint once: --gpt"),
         (["analyze", "tsne", *TSNE[4:]], "no GPT checkpoint given: pass --gpt"),
+        *table(PROBE, {"--gpt": [(MISSING, "has no train_config.yaml"), (f"{W}/gpt", "has no train_config.yaml"),
+                                 (f"{W}/notes.txt", "has no train_config.yaml")],
+                       "--codes": [(MISSING, "missing"), (f"{W}/notes.txt", "notes.txt"), (f"{W}/vq", "vq")],
+                       "--num-images": [("0", "num_images"), ("-1", "num_images"), ("x", "invalid int")],
+                       "--batch-size": [("0", "batch_size"), ("nan", "invalid int")],
+                       "--max-rows": [("0", "max_rows"), ("-5", "max_rows")],
+                       "--device": [("tpu", "device")],
+                       "--out": [(f"{OUT}/p.xyz", "file type"), (f"{W}/empty", "is a directory"),
+                                 (f"{W}/codes_val", "is a directory")]}),
     ],
     "tokenizer": [
         (with_option(TOK_TRAIN, "--config", MISSING), "does not exist"),
@@ -357,6 +367,6 @@ def test_every_subcommand_is_fuzzed():
     """Each listed command has a table, and each (sub)action of it has cases."""
     words = {" ".join(argv[:2]) for _, argv, _ in ALL}
     for action in ("train --config", "convert llamagen", "flops --model", "bench convergence", "analyze curves",
-                   "analyze tsne", "analyze classmap", "tokenizer train", "tokenizer eval", "encoder train-fashion",
+                   "analyze tsne", "analyze classmap", "analyze foresight", "tokenizer train", "tokenizer eval", "encoder train-fashion",
                    "encoder probe", "encoder info", "demo --out"):
         assert action in words, action

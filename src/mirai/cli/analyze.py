@@ -8,6 +8,8 @@ Examples::
         --codes runs/codes/fashion-vq8-test --layer 2 --image-index 0 7 --out maps.png
     mirai analyze classmap --gpt runs/fashion/mirai_i/checkpoints/best --codes runs/codes/fashion-vq8-test \\
         --layer 3 --encoder fashion8 --out classmap.png
+    mirai analyze foresight --gpt runs/fashion/mirai_e/checkpoints/step_0001000 \\
+        --codes runs/codes/fashion-vq8-test --out probe.json
 """
 
 from __future__ import annotations
@@ -84,6 +86,25 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.set_defaults(func=classmap)
 
+    p = actions.add_parser(
+        "foresight", help="what a foresight run's targets add to next-token prediction: probes and gradients",
+        description="For a Mirai-I or Mirai-E training checkpoint: linear probes of the next token from the "
+        "student's aligned state, from each head's target and from both; the ridge R^2 of each target from the "
+        "state with and without the next token; and, per batch, the weighted foresight gradient's norm over "
+        "the NTP gradient's and their cosine on the GPT weights both reach. Writes OUT (JSON).",
+    )
+    p.add_argument("--gpt", required=True,
+                   help="training checkpoint of a foresight run (RUN/checkpoints/step_NNNNNNN or .../best)")
+    p.add_argument("--codes", required=True, help="code store of held-out images (e.g. the test split)")
+    p.add_argument("--out", required=True, help="report file (.json)")
+    p.add_argument("--num-images", type=int, default=400, help="images probed, view 0 each (default 400)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per gradient batch (default 64, the "
+                   "Fashion-MNIST training batch)")
+    p.add_argument("--max-rows", type=int, default=20000, help="rows per probe, a random subset (default 20000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.set_defaults(func=foresight)
+
 
 def curves(args: argparse.Namespace) -> int:
     from mirai.analysis.curves import plot_curves
@@ -132,4 +153,23 @@ def classmap(args: argparse.Namespace) -> int:
     for title, s in report["maps"].items():
         print(f"{title}: {s['k']}-NN class accuracy {s['knn_features']:.4f} (features), {s['knn_map']:.4f} (t-SNE map)")
     print(f"wrote {', '.join(map(str, figure_paths(args.out)))} and {Path(args.out).with_suffix('.json')}")
+    return 0
+
+
+def foresight(args: argparse.Namespace) -> int:
+    from mirai.analysis.foresight_probe import foresight_probe
+
+    r = foresight_probe(args.gpt, args.codes, args.out, num_images=args.num_images, batch_size=args.batch_size,
+                        max_rows=args.max_rows, seed=args.seed, device=args.device)
+    g = r["gradient"]
+    print(f"{r['source']} targets, block {r['layer']}, step {r['step']}, {r['images']} images")
+    print(f"gradient: ||lambda g_F|| / ||g_NTP|| = {g['norm_ratio_mean']:.3f} +- {g['norm_ratio_std']:.3f}, "
+          f"cosine {g['cosine_mean']:.3f} +- {g['cosine_std']:.3f} ({g['batches']} batches)")
+    print("head            next-token acc: model  state  target  both   R2(target|state)  +next token  share")
+    for h in r["heads"]:
+        print(f"{h['head']:<16}{h['model_next_token_acc']:>21.3f}{h['probe_next_token_from_student']:>7.3f}"
+              f"{h['probe_next_token_from_target']:>8.3f}{h['probe_next_token_from_both']:>7.3f}"
+              f"{h['r2_target_from_student']:>19.3f}{h['r2_target_from_student_and_next_token']:>13.3f}"
+              f"{h['novel_next_token_share']:>7.3f}")
+    print(f"wrote {args.out}")
     return 0

@@ -1,0 +1,109 @@
+"""``mirai analyze foresight``: the probes, the gradient comparison and the checkpoint it reads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import MIRAI_E, assert_cli_refuses, encoder_overrides, make_cfg
+
+from mirai import checkpoint
+from mirai.analysis.foresight_probe import (
+    explained_variance,
+    foresight_probe,
+    gradient_alignment,
+    load_foresight_run,
+    probe_accuracy,
+)
+from mirai.cli.main import main
+from mirai.data.codes import CodeStore
+from mirai.errors import ConfigError
+from mirai.models import GPT
+from mirai.training.trainer import Objective, ntp_loss, train
+
+
+def test_probe_accuracy_finds_a_linear_code_and_not_noise():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 800)
+    fit = np.arange(800) < 400
+    coded = np.eye(4)[labels] + 0.1 * rng.normal(size=(800, 4))
+    assert probe_accuracy(coded, labels, fit) > 0.95
+    assert probe_accuracy(rng.normal(size=(800, 4)), labels, fit) < 0.4  # chance is 0.25
+
+
+def test_explained_variance_of_a_linear_map_and_of_independent_noise():
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=(600, 8))
+    fit = np.arange(600) < 300
+    assert explained_variance(inputs @ rng.normal(size=(8, 5)), inputs, fit) > 0.99
+    assert explained_variance(rng.normal(size=(600, 5)), inputs, fit) < 0.05
+    # A target that is the inputs' map plus a per-class offset: the classes explain the rest.
+    classes = rng.integers(0, 20, 600)
+    target = inputs @ rng.normal(size=(8, 5)) + 3 * rng.normal(size=(20, 5))[classes]
+    alone, both = explained_variance(target, inputs, fit), explained_variance(target, inputs, fit, classes, 20)
+    assert alone < 0.5 and both > 0.99
+
+
+def test_gradient_alignment_ratio_and_cosine():
+    g = [torch.tensor([1.0, 2.0]), None, torch.tensor([[3.0]])]
+    ratio, cosine = gradient_alignment(g, [2 * g[0], torch.ones(1), 2 * g[2]])  # the 2nd has no NTP gradient
+    assert ratio == pytest.approx(2.0) and cosine == pytest.approx(1.0)
+    assert gradient_alignment(g, [-x if x is not None else None for x in g])[1] == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="share no parameter"):
+        gradient_alignment([None], [torch.ones(1)])
+
+
+@pytest.fixture(scope="module", params=["ema", "encoder"])
+def foresight_run(request, stores, tmp_path_factory):
+    overrides = dict(MIRAI_E) if request.param == "ema" else encoder_overrides(stores)
+    result = train(make_cfg(stores, tmp_path_factory.mktemp("probe") / "run", steps=8, **overrides))
+    return request.param, result.checkpoint
+
+
+def test_the_report_covers_every_head_and_the_trainers_own_gradient(foresight_run, stores, tmp_path, capsys):
+    source, ckpt = foresight_run
+    out = tmp_path / "probe.json"
+    assert main(["analyze", "foresight", "--gpt", str(ckpt), "--codes", str(stores / "codes_val"),
+                 "--out", str(out), "--batch-size", "6"]) == 0
+    report = json.loads(out.read_text())
+    assert "wrote" in capsys.readouterr().out
+    assert report["source"] == source and report["step"] == 8 and report["images"] == 6
+    names = [h["head"] for h in report["heads"]]
+    assert names == (["offset (0, 0)", "offset (0, 1)", "offset (1, 0)"] if source == "ema" else ["offset (0, 0)"])
+    for head in report["heads"]:
+        for key in ("model_next_token_acc", "probe_next_token_from_student", "probe_next_token_from_target"):
+            assert 0.0 <= head[key] <= 1.0
+        assert head["r2_target_from_student"] <= 1.0
+    # One batch of all 6 images: the same ratio as the trainer's own objective gives at that step.
+    _, model, loss, progress = load_foresight_run(ckpt)
+    assert report["heads"][0]["lambda"] == pytest.approx(loss.schedules[0](progress))
+    store = CodeStore.open(stores / "codes_val")
+    index = np.arange(6)
+    batch = {"tokens": torch.from_numpy(store.codes[index, 0].astype(np.int64).reshape(6, -1)),
+             "labels": torch.as_tensor(store.labels[index], dtype=torch.int64),
+             "image_index": torch.as_tensor(index), "view_index": torch.zeros(6, dtype=torch.int64),
+             "images": store.source_images(index, np.zeros_like(index))}
+    params = list(model.parameters())
+    total = Objective(model, loss)(batch, progress)[0]
+    g_total = torch.autograd.grad(total, params, allow_unused=True)
+    logits = model(batch["tokens"][:, :-1], batch["labels"])
+    g_ntp = torch.autograd.grad(ntp_loss(logits, batch["tokens"]), params, allow_unused=True)
+    reached = [(a, t - a) for a, t in zip(g_ntp, g_total) if (t - a).abs().sum() > 0]
+    ratio = (torch.cat([f.flatten() for _, f in reached]).norm()
+             / torch.cat([a.flatten() for a, _ in reached]).norm())
+    assert report["gradient"]["batches"] == 1
+    assert report["gradient"]["norm_ratio_mean"] == pytest.approx(float(ratio), rel=1e-4)
+
+
+def test_runs_without_a_foresight_loss_or_a_training_state_are_refused(stores, tmp_path):
+    base = train(make_cfg(stores, tmp_path / "base", steps=2)).checkpoint
+    codes = str(stores / "codes_val")
+    assert_cli_refuses(["analyze", "foresight", "--gpt", str(base), "--codes", codes, "--out",
+                        str(tmp_path / "o.json")], tmp_path, match="needs a Mirai-I or Mirai-E run")
+    weights_only = checkpoint.save(tmp_path / "weights", checkpoint.load(base, GPT))
+    assert_cli_refuses(["analyze", "foresight", "--gpt", str(weights_only), "--codes", codes, "--out",
+                        str(tmp_path / "o.json")], tmp_path, match="has no train_config.yaml")
+    with pytest.raises(ConfigError, match="unknown file type"):
+        foresight_probe(base, codes, tmp_path / "probe.png")
