@@ -10,7 +10,8 @@ foresight run, whatever the source (the EMA teacher of Mirai-E or the encoder of
    token. ``novel_next_token_share`` = (R^2(h, x) - R^2(h)) / (1 - R^2(h)): the share of what
    ``h`` lacks of the target that the next token alone supplies. Near 1, aligning to ``f``
    mostly asks for the next token, which the NTP loss already supervises exactly; near 0, the
-   target carries something else (e.g. whole-image structure).
+   target carries something else (e.g. whole-image structure); slightly below 0 when the next
+   token adds nothing and the extra columns only add held-out noise.
 2. **Gradients** (per batch, on the GPT parameters both losses reach): the norm of the weighted
    foresight gradient over the NTP gradient's, and their cosine. A small ratio or a cosine near
    1 means the foresight term barely changes the update NTP makes anyway.
@@ -151,6 +152,9 @@ def foresight_probe(checkpoint_path: str | Path, codes: str | Path, out: str | P
     """
     for value, name in ((num_images, "num_images"), (batch_size, "batch_size"), (max_rows, "max_rows")):
         positive_int(value, name)
+    if num_images < 2:
+        raise ConfigError(f"num_images must be at least 2, got {num_images}: the probes fit on half the images "
+                          "and score the other half")
     ckpt = Path(checkpoint_path)
     if out is not None:
         check_output_file(out, "out", inputs=[codes], suffixes=[".json"])

@@ -101,7 +101,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per gradient batch (default 64, the "
                    "Fashion-MNIST training batch)")
     p.add_argument("--max-rows", type=int, default=20000, help="rows per probe, a random subset (default 20000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the row subset and the probes (default 0)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.set_defaults(func=foresight)
 
