@@ -41,6 +41,7 @@ from mirai.foresight.loss import ForesightLoss
 from mirai.foresight.pairs import nearest_future_offsets
 from mirai.models.gpt import GPT
 from mirai.training.config import TrainConfig
+from mirai.training.data import to_device
 from mirai.training.state import CONFIG_FILE, STATE_FILE
 from mirai.training.trainer import ntp_loss
 
@@ -122,8 +123,8 @@ def view0_batch(store: CodeStore, index: np.ndarray, fields: frozenset[str], dev
              "labels": torch.as_tensor(store.labels[index], dtype=torch.int64),
              "image_index": torch.as_tensor(index), "view_index": torch.zeros(len(index), dtype=torch.int64)}
     if "images" in fields:
-        batch["images"] = store.source_images(index, np.zeros_like(index))
-    return {key: value if key.endswith("_index") else value.to(device) for key, value in batch.items()}
+        batch["images"] = torch.from_numpy(store.source_pixels(index, np.zeros_like(index)))  # to_device: [0, 1]
+    return to_device(batch, device)
 
 
 def head_probes(h: np.ndarray, f: np.ndarray, y: np.ndarray, fit: np.ndarray, vocab_size: int,
