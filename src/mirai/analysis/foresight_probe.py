@@ -41,8 +41,8 @@ from mirai.foresight.loss import ForesightLoss
 from mirai.foresight.pairs import nearest_future_offsets
 from mirai.models.gpt import GPT
 from mirai.training.config import TrainConfig
-from mirai.training.data import to_device
-from mirai.training.state import CONFIG_FILE, STATE_FILE
+from mirai.training.data import host_batch, to_device
+from mirai.training.state import CONFIG_FILE, STATE_FILE, load_saved_states
 from mirai.training.trainer import ntp_loss
 
 
@@ -99,8 +99,7 @@ def load_foresight_run(ckpt: Path, device: str = "cpu") -> tuple[TrainConfig, GP
     model = checkpoint.load(ckpt, GPT).to(device).eval()
     ema = checkpoint.load(ckpt, GPT, use_ema=True).to(device).eval()
     loss = build_auxiliary_loss(cfg.foresight, model, ema)
-    for name, state in loss.saved_states().items():
-        checkpoint.load_state_dict_checked(state.module, checkpoint.read_weights(ckpt / f"{name}.safetensors", name))
+    load_saved_states(ckpt, loss.saved_states())  # the heads, and a teacher with its own decay
     step = int(checkpoint.read_torch_file(ckpt / STATE_FILE)["step"])
     batches_per_epoch = max(1, len(CodeStore.open(cfg.data.codes)) // cfg.optim.batch_size)
     total = cfg.steps or math.ceil(cfg.epochs * batches_per_epoch)  # as the trainer counts them
@@ -115,16 +114,6 @@ def head_names(cfg: TrainConfig, heads: int) -> list[str]:
         offsets = f.offsets if f.offsets is not None else nearest_future_offsets(heads)
         return [f"offset ({dr}, {dc})" for dr, dc in offsets]
     return [f"{f.layout} head {k}" for k in range(heads)]
-
-
-def view0_batch(store: CodeStore, index: np.ndarray, fields: frozenset[str], device: str) -> dict:
-    """A training-style batch of view 0 of the store's images ``index``, with the pixels if ``fields`` asks."""
-    batch = {"tokens": torch.from_numpy(np.asarray(store.codes[index, 0], dtype=np.int64).reshape(len(index), -1)),
-             "labels": torch.as_tensor(store.labels[index], dtype=torch.int64),
-             "image_index": torch.as_tensor(index), "view_index": torch.zeros(len(index), dtype=torch.int64)}
-    if "images" in fields:
-        batch["images"] = torch.from_numpy(store.source_pixels(index, np.zeros_like(index)))  # to_device: [0, 1]
-    return to_device(batch, device)
 
 
 def head_probes(h: np.ndarray, f: np.ndarray, y: np.ndarray, fit: np.ndarray, vocab_size: int,
@@ -174,7 +163,7 @@ def foresight_probe(checkpoint_path: str | Path, codes: str | Path, out: str | P
     ratios, cosines = [], []
     for start in tqdm(range(0, count, batch_size), desc="foresight probe", unit="batch", disable=None):
         index = np.arange(start, min(count, start + batch_size))
-        batch = view0_batch(store, index, loss.batch_fields, device)
+        batch = to_device(host_batch(store, index, np.zeros_like(index), loss.batch_fields), device)  # view 0
         sequence = model.to_sequence(batch["tokens"])
         logits, hidden = model.forward_with_hidden(sequence[:, :-1], batch["labels"], loss.hidden_layers)
         terms, _ = loss(batch, hidden, lambdas)

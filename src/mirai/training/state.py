@@ -125,6 +125,18 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
     return dirs[-1]
 
 
+def load_saved_states(path: Path, states: dict[str, SavedState]) -> None:
+    """Load each ``NAME.safetensors`` of checkpoint ``path`` into ``states[NAME].module``, checked against
+    the checkpoint's file hashes; ``CheckpointError`` when one is missing, altered or does not fit."""
+    for name, state in states.items():
+        file = path / f"{name}.safetensors"
+        if not file.is_file():
+            raise CheckpointError(f"{path} has no {file.name}, but this config keeps one ({state.made_by}): "
+                                  "use the config that made the checkpoint")
+        verify_file(path, file.name)
+        load_state_dict_checked(state.module, read_weights(file, name))
+
+
 def load_training_checkpoint(
     path: Path, *, model: GPT, ema: GPT, optimizer: torch.optim.Optimizer, states: dict[str, SavedState],
     rank: int, objective: nn.Module | None = None, world_size: int = 1,
@@ -143,13 +155,7 @@ def load_training_checkpoint(
         raise CheckpointError(f"{path} holds weights only (no {STATE_FILE}): it can seed a new run, not resume one")
     load_state_dict_checked(model, ckpt.model)
     load_state_dict_checked(ema, ckpt.ema)
-    for name, state in states.items():
-        file = path / f"{name}.safetensors"
-        if not file.is_file():
-            raise CheckpointError(f"{path} has no {file.name}, but this config keeps one ({state.made_by}): "
-                                  "resume with the config that made the checkpoint")
-        verify_file(path, file.name)
-        load_state_dict_checked(state.module, read_weights(file, name))
+    load_saved_states(path, states)
     verify_file(path, STATE_FILE)
     state = read_torch_file(path / STATE_FILE)
     optimizer.load_state_dict(state["optimizer"])
