@@ -14,7 +14,7 @@ from PIL import Image
 from mirai import checkpoint
 from mirai.analysis.classmap import balanced_subset, gpt_features, knn_accuracy
 from mirai.analysis.curves import default_keys, load_curves, run_labels, smooth_ema
-from mirai.analysis.tsne import cell_states, grid_colours, smoothness
+from mirai.analysis.tsne import cell_states, grid_colours, smoothness, tsne_maps
 from mirai.cli.main import main
 from mirai.data.codes import CodeStore, extract
 from mirai.data.folders import ImageFolder
@@ -221,3 +221,14 @@ def test_gpt_features_pool_the_cell_states(store_and_gpt):
     gpt.args.class_dropout_prob = 0.0
     with pytest.raises(ConfigError, match="no null class"):
         gpt_features(gpt, store, indices, layer=1)
+
+
+def test_tsne_names_the_checkpoint_a_store_does_not_fit(store_and_gpt, tmp_path):
+    codes, gpt0, _ = store_and_gpt
+    torch.manual_seed(0)
+    gpt = build_gpt("GPT-Nano", vocab_size=512, grid_size=16, num_classes=3)
+    checkpoint.save(tmp_path / "gpt16", gpt, ema=gpt)
+    with pytest.raises(DataError, match=r"the model in .*gpt16 has grid_size=16: re-run mirai extract") as caught:
+        tsne_maps([gpt0, tmp_path / "gpt16"], codes, tmp_path / "maps.png", image_indices=[0],
+                  labels=["fits", "does not"], device="cpu")
+    assert "set model." not in str(caught.value)

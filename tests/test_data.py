@@ -289,6 +289,10 @@ def test_store_validation_and_damage(folder_store):
         store.validate(grid_size=16)
     with pytest.raises(DataError, match="3 classes, config says num_classes=10"):
         store.validate(num_classes=10)
+    for sizes in ({"vocab_size": 1024}, {"grid_size": 16}, {"num_classes": 10}):  # a trained model's sizes are fixed
+        with pytest.raises(DataError, match=r"the model in ck\.safetensors has .*extract") as caught:
+            store.validate(**sizes, model="ck.safetensors")
+        assert "set model." not in str(caught.value)
     manifest = json.loads((store.path / "manifest.json").read_text())
     manifest["num_images"] = 7
     (store.path / "manifest.json").write_text(json.dumps(manifest))

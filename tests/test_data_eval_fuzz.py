@@ -7,6 +7,7 @@ file, a file of the wrong kind. Nothing here loads the Inception network or trai
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from PIL import Image
 
 from helpers import assert_cli_refuses
 from mirai import checkpoint
+from mirai.data.options import check_output_file
+from mirai.errors import ConfigError
 from mirai.evaluation import FeatureSet, write_reference
 from mirai.models import build_gpt, build_vq
 
@@ -35,6 +38,7 @@ def work(stores, tmp_path_factory):
     images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     np.savez(root / "samples.npz", arr_0=images, labels=np.arange(6) % 10)
     np.savez(root / "one.npz", arr_0=images[:1])
+    np.savez(root / "size28.npz", arr_0=images[:, :28, :28])  # Fashion-MNIST's own size, not the evaluator's
     np.savez(root / "float.npz", arr_0=images.astype(np.float32) / 255)
     np.savez(root / "grey.npz", arr_0=images[..., 0])
     np.savez(root / "pickled.npz", arr_0=np.array([{"x": 1}], dtype=object))
@@ -155,7 +159,7 @@ SCORE_CASES = [(where, path, match) for where in ("samples", "--ref") for path, 
     ("--fashion-evaluator", f"{W}/missing", "does not exist"), ("--fashion-evaluator", f"{W}/notes.txt", "is a file"),
     ("--fashion-evaluator", f"{W}/gpt", "'gpt' model.*train-fashion-classifier"),
     ("--fashion-evaluator", f"{W}/vq", "'vq' model"),
-    ("--out", f"{W}/empty", "is a directory"), ("--out", f"{W}/samples.npz", "also an input"),
+    ("--out", f"{W}/empty", r"is a directory.*empty/out\.json"), ("--out", f"{W}/samples.npz", "also an input"),
     ("--out", f"{W}/notes.txt/m.json", "is a file"),
 ]
 INCEPTION_CASES = [(f"{W}/missing.pth", "does not exist"), (f"{W}/notes.pth", "not loaded|not a readable"),
@@ -177,13 +181,13 @@ def test_evaluate_refuses_bad_inception_weights_before_building_the_network(work
 MAKE_REF = ["evaluate", "make-ref", "--images", f"{W}/samples.npz", "--evaluator", "fashion", "--device", "cpu",
             "--out", f"{W}/new_ref.npz"]
 MAKE_REF_CASES = [("--images", path, match) for path, match in BAD_NPZ] + [
-    ("--images", f"{W}/one.npz", "at least 2"), ("--batch-size", "0", "at least 1"),
-    ("--batch-size", "-5", "at least 1"),
+    ("--images", f"{W}/one.npz", "at least 2"), ("--images", f"{W}/size28.npz", "32×32.*28×28.*pad"),
+    ("--batch-size", "0", "at least 1"), ("--batch-size", "-5", "at least 1"),
     ("--batch-size", "inf", "invalid int"), ("--evaluator", "clip", "invalid choice"),
     ("--dataset", "fashion-mnist", "not allowed with argument"), ("--split", "val", "invalid choice"),
     ("--device", "toaster", "not a torch device"), ("--fashion-evaluator", f"{W}/gpt", "'gpt' model"),
     ("--out", f"{W}/ref.npz", "already exists.*--overwrite"), ("--out", f"{W}/samples.npz", "also an input|already"),
-    ("--out", f"{W}/empty", "is a directory"), ("--out", f"{W}/notes.txt/r.npz", "is a file"),
+    ("--out", f"{W}/empty", r"is a directory.*empty/out\.npz"), ("--out", f"{W}/notes.txt/r.npz", "is a file"),
 ]
 
 
@@ -215,3 +219,13 @@ TRAIN_CASES = [
 @pytest.mark.parametrize("option, value, match", TRAIN_CASES, ids=[f"{o}={v}" for o, v, _ in TRAIN_CASES])
 def test_train_fashion_classifier_refuses_bad_values_before_training(work, option, value, match):
     refuses([a.replace(W, str(work)) for a in replace(TRAIN, option, value)], work, match)
+
+
+@pytest.mark.parametrize("suffixes, usual, expected", [(None, "", "out"), (None, ".npz", "out.npz"),
+                                                        ([".json"], "", "out.json"), ([".npz", ".png"], ".npz", "out.npz")])
+def test_output_directory_error_suggests_a_name_that_passes(tmp_path, suffixes, usual, expected):
+    with pytest.raises(ConfigError, match="is a directory") as caught:
+        check_output_file(tmp_path, "--out", suffixes=suffixes, usual_suffix=usual)
+    suggested = str(caught.value).rsplit("e.g. ", 1)[1]
+    assert Path(suggested) == tmp_path / expected
+    assert check_output_file(suggested, "--out", suffixes=suffixes, usual_suffix=usual) == Path(suggested)

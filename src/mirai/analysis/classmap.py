@@ -61,13 +61,14 @@ def balanced_subset(labels: np.ndarray, count: int, seed: int = 0) -> np.ndarray
     return np.sort(np.concatenate(picked))
 
 
-def gpt_features(gpt: GPT, store: CodeStore, indices: np.ndarray, layer: int,
-                 condition: Condition = "null", batch_size: int = 256) -> np.ndarray:
-    """Per image, the block-``layer`` states of view 0's grid cells, mean-pooled over the cells."""
+def gpt_features(gpt: GPT, store: CodeStore, indices: np.ndarray, layer: int, condition: Condition = "null",
+                 batch_size: int = 256, source: str | Path = "this checkpoint") -> np.ndarray:
+    """Per image, the block-``layer`` states of view 0's grid cells, mean-pooled over the cells
+    (``source``: the checkpoint's path, for errors)."""
     pooled = []
     for start in tqdm(range(0, len(indices), batch_size), desc=f"GPT block {layer}", unit="batch",
                       disable=None):
-        states = image_states(gpt, store, indices[start:start + batch_size], layer, condition)
+        states = image_states(gpt, store, indices[start:start + batch_size], layer, condition, source)
         pooled.append(states.float().mean(dim=1).cpu().numpy())
     return np.concatenate(pooled)
 
@@ -128,7 +129,8 @@ def classmap_report(checkpoint_path: str | Path, codes: str | Path, layer: int, 
         raise DataError(f"k-NN with k={k} needs more than {k} images, but {codes} gives {len(indices)} "
                         f"(num_images={num_images}); lower --k or raise --num-images")
     labels = store.labels[indices]
-    features = {f"GPT block {layer} ({condition} class)": gpt_features(gpt, store, indices, layer, condition)}
+    features = {f"GPT block {layer} ({condition} class)": gpt_features(gpt, store, indices, layer, condition,
+                                                                        source=checkpoint_path)}
     if encoder is not None:
         from mirai.foresight.encoders import build_encoder
 

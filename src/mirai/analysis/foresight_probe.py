@@ -152,7 +152,8 @@ def foresight_probe(checkpoint_path: str | Path, codes: str | Path, out: str | P
     store = CodeStore.open(codes)
     cfg, model, loss, progress = load_foresight_run(ckpt, device)
     args = model.args
-    store.validate(vocab_size=args.vocab_size, grid_size=args.grid_size, num_classes=args.num_classes)
+    store.validate(vocab_size=args.vocab_size, grid_size=args.grid_size, num_classes=args.num_classes,
+                   model=str(ckpt))
     count = min(num_images, len(store))
     if count < 2:
         raise DataError(f"{codes} has {len(store)} image(s); the probe fits on half the images and scores the rest")

@@ -60,11 +60,12 @@ def cell_states(gpt: GPT, tokens: torch.Tensor, classes: torch.Tensor, layer: in
 
 
 def image_states(gpt: GPT, store: CodeStore, indices: Sequence[int], layer: int,
-                 condition: Condition) -> torch.Tensor:
-    """``cell_states`` of view 0 of the store's images ``indices``."""
+                 condition: Condition, source: str | Path = "this checkpoint") -> torch.Tensor:
+    """``cell_states`` of view 0 of the store's images ``indices``; ``source`` (the checkpoint's
+    path) names the model when the store does not fit it."""
     args = gpt.args
     store.validate(vocab_size=args.vocab_size, grid_size=args.grid_size,
-                   num_classes=args.num_classes if condition == "label" else None)
+                   num_classes=args.num_classes if condition == "label" else None, model=str(source))
     indices = np.asarray(indices)
     device = next(gpt.parameters()).device
     tokens = torch.from_numpy(np.asarray(store.codes[indices, 0], dtype=np.int64).reshape(len(indices), -1))
@@ -200,7 +201,7 @@ def tsne_maps(checkpoints: Sequence[str | Path], codes: str | Path, out: str | P
         gpt = checkpoint.load(path, GPT, use_ema=use_ema).to(device)
         layer = layer if layer is not None else ForesightConfig().resolve_layer(gpt.args.n_layer)
         g = gpt.args.grid_size
-        states = image_states(gpt, store, image_indices, layer, condition).float().cpu().numpy().reshape(
+        states = image_states(gpt, store, image_indices, layer, condition, path).float().cpu().numpy().reshape(
             len(image_indices), g, g, -1)
         maps[label] = [grid_colours(tsne_embed(s.reshape(g * g, -1), seed, perplexity).reshape(g, g, 2))
                        for s in states]

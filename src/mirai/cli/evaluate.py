@@ -123,7 +123,8 @@ def score(args: argparse.Namespace) -> int:
     from mirai.evaluation.suite import evaluate, format_report
 
     out = Path(args.out) if args.out else default_metrics_path(args.samples)
-    check_output_file(out, "--out", inputs=[args.samples, args.ref])  # before the (long) scoring
+    # Before the (long) scoring.
+    check_output_file(out, "--out", inputs=[args.samples, args.ref], usual_suffix=".json")
     report = evaluate(args.samples, args.ref, evaluator=args.evaluator, inception_weights=args.inception_weights,
                       fashion_evaluator=args.fashion_evaluator, batch_size=args.batch_size, device=args.device,
                       with_noise_floor=args.noise_floor, log=lambda text: print(text, file=sys.stderr),

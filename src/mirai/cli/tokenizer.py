@@ -59,7 +59,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     non_negative_int(args.threads, "--threads (0 keeps PyTorch's default)")
     if args.json:
-        check_output_file(args.json, "--json", inputs=[args.checkpoint])
+        check_output_file(args.json, "--json", inputs=[args.checkpoint], usual_suffix=".json")
     if args.threads:
         torch.set_num_threads(args.threads)
     report = evaluate_checkpoint(args.checkpoint, args.split, limit=args.limit, root=args.root, kmeans=args.kmeans,

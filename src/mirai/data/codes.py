@@ -316,26 +316,32 @@ class CodeStore:
         return ViewSpec.from_dict(self.manifest["views"])
 
     def validate(self, vocab_size: int | None = None, grid_size: int | None = None,
-                 num_classes: int | None = None) -> None:
-        """Raise ``DataError`` naming the first way this store disagrees with a model config."""
-        tok = self.manifest["tokenizer"]
+                 num_classes: int | None = None, model: str | None = None) -> None:
+        """Raise ``DataError`` naming the first way this store disagrees with a model config, or with a
+        trained model when ``model`` names it (a checkpoint's sizes are fixed: the fix is other codes)."""
+        tok, spec = self.manifest["tokenizer"], self.view_spec
+        against = f"the model in {model} has" if model else "config says"
+
+        def fix(extract: str, setting: str) -> str:
+            return extract if model else f"{extract} or set model.{setting}"
+
         if vocab_size is not None and vocab_size != self.vocab_size:
             raise DataError(
-                f"store {self.path} was extracted with a {self.vocab_size}-code tokenizer, config says "
-                f"vocab_size={vocab_size}: re-run mirai extract with a {vocab_size}-code tokenizer or set "
-                f"model.vocab_size={self.vocab_size} (the store's tokenizer: {tok['name']} at {tok['path']})"
+                f"store {self.path} was extracted with a {self.vocab_size}-code tokenizer, {against} vocab_size="
+                f"{vocab_size}: " + fix(f"re-run mirai extract with a {vocab_size}-code tokenizer", f"vocab_size={self.vocab_size}")
+                + f" (the store's tokenizer: {tok['name']} at {tok['path']})"
             )
         if grid_size is not None and grid_size != self.grid_size:
-            spec = self.view_spec
             raise DataError(
                 f"store {self.path} holds {self.grid_size}x{self.grid_size} token grids ({spec.image_size} px "
-                f"images), config says grid_size={grid_size}: re-run mirai extract with --image-size "
-                f"{grid_size * spec.image_size // self.grid_size} or set model.grid_size={self.grid_size}"
+                f"images), {against} grid_size={grid_size}: "
+                + fix(f"re-run mirai extract with --image-size {grid_size * spec.image_size // self.grid_size}",
+                      f"grid_size={self.grid_size}")
             )
         if num_classes is not None and num_classes != self.num_classes:
             raise DataError(
-                f"store {self.path} has {self.num_classes} classes, config says num_classes={num_classes}: "
-                f"set model.num_classes={self.num_classes} or extract the intended dataset"
+                f"store {self.path} has {self.num_classes} classes, {against} num_classes={num_classes}: "
+                + fix("extract the intended dataset", f"num_classes={self.num_classes}")
             )
         if not self._contents_checked:
             self.check_contents()

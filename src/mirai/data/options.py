@@ -117,15 +117,19 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def check_output_file(path: str | Path, name: str, inputs: Iterable[str | Path | None] = (),
-                      overwrite: bool = True, suffixes: Iterable[str] | None = None) -> Path:
+                      overwrite: bool = True, suffixes: Iterable[str] | None = None,
+                      usual_suffix: str = "") -> Path:
     """Refuse an output file that would land on a directory, on one of the ``inputs``, under a
     parent that is a file, or (without ``overwrite``) on an existing file; ``suffixes`` limits
-    the file types. Nothing is created: call this before any work."""
+    the file types, ``usual_suffix`` names the one the directory message suggests when they do
+    not. Nothing is created: call this before any work."""
     path = Path(path)
+    allowed = None if suffixes is None else [s.lower() for s in suffixes]
     if path.is_dir():
-        raise ConfigError(f"{name} {path} is a directory; give a file name, e.g. {path / 'out'}{path.suffix}")
-    if suffixes is not None:
-        allowed = [s.lower() for s in suffixes]
+        # The example must pass the suffix check below, or following the advice fails again.
+        example = path / ("out" + (allowed[0] if allowed else usual_suffix))
+        raise ConfigError(f"{name} {path} is a directory; give a file name, e.g. {example}")
+    if allowed is not None:
         if path.suffix.lower() not in allowed:
             raise ConfigError(f"{name} {path}: unknown file type {path.suffix or '(none)'!r}; "
                               f"end the name with one of {', '.join(allowed[:8])}")

@@ -277,7 +277,7 @@ def make_reference(out: str | Path, images: str | Path | None = None, dataset: s
         _check_evaluator(evaluator, EVALUATORS)
     batch_size = positive_int(batch_size, "batch_size (--batch-size)")
     device = resolve_device(device)
-    check_output_file(out, "reference batch", inputs=[images], overwrite=overwrite)
+    check_output_file(out, "reference batch", inputs=[images], overwrite=overwrite, usual_suffix=".npz")
     if dataset is not None:
         if dataset != "fashion-mnist":
             raise DataError(f"unknown dataset {dataset!r}; the built-in one is 'fashion-mnist'")
@@ -291,6 +291,11 @@ def make_reference(out: str | Path, images: str | Path | None = None, dataset: s
         labels = read_labels(images, len(source), "image batch")
     if len(source) < 2:
         raise DataError(f"{images or dataset} holds {len(source)} image(s); reference statistics need at least 2")
+    height, width = source.resolution if isinstance(source, NpzImages) else source.shape[1:3]
+    if "fashion" in evaluators and (height, width) != (32, 32):  # before any network is loaded
+        raise DataError(f"the Fashion-MNIST evaluator takes 32×32 images; {images} holds {height}×{width}: pad "
+                        "28×28 Fashion-MNIST by 2 pixels a side (mirai.data.transforms.fashion_mnist_to_rgb), "
+                        "or use --evaluator inception")
     features, networks = {}, {}
     for evaluator in evaluators:
         network, info = load_network(evaluator, inception_weights, fashion_evaluator, device)
