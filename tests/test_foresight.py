@@ -105,6 +105,17 @@ def test_explicit_offsets():
         head_pairs(4, "raster1d", "ema", offsets=[(0, 1)])
 
 
+@pytest.mark.parametrize("offsets, message", [
+    ([(0, -1)], "points at the past"),            # Mirai-E: a teacher state the student has already passed
+    ([(-1, 0), (1, 0)], "points at the past"),
+    ([(4, 0)], "off the grid"),                    # 4x4 grid: no cell four rows below
+])
+def test_offsets_that_pair_nothing_are_refused(offsets, message):
+    with pytest.raises(ConfigError, match=message):
+        head_pairs(4, "grid2d", "ema", offsets=offsets)
+    assert len(head_pairs(4, "grid2d", "ema", offsets=[(1, 0), (1, 1), (2, 0)])) == 3  # §4.9's heads
+
+
 def test_raster1d_pairs_by_hand_4x4():
     heads = as_lists(head_pairs(4, "raster1d", "ema", k=3))
     for shift, head in enumerate(heads):

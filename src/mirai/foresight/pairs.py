@@ -104,7 +104,9 @@ def head_pairs(
     can come earlier in the sequence (PAR: the right neighbour of a region's edge cell may be
     an initial token already generated), so a pair is kept only when the sequence reads its
     target cell at or after the student's position: foresight never points at the past. In
-    raster order every default offset is raster-future and the pairs are the paper's.
+    raster order every default offset is raster-future and the pairs are the paper's; there, only
+    the encoder source keeps explicit past offsets (its features saw the whole image). An explicit
+    offset that keeps no pair (past or off the grid) raises ``ConfigError``.
     """
     defaults = source_defaults(source)  # also rejects an unknown source
     if pair_with not in ("current", "next"):
@@ -116,8 +118,8 @@ def head_pairs(
     g, n = grid_size, grid_size * grid_size
     k = len(offsets) if offsets is not None else (k if k is not None else defaults.k)
     read, predicted = cells if cells is not None else sequence_cells(g, 1)
-    raster = len(read) == n and torch.equal(read[1:], torch.arange(n - 1))
     # The position that reads each cell; the last generated cell is never read (length: past the end).
+    raster = len(read) == n and torch.equal(read[1:], torch.arange(n - 1))
     position_of = torch.full((n,), len(read), dtype=torch.long)
     position_of[read[read >= 0]] = torch.nonzero(read >= 0).flatten()
 
@@ -141,9 +143,13 @@ def head_pairs(
             valid &= target < len(read)
         else:
             target = cell
-        if not raster:
+        if source == "ema" or not raster:  # a teacher state never from the past; raster encoder cells may be
             valid &= read_at >= student
         s, t = student[valid], target[valid]
+        if len(s) == 0 and offsets is not None:  # (the authors' fixed reference shifts may exceed a small grid)
+            raise ConfigError(f"foresight head {len(result)} (shift {shift}) pairs no position with a target at or "
+                              "after it in the sequence: it points at the past or off the grid; use raster-future "
+                              "offsets (d_row > 0, or d_row = 0 and d_col >= 0) smaller than the grid")
         if source == "ema" and align_class_token:
             s, t = torch.cat([torch.zeros(1, dtype=torch.long), s]), torch.cat([torch.zeros(1, dtype=torch.long), t])
         result.append((s, t))
