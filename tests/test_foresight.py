@@ -106,14 +106,20 @@ def test_explicit_offsets():
 
 
 @pytest.mark.parametrize("offsets, message", [
-    ([(0, -1)], "points at the past"),            # Mirai-E: a teacher state the student has already passed
-    ([(-1, 0), (1, 0)], "points at the past"),
+    ([(0, -1)], "points into the past"),          # Mirai-E: a teacher state the student has already passed
+    ([(-1, 0), (1, 0)], "points into the past"),
     ([(4, 0)], "off the grid"),                    # 4x4 grid: no cell four rows below
 ])
 def test_offsets_that_pair_nothing_are_refused(offsets, message):
     with pytest.raises(ConfigError, match=message):
         head_pairs(4, "grid2d", "ema", offsets=offsets)
+
+
+def test_future_offsets_pair_and_encoder_offsets_may_point_back_but_not_off_the_grid():
     assert len(head_pairs(4, "grid2d", "ema", offsets=[(1, 0), (1, 1), (2, 0)])) == 3  # §4.9's heads
+    assert len(head_pairs(4, "grid2d", "encoder", offsets=[(0, -1)])) == 1
+    with pytest.raises(ConfigError, match=r"points off the grid; use offsets smaller than the grid$"):
+        head_pairs(4, "grid2d", "encoder", offsets=[(0, 4)])
 
 
 def test_raster1d_pairs_by_hand_4x4():

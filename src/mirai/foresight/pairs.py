@@ -118,8 +118,8 @@ def head_pairs(
     g, n = grid_size, grid_size * grid_size
     k = len(offsets) if offsets is not None else (k if k is not None else defaults.k)
     read, predicted = cells if cells is not None else sequence_cells(g, 1)
-    # The position that reads each cell; the last generated cell is never read (length: past the end).
     raster = len(read) == n and torch.equal(read[1:], torch.arange(n - 1))
+    # The position that reads each cell; the last generated cell is never read (length: past the end).
     position_of = torch.full((n,), len(read), dtype=torch.long)
     position_of[read[read >= 0]] = torch.nonzero(read >= 0).flatten()
 
@@ -143,13 +143,16 @@ def head_pairs(
             valid &= target < len(read)
         else:
             target = cell
-        if source == "ema" or not raster:  # a teacher state never from the past; raster encoder cells may be
+        future_only = source == "ema" or not raster  # raster encoder features of past cells are allowed
+        if future_only:
             valid &= read_at >= student
         s, t = student[valid], target[valid]
         if len(s) == 0 and offsets is not None:  # (the authors' fixed reference shifts may exceed a small grid)
-            raise ConfigError(f"foresight head {len(result)} (shift {shift}) pairs no position with a target at or "
-                              "after it in the sequence: it points at the past or off the grid; use raster-future "
-                              "offsets (d_row > 0, or d_row = 0 and d_col >= 0) smaller than the grid")
+            where, fix = "off the grid", "offsets smaller than the grid"
+            if future_only:
+                where, fix = "into the past or " + where, "raster-future " + fix + " (d_row > 0, or d_row = 0 and d_col >= 0)"
+            raise ConfigError(f"foresight head {len(result)} (offset {shift}) pairs no position: it points {where}; "
+                              f"use {fix}")
         if source == "ema" and align_class_token:
             s, t = torch.cat([torch.zeros(1, dtype=torch.long), s]), torch.cat([torch.zeros(1, dtype=torch.long), t])
         result.append((s, t))
