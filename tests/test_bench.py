@@ -215,6 +215,12 @@ def test_plan_shares_budget_and_checkpoint_schedule(setup, tmp_path, capsys):
     assert main(["bench", "convergence", "--config", str(config), "--dry-run", "seeds=[3]"]) == 0
     assert "2 runs x 2 checkpoints [2, 4]" in capsys.readouterr().out
     assert not (tmp_path / "b").exists()
+    # Overrides on both sides of an option all apply; the plan names each variant's heads and lambda.
+    assert main(["bench", "convergence", "--config", str(config), "seeds=[3]", "--variant", "mirai_i", "--dry-run",
+                 "steps=20", "eval_at=[5]"]) == 0
+    plan = capsys.readouterr().out
+    assert "1 runs x 2 checkpoints [5, 20]" in plan and "seed 3" in plan
+    assert "foresight encoder" in plan and "1 head (0,0) at block" in plan and "lambda const" in plan
 
 
 def test_parallel_shares_merge_their_records_and_a_plain_run_writes_the_report(setup, tmp_path, monkeypatch, capsys):

@@ -74,6 +74,25 @@ def test_a_run_prints_and_logs_what_it_does_and_where_it_wrote(stores, tmp_path,
     assert log.count("done: step") == 2 and "resuming at step 6" in log and "step 8/8" in log
 
 
+def test_the_banner_names_the_foresight_heads_block_lambda_and_warmup(stores, tmp_path, capsys):
+    overrides = {"foresight.source": "ema", "foresight.offsets": [[1, 0], [1, 1]], "foresight.warmup": 1,
+                 "foresight.warmup_unit": "step", "foresight.lambdas": [{"kind": "step", "values": [1, 0.5], "at": [0.5]}]}
+    train(make_cfg(stores, tmp_path / "run", steps=2, log_every=1, **overrides))
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("  foresight  "))
+    assert line == "  foresight  ema, 2 heads (1,0) (1,1) at block 1, lambda step 1->0.5 at 0.5 (fraction), warm-up 1 step"
+
+
+def test_overrides_may_follow_an_option(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {codes: somewhere}\n")
+    assert main(["train", "--config", str(config), "steps=5", "--print-config", "steps=7", "seed=3"]) == 0
+    printed = capsys.readouterr().out
+    assert "steps: 7" in printed and "seed: 3" in printed  # the later override wins, as on one side
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(config), "steps=5", "--print-config", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
 def test_the_cli_ends_with_a_json_summary_naming_samples_and_metrics(stores, tmp_path, capsys):
     config = tmp_path / "cfg.yaml"
     config.write_text(json.dumps(to_dict(make_cfg(stores, tmp_path / "run", steps=2))))

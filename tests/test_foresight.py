@@ -508,3 +508,18 @@ def test_output_diagnostic_predicts_the_tokens_the_ema_pairs_point_at():
     terms["output_foresight"].backward()
     assert model.output.weight.grad.abs().sum() > 0 and model.layers[0].attention.wqkv.weight.grad is not None
     assert all(p.grad is not None for p in loss.parameters())
+
+
+def test_a_repeated_offset_is_refused_with_the_repeat_named():
+    with pytest.raises(ConfigError, match=r"foresight.offsets repeats \(1, 0\); give each"):
+        from_dict(ForesightConfig, {"source": "ema", "offsets": [[1, 0], [0, 1], [1, 0]]})
+
+
+def test_describe_names_source_heads_block_lambda_and_warmup():
+    cfg = from_dict(ForesightConfig, {"source": "encoder", "encoder": "fashion8_ssl", "layout": "raster1d", "k": 2,
+                                      "lambdas": [{"values": [2]}, {"values": [1]}]})
+    assert cfg.describe(n_layer=6) == (
+        "encoder fashion8_ssl, 2 heads +0 +1 at block 4, lambda const 2; const 1, warm-up 0 epoch")
+    assert from_dict(ForesightConfig, {}).describe() == "none"
+    assert LambdaSchedule(kind="cosine", values=[2, 1], at=[0.1, 0.9], unit="epoch").describe() == (
+        "cosine 2->1 at 0.1, 0.9 (epoch)")

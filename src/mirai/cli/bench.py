@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
         name_width = max(len(r.variant) for r in runs)
         model_width = max(len(r.cfg.model.name) for r in runs)
         for r in runs:
-            print(f"  {r.variant:<{name_width}}  seed {r.seed}  {r.cfg.model.name:<{model_width}}  "
-                  f"foresight={_source(r.cfg.foresight):<22} {r.run_dir}")
+            print(f"  {r.variant:<{name_width}}  seed {r.seed}  {r.cfg.model.name:<{model_width}}  {r.run_dir}")
+            print(f"  {'':<{name_width}}  foresight {r.cfg.foresight.describe(r.cfg.model.args().n_layer)}")
         return 0
     if args.report:
         report_stored(bench, variants=args.variant, seeds=args.seed)
@@ -81,12 +81,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {bench.out_dir}/results.json, results.md and fid_vs_steps, and the sample grids, t-SNE maps and "
           "curves of the runs on disk (each .png and .pdf)")
     return 0
-
-
-def _source(foresight) -> str:
-    """The plan's foresight column: the source, and for Mirai-I which encoder (variants differ by it)."""
-    from mirai.foresight.config import encoder_name
-
-    if foresight.source == "encoder":
-        return f"encoder:{encoder_name(foresight.encoder) or 'default'}"
-    return foresight.source

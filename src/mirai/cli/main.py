@@ -44,9 +44,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, except that ``key=value`` overrides may sit on both sides of an option.
+
+    argparse fills a ``nargs="*"`` positional from one run of words only, so in
+    ``mirai train steps=5 --resume steps=6`` the second override would be refused as unrecognised.
+    Every later run of ``key=value`` words joins ``args.overrides`` in command-line order; anything
+    else unrecognised is still refused with argparse's usual message.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(
+        "=" in word and not word.startswith("-") for word in extra
+    ):
+        args.overrides.extend(extra)  # parse_known_args keeps the leftovers in command-line order
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -79,6 +79,22 @@ class ForesightConfig:
         return [f"foresight.{key} is set but read only by Mirai-I (foresight.source=encoder); this run's source is "
                 f"{self.source!r}, so it is ignored: drop it, or set foresight.source=encoder" for key in given]
 
+    def describe(self, n_layer: int | None = None) -> str:
+        """One line for the training banner and the bench plan: source, heads and what they pair with,
+        block, lambda and warm-up, e.g. ``ema, 3 heads (1,0) (1,1) (2,0) at block 3, lambda step
+        0.5->0.25 at 0.5 (fraction), warm-up 0.15 fraction``. ``n_layer`` resolves the default block."""
+        if not self.enabled:
+            return "none"
+        shifts = head_shifts(self.layout, self.num_heads(), self.offsets)
+        heads = " ".join(f"({s[0]},{s[1]})" if isinstance(s, tuple) else f"+{s}" for s in shifts)
+        layer = self.layer if n_layer is None else self.resolve_layer(n_layer)
+        schedules = {schedule.describe() for schedule in self.schedules()}
+        lambdas = "; ".join(schedule.describe() for schedule in self.schedules()) if len(schedules) > 1 else schedules.pop()
+        length, unit = self.warmup_spec()
+        what = f"encoder {encoder_name(self.encoder) or 'default'}" if self.source == "encoder" else self.source
+        return (f"{what}, {len(shifts)} head{'s' if len(shifts) > 1 else ''} {heads}{f' at block {layer}' if layer else ''}, lambda {lambdas}, "
+                f"warm-up {length:g} {unit}")
+
     def resolve_layer(self, n_layer: int) -> int:
         layer = self.layer if self.layer is not None else default_layer(n_layer)
         if not 1 <= layer <= n_layer:
@@ -93,6 +109,10 @@ class ForesightConfig:
         if self.offsets is not None and self.k is not None and self.k != len(self.offsets):
             raise ConfigError(f"foresight.k={self.k} disagrees with the {len(self.offsets)} offsets given")
         head_shifts(self.layout, self.num_heads(), self.offsets)  # raises on a bad layout/offsets mix
+        given = [tuple(offset) for offset in self.offsets or []]
+        repeated = sorted({offset for offset in given if given.count(offset) > 1})
+        if repeated:  # two heads on one target learn the same thing twice: surely a typo in the list
+            raise ConfigError(f"foresight.offsets repeats {', '.join(map(str, repeated))}; give each (d_row, d_col) once")
         if self.layer is not None and self.layer < 1:
             raise ConfigError(f"foresight.layer is 1-based, got {self.layer}")
         if self.head_hidden is not None and (self.head != "mlp" or self.head_hidden < 1):

@@ -53,6 +53,12 @@ class LambdaSchedule:
             if not self.at and self.unit != "fraction":
                 raise ConfigError(f"{where}: without 'at' it spans the whole of training; use unit fraction")
 
+    def describe(self) -> str:
+        """One line for banners and plans, e.g. ``step 0.5->0.25 at 0.5 (fraction)``."""
+        values = "->".join(f"{v:g}" for v in self.values)
+        at = f" at {', '.join(f'{t:g}' for t in self.at)} ({self.unit})" if self.at else ""
+        return f"{self.kind} {values}{at}"
+
     def __call__(self, progress: Progress) -> float:
         t = progress.position(self.unit)
         if self.kind == "const":

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from mirai.config import flatten, to_dict
 from mirai.errors import ConfigError
 from mirai.foresight.config import ForesightConfig
+from mirai.models.gpt import GPTArgs
 from mirai.models.registry import gpt_args
 from mirai.sampling.pipeline import SampleSettings
 
@@ -30,13 +31,16 @@ class ModelConfig:
     num_classes: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
 
-    def validate(self) -> None:
-        """The name, override keys and values, checked where the config is read (before any data
-        work). The grid may still be unknown (it comes from the code store): then any grid that the
-        PAR regions divide stands in for it."""
+    def args(self) -> GPTArgs:
+        """The architecture as far as the config fixes it. The grid may still be unknown (it comes from
+        the code store): then any grid that the PAR regions divide stands in for it."""
         known = {k: v for k, v in (("vocab_size", self.vocab_size), ("num_classes", self.num_classes)) if v}
         grid = self.grid_size or self.overrides.get("regions_per_side", 1)
-        gpt_args(self.name, **{**self.overrides, **known, "grid_size": grid})
+        return gpt_args(self.name, **{**self.overrides, **known, "grid_size": grid})
+
+    def validate(self) -> None:
+        """The name, override keys and values, checked where the config is read (before any data work)."""
+        self.args()
 
 
 MAX_PREFETCH = 64  # steps each DataLoader worker may hold ready (DataLoader's prefetch_factor)
