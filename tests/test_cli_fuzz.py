@@ -118,7 +118,7 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
         *table(FLOPS, {"--grid": [("0", "grid"), ("-3", "grid"), ("abc", "invalid int")],
                        "--vocab": [("0", "vocab"), ("-1", "vocab")],
                        "--classes": [("0", "classes"), ("-2", "classes")],
-                       "--k": [("0", "k must be at least 1"), ("-1", "k")],
+                       "--k": [("0", "k must be between 1 and 64 heads"), ("-1", "k")],
                        "--layer": [("0", "layer"), ("3", "outside the model's blocks 1..2")],
                        "--encoder-res": [("0", "--encoder-res"), ("-224", "--encoder-res"), ("7", "--encoder-res")],
                        "--model": [("GPT-Bogus", "unknown GPT config"), ("VQ-Tiny", "unknown GPT config")],

@@ -92,7 +92,7 @@ def test_cli_flags_and_config(tmp_path, capsys):
     assert "Mirai-E (2 heads" in out and f"{expected:.3e}" in out and "Mirai-I" not in out
     config.write_text("foresight:\n  source: ema\n  k: 0\n")
     assert main(["flops", "--config", str(config)]) == 1
-    assert "foresight.k must be at least 1" in capsys.readouterr().err
+    assert "foresight.k must be between 1 and 64" in capsys.readouterr().err
 
 
 def test_cli_reads_grid_vocabulary_and_classes_from_the_configs_code_store(stores, tmp_path, capsys):

@@ -13,9 +13,11 @@ from mirai.foresight import (
     Progress, TransformerHead, build_auxiliary_loss, head_pairs,
 )
 from mirai.foresight.heads import default_hidden
+from mirai.foresight.config import MAX_HEADS
 from mirai.foresight.pairs import REFERENCE_SHIFTS, nearest_future_offsets
 from mirai.foresight.sources import Source
 from mirai.models import build_gpt
+from mirai.training.config import TrainConfig
 
 G, V, CLASSES = 4, 32, 5
 
@@ -515,11 +517,46 @@ def test_a_repeated_offset_is_refused_with_the_repeat_named():
         from_dict(ForesightConfig, {"source": "ema", "offsets": [[1, 0], [0, 1], [1, 0]]})
 
 
-def test_describe_names_source_heads_block_lambda_and_warmup():
-    cfg = from_dict(ForesightConfig, {"source": "encoder", "encoder": "fashion8_ssl", "layout": "raster1d", "k": 2,
+def test_describe_names_source_heads_block_lambda_warmup_and_what_differs_from_the_default():
+    cfg = from_dict(ForesightConfig, {"source": "encoder", "layout": "raster1d", "k": 2,
                                       "lambdas": [{"values": [2]}, {"values": [1]}]})
-    assert cfg.describe(n_layer=6) == (
-        "encoder fashion8_ssl, 2 heads +0 +1 at block 4, lambda const 2; const 1, warm-up 0 epoch")
+    assert cfg.describe(n_layer=6, model_dim=64) == (
+        "encoder dinov2_vitb14, 2 heads +0 +1 at block 4, lambda const 2; const 1, warm-up none, layout raster1d")
+    ema = from_dict(ForesightConfig, {"source": "ema", "teacher_decay": 0.9, "pair_with": "next"})
+    assert ema.describe() == ("ema, 3 heads (0,0) (0,1) (1,0), lambda step 2->1 at 0.5 (fraction), "
+                              "warm-up 15 epochs, pair_with next, teacher_decay 0.9")
     assert from_dict(ForesightConfig, {}).describe() == "none"
     assert LambdaSchedule(kind="cosine", values=[2, 1], at=[0.1, 0.9], unit="epoch").describe() == (
         "cosine 2->1 at 0.1, 0.9 (epoch)")
+
+
+def test_nearest_future_offsets_equal_an_exhaustive_search_and_stay_cheap():
+    for k in range(1, MAX_HEADS + 1):
+        every = [(dr, dc) for dr in range(k + 1) for dc in range(-k, k + 1) if dr > 0 or dc >= 0]
+        assert nearest_future_offsets(k) == sorted(every, key=lambda o: (o[0] ** 2 + o[1] ** 2, o[0], o[1]))[:k]
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"k": 3000}, r"foresight.k must be between 1 and 64 heads"),
+    ({"k": 3, "offsets": [[0, 1], [1, 0]]}, r"k=3 disagrees with the 2 offsets given: set foresight.k=null"),
+    ({"k": 3, "offsets": [[1, 0], [1, 0], [1, 1]]}, r"repeats \(1, 0\)"),  # the repeat is the first fault named
+])
+def test_head_counts_are_checked_with_the_fix_named(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(ForesightConfig, {"source": "ema", **settings})
+
+
+@pytest.mark.parametrize("offset", [(10**20, 0), (-(10**20), 0), (0, 10**30), (8, -8)])
+@pytest.mark.parametrize("source", ["ema", "encoder"])
+def test_an_offset_longer_than_the_grid_is_refused_not_overflowed(offset, source):
+    with pytest.raises(ConfigError, match=r"pairs no position: it points .*off the grid"):
+        head_pairs(8, "grid2d", source, offsets=[offset])
+
+
+def test_a_mirai_e_offset_into_the_raster_past_is_refused_with_the_config():
+    base = {"data": {"codes": "x"}, "steps": 1, "foresight": {"source": "ema", "offsets": [[1, 0], [0, -1]]}}
+    with pytest.raises(ConfigError, match=r"\(0, -1\) points into the past.*raster-future"):
+        from_dict(TrainConfig, base)
+    # In PAR order a raster-past cell can come later in the sequence: the pairs decide there.
+    from_dict(TrainConfig, {**base, "model": {"overrides": {"order": "par", "regions_per_side": 2}}})
+    from_dict(TrainConfig, {**base, "foresight": {"source": "encoder", "offsets": [[1, 0], [0, -1]]}})

@@ -48,17 +48,23 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     """``parser.parse_args``, except that ``key=value`` overrides may sit on both sides of an option.
 
     argparse fills a ``nargs="*"`` positional from one run of words only, so in
-    ``mirai train steps=5 --resume steps=6`` the second override would be refused as unrecognised.
-    Every later run of ``key=value`` words joins ``args.overrides`` in command-line order; anything
-    else unrecognised is still refused with argparse's usual message.
+    ``mirai train steps=5 --print-config steps=6`` the second override would be refused as
+    unrecognised. Every later run of ``key=value`` words (and every word after ``--``) joins
+    ``args.overrides`` in command-line order; anything else is refused, naming only those words.
     """
     args, extra = parser.parse_known_args(argv)
-    if extra and isinstance(getattr(args, "overrides", None), list) and all(
-        "=" in word and not word.startswith("-") for word in extra
-    ):
-        args.overrides.extend(extra)  # parse_known_args keeps the leftovers in command-line order
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if not extra:
+        return args
+    command = " ".join(filter(None, ("mirai", getattr(args, "command", None), getattr(args, "action", None))))
+    takes_overrides = isinstance(getattr(args, "overrides", None), list)
+    end = extra.index("--") if "--" in extra else len(extra)
+    words = extra[:end] + extra[end + 1:]
+    # Before "--", only key=value words are overrides; after it, every word is (the config names a bad one).
+    bad = [w for w in extra[:end] if "=" not in w or w.startswith("-")] if takes_overrides else words
+    if bad:
+        hint = "; config overrides are key=value words" if takes_overrides else ""
+        parser.exit(2, f"{command}: error: unrecognized arguments: {' '.join(bad)}{hint} (see {command} --help)\n")
+    args.overrides.extend(words)  # parse_known_args keeps command-line order
     return args
 
 

@@ -12,8 +12,11 @@ from typing import Literal
 
 from mirai.errors import ConfigError
 from mirai.foresight.defaults import default_encoder, default_layer, source_defaults
-from mirai.foresight.pairs import head_shifts
+from mirai.foresight.pairs import head_shifts, raster_past
 from mirai.foresight.schedules import LambdaSchedule
+
+
+MAX_HEADS = 64  # far above the paper's K (1 to 9); a larger k is a typo, and its pairs would cost memory
 
 
 def encoder_name(spec: str | dict | None) -> str:
@@ -52,6 +55,11 @@ class ForesightConfig:
     def enabled(self) -> bool:
         return self.source != "none"
 
+    @property
+    def method(self) -> str:
+        """The paper's name for this source's method: Mirai-I (a frozen encoder), Mirai-E (the EMA), or ""."""
+        return {"encoder": "Mirai-I", "ema": "Mirai-E"}.get(self.source, "")
+
     def num_heads(self) -> int:
         if self.offsets is not None:
             return len(self.offsets)
@@ -79,21 +87,44 @@ class ForesightConfig:
         return [f"foresight.{key} is set but read only by Mirai-I (foresight.source=encoder); this run's source is "
                 f"{self.source!r}, so it is ignored: drop it, or set foresight.source=encoder" for key in given]
 
-    def describe(self, n_layer: int | None = None) -> str:
-        """One line for the training banner and the bench plan: source, heads and what they pair with,
-        block, lambda and warm-up, e.g. ``ema, 3 heads (1,0) (1,1) (2,0) at block 3, lambda step
-        0.5->0.25 at 0.5 (fraction), warm-up 0.15 fraction``. ``n_layer`` resolves the default block."""
+    def describe(self, n_layer: int | None = None, model_dim: int | None = None) -> str:
+        """One line for the training banner and the bench plan: source (and encoder), heads and their
+        offsets or raster shifts, block, lambda, warm-up, then any setting away from its default, e.g.
+        ``ema, 3 heads (1,0) (1,1) (2,0) at block 3, lambda step 0.5->0.25 at 0.5 (fraction), warm-up
+        15% of training``. ``n_layer`` and ``model_dim`` (the GPT's) resolve the default block and encoder."""
         if not self.enabled:
             return "none"
         shifts = head_shifts(self.layout, self.num_heads(), self.offsets)
         heads = " ".join(f"({s[0]},{s[1]})" if isinstance(s, tuple) else f"+{s}" for s in shifts)
         layer = self.layer if n_layer is None else self.resolve_layer(n_layer)
-        schedules = {schedule.describe() for schedule in self.schedules()}
-        lambdas = "; ".join(schedule.describe() for schedule in self.schedules()) if len(schedules) > 1 else schedules.pop()
+        schedules = [schedule.describe() for schedule in self.schedules()]
         length, unit = self.warmup_spec()
-        what = f"encoder {encoder_name(self.encoder) or 'default'}" if self.source == "encoder" else self.source
-        return (f"{what}, {len(shifts)} head{'s' if len(shifts) > 1 else ''} {heads}{f' at block {layer}' if layer else ''}, lambda {lambdas}, "
-                f"warm-up {length:g} {unit}")
+        if self.source == "encoder":
+            encoder = self.encoder if self.encoder is not None or model_dim is None else self.encoder_spec(model_dim)
+            what = f"encoder {encoder_name(encoder) or 'default'}"
+        else:
+            what = self.source
+        parts = [f"{what}, {len(shifts)} head{'s' if len(shifts) > 1 else ''} {heads}"
+                 + (f" at block {layer}" if layer else ""),
+                 "lambda " + ("; ".join(schedules) if len(set(schedules)) > 1 else schedules[0]),
+                 "warm-up " + ("none" if length == 0 else f"{length:.0%} of training" if unit == "fraction"
+                               else f"{length:g} {unit}{'s' if length != 1 else ''}")]
+        default = ForesightConfig(source=self.source)
+        for key in ("layout", "head", "head_hidden", "reduction", "pair_with", "teacher_decay", "align_class_token",
+                    "output_diagnostic"):
+            relevant = key not in ("teacher_decay", "align_class_token", "output_diagnostic") or self.source == "ema"
+            if relevant and getattr(self, key) != getattr(default, key) and not (key == "layout" and self.offsets):
+                parts.append(f"{key} {getattr(self, key)}")
+        return ", ".join(parts)
+
+    def check_order(self, order: str) -> None:
+        """In raster order a Mirai-E offset into the past pairs nothing on any grid: refuse it with the config,
+        not when its run starts training. (In PAR order a raster-past cell can come later in the sequence.)"""
+        past = [tuple(o) for o in self.offsets or [] if raster_past(o)]
+        if self.source == "ema" and order == "raster" and past:
+            raise ConfigError(f"foresight.offsets {', '.join(map(str, past))} point{'s' if len(past) == 1 else ''} into the past: a Mirai-E teacher "
+                              "state must come at or after the student's position; use raster-future offsets "
+                              "(d_row > 0, or d_row = 0 and d_col >= 0)")
 
     def resolve_layer(self, n_layer: int) -> int:
         layer = self.layer if self.layer is not None else default_layer(n_layer)
@@ -104,15 +135,18 @@ class ForesightConfig:
     def validate(self) -> None:
         if not self.enabled:
             return
-        if self.k is not None and self.k < 1:
-            raise ConfigError(f"foresight.k must be at least 1, got {self.k}")
-        if self.offsets is not None and self.k is not None and self.k != len(self.offsets):
-            raise ConfigError(f"foresight.k={self.k} disagrees with the {len(self.offsets)} offsets given")
+        if self.k is not None and not 1 <= self.k <= MAX_HEADS:
+            raise ConfigError(f"foresight.k must be between 1 and {MAX_HEADS} heads (the paper uses 1 to 9), got {self.k}")
         head_shifts(self.layout, self.num_heads(), self.offsets)  # raises on a bad layout/offsets mix
         given = [tuple(offset) for offset in self.offsets or []]
         repeated = sorted({offset for offset in given if given.count(offset) > 1})
         if repeated:  # two heads on one target learn the same thing twice: surely a typo in the list
             raise ConfigError(f"foresight.offsets repeats {', '.join(map(str, repeated))}; give each (d_row, d_col) once")
+        if self.offsets is not None and self.k is not None and self.k != len(self.offsets):
+            raise ConfigError(f"foresight.k={self.k} disagrees with the {len(self.offsets)} offsets given: set "
+                              f"foresight.k=null (one head per offset) or foresight.k={len(self.offsets)}")
+        if len(given) > MAX_HEADS:
+            raise ConfigError(f"foresight.offsets gives {len(given)} heads; at most {MAX_HEADS}")
         if self.layer is not None and self.layer < 1:
             raise ConfigError(f"foresight.layer is 1-based, got {self.layer}")
         if self.head_hidden is not None and (self.head != "mlp" or self.head_hidden < 1):

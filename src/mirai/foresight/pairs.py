@@ -29,6 +29,7 @@ Layouts give the offsets of the K heads:
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -49,13 +50,20 @@ def nearest_future_offsets(k: int) -> list[tuple[int, int]]:
     """
     if k < 1:
         raise ConfigError(f"foresight k must be at least 1, got {k}")
-    # The cells (0, 0) .. (0, k-1) are k candidates within distance k-1, so a radius of k
-    # holds the k nearest.
+    # The future half-disc of radius R holds about pi R^2 / 2 cells, so R = sqrt(2k) + 2 holds more
+    # than k of them and hence the k nearest; the box around it keeps the search O(k), not O(k^2).
+    radius = math.isqrt(2 * k) + 2
     candidates = [
-        (dr, dc) for dr in range(0, k + 1) for dc in range(-k, k + 1) if dr > 0 or dc >= 0
+        (dr, dc) for dr in range(0, radius + 1) for dc in range(-radius, radius + 1)
+        if (dr > 0 or dc >= 0) and dr * dr + dc * dc <= radius * radius
     ]
     candidates.sort(key=lambda o: (o[0] ** 2 + o[1] ** 2, o[0], o[1]))
     return candidates[:k]
+
+
+def raster_past(offset: Sequence[int]) -> bool:
+    """True for a grid offset (d_row, d_col) that points at a cell generated earlier in raster order."""
+    return offset[0] < 0 or (offset[0] == 0 and offset[1] < 0)
 
 
 def head_shifts(
@@ -130,7 +138,10 @@ def head_pairs(
     result = []
     for shift in head_shifts(layout, k, offsets):
         if isinstance(shift, tuple):
-            r, c = row + shift[0], col + shift[1]
+            # An offset as long as the grid leaves it from every cell; clamping it keeps a huge one
+            # (a typo) from overflowing int64 below, and it still pairs nothing.
+            d_row, d_col = (min(max(d, -g), g) for d in shift)
+            r, c = row + d_row, col + d_col
             valid = (r >= 0) & (r < g) & (c >= 0) & (c < g)
             cell = r * g + c
         else:

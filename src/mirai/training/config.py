@@ -153,6 +153,7 @@ class TrainConfig:
     sampling: SampleSettings = field(default_factory=SampleSettings)
 
     def validate(self) -> None:
+        self.foresight.check_order(self.model.args().order)
         if self.steps < 0 or self.epochs < 0:
             raise ConfigError(f"steps and epochs must not be negative (got steps={self.steps}, epochs={self.epochs})")
         if (self.steps > 0) == (self.epochs > 0):

@@ -131,23 +131,24 @@ def start_banner(trainer) -> list[str]:
         device=str(trainer.device), processes=trainer.dist.world_size,
         precision="bf16 autocast" if trainer.autocast_dtype == torch.bfloat16 else "fp32",
         images=len(store), views=store.num_views, steps_per_epoch=steps_per_epoch, total_steps=total,
-        start_step=trainer.step, n_layer=trainer.gpt.args.n_layer, warnings=config_warnings(trainer.cfg, total, steps_per_epoch, len(store),
+        start_step=trainer.step, n_layer=trainer.gpt.args.n_layer, model_dim=trainer.gpt.args.dim, warnings=config_warnings(trainer.cfg, total, steps_per_epoch, len(store),
                                                           trainer.data.val is not None, has_tokenizer))
 
 
 def banner_lines(cfg: TrainConfig, *, gpt_params: int, aux_params: int, device: str, processes: int,
                  precision: str, images: int, views: int, steps_per_epoch: int, total_steps: int,
-                 start_step: int, warnings: list[str], n_layer: int | None = None) -> list[str]:
+                 start_step: int, warnings: list[str], n_layer: int | None = None,
+                 model_dim: int | None = None) -> list[str]:
     """The start banner: what trains on what, for how long, where it is written, and ``warnings``.
-    ``n_layer`` (the GPT's blocks) names the default foresight block."""
+    ``n_layer`` and ``model_dim`` (the GPT's) name the default foresight block and encoder."""
     f, o = cfg.foresight, cfg.optim
-    method = "baseline (next-token prediction only)" if not f.enabled else f"foresight source {f.source}"
+    method = f"foresight alignment ({f.method})" if f.enabled else "baseline (next-token prediction only)"
     heads = f" + {count(aux_params)} in training-only heads" if aux_params else ""
     start = f", resuming at step {start_step}" if start_step else ""
     lines = [
         f"  run dir    {Path(cfg.run_dir).resolve()}",
         f"  model      {cfg.model.name}, {count(gpt_params)} parameters{heads}; {method}",
-        *([f"  foresight  {f.describe(n_layer)}"] if f.enabled else []),
+        *([f"  foresight  {f.describe(n_layer, model_dim)}"] if f.enabled else []),
         f"  device     {device} x {processes} process{'es' if processes > 1 else ''}, precision {precision}"
         f"{', compiled' if cfg.compile else ''}",
         f"  data       {images} images x {views} views ({cfg.data.codes}); batch {o.batch_size}"
