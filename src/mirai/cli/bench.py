@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         model_width = max(len(r.cfg.model.name) for r in runs)
         for r in runs:
             print(f"  {r.variant:<{name_width}}  seed {r.seed}  {r.cfg.model.name:<{model_width}}  {r.run_dir}")
-            print(f"  {'':<{name_width}}  foresight {r.cfg.foresight.describe(r.cfg.model.args().n_layer, r.cfg.model.args().dim)}")
+            gpt = r.cfg.model.args()
+            print(f"  {'':<{name_width}}  foresight {r.cfg.foresight.describe(gpt.n_layer, gpt.dim)}")
         return 0
     if args.report:
         report_stored(bench, variants=args.variant, seeds=args.seed)

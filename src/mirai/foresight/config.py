@@ -122,9 +122,10 @@ class ForesightConfig:
         not when its run starts training. (In PAR order a raster-past cell can come later in the sequence.)"""
         past = [tuple(o) for o in self.offsets or [] if raster_past(o)]
         if self.source == "ema" and order == "raster" and past:
-            raise ConfigError(f"foresight.offsets {', '.join(map(str, past))} point{'s' if len(past) == 1 else ''} into the past: a Mirai-E teacher "
-                              "state must come at or after the student's position; use raster-future offsets "
-                              "(d_row > 0, or d_row = 0 and d_col >= 0)")
+            verb = "points" if len(past) == 1 else "point"
+            raise ConfigError(f"foresight.offsets {', '.join(map(str, past))} {verb} into the past: a Mirai-E "
+                              "teacher state must come at or after the student's position; use raster-future "
+                              "offsets (d_row > 0, or d_row = 0 and d_col >= 0)")
 
     def resolve_layer(self, n_layer: int) -> int:
         layer = self.layer if self.layer is not None else default_layer(n_layer)

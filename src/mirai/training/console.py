@@ -131,8 +131,9 @@ def start_banner(trainer) -> list[str]:
         device=str(trainer.device), processes=trainer.dist.world_size,
         precision="bf16 autocast" if trainer.autocast_dtype == torch.bfloat16 else "fp32",
         images=len(store), views=store.num_views, steps_per_epoch=steps_per_epoch, total_steps=total,
-        start_step=trainer.step, n_layer=trainer.gpt.args.n_layer, model_dim=trainer.gpt.args.dim, warnings=config_warnings(trainer.cfg, total, steps_per_epoch, len(store),
-                                                          trainer.data.val is not None, has_tokenizer))
+        start_step=trainer.step, n_layer=trainer.gpt.args.n_layer, model_dim=trainer.gpt.args.dim,
+        warnings=config_warnings(trainer.cfg, total, steps_per_epoch, len(store), trainer.data.val is not None,
+                                 has_tokenizer))
 
 
 def banner_lines(cfg: TrainConfig, *, gpt_params: int, aux_params: int, device: str, processes: int,
