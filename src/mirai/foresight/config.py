@@ -12,7 +12,7 @@ from typing import Literal
 
 from mirai.errors import ConfigError
 from mirai.foresight.defaults import default_encoder, default_layer, source_defaults
-from mirai.foresight.pairs import head_shifts, raster_past
+from mirai.foresight.pairs import RASTER_FUTURE, head_shifts, raster_past
 from mirai.foresight.schedules import LambdaSchedule
 
 
@@ -124,8 +124,8 @@ class ForesightConfig:
         if self.source == "ema" and order == "raster" and past:
             verb = "points" if len(past) == 1 else "point"
             raise ConfigError(f"foresight.offsets {', '.join(map(str, past))} {verb} into the past: a Mirai-E "
-                              "teacher state must come at or after the student's position; use raster-future "
-                              "offsets (d_row > 0, or d_row = 0 and d_col >= 0)")
+                              f"teacher state must come at or after the student's position; use raster-future "
+                              f"offsets {RASTER_FUTURE}")
 
     def resolve_layer(self, n_layer: int) -> int:
         layer = self.layer if self.layer is not None else default_layer(n_layer)

@@ -40,6 +40,7 @@ from mirai.models.par import sequence_cells
 
 LAYOUTS = ("grid2d", "raster1d", "reference")
 REFERENCE_SHIFTS = (0, 1, 16, 17, 2, 18, 34, 33, 32)
+RASTER_FUTURE = "(d_row > 0, or d_row = 0 and d_col >= 0)"  # the offsets raster_past refuses, for messages
 
 
 def nearest_future_offsets(k: int) -> list[tuple[int, int]]:
@@ -55,7 +56,7 @@ def nearest_future_offsets(k: int) -> list[tuple[int, int]]:
     radius = math.isqrt(2 * k) + 2
     candidates = [
         (dr, dc) for dr in range(0, radius + 1) for dc in range(-radius, radius + 1)
-        if (dr > 0 or dc >= 0) and dr * dr + dc * dc <= radius * radius
+        if not raster_past((dr, dc)) and dr * dr + dc * dc <= radius * radius
     ]
     candidates.sort(key=lambda o: (o[0] ** 2 + o[1] ** 2, o[0], o[1]))
     return candidates[:k]
@@ -161,7 +162,7 @@ def head_pairs(
         if len(s) == 0 and offsets is not None:  # (the authors' fixed reference shifts may exceed a small grid)
             where, fix = "off the grid", "offsets smaller than the grid"
             if future_only:
-                where, fix = "into the past or " + where, "raster-future " + fix + " (d_row > 0, or d_row = 0 and d_col >= 0)"
+                where, fix = "into the past or " + where, f"raster-future {fix} {RASTER_FUTURE}"
             raise ConfigError(f"foresight head {len(result)} (offset {shift}) pairs no position: it points {where}; "
                               f"use {fix}")
         if source == "ema" and align_class_token:
