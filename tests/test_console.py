@@ -39,6 +39,9 @@ def warnings_for(stores, tmp_path, total=12, steps_per_epoch=3, images=24, has_v
     ({"dropout": False}, {}, r"no classifier-free guidance"),
     ({"foresight.source": "ema", "foresight.encoder": "fashion8_ssl"}, {},
      r"foresight.encoder is set but read only by Mirai-I .*this run's source is 'ema'.*set foresight.source=encoder"),
+    ({"foresight.offsets": [[1, 0]]}, {},  # any foresight setting on a run without foresight
+     r"foresight.offsets is set but this run trains without foresight \(foresight.source=none\).*or ema"),
+    ({"foresight.warmup": 0}, {}, r"foresight.warmup is set but this run trains without foresight"),
 ])
 def test_each_config_smell_is_named_with_its_fix(stores, tmp_path, overrides, kwargs, expected):
     found = warnings_for(stores, tmp_path, **kwargs, **overrides)

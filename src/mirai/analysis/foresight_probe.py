@@ -167,14 +167,16 @@ def foresight_probe(checkpoint_path: str | Path, codes: str | Path, out: str | P
         batch = to_device(host_batch(store, index, np.zeros_like(index), loss.batch_fields), device)  # view 0
         sequence = model.to_sequence(batch["tokens"])
         logits, hidden = model.forward_with_hidden(sequence[:, :-1], batch["labels"], loss.hidden_layers)
-        terms, _ = loss(batch, hidden, lambdas)
+        h = hidden[loss.layer]
+        with torch.no_grad():
+            f = loss.targets(batch)  # once: for the gradient below and the probes' rows
+        terms, _ = loss.score(h, f, lambdas)
         g_ntp = torch.autograd.grad(ntp_loss(logits, sequence), shared, retain_graph=True, allow_unused=True)
         g_f = torch.autograd.grad(terms[loss.name], shared, allow_unused=True)
         ratio, cosine = gradient_alignment(list(g_ntp), list(g_f))
         ratios.append(ratio)
         cosines.append(cosine)
         with torch.no_grad():
-            h, f = hidden[loss.layer], loss.targets(batch)
             for k in range(heads):
                 student, target = getattr(loss, f"student{k}"), getattr(loss, f"target{k}")
                 keep = student < sequence.size(1)  # positions that predict a token (not PAR's extra ones)

@@ -7,7 +7,7 @@ config, so a saved config says "default" where the user did not choose).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 from mirai.errors import ConfigError
@@ -79,8 +79,15 @@ class ForesightConfig:
         return self.encoder if self.encoder is not None else default_encoder(model_dim)
 
     def ignored_settings(self) -> list[str]:
-        """Mirai-I settings given for another source, which ignores them (allowed, so that one file can switch
-        source by override; the training banner warns): one message per setting, naming what to change."""
+        """Settings the chosen source never reads (allowed, so that one file can switch source by override;
+        the training banner warns): with ``source: none`` every foresight setting away from its default,
+        else the Mirai-I-only ones on Mirai-E. One message per setting, naming what to change."""
+        if self.source == "none":
+            default = ForesightConfig()
+            given = [f.name for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)]
+            return [f"foresight.{key} is set but this run trains without foresight (foresight.source=none), so "
+                    f"it is ignored: drop it, or set foresight.source=encoder (Mirai-I) or ema (Mirai-E)"
+                    for key in given]
         if self.source == "encoder":
             return []
         given = [key for key in ("encoder", "cache_features") if getattr(self, key) not in (None, False)]

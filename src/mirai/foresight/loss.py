@@ -89,7 +89,11 @@ class HeadsLoss(nn.Module, ABC):
                 return {}, lambda_logs
             terms, logs = self(batch, hidden, weights)
             return terms, {**logs, **lambda_logs}
-        h, f = hidden[self.layer], self.targets(batch)
+        return self.score(hidden[self.layer], self.targets(batch), weights)
+
+    def score(self, h: torch.Tensor, f: torch.Tensor, weights: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict]:
+        """The weighted loss of states ``h`` (B, T, dim) of block ``layer`` against targets ``f`` from
+        ``targets`` (B, T, ...), with ``weights`` lambda_k (K,); ``forward`` without computing ``f``."""
         losses = []
         for k, head in enumerate(self.heads):
             student, target = getattr(self, f"student{k}"), getattr(self, f"target{k}")
