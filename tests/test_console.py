@@ -42,6 +42,8 @@ def warnings_for(stores, tmp_path, total=12, steps_per_epoch=3, images=24, has_v
     ({"foresight.offsets": [[1, 0]]}, {},  # any foresight setting on a run without foresight
      r"foresight.offsets is set but this run trains without foresight \(foresight.source=none\).*or ema"),
     ({"foresight.warmup": 0}, {}, r"foresight.warmup is set but this run trains without foresight"),
+    ({"foresight.source": "ema", "foresight.layout": "reference", "foresight.k": 18}, {},
+     r"layout=reference with k=18: .* makes head 16 repeat shift 16, head 17 repeat shift 17, .*foresight.k<=16"),
 ])
 def test_each_config_smell_is_named_with_its_fix(stores, tmp_path, overrides, kwargs, expected):
     found = warnings_for(stores, tmp_path, **kwargs, **overrides)

@@ -12,7 +12,7 @@ from typing import Literal
 
 from mirai.errors import ConfigError
 from mirai.foresight.defaults import default_encoder, default_layer, source_defaults
-from mirai.foresight.pairs import RASTER_FUTURE, head_shifts, raster_past
+from mirai.foresight.pairs import RASTER_FUTURE, REFERENCE_SHIFTS, head_shifts, raster_past
 from mirai.foresight.schedules import LambdaSchedule
 
 
@@ -78,10 +78,24 @@ class ForesightConfig:
         """The encoder to build: as configured, else DINOv2-B/14, or DINOv2-L/14 from GPT-L's width up (Table 8)."""
         return self.encoder if self.encoder is not None else default_encoder(model_dim)
 
+    def warnings(self) -> list[str]:
+        """What the training banner warns about, each naming what to change: ``ignored_settings``, and
+        heads that repeat a target under the authors' ``reference`` shifts (allowed, as their scripts
+        do it, whereas repeated explicit offsets are refused)."""
+        found = self.ignored_settings()
+        if self.enabled and self.layout == "reference" and self.offsets is None:
+            shifts = head_shifts(self.layout, self.num_heads())
+            repeats = [f"head {k} repeat shift {s}" for k, s in enumerate(shifts) if s in shifts[:k]]
+            if repeats:
+                found.append(f"foresight.layout=reference with k={len(shifts)}: the authors' fall-back (a head k >= "
+                             f"{len(REFERENCE_SHIFTS)} shifts by k) makes {', '.join(repeats)}, so those targets "
+                             f"count twice; use foresight.k<=16, or layout grid2d or raster1d")
+        return found
+
     def ignored_settings(self) -> list[str]:
-        """Settings the chosen source never reads (allowed, so that one file can switch source by override;
-        the training banner warns): with ``source: none`` every foresight setting away from its default,
-        else the Mirai-I-only ones on Mirai-E. One message per setting, naming what to change."""
+        """Settings the chosen source never reads (allowed, so that one file can switch source by override):
+        with ``source: none`` every foresight setting away from its default, else the Mirai-I-only ones on
+        Mirai-E. One message per setting, naming what to change."""
         if self.source == "none":
             default = ForesightConfig()
             given = [f.name for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)]

@@ -23,8 +23,9 @@ Layouts give the offsets of the K heads:
   shifts run on along the raster order across row ends, as a 1-D sequence does.
 - ``reference``: the authors' flat shifts 0, 1, 16, 17, 2, 18, 34, 33, 32 (heads 0..8),
   written for a 16-wide grid and used unchanged on any grid, with wrap-around across row
-  ends; a head k >= 9 shifts by k (their 1-D fall-back). Only pairs past the end of the
-  sequence are dropped. For comparison with the published numbers only.
+  ends; a head k >= 9 shifts by k (their 1-D fall-back), so heads 16 on repeat shifts 16,
+  17, ... (the training banner warns). Only pairs past the end of the sequence are dropped.
+  For comparison with the published numbers only.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def config_warnings(cfg: TrainConfig, total_steps: int, steps_per_epoch: int, im
                      "set ema.warmup=true or a smaller ema.decay")
     if not has_tokenizer:
         found.append("the code store names no tokenizer that can be loaded: no sample grids will be drawn")
-    found += cfg.foresight.ignored_settings()
+    found += cfg.foresight.warnings()
     if not cfg.dropout:
         found.append("dropout=false also turns class dropout off: no null class is trained, so samples use "
                      "no classifier-free guidance")
