@@ -3,17 +3,11 @@ NLL, RUN_DIR/log.txt, the closing summary, and progress bars only on a terminal.
 
 from __future__ import annotations
 
-import ast
-import json
 import re
-from pathlib import Path
 
 import pytest
 
-import mirai
 from mirai.cli.main import main
-from mirai.config import to_dict
-from mirai.errors import TrainingError
 from mirai.training.console import config_warnings
 from mirai.training.trainer import train
 

@@ -8,7 +8,7 @@ import torch
 
 from mirai import checkpoint
 from mirai.cli.main import main
-from mirai.errors import ConfigError, DataError
+from mirai.errors import CheckpointError, ConfigError, DataError
 from mirai.evaluation import load_fashion_classifier, read_reference
 from mirai.models.fashion_classifier import FashionClassifier
 
@@ -99,7 +99,7 @@ def test_fashion_evaluator_rejects_other_resolutions(tmp_path, random_fashion_ev
                  fashion_evaluator=random_fashion_evaluator, device="cpu", log=lambda text: None)
     # With the automatic choice (Inception, which is not at hand offline) the size note comes first.
     notes = []
-    with pytest.raises(Exception):
+    with pytest.raises(CheckpointError, match="missing.pth"):
         evaluate(tmp_path / "samples.npz", tmp_path / "ref.npz", inception_weights=tmp_path / "missing.pth",
                  device="cpu", log=notes.append)
     assert notes and "--image-size-eval 32" in notes[0]

@@ -77,7 +77,7 @@ def test_fid_adds_eps_to_covariances_when_the_square_root_is_not_finite(monkeypa
     monkeypatch.setattr(metrics.linalg, "sqrtm", failing_once)
     with pytest.warns(UserWarning, match="singular"):
         got = frechet_distance(a, b)
-    (m1, s1), (m2, s2) = feature_statistics(a), feature_statistics(b)
+    (_, s1), (_, s2) = feature_statistics(a), feature_statistics(b)
     eye = np.eye(4) * metrics.FID_EPS
     assert np.allclose(calls[1], (s1 + eye) @ (s2 + eye))
     assert got == pytest.approx(independent_fid(a, b), rel=1e-4)
