@@ -221,6 +221,12 @@ def test_plan_shares_budget_and_checkpoint_schedule(setup, tmp_path, capsys):
     plan = capsys.readouterr().out
     assert "1 runs x 2 checkpoints [5, 20]" in plan and "seed 3" in plan
     assert "foresight encoder" in plan and "1 head (0,0) at block" in plan and "lambda const" in plan
+    assert "warning" not in plan
+    # A setting a variant's source never reads is named in the plan, before any run starts.
+    assert main(["bench", "convergence", "--config", str(config), "--dry-run",
+                 "train_overrides=[foresight.teacher_decay=0.9]"]) == 0
+    plan = capsys.readouterr().out
+    assert plan.count("warning: foresight.teacher_decay is set but") == 2  # baseline (none) and Mirai-I
 
 
 def test_parallel_shares_merge_their_records_and_a_plain_run_writes_the_report(setup, tmp_path, monkeypatch, capsys):

@@ -37,7 +37,11 @@ def warnings_for(stores, tmp_path, total=12, steps_per_epoch=3, images=24, has_v
      r"foresight.offsets is set but this run trains without foresight \(foresight.source=none\).*or ema"),
     ({"foresight.warmup": 0}, {}, r"foresight.warmup is set but this run trains without foresight"),
     ({"foresight.source": "ema", "foresight.layout": "reference", "foresight.k": 18}, {},
-     r"layout=reference with k=18: .* makes head 16 repeat shift 16, head 17 repeat shift 17, .*foresight.k<=16"),
+     r"layout=reference with k=18: .*head 16 repeats head 2's shift 16, head 17 repeats head 3's shift 17: .*k<=16"),
+    ({"foresight.source": "encoder", "foresight.teacher_decay": 0.9}, {},  # and the other way round
+     r"foresight.teacher_decay is set but read only by Mirai-E .*source is 'encoder'.*set foresight.source=ema"),
+    ({"foresight.cache_features": True}, {},  # without foresight, the fix names the one source that reads it
+     r"foresight.cache_features is set but this run trains without .*source=encoder \(Mirai-I\)$"),
 ])
 def test_each_config_smell_is_named_with_its_fix(stores, tmp_path, overrides, kwargs, expected):
     found = warnings_for(stores, tmp_path, **kwargs, **overrides)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -107,3 +108,38 @@ def test_runs_without_a_foresight_loss_or_a_training_state_are_refused(stores, t
                         str(tmp_path / "o.json")], tmp_path, match="has no train_config.yaml")
     with pytest.raises(ConfigError, match="unknown file type"):
         foresight_probe(base, codes, tmp_path / "probe.png")
+
+
+def test_a_checkpoint_inside_the_warmup_reports_no_foresight_gradient(stores, tmp_path, capsys):
+    # MIRAI_E's warm-up is 2 steps: at step 1 the run has trained with next-token prediction only.
+    train(make_cfg(stores, tmp_path / "run", steps=3, save_every=1, keep_last=3, **MIRAI_E))
+    ckpt = tmp_path / "run" / "checkpoints" / "step_0000001"
+    out = tmp_path / "probe.json"
+    assert main(["analyze", "foresight", "--gpt", str(ckpt), "--codes", str(stores / "codes_val"),
+                 "--out", str(out), "--batch-size", "6"]) == 0
+    report = json.loads(out.read_text())
+    assert report["in_warmup"] and report["gradient"] is None
+    assert [h["lambda"] for h in report["heads"]] == [0.0, 0.0, 0.0]
+    assert "inside the NTP-only warm-up" in capsys.readouterr().out
+
+
+def test_bad_probe_settings_are_refused_before_any_model_work(foresight_run, stores, tmp_path, monkeypatch):
+    _, ckpt = foresight_run
+    args = ["analyze", "foresight", "--gpt", str(ckpt), "--codes", str(stores / "codes_val"),
+            "--out", str(tmp_path / "o.json")]
+    monkeypatch.setattr("mirai.analysis.foresight_probe.load_foresight_run", None)  # reached: a TypeError
+    for extra, match in ((["--seed", "-1"], r"seed must lie in 0..4294967295 .*, got -1"),
+                         (["--seed", str(2**32)], "seed must lie in"),
+                         (["--num-images", "0"], "num_images must be at least 2, got 0"),
+                         (["--num-images", "1"], "num_images must be at least 2, got 1")):
+        assert_cli_refuses(args + extra, tmp_path, match=match)
+
+
+def test_a_training_store_out_of_reach_is_named_with_where_its_path_comes_from(foresight_run, stores, tmp_path):
+    _, ckpt = foresight_run
+    moved = shutil.copytree(ckpt, tmp_path / "ckpt")
+    config = moved / "train_config.yaml"
+    config.write_text(config.read_text().replace(str(stores / "codes_train"), "runs/codes/elsewhere"))
+    assert_cli_refuses(["analyze", "foresight", "--gpt", str(moved), "--codes", str(stores / "codes_val"),
+                        "--out", str(tmp_path / "o.json")], tmp_path,
+                       match=r"runs/codes/elsewhere.*data.codes in .*train_config.yaml.*run it from the folder")

@@ -19,9 +19,11 @@ from mirai import checkpoint
 from mirai.cli.main import main
 from mirai.config import to_dict
 from mirai.errors import BusyError, CheckpointError, ConfigError, TrainingError
+from mirai.foresight.config import ForesightConfig
 from mirai.locks import exclusive_dir
 from mirai.models import GPT, build_gpt
 from mirai.training import state as run_state
+from mirai.training.config import TrainConfig, resume_changes
 from mirai.training.metrics import read_metrics
 from mirai.training.trainer import Trainer, train
 
@@ -192,6 +194,24 @@ def test_resume_refuses_settings_the_checkpoint_was_not_trained_with(stores, tmp
     assert "seed: 3" in (tmp_path / "run" / "config.yaml").read_text()  # the saved config is untouched
 
 
+def test_resume_may_change_only_the_foresight_settings_its_source_never_reads():
+    def config(**foresight) -> dict:
+        return to_dict(TrainConfig(foresight=ForesightConfig(**foresight)))
+
+    # The banner tells the user to drop such a setting: the resumed run must then accept that.
+    saved = config(source="ema", encoder="fashion8", cache_features=True)
+    assert resume_changes(saved, config(source="ema")) == {"foresight.cache_features": (True, False),
+                                                           "foresight.encoder": ("fashion8", None)}
+    assert resume_changes(config(k=3), config()) == {"foresight.k": (3, None)}  # no foresight reads nothing
+    assert resume_changes(config(source="encoder", teacher_decay=0.9), config(source="encoder")) == {
+        "foresight.teacher_decay": (0.9, None)}
+    for saved, current in ((config(source="ema", teacher_decay=0.9), config(source="ema")),  # read by Mirai-E
+                           (config(source="ema", encoder="fashion8"), config(source="encoder", encoder="fashion8")),
+                           (config(k=3), config(source="ema", k=3))):
+        with pytest.raises(ConfigError, match=r"--resume would change foresight\."):
+            resume_changes(saved, current)
+
+
 def test_resume_refuses_another_code_store(stores, tmp_path):
     train(make_cfg(stores, tmp_path / "run", steps=2))
     other = shutil.copytree(stores / "codes_train", tmp_path / "other_codes")
@@ -294,11 +314,18 @@ def test_resuming_from_a_model_that_is_not_a_gpt_names_its_kind(stores, tmp_path
         train(make_cfg(stores, tmp_path / "run", steps=2), resume="fashion/vq8")  # not "can seed a new run"
 
 
-def test_a_config_directory_is_named_as_one(tmp_path):
-    with pytest.raises(ConfigError, match="is a directory; give a YAML file in it"):
-        from mirai.config import read_yaml
+def test_a_config_directory_or_a_misspelt_name_is_named_with_what_to_give(tmp_path):
+    from mirai.config import read_yaml
 
+    with pytest.raises(ConfigError, match=r"is a directory; give a YAML file in it \(it holds none\)"):
         read_yaml(tmp_path)
+    for name in "abcd":
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        (tmp_path / "sub" / f"{name}.yaml").write_text("steps: 1\n")
+    with pytest.raises(ConfigError, match=r"a YAML file in it, e.g. .*a.yaml, .*b.yaml, .*c.yaml and 1 more$"):
+        read_yaml(tmp_path)
+    with pytest.raises(ConfigError, match=r"fashion/mirai_ee.yaml does not exist; did you mean fashion/mirai_e.yaml"):
+        read_yaml("configs/fashion/mirai_ee.yaml")
 
 
 def test_resuming_a_checkpoint_past_the_runs_steps_is_refused(stores, tmp_path):

@@ -82,7 +82,9 @@ class Checkpoint:
         module = cls.from_checkpoint_config(self.name, self.args)
         state = self.ema if use_ema else self.model
         if use_ema and state is None:
-            raise CheckpointError("this checkpoint has no EMA weights; load it without use_ema")
+            raise CheckpointError("this checkpoint has no EMA weights; load its raw weights instead (--raw-weights "
+                                  "for mirai sample, serve and analyze; mirai extract without --ema; use_ema=False "
+                                  "in Python)")
         load_state_dict_checked(module, state, strict=strict)
         return module
 

@@ -9,6 +9,7 @@ that every key exists and every value has the declared type. Dataclasses may def
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -82,6 +83,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     args = typing.get_args(annotation)
     if annotation is Any:
         return value
+    if value is None and not (origin in (Union, types.UnionType) and type(None) in args):
+        raise ConfigError(f"{where} is empty (null); give {_describe(annotation)}")  # e.g. the override 'steps='
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -159,11 +162,16 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         obj = cls(**kwargs)
+        validate = getattr(obj, "validate", None)
+        if callable(validate):
+            validate()
     except TypeError as err:
         raise ConfigError(f"{where}: {err}") from err
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        validate()
+    except ConfigError as err:  # a section's own check ("top_k must be ..."): say which section's top_k
+        section = where.partition(".")[2]
+        if section and f"{section}." not in str(err) and not str(err).startswith(where):
+            raise ConfigError(f"{where}: {err}") from None
+        raise
     return obj
 
 
@@ -207,13 +215,18 @@ def find_config(path: str | Path) -> Path:
     if path.is_file():
         return path
     if path.is_dir():
-        raise ConfigError(f"config {path} is a directory; give a YAML file in it, e.g. {path}/config.yaml")
+        inside = sorted(str(p) for p in path.rglob("*.yaml"))
+        raise ConfigError(f"config {path} is a directory; give a YAML file in it" + (
+            f", e.g. {', '.join(inside[:3])}" + (f" and {len(inside) - 3} more" if len(inside) > 3 else "")
+            if inside else " (it holds none)"))
     parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
     packaged = PACKAGED_CONFIGS.joinpath(*parts) if parts and not path.is_absolute() else None
     if packaged is not None and packaged.is_file():
         return packaged
     shipped = sorted(str(p.relative_to(PACKAGED_CONFIGS)) for p in PACKAGED_CONFIGS.rglob("*.yaml"))
-    raise ConfigError(f"config file {path} does not exist (configs shipped with Mirai: {', '.join(shipped)})")
+    close = difflib.get_close_matches(str(Path(*parts)) if parts else str(path), shipped, n=3)
+    raise ConfigError(f"config file {path} does not exist" + (f"; did you mean {' or '.join(close)}?" if close else "")
+                      + f" (configs shipped with Mirai: {', '.join(shipped)})")
 
 
 def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:

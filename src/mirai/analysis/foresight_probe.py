@@ -11,10 +11,12 @@ foresight run, whatever the source (the EMA teacher of Mirai-E or the encoder of
    ``h`` lacks of the target that the next token alone supplies. Near 1, aligning to ``f``
    mostly asks for the next token, which the NTP loss already supervises exactly; near 0, the
    target carries something else (e.g. whole-image structure); slightly below 0 when the next
-   token adds nothing and the extra columns only add held-out noise.
+   token adds nothing and the extra columns only add held-out noise; ``None`` where R^2(h) is
+   within ``SHARE_MIN_GAP`` of 1 (the state already explains the target: a ratio of noise).
 2. **Gradients** (per batch, on the GPT parameters both losses reach): the norm of the weighted
    foresight gradient over the NTP gradient's, and their cosine. A small ratio or a cosine near
    1 means the foresight term barely changes the update NTP makes anyway.
+   ``None`` where every lambda is 0, e.g. inside the NTP-only warm-up (``in_warmup``).
 
 Probes are scikit-learn's (``LogisticRegression``, ``Ridge``) on standardised features, fitted
 on the first half of the images and scored on the second, so no image is on both sides.
@@ -33,7 +35,7 @@ from tqdm import tqdm
 from mirai import checkpoint
 from mirai.config import load_config, write_text_atomic
 from mirai.data.codes import CodeStore
-from mirai.data.options import check_output_file, positive_int, resolve_device
+from mirai.data.options import check_output_file, positive_int, resolve_device, whole_number
 from mirai.errors import CheckpointError, ConfigError, DataError
 from mirai.foresight.base import Progress
 from mirai.foresight.build import build_auxiliary_loss
@@ -44,6 +46,9 @@ from mirai.training.config import TrainConfig
 from mirai.training.data import host_batch, to_device
 from mirai.training.state import CONFIG_FILE, STATE_FILE, load_saved_states
 from mirai.training.trainer import ntp_loss
+
+
+SHARE_MIN_GAP = 1e-3  # novel_next_token_share is reported only where R^2(target | state) < 1 - this
 
 
 def probe_accuracy(features: np.ndarray, labels: np.ndarray, fit: np.ndarray, seed: int = 0) -> float:
@@ -101,7 +106,13 @@ def load_foresight_run(ckpt: Path, device: str = "cpu") -> tuple[TrainConfig, GP
     loss = build_auxiliary_loss(cfg.foresight, model, ema)
     load_saved_states(ckpt, loss.saved_states())  # the heads, and a teacher with its own decay
     step = int(checkpoint.read_torch_file(ckpt / STATE_FILE)["step"])
-    batches_per_epoch = max(1, len(CodeStore.open(cfg.data.codes)) // cfg.optim.batch_size)
+    try:
+        images = len(CodeStore.open(cfg.data.codes))
+    except DataError as err:
+        raise DataError(f"{err}. The probe counts the run's steps per epoch in its training store (data.codes in "
+                        f"{ckpt / CONFIG_FILE}) to place step {step} on the lambda schedule and warm-up: run it "
+                        "from the folder the run was trained from, where that path leads to the store") from None
+    batches_per_epoch = max(1, images // cfg.optim.batch_size)
     total = cfg.steps or math.ceil(cfg.epochs * batches_per_epoch)  # as the trainer counts them
     progress = Progress(step, step / batches_per_epoch, step / max(1, total))
     return cfg, model, loss.eval(), progress
@@ -126,7 +137,8 @@ def head_probes(h: np.ndarray, f: np.ndarray, y: np.ndarray, fit: np.ndarray, vo
             "probe_next_token_from_target": probe_accuracy(f, y, fit, seed),
             "probe_next_token_from_both": probe_accuracy(np.concatenate([h, f], axis=1), y, fit, seed),
             "r2_target_from_student": r2_h, "r2_target_from_student_and_next_token": r2_hx,
-            "novel_next_token_share": (r2_hx - r2_h) / max(1e-12, 1 - r2_h)}
+            # Undefined when the state already explains the target (R^2 near 1): a ratio of two noise terms.
+            "novel_next_token_share": (r2_hx - r2_h) / (1 - r2_h) if r2_h < 1 - SHARE_MIN_GAP else None}
 
 
 def foresight_probe(checkpoint_path: str | Path, codes: str | Path, out: str | Path | None = None,
@@ -140,11 +152,13 @@ def foresight_probe(checkpoint_path: str | Path, codes: str | Path, out: str | P
     its training state or config, ``ConfigError`` for a run without a hidden-state foresight loss,
     ``DataError`` for a store that does not fit the model or has fewer than 2 images.
     """
-    for value, name in ((num_images, "num_images"), (batch_size, "batch_size"), (max_rows, "max_rows")):
+    for value, name in ((batch_size, "batch_size"), (max_rows, "max_rows")):
         positive_int(value, name)
-    if num_images < 2:
+    if whole_number(num_images, "num_images") < 2:
         raise ConfigError(f"num_images must be at least 2, got {num_images}: the probes fit on half the images "
                           "and score the other half")
+    if not 0 <= whole_number(seed, "seed") < 2**32:
+        raise ConfigError(f"seed must lie in 0..{2**32 - 1} (NumPy's and scikit-learn's seeds), got {seed}")
     ckpt = Path(checkpoint_path)
     if out is not None:
         check_output_file(out, "out", inputs=[codes], suffixes=[".json"])
@@ -157,7 +171,10 @@ def foresight_probe(checkpoint_path: str | Path, codes: str | Path, out: str | P
     count = min(num_images, len(store))
     if count < 2:
         raise DataError(f"{codes} has {len(store)} image(s); the probe fits on half the images and scores the rest")
-    lambdas = torch.tensor([s(progress) for s in loss.schedules], dtype=torch.float32, device=device)
+    lambdas, _ = loss.weights(progress)
+    in_warmup = lambdas is None  # the NTP-only warm-up: no foresight gradient applied, the heads untrained
+    if in_warmup:
+        lambdas = torch.zeros(len(loss.heads), device=device)
     shared = list(model.parameters())
     heads = len(loss.heads)
     rows: list[dict[str, list[np.ndarray]]] = [{"h": [], "f": [], "y": [], "image": [], "hit": []} for _ in range(heads)]
@@ -173,9 +190,10 @@ def foresight_probe(checkpoint_path: str | Path, codes: str | Path, out: str | P
         terms, _ = loss.score(h, f, lambdas)
         g_ntp = torch.autograd.grad(ntp_loss(logits, sequence), shared, retain_graph=True, allow_unused=True)
         g_f = torch.autograd.grad(terms[loss.name], shared, allow_unused=True)
-        ratio, cosine = gradient_alignment(list(g_ntp), list(g_f))
-        ratios.append(ratio)
-        cosines.append(cosine)
+        if lambdas.any():
+            ratio, cosine = gradient_alignment(list(g_ntp), list(g_f))
+            ratios.append(ratio)
+            cosines.append(cosine)
         with torch.no_grad():
             for k in range(heads):
                 student, target = getattr(loss, f"student{k}"), getattr(loss, f"target{k}")
@@ -196,16 +214,18 @@ def foresight_probe(checkpoint_path: str | Path, codes: str | Path, out: str | P
         h, f, y, image = r["h"][pick], r["f"][pick], r["y"][pick], r["image"][pick]
         fit = image < count // 2
         if fit.all() or not fit.any():
-            raise DataError(f"head {k}: the sampled rows do not cover both halves of the images; raise num_images")
+            raise DataError(f"head {k}: the {len(y)} rows sampled do not cover both halves of the images; raise "
+                            "max_rows (or num_images)")
         report_heads.append({"head": names[k], "rows": len(y), "lambda": float(lambdas[k]),
                              "model_next_token_acc": float(r["hit"][pick][~fit].mean()),
                              **head_probes(h, f, y, fit, args.vocab_size, seed)})
     report = {
         "checkpoint": str(ckpt), "codes": str(codes), "step": progress.step, "source": cfg.foresight.source,
-        "layer": loss.layer, "images": count, "heads": report_heads,
+        "layer": loss.layer, "images": count, "heads": report_heads, "in_warmup": in_warmup,
+        # None where every lambda is 0 (e.g. inside the warm-up): no foresight gradient to compare.
         "gradient": {"batches": len(ratios), "batch_size": batch_size,
                      "norm_ratio_mean": float(np.mean(ratios)), "norm_ratio_std": float(np.std(ratios)),
-                     "cosine_mean": float(np.mean(cosines)), "cosine_std": float(np.std(cosines))},
+                     "cosine_mean": float(np.mean(cosines)), "cosine_std": float(np.std(cosines))} if ratios else None,
     }
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

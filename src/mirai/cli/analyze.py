@@ -91,7 +91,8 @@ def add_parser(subparsers) -> None:
         description="For a Mirai-I or Mirai-E training checkpoint: linear probes of the next token from the "
         "student's aligned state, from each head's target and from both; the ridge R^2 of each target from the "
         "state with and without the next token; and, per batch, the weighted foresight gradient's norm over "
-        "the NTP gradient's and their cosine on the GPT weights both reach. Writes OUT (JSON).",
+        "the NTP gradient's and their cosine on the GPT weights both reach (skipped inside the NTP-only warm-up, "
+        "where no foresight gradient is applied). Writes OUT (JSON).",
     )
     p.add_argument("--gpt", required=True,
                    help="training checkpoint of a foresight run (RUN/checkpoints/step_NNNNNNN or .../best)")
@@ -163,13 +164,19 @@ def foresight(args: argparse.Namespace) -> int:
                         max_rows=args.max_rows, seed=args.seed, device=args.device)
     g = r["gradient"]
     print(f"{r['source']} targets, block {r['layer']}, step {r['step']}, {r['images']} images")
-    print(f"gradient: ||lambda g_F|| / ||g_NTP|| = {g['norm_ratio_mean']:.3f} +- {g['norm_ratio_std']:.3f}, "
-          f"cosine {g['cosine_mean']:.3f} +- {g['cosine_std']:.3f} ({g['batches']} batches)")
+    if r["in_warmup"]:
+        print(f"step {r['step']} is inside the NTP-only warm-up: no foresight gradient was applied yet and the "
+              "heads are untrained (the probes of the states and targets below still hold)")
+    elif g is None:
+        print("gradient: every lambda is 0 at this step, so there is no foresight gradient to compare")
+    else:
+        print(f"gradient: ||lambda g_F|| / ||g_NTP|| = {g['norm_ratio_mean']:.3f} +- {g['norm_ratio_std']:.3f}, "
+              f"cosine {g['cosine_mean']:.3f} +- {g['cosine_std']:.3f} ({g['batches']} batches)")
     print("head            next-token acc: model  state  target  both   R2(target|state)  +next token  share")
     for h in r["heads"]:
         print(f"{h['head']:<16}{h['model_next_token_acc']:>21.3f}{h['probe_next_token_from_student']:>7.3f}"
               f"{h['probe_next_token_from_target']:>8.3f}{h['probe_next_token_from_both']:>7.3f}"
               f"{h['r2_target_from_student']:>19.3f}{h['r2_target_from_student_and_next_token']:>13.3f}"
-              f"{h['novel_next_token_share']:>7.3f}")
+              + (f"{h['novel_next_token_share']:>7.3f}" if h["novel_next_token_share"] is not None else "    n/a"))
     print(f"wrote {args.out}")
     return 0

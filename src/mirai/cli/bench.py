@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {r.variant:<{name_width}}  seed {r.seed}  {r.cfg.model.name:<{model_width}}  {r.run_dir}")
             gpt = r.cfg.model.args()
             print(f"  {'':<{name_width}}  foresight {r.cfg.foresight.describe(gpt.n_layer, gpt.dim)}")
+            for warning in r.cfg.foresight.warnings():  # what each run's banner will say, before hours of work
+                print(f"  {'':<{name_width}}  warning: {warning}")
         return 0
     if args.report:
         report_stored(bench, variants=args.variant, seeds=args.seed)

@@ -17,6 +17,10 @@ from mirai.foresight.schedules import LambdaSchedule
 
 
 MAX_HEADS = 64  # far above the paper's K (1 to 9); a larger k is a typo, and its pairs would cost memory
+METHODS = {"encoder": "Mirai-I", "ema": "Mirai-E"}  # the paper's name for each source's method
+# Settings read by one method only: the other source ignores them (the rest are read by both).
+ONLY_READ_BY = {"encoder": "encoder", "cache_features": "encoder", "teacher_decay": "ema", "align_class_token": "ema",
+                "output_diagnostic": "ema"}
 
 
 def encoder_name(spec: str | dict | None) -> str:
@@ -58,7 +62,7 @@ class ForesightConfig:
     @property
     def method(self) -> str:
         """The paper's name for this source's method: Mirai-I (a frozen encoder), Mirai-E (the EMA), or ""."""
-        return {"encoder": "Mirai-I", "ema": "Mirai-E"}.get(self.source, "")
+        return METHODS.get(self.source, "")
 
     def num_heads(self) -> int:
         if self.offsets is not None:
@@ -78,35 +82,41 @@ class ForesightConfig:
         """The encoder to build: as configured, else DINOv2-B/14, or DINOv2-L/14 from GPT-L's width up (Table 8)."""
         return self.encoder if self.encoder is not None else default_encoder(model_dim)
 
+    def reads(self, key: str) -> bool:
+        """Whether this config's source reads the setting ``key`` (a field name): none is read without
+        foresight, and each method ignores the other's own settings (``ONLY_READ_BY``)."""
+        return self.enabled and ONLY_READ_BY.get(key, self.source) == self.source
+
     def warnings(self) -> list[str]:
-        """What the training banner warns about, each naming what to change: ``ignored_settings``, and
-        heads that repeat a target under the authors' ``reference`` shifts (allowed, as their scripts
-        do it, whereas repeated explicit offsets are refused)."""
+        """What the training banner and the bench plan warn about, each naming what to change:
+        ``ignored_settings``, and heads that repeat a target under the authors' ``reference`` shifts
+        (allowed, as their scripts do it, whereas repeated explicit offsets are refused)."""
         found = self.ignored_settings()
         if self.enabled and self.layout == "reference" and self.offsets is None:
             shifts = head_shifts(self.layout, self.num_heads())
-            repeats = [f"head {k} repeat shift {s}" for k, s in enumerate(shifts) if s in shifts[:k]]
+            repeats = [f"head {k} repeats head {shifts.index(s)}'s shift {s}"
+                       for k, s in enumerate(shifts) if s in shifts[:k]]
             if repeats:
-                found.append(f"foresight.layout=reference with k={len(shifts)}: the authors' fall-back (a head k >= "
-                             f"{len(REFERENCE_SHIFTS)} shifts by k) makes {', '.join(repeats)}, so those targets "
-                             f"count twice; use foresight.k<=16, or layout grid2d or raster1d")
+                found.append(f"foresight.layout=reference with k={len(shifts)}: in the authors' fall-back every head "
+                             f"from the {len(REFERENCE_SHIFTS) + 1}th on shifts by its index, so (counting heads from "
+                             f"0) {', '.join(repeats)}: those targets count twice; use foresight.k<=16, or layout "
+                             "grid2d or raster1d")
         return found
 
     def ignored_settings(self) -> list[str]:
-        """Settings the chosen source never reads (allowed, so that one file can switch source by override):
-        with ``source: none`` every foresight setting away from its default, else the Mirai-I-only ones on
-        Mirai-E. One message per setting, naming what to change."""
-        if self.source == "none":
-            default = ForesightConfig()
-            given = [f.name for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)]
-            return [f"foresight.{key} is set but this run trains without foresight (foresight.source=none), so "
-                    f"it is ignored: drop it, or set foresight.source=encoder (Mirai-I) or ema (Mirai-E)"
-                    for key in given]
-        if self.source == "encoder":
-            return []
-        given = [key for key in ("encoder", "cache_features") if getattr(self, key) not in (None, False)]
-        return [f"foresight.{key} is set but read only by Mirai-I (foresight.source=encoder); this run's source is "
-                f"{self.source!r}, so it is ignored: drop it, or set foresight.source=encoder" for key in given]
+        """Settings away from their default that the chosen source never reads (allowed, so that one
+        file can switch source by override; a resumed run may change them): one message per setting,
+        naming the source that reads it."""
+        default, found = ForesightConfig(), []
+        for key in (f.name for f in fields(self)):
+            if key == "source" or self.reads(key) or getattr(self, key) == getattr(default, key):
+                continue
+            reader = ONLY_READ_BY.get(key)
+            fix = f"{reader} ({METHODS[reader]})" if reader else "encoder (Mirai-I) or ema (Mirai-E)"
+            why = ("this run trains without foresight (foresight.source=none)" if not self.enabled else
+                   f"read only by {METHODS[reader]} (foresight.source={reader}); this run's source is {self.source!r}")
+            found.append(f"foresight.{key} is set but {why}, so it is ignored: drop it, or set foresight.source={fix}")
+        return found
 
     def describe(self, n_layer: int | None = None, model_dim: int | None = None) -> str:
         """One line for the training banner and the bench plan: source (and encoder), heads and their
@@ -117,7 +127,7 @@ class ForesightConfig:
             return "none"
         shifts = head_shifts(self.layout, self.num_heads(), self.offsets)
         heads = " ".join(f"({s[0]},{s[1]})" if isinstance(s, tuple) else f"+{s}" for s in shifts)
-        layer = self.layer if n_layer is None else self.resolve_layer(n_layer)
+        layer = self.layer if n_layer is None else n_layer if self.output_diagnostic else self.resolve_layer(n_layer)
         schedules = [schedule.describe() for schedule in self.schedules()]
         length, unit = self.warmup_spec()
         if self.source == "encoder":
@@ -190,3 +200,12 @@ class ForesightConfig:
             raise ConfigError(
                 "foresight.output_diagnostic replaces Mirai-E's alignment by output-level heads; set source: ema"
             )
+
+
+def unread_on_resume(key: str, saved: dict, current: dict) -> bool:
+    """Whether the flattened setting ``key`` (``foresight.teacher_decay``) of two flattened train
+    configs is one the run's source never reads, the source unchanged: a resumed run may change it,
+    as it changes nothing the checkpoint was trained with (the banner says to drop such settings)."""
+    source = saved.get("foresight.source", "none")
+    return (key.startswith("foresight.") and current.get("foresight.source", "none") == source
+            and not ForesightConfig(source=source).reads(key.split(".")[1]))

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from mirai.config import flatten, to_dict
 from mirai.errors import ConfigError
-from mirai.foresight.config import ForesightConfig
+from mirai.foresight.config import ForesightConfig, unread_on_resume
 from mirai.models.gpt import GPTArgs
 from mirai.models.registry import gpt_args
 from mirai.sampling.pipeline import SampleSettings
@@ -180,8 +180,9 @@ class TrainConfig:
 
 
 # Settings a resumed run may change: how long it runs, where and how fast, what it logs, and the
-# learning rate and clipping (the usual recovery from a diverging run). Anything else (seed, batch,
-# model, data, schedules, EMA, foresight) would silently mix two runs in one directory.
+# learning rate and clipping (the usual recovery from a diverging run), and foresight settings that the
+# run's source never reads. Anything else (seed, batch, model, data, schedules, EMA, foresight) would
+# silently mix two runs in one directory.
 RESUMABLE_KEYS = (
     "run_dir", "steps", "epochs", "device", "precision", "compile", "log_every", "eval_every", "sample_every",
     "save_every", "keep_last", "tensorboard", "wandb", "optim.lr", "optim.grad_clip", "data.val_codes",
@@ -201,12 +202,13 @@ def resume_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
                if not any(s == k or s.startswith(k + ".") or k.startswith(s + ".") for s in saved_flat)}
     old, new = {**missing, **saved_flat}, flatten(current)
     changed = {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
-    refused = [k for k in changed if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)]
+    refused = [k for k in changed if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)
+               and not unread_on_resume(k, old, new)]
     if refused:
         detail = "; ".join(f"{k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused)
         raise ConfigError(
             f"--resume would change {detail}, which the checkpoint was not trained with. Resume with the run's "
             "own config (its config.yaml), or start a new run in another run_dir. Only these may change on "
-            f"resume: {', '.join(RESUMABLE_KEYS)}"
+            f"resume: {', '.join(RESUMABLE_KEYS)}, and foresight settings that the run's source does not read"
         )
     return changed
