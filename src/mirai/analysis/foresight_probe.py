@@ -187,10 +187,10 @@ def foresight_probe(checkpoint_path: str | Path, codes: str | Path, out: str | P
         h = hidden[loss.layer]
         with torch.no_grad():
             f = loss.targets(batch)  # once: for the gradient below and the probes' rows
-        terms, _ = loss.score(h, f, lambdas)
-        g_ntp = torch.autograd.grad(ntp_loss(logits, sequence), shared, retain_graph=True, allow_unused=True)
-        g_f = torch.autograd.grad(terms[loss.name], shared, allow_unused=True)
-        if lambdas.any():
+        if lambdas.any():  # else (e.g. inside the warm-up) there is no foresight gradient to compare
+            terms, _ = loss.score(h, f, lambdas)
+            g_ntp = torch.autograd.grad(ntp_loss(logits, sequence), shared, retain_graph=True, allow_unused=True)
+            g_f = torch.autograd.grad(terms[loss.name], shared, allow_unused=True)
             ratio, cosine = gradient_alignment(list(g_ntp), list(g_f))
             ratios.append(ratio)
             cosines.append(cosine)
