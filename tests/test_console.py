@@ -95,6 +95,11 @@ def test_overrides_may_follow_an_option(tmp_path, capsys):
     assert "steps: 7" in printed and "seed: 3" in printed  # the later override wins, as on one side
     assert main(["train", "--config", str(config), "steps=5", "--print-config", "--", "steps=9"]) == 0
     assert "steps: 9" in capsys.readouterr().out  # "--" ends the options; what follows are overrides
+    # A setting the source never reads is named on stderr; the printed YAML stays a valid config.
+    assert main(["train", "--config", str(config), "--print-config", "steps=5", "foresight.teacher_decay=0.9"]) == 0
+    out, err = capsys.readouterr()
+    assert "teacher_decay: 0.9" in out and "warning" not in out
+    assert err.startswith("warning: foresight.teacher_decay is set but this run trains without foresight")
     # Only the words at fault are named, with the command's own help.
     for words, bad in ((["foo", "steps=7"], "foo"), (["--bogus", "steps=7"], "--bogus")):
         with pytest.raises(SystemExit):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_parser(subparsers) -> None:
@@ -52,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(TrainConfig, args.config, args.overrides)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        for warning in cfg.foresight.warnings():  # on stderr, so the printed YAML stays a valid config
+            print(f"warning: {warning}", file=sys.stderr)
         return 0
     try:
         result = train(cfg, resume=args.resume)
