@@ -42,6 +42,7 @@ from mirai.foresight.build import build_auxiliary_loss
 from mirai.foresight.loss import ForesightLoss
 from mirai.foresight.pairs import nearest_future_offsets
 from mirai.models.gpt import GPT
+from mirai.sampling.checks import check_seed
 from mirai.training.config import TrainConfig
 from mirai.training.data import host_batch, to_device
 from mirai.training.state import CONFIG_FILE, STATE_FILE, load_saved_states
@@ -157,8 +158,7 @@ def foresight_probe(checkpoint_path: str | Path, codes: str | Path, out: str | P
     if whole_number(num_images, "num_images") < 2:
         raise ConfigError(f"num_images must be at least 2, got {num_images}: the probes fit on half the images "
                           "and score the other half")
-    if not 0 <= whole_number(seed, "seed") < 2**32:
-        raise ConfigError(f"seed must lie in 0..{2**32 - 1} (NumPy's and scikit-learn's seeds), got {seed}")
+    check_seed(seed)  # NumPy's and scikit-learn's seeds lie in [0, 2**32), as sampling's do
     ckpt = Path(checkpoint_path)
     if out is not None:
         check_output_file(out, "out", inputs=[codes], suffixes=[".json"])
