@@ -39,6 +39,22 @@ def test_bench_configs_plan_every_run(path, monkeypatch):
     assert "baseline" in bench.variants
 
 
+def test_the_long_grid16_baseline_differs_from_fashion_grid16_only_in_its_length(monkeypatch):
+    """RESULTS.md 4.11 compares FIDs across these two benches: same scoring, same training but for the schedule."""
+    from mirai.bench.store import SCORING_KEYS
+    from mirai.config import flatten, to_dict
+
+    monkeypatch.chdir(CONFIGS.parent.parent.parent)
+    short, long = (load_config(BenchConfig, CONFIGS / "bench" / name)
+                   for name in ("fashion_grid16.yaml", "fashion_grid16_long.yaml"))
+    assert all(getattr(short, key) == getattr(long, key) for key in SCORING_KEYS)
+    assert long.steps == 2 * short.steps and short.steps in long.schedule()
+    a, b = (next(flatten(to_dict(run.cfg)) for run in plan_runs(bench) if run.variant == "baseline" and run.seed == 0)
+            for bench in (short, long))
+    differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    assert "steps" in differ and differ <= {"steps", "run_dir", "save_every", "eval_every", "keep_last"}, differ
+
+
 def test_ill_typed_values_are_named_in_words():
     """A value that fits no branch of a union, or a bare ``dict`` field, says what is expected in words."""
     from mirai.errors import ConfigError

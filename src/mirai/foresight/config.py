@@ -65,12 +65,17 @@ class ForesightConfig:
         return METHODS.get(self.source, "")
 
     def num_heads(self) -> int:
+        """Heads the loss builds: 0 under ``source: none``, else len(offsets), k, or the source's K."""
+        if not self.enabled:
+            return 0
         if self.offsets is not None:
             return len(self.offsets)
         return self.k if self.k is not None else source_defaults(self.source).k
 
     def schedules(self) -> list[LambdaSchedule]:
-        """One lambda schedule per head."""
+        """One lambda schedule per head (none under ``source: none``)."""
+        if not self.enabled:
+            return []
         given = self.lambdas or [source_defaults(self.source).lambda_schedule()]
         return given * self.num_heads() if len(given) == 1 else list(given)
 
