@@ -173,6 +173,10 @@ def test_bench_writes_results_and_resumes_without_redoing_work(setup, tmp_path, 
     changed = bench_dict(setup, out, train_overrides=["optim.lr=1e-3"])
     with pytest.raises(ConfigError, match="optim.lr"):
         run_convergence(from_dict(BenchConfig, changed))
+    # A new eval_at asks for checkpoints the runs never saved: the error names the eval_at that fits them.
+    with pytest.raises(ConfigError, match=r"saves a checkpoint every 2 steps .* needs one every 1; score the steps it "
+                                          r"saves with 'eval_at=\[2\]', or delete"):
+        run_convergence(from_dict(BenchConfig, bench_dict(setup, out, eval_at=[1, 2, 3])))
 
     # Another bench rescores the same runs with more samples, without training them again.
     rescored = run_convergence(from_dict(BenchConfig, bench_dict(

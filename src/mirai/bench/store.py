@@ -15,6 +15,8 @@ from mirai.errors import ConfigError, DataError
 RECORD_KEYS = ("seed", "step", "fid")  # what every record has; the report reads them
 SCORING_KEYS = ("num_samples", "class_sampling", "sample_seed", "sample_batch_size", "sampling",
                 "reference_codes", "evaluator")
+# Training keys the bench derives from eval_at alone (plan_runs): they change which checkpoints exist, not the weights.
+CHECKPOINT_KEYS = {"save_every", "eval_every", "keep_last"}
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -89,6 +91,15 @@ def check_same_training(run: Run) -> None:
         return
     old, new = flatten(read_yaml(path)), flatten(to_dict(run.cfg))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if changed and set(changed) <= CHECKPOINT_KEYS and isinstance(old.get("save_every"), int) and old["save_every"] > 0:
+        # Only the bench's checkpoint spacing moved, i.e. eval_at changed: the weights would be the same,
+        # but the checkpoints the new eval_at asks for were never saved. Name the eval_at that matches.
+        every = old["save_every"]
+        steps = list(range(every, run.cfg.steps, every))
+        fits = f"'eval_at={steps}'".replace(" ", "") if len(steps) <= 20 else f"an eval_at of multiples of {every}"
+        raise ConfigError(f"{run.run_dir} saves a checkpoint every {every} steps (the eval_at it was started "
+                          f"with), but this eval_at needs one every {new.get('save_every')}; score the steps it "
+                          f"saves with {fits}, or delete that run to retrain it")
     if changed:
         raise ConfigError(f"{run.run_dir} was trained with another config (differs in {', '.join(changed)}); "
                           "use another out_dir, or delete that run to retrain it")
