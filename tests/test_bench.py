@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -173,10 +174,18 @@ def test_bench_writes_results_and_resumes_without_redoing_work(setup, tmp_path, 
     changed = bench_dict(setup, out, train_overrides=["optim.lr=1e-3"])
     with pytest.raises(ConfigError, match="optim.lr"):
         run_convergence(from_dict(BenchConfig, changed))
-    # A new eval_at asks for checkpoints the runs never saved: the error names the eval_at that fits them.
-    with pytest.raises(ConfigError, match=r"saves a checkpoint every 2 steps .* needs one every 1; score the steps it "
-                                          r"saves with 'eval_at=\[2\]', or delete"):
+    # A new eval_at that asks for checkpoints the runs never saved is refused, naming an eval_at they did save,
+    # by the run, by --dry-run and by --report (which would otherwise draw empty rows over the report).
+    never_saved = r"saves a checkpoint every 2 steps .*so steps 1, 3 of this eval_at were never saved; .*'eval_at=\[2\]'"
+    with pytest.raises(ConfigError, match=never_saved):
         run_convergence(from_dict(BenchConfig, bench_dict(setup, out, eval_at=[1, 2, 3])))
+    assert main(["bench", "convergence", "--config", str(config), "--dry-run", "eval_at=[1,2,3]"]) == 1
+    assert re.search(never_saved, capsys.readouterr().err)
+    assert main(["bench", "convergence", "--config", str(config), "--report", "eval_at=[3]"]) == 1
+    assert "no chosen run was scored at step 3; the stored scores are at steps [2, 4]" in capsys.readouterr().err
+    # One whose steps the runs did save (here only the last) is accepted, and nothing is trained or sampled again.
+    run_convergence(from_dict(BenchConfig, bench_dict(setup, out, eval_at=[])))
+    assert len(trained.calls) == 3 and len(sampled.calls) == 5
 
     # Another bench rescores the same runs with more samples, without training them again.
     rescored = run_convergence(from_dict(BenchConfig, bench_dict(
@@ -217,13 +226,18 @@ def test_plan_shares_budget_and_checkpoint_schedule(setup, tmp_path, capsys):
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump(bench_dict(setup, tmp_path / "b")))
     assert main(["bench", "convergence", "--config", str(config), "--dry-run", "seeds=[3]"]) == 0
-    assert "2 runs x 2 checkpoints [2, 4]" in capsys.readouterr().out
+    assert "2 runs x 2 checkpoints [2, 4] -> " in (plan := capsys.readouterr().out)
+    assert "each run saves and validates every 2 steps" in plan and "warning" not in plan
+    # Missing code stores are named in the plan (the real run stops on them only after loading the evaluator).
+    missing = tmp_path / "no_codes"
+    assert main(["bench", "convergence", "--config", str(config), "--dry-run", f"reference_codes={missing}"]) == 0
+    assert f"warning: code store {missing} does not exist yet" in capsys.readouterr().out
     assert not (tmp_path / "b").exists()
     # Overrides on both sides of an option all apply; the plan names each variant's heads and lambda.
     assert main(["bench", "convergence", "--config", str(config), "seeds=[3]", "--variant", "mirai_i", "--dry-run",
                  "steps=20", "eval_at=[5]"]) == 0
     plan = capsys.readouterr().out
-    assert "1 runs x 2 checkpoints [5, 20]" in plan and "seed 3" in plan
+    assert "1 run x 2 checkpoints [5, 20]" in plan and "seed 3" in plan
     assert "foresight encoder" in plan and "1 head (0,0) at block" in plan and "lambda const" in plan
     assert "warning" not in plan
     # A setting a variant's source never reads is named in the plan, before any run starts.

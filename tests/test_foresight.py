@@ -210,6 +210,7 @@ def test_disabled_config_builds_nothing():
     assert build_auxiliary_loss(ForesightConfig(), tiny_gpt(), None) is None
     # A valid config answers for its (absent) heads instead of calling "none" an unknown source.
     assert ForesightConfig().num_heads() == 0 and ForesightConfig(k=3).schedules() == []
+    assert ForesightConfig(warmup=5).warmup_spec() == (0.0, "step")
 
 
 # ---------------------------------------------------------------------------------------- sources

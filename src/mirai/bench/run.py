@@ -56,8 +56,7 @@ def train_and_score(bench: BenchConfig, variants: list[str] | None = None,
     out = Path(bench.out_dir)
     runs = select_share(plan_runs(bench), variants, seeds)
     check_same_scoring(bench, out)
-    for run in runs:
-        check_same_training(run)
+    runs = [check_same_training(run, bench.schedule()) for run in runs]
     out.mkdir(parents=True, exist_ok=True)
     save_bench_config(bench, out)
     results = read_results(out)
@@ -137,6 +136,11 @@ def report_stored(bench: BenchConfig, variants: list[str] | None = None, seeds: 
     if unscored:
         raise ConfigError(f"{out}/results.json has no scores for {', '.join(unscored)}: run the bench for them "
                           "first, or leave them out with --variant/--seed")
+    scored = sorted({rec["step"] for r in runs for rec in results.get(r.variant, []) if rec["seed"] == r.seed})
+    never = [step for step in bench.schedule() if step not in scored]
+    if never:  # an eval_at naming steps no chosen run was scored at would draw empty rows over a good report
+        raise ConfigError(f"no chosen run was scored at step{'s' * (len(never) > 1)} {', '.join(map(str, never))}; "
+                          f"the stored scores are at steps {scored}: give an eval_at of those")
     chosen = {r.variant for r in runs}
     shown = replace(bench, variants={k: v for k, v in bench.variants.items() if k in chosen},
                     seeds=[s for s in bench.seeds if s in {r.seed for r in runs}])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -84,22 +85,30 @@ def check_same_scoring(bench: BenchConfig, out_dir: Path) -> None:
                           "everything (the training runs are kept)")
 
 
-def check_same_training(run: Run) -> None:
-    """A run on disk must have been trained with the config the bench would use now (else ``ConfigError``)."""
+def check_same_training(run: Run, schedule: list[int]) -> Run:
+    """The run to train and score: a run on disk must have been trained with the config the bench would use
+    now (else ``ConfigError``), except for the checkpoint spacing that ``eval_at`` sets.
+
+    With another ``eval_at``, the weights are the same; the run keeps its own spacing (so a resumed run
+    goes on as it started) if it saves every step of ``schedule``, else ``ConfigError`` names the steps it
+    never saved and an ``eval_at`` that it does."""
     path = run.run_dir / "config.yaml"
     if not path.is_file():
-        return
+        return run
     old, new = flatten(read_yaml(path)), flatten(to_dict(run.cfg))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    if changed and set(changed) <= CHECKPOINT_KEYS and isinstance(old.get("save_every"), int) and old["save_every"] > 0:
-        # Only the bench's checkpoint spacing moved, i.e. eval_at changed: the weights would be the same,
-        # but the checkpoints the new eval_at asks for were never saved. Name the eval_at that matches.
-        every = old["save_every"]
-        steps = list(range(every, run.cfg.steps, every))
-        fits = f"'eval_at={steps}'".replace(" ", "") if len(steps) <= 20 else f"an eval_at of multiples of {every}"
+    if not changed:
+        return run
+    every = old.get("save_every")
+    if set(changed) <= CHECKPOINT_KEYS and isinstance(every, int) and every > 0:
+        unsaved = [step for step in schedule if step % every and step != run.cfg.steps]
+        if not unsaved:
+            return replace(run, cfg=replace(run.cfg, **{key: old[key] for key in CHECKPOINT_KEYS}))
+        saved = list(range(every, run.cfg.steps, every))
+        fits = f"'eval_at={saved}'".replace(" ", "") if len(saved) <= 20 else f"an eval_at of multiples of {every}"
         raise ConfigError(f"{run.run_dir} saves a checkpoint every {every} steps (the eval_at it was started "
-                          f"with), but this eval_at needs one every {new.get('save_every')}; score the steps it "
-                          f"saves with {fits}, or delete that run to retrain it")
-    if changed:
-        raise ConfigError(f"{run.run_dir} was trained with another config (differs in {', '.join(changed)}); "
-                          "use another out_dir, or delete that run to retrain it")
+                          f"with), so step{'s' * (len(unsaved) > 1)} {', '.join(map(str, unsaved))} of this "
+                          f"eval_at {'were' if len(unsaved) > 1 else 'was'} never saved; score the steps it saves "
+                          f"(e.g. {fits}), or delete that run to retrain it")
+    raise ConfigError(f"{run.run_dir} was trained with another config (differs in {', '.join(changed)}); "
+                      "use another out_dir, or delete that run to retrain it")

@@ -22,6 +22,8 @@ given: e.g. to compare the variants that ran while another one of the config nev
 from __future__ import annotations
 
 import argparse
+import math
+from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
@@ -56,12 +58,21 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from mirai.bench.config import BenchConfig, plan_runs, select_share
     from mirai.bench.run import report_stored, run_convergence
+    from mirai.bench.store import check_same_scoring, check_same_training
     from mirai.config import load_config
 
     bench = load_config(BenchConfig, args.config, args.overrides)
     if args.dry_run:
-        runs = select_share(plan_runs(bench), args.variant, args.seed)
-        print(f"{len(runs)} runs x {len(bench.schedule())} checkpoints {bench.schedule()} -> {bench.out_dir}")
+        # The checks a real run makes before any work, so a plan that would fail says so now.
+        check_same_scoring(bench, Path(bench.out_dir))
+        runs = [check_same_training(r, bench.schedule())
+                for r in select_share(plan_runs(bench), args.variant, args.seed)]
+        every = math.gcd(*bench.schedule())
+        print(f"{plural(len(runs), 'run')} x {plural(len(bench.schedule()), 'checkpoint')} {bench.schedule()} "
+              f"-> {bench.out_dir}; each run saves and validates every {plural(every, 'step')}")
+        stores = {r.cfg.data.codes for r in runs} | {r.cfg.data.val_codes for r in runs} | {bench.reference_codes}
+        for store in sorted(str(s) for s in stores if s and not Path(s).exists()):
+            print(f"  warning: code store {store} does not exist yet; make it with mirai extract before the run")
         name_width = max(len(r.variant) for r in runs)
         model_width = max(len(r.cfg.model.name) for r in runs)
         for r in runs:
@@ -84,3 +95,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {bench.out_dir}/results.json, results.md and fid_vs_steps, and the sample grids, t-SNE maps and "
           "curves of the runs on disk (each .png and .pdf)")
     return 0
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"

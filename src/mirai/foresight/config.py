@@ -80,7 +80,9 @@ class ForesightConfig:
         return given * self.num_heads() if len(given) == 1 else list(given)
 
     def warmup_spec(self) -> tuple[float, str]:
-        """(length, unit) of the NTP-only warm-up."""
+        """(length, unit) of the NTP-only warm-up; (0, "step") under ``source: none``."""
+        if not self.enabled:
+            return 0.0, "step"
         return source_defaults(self.source).warmup if self.warmup is None else (self.warmup, self.warmup_unit)
 
     def encoder_spec(self, model_dim: int) -> str | dict:
