@@ -135,6 +135,10 @@ class BenchConfig:
         """The scored steps: ``eval_at`` plus the final step, ascending."""
         return sorted(set(self.eval_at) | {self.steps})
 
+    def save_every(self) -> int:
+        """Steps between a run's checkpoints (and validations): the gcd of the scored steps."""
+        return math.gcd(*self.schedule())
+
 
 @dataclass
 class Run:
@@ -170,8 +174,7 @@ def plan_runs(bench: BenchConfig) -> list[Run]:
 
     Raises ``ConfigError`` naming the variant whose config is bad, or that sets a key the bench controls."""
     _check_overrides(bench.train_overrides, "train_overrides")
-    schedule = bench.schedule()
-    every = math.gcd(*schedule)  # the trainer saves (and measures val NLL) every `every` steps
+    every = bench.save_every()  # the trainer saves (and measures val NLL) every `every` steps
     runs = []
     for name, spec in bench.variant_specs().items():
         _check_overrides(spec.overrides, f"variant {name!r}")

@@ -22,7 +22,6 @@ given: e.g. to compare the variants that ran while another one of the config nev
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 
@@ -67,9 +66,8 @@ def run(args: argparse.Namespace) -> int:
         check_same_scoring(bench, Path(bench.out_dir))
         runs = [check_same_training(r, bench.schedule())
                 for r in select_share(plan_runs(bench), args.variant, args.seed)]
-        every = math.gcd(*bench.schedule())
         print(f"{plural(len(runs), 'run')} x {plural(len(bench.schedule()), 'checkpoint')} {bench.schedule()} "
-              f"-> {bench.out_dir}; each run saves and validates every {plural(every, 'step')}")
+              f"-> {bench.out_dir}; each run saves and validates every {plural(bench.save_every(), 'step')}")
         stores = {r.cfg.data.codes for r in runs} | {r.cfg.data.val_codes for r in runs} | {bench.reference_codes}
         for store in sorted(str(s) for s in stores if s and not Path(s).exists()):
             print(f"  warning: code store {store} does not exist yet; make it with mirai extract before the run")
