@@ -25,7 +25,7 @@ from mirai.config import from_dict, load_config
 from mirai.data.codes import extract
 from mirai.data.folders import ImageFolder
 from mirai.data.views import ViewSpec
-from mirai.errors import ConfigError, DataError
+from mirai.errors import ConfigError, DataError, Interrupted
 from mirai.foresight.encoders import ASSETS
 from mirai.models import GPT, VQModel
 from mirai.training.state import checkpoint_step, has_step_checkpoints, latest_checkpoint
@@ -193,6 +193,19 @@ def test_bench_writes_results_and_resumes_without_redoing_work(setup, tmp_path, 
     assert len(trained.calls) == 3 and len(sampled.calls) == 9
     assert {r["num_samples"] for records in rescored.values() for r in records} == {20}
     assert not (tmp_path / "rescored" / "runs").exists()
+
+
+def test_a_run_stopped_by_a_signal_says_how_a_bench_continues(setup, tmp_path, monkeypatch):
+    def stopped(cfg, **kwargs):
+        raise Interrupted(15, "saved CKPT at step 3", hint="continue with --resume")
+
+    monkeypatch.setattr(bench_run, "train", stopped)
+    run = plan_runs(from_dict(BenchConfig, bench_dict(setup, tmp_path / "b")))[0]
+    with pytest.raises(Interrupted) as info:
+        bench_run.ensure_trained(run)
+    assert info.value.signum == 15
+    assert str(info.value) == ("variant 'baseline', seed 0: saved CKPT at step 3; "
+                               "run the same bench command again to continue")
 
 
 def test_bad_variants_fail_before_any_training(setup, tmp_path, monkeypatch):

@@ -265,7 +265,7 @@ def test_weights_files_are_readable_like_any_file(stores, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ signals and settings
-def test_sigterm_exits_143_after_saving(stores, tmp_path, monkeypatch):
+def test_sigterm_exits_143_after_saving(stores, tmp_path, monkeypatch, capsys):
     step = Trainer.train_step
 
     def step_then_signal(self):
@@ -279,6 +279,7 @@ def test_sigterm_exits_143_after_saving(stores, tmp_path, monkeypatch):
     config.write_text(json.dumps(to_dict(make_cfg(stores, tmp_path / "run", steps=5))))
     assert main(["train", "--config", str(config)]) == 128 + signal.SIGTERM
     assert run_state.has_step_checkpoints(tmp_path / "run")
+    assert capsys.readouterr().err.strip().endswith("at step 2; continue with --resume")
 
 
 @pytest.mark.parametrize("override, message", [

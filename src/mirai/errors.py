@@ -32,6 +32,6 @@ class Interrupted(KeyboardInterrupt):
     """A run stopped on a signal after saving what it had; ``signum`` gives the exit status
     128 + signum (130 for SIGINT, 143 for SIGTERM)."""
 
-    def __init__(self, signum: int, message: str = ""):
-        super().__init__(message)
-        self.signum = signum
+    def __init__(self, signum: int, message: str = "", hint: str = ""):
+        super().__init__("; ".join(part for part in (message, hint) if part))
+        self.signum, self.message, self.hint = signum, message, hint

@@ -16,7 +16,7 @@ from mirai.bench.scorer import Scorer
 from mirai.bench.store import (
     check_same_scoring, check_same_training, read_results, save_bench_config, store_record, write_json,
 )
-from mirai.errors import CheckpointError, ConfigError, MiraiError
+from mirai.errors import CheckpointError, ConfigError, Interrupted, MiraiError
 from mirai.figures import figure_paths
 from mirai.training.metrics import read_metrics
 from mirai.training.trainer import TrainResult, train
@@ -29,6 +29,9 @@ def ensure_trained(run: Run) -> TrainResult:
         return train(run.cfg, resume="auto")
     except MiraiError as err:
         raise type(err)(f"variant {run.variant!r}, seed {run.seed}: {err}") from err
+    except Interrupted as err:  # a bench resumes its runs by itself: the trainer's --resume is not its way back
+        raise Interrupted(err.signum, f"variant {run.variant!r}, seed {run.seed}: {err.message}",
+                          hint="run the same bench command again to continue") from None
 
 
 def val_nll(run_dir: Path, step: int) -> float | None:

@@ -364,8 +364,8 @@ class Trainer:
                     say(f"step {self.step} | samples {self.sample_grid(f'step_{self.step:07d}')}")
                 if self._stop_signal is not None:
                     last_ckpt = self.save(val_nll)
-                    raise Interrupted(self._stop_signal,
-                                      f"saved {last_ckpt} at step {self.step}; continue with --resume")
+                    raise Interrupted(self._stop_signal, f"saved {last_ckpt} at step {self.step}",
+                                      hint="continue with --resume")
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
                     last_ckpt = self.save(val_nll)
                     say(f"step {self.step} | checkpoint {last_ckpt}")
