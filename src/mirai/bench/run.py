@@ -50,6 +50,13 @@ class ScoredShare:
     scorer: Callable[[], Scorer]
 
 
+def plan_share(bench: BenchConfig, variants: list[str] | None = None, seeds: list[int] | None = None) -> list[Run]:
+    """The share's runs, checked against the records and runs already in ``OUT`` (``ConfigError`` before any
+    work); what ``train_and_score`` will train and score, and what ``--dry-run`` prints."""
+    check_same_scoring(bench, Path(bench.out_dir))
+    return [check_same_training(run, bench.schedule()) for run in select_share(plan_runs(bench), variants, seeds)]
+
+
 def train_and_score(bench: BenchConfig, variants: list[str] | None = None,
                     seeds: list[int] | None = None) -> ScoredShare:
     """Train the share's runs and score every checkpoint of theirs not yet in ``OUT/results.json``.
@@ -57,9 +64,7 @@ def train_and_score(bench: BenchConfig, variants: list[str] | None = None,
     Every config, and the records and runs already on disk, are checked (``ConfigError``)
     before any work; the scorer checks the runs' code stores before any training."""
     out = Path(bench.out_dir)
-    runs = select_share(plan_runs(bench), variants, seeds)
-    check_same_scoring(bench, out)
-    runs = [check_same_training(run, bench.schedule()) for run in runs]
+    runs = plan_share(bench, variants, seeds)
     out.mkdir(parents=True, exist_ok=True)
     save_bench_config(bench, out)
     results = read_results(out)

@@ -55,17 +55,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mirai.bench.config import BenchConfig, plan_runs, select_share
-    from mirai.bench.run import report_stored, run_convergence
-    from mirai.bench.store import check_same_scoring, check_same_training
+    from mirai.bench.config import BenchConfig
+    from mirai.bench.run import plan_share, report_stored, run_convergence
     from mirai.config import load_config
 
     bench = load_config(BenchConfig, args.config, args.overrides)
     if args.dry_run:
-        # The checks a real run makes before any work, so a plan that would fail says so now.
-        check_same_scoring(bench, Path(bench.out_dir))
-        runs = [check_same_training(r, bench.schedule())
-                for r in select_share(plan_runs(bench), args.variant, args.seed)]
+        runs = plan_share(bench, args.variant, args.seed)  # the checks a real run makes, so a bad plan fails now
         print(f"{plural(len(runs), 'run')} x {plural(len(bench.schedule()), 'checkpoint')} {bench.schedule()} "
               f"-> {bench.out_dir}; each run saves and validates every {plural(bench.save_every(), 'step')}")
         stores = {r.cfg.data.codes for r in runs} | {r.cfg.data.val_codes for r in runs} | {bench.reference_codes}
