@@ -206,6 +206,16 @@ def test_bad_configs_are_rejected(data):
         from_dict(ForesightConfig, data)
 
 
+@pytest.mark.parametrize("data", [
+    {"k": -3}, {"offsets": [[0, 1], [0, 1]]}, {"offsets": [[1]]}, {"layout": "gird2d"}, {"layer": 0},
+    {"teacher_decay": 1.5}, {"warmup": -1}, {"lambdas": [{"kind": "step", "values": [1, 2], "at": []}]},
+])
+def test_bad_values_are_rejected_without_foresight_too(data):
+    """``source: none`` ignores these settings, but one override of the source would read them."""
+    with pytest.raises(ConfigError, match="foresight|offsets|layout|schedule|lambda"):
+        from_dict(ForesightConfig, {"source": "none", **data})
+
+
 def test_disabled_config_builds_nothing():
     assert build_auxiliary_loss(ForesightConfig(), tiny_gpt(), None) is None
     # A valid config answers for its (absent) heads instead of calling "none" an unknown source.

@@ -172,11 +172,11 @@ class ForesightConfig:
         return layer
 
     def validate(self) -> None:
-        if not self.enabled:
-            return
+        """Raise ConfigError on a bad value, whatever the source: a setting that ``source: none`` ignores
+        today is read as soon as an override switches the source, so it must already be valid then."""
         if self.k is not None and not 1 <= self.k <= MAX_HEADS:
             raise ConfigError(f"foresight.k must be between 1 and {MAX_HEADS} heads (the paper uses 1 to 9), got {self.k}")
-        head_shifts(self.layout, self.num_heads(), self.offsets)  # raises on a bad layout/offsets mix
+        head_shifts(self.layout, max(self.num_heads(), 1), self.offsets)  # raises on a bad layout/offsets mix
         given = [tuple(offset) for offset in self.offsets or []]
         repeated = sorted({offset for offset in given if given.count(offset) > 1})
         if repeated:  # two heads on one target learn the same thing twice: surely a typo in the list
@@ -190,11 +190,6 @@ class ForesightConfig:
             raise ConfigError(f"foresight.layer is 1-based, got {self.layer}")
         if self.head_hidden is not None and (self.head != "mlp" or self.head_hidden < 1):
             raise ConfigError("foresight.head_hidden sets the width of the mlp head: a positive int, head: mlp")
-        if self.lambdas is not None and len(self.lambdas) not in (1, self.num_heads()):
-            raise ConfigError(
-                f"foresight.lambdas has {len(self.lambdas)} schedules for {self.num_heads()} heads;"
-                " give one for all heads or one per head"
-            )
         for schedule in self.lambdas or []:
             schedule.validate()
         if self.teacher_decay is not None and not 0 <= self.teacher_decay < 1:
@@ -203,11 +198,17 @@ class ForesightConfig:
             raise ConfigError("foresight.warmup_unit needs foresight.warmup (the default warm-up is in epochs)")
         if self.warmup is not None and self.warmup < 0:
             raise ConfigError(f"foresight.warmup must be non-negative, got {self.warmup}")
+        if not self.enabled:
+            return
+        if self.lambdas is not None and len(self.lambdas) not in (1, self.num_heads()):
+            raise ConfigError(
+                f"foresight.lambdas has {len(self.lambdas)} schedules for {self.num_heads()} heads;"
+                " give one for all heads or one per head"
+            )
         if self.output_diagnostic and self.source != "ema":
             raise ConfigError(
                 "foresight.output_diagnostic replaces Mirai-E's alignment by output-level heads; set source: ema"
             )
-
 
 def unread_on_resume(key: str, saved: dict, current: dict) -> bool:
     """Whether the flattened setting ``key`` (``foresight.teacher_decay``) of two flattened train
