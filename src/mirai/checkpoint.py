@@ -180,6 +180,7 @@ VERIFY_ENV = "MIRAI_VERIFY_CHECKSUMS"
 
 
 def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (checkpoint and asset fingerprints)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -265,4 +265,5 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def save_yaml(cfg: Any, path: str | Path) -> None:
+    """Write a dataclass config as YAML atomically (the file beside every checkpoint)."""
     write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

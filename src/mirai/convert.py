@@ -29,6 +29,7 @@ MODEL_KINDS: dict[str, type[GPT] | type[VQModel]] = {"gpt": GPT, "vq": VQModel}
 
 
 def detect_kind(state: dict[str, torch.Tensor]) -> str:
+    """"gpt" or "vq" from a state dict's LlamaGen key names; CheckpointError if neither."""
     if "tok_embeddings.weight" in state:
         return "gpt"
     if "quantize.embedding.weight" in state:

@@ -39,6 +39,7 @@ TITLE = "Fashion-MNIST demo"
 
 @dataclass
 class DemoSettings:
+    """What `mirai demo` / `make demo` runs: the variants (configs/fashion/*.yaml), their length, samples and seed."""
     out: Path = Path("runs/demo")
     variants: tuple[str, ...] = ("baseline", "mirai_i")  # names of configs/fashion/*.yaml
     steps: int = 400

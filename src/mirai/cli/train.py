@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from mirai.config import load_config, to_dict
     from mirai.training.config import TrainConfig
     from mirai.training.distributed import is_main, shutdown
-    from mirai.training.trainer import summary_json, train
+    from mirai.training.trainer import train
 
     _check_resume(args.resume)
     if args.config is None and not args.overrides:
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = train(cfg, resume=args.resume)
         if is_main():
-            print(summary_json(result))
+            print(result.to_json())
     finally:
         shutdown()
     return 0

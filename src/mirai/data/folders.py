@@ -28,6 +28,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", "
 
 
 def is_image_file(name: str) -> bool:
+    """Whether a file name ends in one of ``IMAGE_EXTENSIONS`` (case-insensitive)."""
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 

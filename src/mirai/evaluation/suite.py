@@ -32,6 +32,7 @@ EVALUATORS = ("inception", "fashion")
 
 
 def default_device() -> str:
+    """The device evaluation uses when none is given: CUDA if present, else CPU."""
     return resolve_device(None)
 
 

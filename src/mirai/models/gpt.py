@@ -126,6 +126,7 @@ def ffn_hidden_dim(args: GPTArgs) -> int:
 
 
 class RMSNorm(nn.Module):
+    """RMS normalisation computed in fp32, then a learnt per-channel scale (LlamaGen's ``RMSNorm``)."""
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
         self.eps = eps
@@ -163,6 +164,7 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
+    """Multi-head attention with fused qkv, 2-D RoPE, optional grouped kv heads and a KV cache (LlamaGen)."""
     def __init__(self, args: GPTArgs):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = args.n_head, args.n_kv_head, args.head_dim
@@ -193,6 +195,7 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
+    """SwiGLU MLP: w2(silu(w1 x) * w3 x), hidden width from ``ffn_hidden_dim`` (LlamaGen)."""
     def __init__(self, args: GPTArgs):
         super().__init__()
         hidden = ffn_hidden_dim(args)
@@ -206,6 +209,7 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
+    """Pre-norm block: x + attention(norm(x)), then + feed_forward(norm(x)) (LlamaGen)."""
     def __init__(self, args: GPTArgs):
         super().__init__()
         self.attention = Attention(args)

@@ -77,6 +77,7 @@ def _norm(channels: int, groups: int) -> nn.GroupNorm:
 
 
 class ResnetBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice with a residual (a 1x1 conv when widths differ), as in LlamaGen's VQ."""
     def __init__(self, in_ch: int, out_ch: int, dropout: float, groups: int):
         super().__init__()
         self.norm1 = _norm(in_ch, groups)
@@ -113,6 +114,7 @@ class AttnBlock(nn.Module):
 
 
 class Downsample(nn.Module):
+    """Stride-2 3x3 conv after right/bottom zero padding: halves H and W."""
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
@@ -123,6 +125,7 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
+    """Nearest-neighbour x2 then a 3x3 conv: doubles H and W."""
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
@@ -159,6 +162,7 @@ def _mid(channels: int, args: VQArgs) -> nn.ModuleList:
 
 
 class Encoder(nn.Module):
+    """Images (B, C, H, W) in [-1, 1] to latents (B, z_channels, H/f, W/f), f = 2**(len(ch_mult) - 1)."""
     def __init__(self, args: VQArgs):
         super().__init__()
         g, levels = args.norm_groups, len(args.ch_mult)
@@ -190,6 +194,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
+    """Latents (B, z_channels, h, w) to images (B, C, h*f, w*f), the encoder's mirror."""
     def __init__(self, args: VQArgs):
         super().__init__()
         g, levels = args.norm_groups, len(args.ch_mult)
@@ -220,6 +225,7 @@ class Decoder(nn.Module):
 
 
 class Quantized(NamedTuple):
+    """What the quantizer returns for a batch of latents."""
     z_q: torch.Tensor  # (B, D, h, w) code vectors; gradients pass straight through to the encoder
     indices: torch.Tensor  # (B, h, w) long
     codebook_loss: torch.Tensor  # moves codes towards encoder outputs
@@ -283,6 +289,7 @@ class VectorQuantizer(nn.Module):
 
 
 class VQOutput(NamedTuple):
+    """What ``VQModel.forward`` returns: the reconstruction, its codes and the two VQ losses."""
     recon: torch.Tensor  # (B, C, H, W) reconstruction
     indices: torch.Tensor  # (B, h, w)
     codebook_loss: torch.Tensor

@@ -48,6 +48,7 @@ MAX_PREFETCH = 64  # steps each DataLoader worker may hold ready (DataLoader's p
 
 @dataclass
 class DataConfig:
+    """Where training batches come from (a code store, optional images for Mirai-I) and how they are loaded."""
     codes: str = ""  # code store made by `mirai extract` (training split)
     val_codes: str | None = None  # held-out store for validation NLL
     val_images: int = 2000  # how many held-out images the validation NLL uses (0 = all)
@@ -71,6 +72,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    """AdamW and its schedule (LlamaGen's defaults: lr 1e-4, betas (0.9, 0.95), weight decay 0.05)."""
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.05
@@ -98,6 +100,7 @@ class OptimConfig:
 
 @dataclass
 class EMAConfig:
+    """The EMA of the weights used for sampling (and as Mirai-E's teacher unless it has its own decay)."""
     decay: float = 0.9999
     # Short runs: min(decay, (1 + t) / (10 + t)) lets the EMA follow the model early on.
     warmup: bool = False
@@ -129,6 +132,7 @@ class DistributedConfig:
 
 @dataclass
 class TrainConfig:
+    """One training run, saved as RUN_DIR/config.yaml: model, data, optimiser, foresight, schedule, checkpoints."""
     run_dir: str = "runs/default"
     seed: int = 0
     steps: int = 0  # optimizer steps; 0 means use `epochs`

@@ -25,11 +25,13 @@ OPTIONAL_FIELDS = frozenset({"images"})
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The (n,) permutation of epoch ``epoch``: a function of (seed, epoch) only, so a resumed run reads the same batches."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator)
 
 
 def check_fields(fields: frozenset[str]) -> None:
+    """Raise ConfigError on a batch field outside ``OPTIONAL_FIELDS`` (the fields a foresight source may ask for)."""
     unknown = fields - OPTIONAL_FIELDS
     if unknown:
         raise ConfigError(f"batches cannot carry {sorted(unknown)}; optional fields are {sorted(OPTIONAL_FIELDS)}")

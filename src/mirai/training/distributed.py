@@ -19,6 +19,7 @@ from mirai.training.fsdp import checkpoint_blocks, shard_training
 
 @dataclass
 class DistInfo:
+    """This process's rank, world size, local rank and device, read from torchrun's environment."""
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -61,11 +62,13 @@ def is_main() -> bool:
 
 
 def barrier() -> None:
+    """``dist.barrier()`` when a process group exists; a no-op in a single process."""
     if dist.is_initialized():
         dist.barrier()
 
 
 def shutdown() -> None:
+    """Destroy the process group if one was created."""
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -96,6 +96,7 @@ def shard_training(objective: nn.Module, gpt: GPT, frozen: list[GPT], cfg: Distr
 
 
 def is_sharded(module: nn.Module) -> bool:
+    """Whether ``fully_shard`` (FSDP2) wrapped this module."""
     return isinstance(module, FSDPModule)
 
 

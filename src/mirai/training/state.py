@@ -115,10 +115,12 @@ def checkpoint_step(path: Path) -> int:
 
 
 def has_step_checkpoints(run_dir: str | Path) -> bool:
+    """Whether RUN_DIR/checkpoints holds any step-NNNNNNN directory."""
     return bool(_step_dirs(Path(run_dir) / "checkpoints"))
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
+    """The newest step directory under RUN_DIR/checkpoints; CheckpointError if there is none."""
     dirs = _step_dirs(Path(run_dir) / "checkpoints")
     if not dirs:
         raise CheckpointError(f"no checkpoint to resume from in {Path(run_dir) / 'checkpoints'}")

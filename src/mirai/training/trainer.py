@@ -90,12 +90,20 @@ class Objective(nn.Module):
 
 @dataclass
 class TrainResult:
+    """What a finished (or interrupted-and-saved) run left: its last step, validation NLL and files."""
     run_dir: Path
     step: int
     val_nll: float | None
     checkpoint: Path | None
     samples: Path | None = None  # the final sample grid
     log: Path | None = None  # RUN_DIR/log.txt, what the console printed
+
+    def to_json(self) -> str:
+        """The one-line JSON summary that `mirai train` prints last (paths as strings)."""
+        return json.dumps({"run_dir": str(self.run_dir), "step": self.step, "val_nll": self.val_nll,
+                           "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+                           "samples": str(self.samples) if self.samples else None,
+                           "metrics": str(Path(self.run_dir) / "metrics.jsonl")})
 
 
 class Trainer:
@@ -440,10 +448,3 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
         if resume:
             trainer.resume(None if resume is True else resume)
         return trainer.fit()
-
-
-def summary_json(result: TrainResult) -> str:
-    return json.dumps({"run_dir": str(result.run_dir), "step": result.step, "val_nll": result.val_nll,
-                       "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-                       "samples": str(result.samples) if result.samples else None,
-                       "metrics": str(Path(result.run_dir) / "metrics.jsonl")})

@@ -41,6 +41,7 @@ from mirai.models.vq import VectorQuantizer, VQModel, build_vq, vq_args
 
 @dataclass
 class ModelSection:
+    """The VQ tokenizer to train: a named size plus any ``VQArgs`` field (LlamaGen's VQ-VAE)."""
     name: str = "VQ-S4"
     codebook_size: int = 512
     codebook_dim: int = 8
@@ -59,6 +60,7 @@ class ModelSection:
 
 @dataclass
 class DataSection:
+    """Images the tokenizer trains on, and the held-out tail of the training split it reports on."""
     dataset: Literal["fashion_mnist"] = "fashion_mnist"
     root: str | None = None  # default: the dataset's own search order
     # Images at the end of the training split kept out of training, for the held-out report.
@@ -74,6 +76,7 @@ class DataSection:
 
 @dataclass
 class LossSection:
+    """LlamaGen's tokenizer loss: reconstruction + codebook/commitment (+ an optional PatchGAN term)."""
     recon: Literal["l2", "l1"] = "l2"
     codebook_weight: float = 1.0
     adversarial_weight: float = 0.0  # 0 disables the discriminator entirely
@@ -89,6 +92,7 @@ class LossSection:
 
 @dataclass
 class OptimSection:
+    """AdamW with linear warm-up then cosine decay to ``lr * min_lr_ratio``."""
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.0
@@ -109,6 +113,7 @@ class OptimSection:
 
 @dataclass
 class TokenizerTrainConfig:
+    """Everything `mirai tokenizer train` reads; saved as config.yaml beside the weights."""
     out_dir: str = "runs/tokenizer"
     seed: int = 0
     device: str = "cpu"
@@ -179,6 +184,7 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", limit: int | None
 
 
 def split_train_val(images: np.ndarray, cfg: DataSection) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) images: the last ``val_size`` held out, then at most ``train_limit`` kept. Raises ConfigError if none remain."""
     if cfg.val_size >= len(images):
         raise ConfigError(f"data.val_size={cfg.val_size} leaves no training images out of {len(images)}")
     train, val = images[: -cfg.val_size], images[-cfg.val_size :]
