@@ -199,6 +199,8 @@ def test_config_defaults_follow_the_paper():
     {"source": "ema", "head": "transformer", "head_hidden": 512},
     {"source": "ema", "warmup_unit": "step"},
     {"source": "ema", "warmup": -1},
+    {"source": "ema", "warmup": 2, "warmup_unit": "fraction"},
+    {"source": "encoder", "lambdas": []},
     {"source": "ema", "typo": 1},
 ])
 def test_bad_configs_are_rejected(data):
@@ -209,11 +211,19 @@ def test_bad_configs_are_rejected(data):
 @pytest.mark.parametrize("data", [
     {"k": -3}, {"offsets": [[0, 1], [0, 1]]}, {"offsets": [[1]]}, {"layout": "gird2d"}, {"layer": 0},
     {"teacher_decay": 1.5}, {"warmup": -1}, {"lambdas": [{"kind": "step", "values": [1, 2], "at": []}]},
+    {"lambdas": []}, {"k": 3, "lambdas": [{"values": [1]}] * 2}, {"warmup": 1, "warmup_unit": "fraction"},
+    {"head": "transformer", "head_hidden": 64},
 ])
 def test_bad_values_are_rejected_without_foresight_too(data):
     """``source: none`` ignores these settings, but one override of the source would read them."""
     with pytest.raises(ConfigError, match="foresight|offsets|layout|schedule|lambda"):
         from_dict(ForesightConfig, {"source": "none", **data})
+
+
+def test_unread_valid_settings_are_kept_without_foresight():
+    cfg = from_dict(ForesightConfig, {"k": 3, "lambdas": [{"values": [1]}] * 3, "teacher_decay": 0.9,
+                                      "output_diagnostic": True, "warmup": 0.5, "warmup_unit": "fraction"})
+    assert cfg.num_heads() == 0 and len(cfg.ignored_settings()) == 6
 
 
 def test_disabled_config_builds_nothing():

@@ -7,6 +7,7 @@ config, so a saved config says "default" where the user did not choose).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -189,26 +190,30 @@ class ForesightConfig:
         if self.layer is not None and self.layer < 1:
             raise ConfigError(f"foresight.layer is 1-based, got {self.layer}")
         if self.head_hidden is not None and (self.head != "mlp" or self.head_hidden < 1):
-            raise ConfigError("foresight.head_hidden sets the width of the mlp head: a positive int, head: mlp")
+            raise ConfigError(f"foresight.head_hidden={self.head_hidden} with head: {self.head}: it sets the width of "
+                              "the mlp head, so give a positive int with head: mlp, or drop it")
+        # Without a source the head count is what k or offsets says, if either does.
+        heads = self.num_heads() if self.enabled else len(given) or self.k
+        if self.lambdas is not None and (not self.lambdas or heads and len(self.lambdas) not in (1, heads)):
+            raise ConfigError(
+                f"foresight.lambdas has {len(self.lambdas)} schedules for {heads or 'its'} heads;"
+                " give one for all heads or one per head (or drop it for the source's default)"
+            )
         for schedule in self.lambdas or []:
             schedule.validate()
         if self.teacher_decay is not None and not 0 <= self.teacher_decay < 1:
             raise ConfigError(f"foresight.teacher_decay must lie in [0, 1), got {self.teacher_decay}")
         if self.warmup is None and self.warmup_unit != "epoch":
-            raise ConfigError("foresight.warmup_unit needs foresight.warmup (the default warm-up is in epochs)")
-        if self.warmup is not None and self.warmup < 0:
-            raise ConfigError(f"foresight.warmup must be non-negative, got {self.warmup}")
-        if not self.enabled:
-            return
-        if self.lambdas is not None and len(self.lambdas) not in (1, self.num_heads()):
-            raise ConfigError(
-                f"foresight.lambdas has {len(self.lambdas)} schedules for {self.num_heads()} heads;"
-                " give one for all heads or one per head"
-            )
-        if self.output_diagnostic and self.source != "ema":
+            raise ConfigError(f"foresight.warmup_unit={self.warmup_unit} needs foresight.warmup (the source's default "
+                              "warm-up is in epochs): give foresight.warmup, or set foresight.warmup_unit=epoch")
+        if self.warmup is not None and not 0 <= self.warmup < (1 if self.warmup_unit == "fraction" else math.inf):
+            raise ConfigError(f"foresight.warmup={self.warmup} {self.warmup_unit}: it must be non-negative, and a "
+                              "fraction of training below 1 (the foresight loss would never start)")
+        if self.enabled and self.output_diagnostic and self.source != "ema":
             raise ConfigError(
                 "foresight.output_diagnostic replaces Mirai-E's alignment by output-level heads; set source: ema"
             )
+
 
 def unread_on_resume(key: str, saved: dict, current: dict) -> bool:
     """Whether the flattened setting ``key`` (``foresight.teacher_decay``) of two flattened train
