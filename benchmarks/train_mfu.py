@@ -17,12 +17,23 @@ products QK^T and AV (the full square), without the embedding lookups (no matmul
 that both see the same load. MFU per round = (FLOPs / step time) / (matmul FLOPs / matmul time);
 the median over rounds is reported.
 
+``--llamagen DIR`` adds LlamaGen's own step, from a clone of github.com/FoundationVision/LlamaGen
+at ``DIR``: its ``Transformer`` (``autoregressive/models/gpt.py``) built with the same ``ModelArgs``
+fields, called as ``autoregressive/train/train_c2i.py`` calls it, with that script's defaults: fused
+AdamW (its ``creat_optimizer`` asks for ``fused=True`` wherever torch has it, the CPU included), no
+EMA (``--ema`` is off), clipping at 1; ``llamagen`` eager (``--no-compile``), ``llamagen-compiled``
+under ``torch.compile`` (its default); and ``compiled-as-llamagen``: the project's compiled step with
+those two defaults of LlamaGen's. Each round then also gives LlamaGen's step time over ours.
+
 ``--quick``: GPT-Micro only, 2 rounds.
 """
 
 from __future__ import annotations
 
 import copy
+import sys
+from dataclasses import fields
+from pathlib import Path
 
 import torch
 
@@ -31,17 +42,19 @@ from mirai.analysis.flops import FLOPS_PER_MAC, TRAIN_FACTOR, Convention, gpt_ma
 from mirai.foresight.base import Progress
 from mirai.models import build_gpt
 from mirai.models.ema import update_ema
-from mirai.training.trainer import Objective, param_groups
+from mirai.training.optim import adamw_kernel, param_groups
+from mirai.training.trainer import Objective
 
 
-def training_step(model_name: str, args, compiled: bool, device: torch.device):
-    """A closure running one training step (what ``Trainer.train_step`` does for the baseline)."""
+def training_step(model_name: str, args, compiled: bool, device: torch.device, as_llamagen: bool = False):
+    """A closure running one training step (what ``Trainer.train_step`` does for the baseline).
+    ``as_llamagen``: with train_c2i.py's defaults instead of the project's (fused AdamW, no EMA)."""
     torch.manual_seed(0)
     gpt = build_gpt(model_name, vocab_size=args.vocab, grid_size=args.grid, num_classes=args.classes).to(device)
     ema = copy.deepcopy(gpt).eval().requires_grad_(False)
     objective = Objective(gpt, None)
-    optimizer = torch.optim.AdamW(param_groups(objective, 0.05), lr=1e-4, betas=(0.9, 0.95),
-                                  fused=device.type == "cuda")
+    kernel = {"fused": True} if as_llamagen else adamw_kernel(device)
+    optimizer = torch.optim.AdamW(param_groups(objective, 0.05), lr=1e-4, betas=(0.9, 0.95), **kernel)
     if compiled:
         objective.compile()
     batch = {"tokens": torch.randint(0, args.vocab, (args.batch, args.grid**2), device=device),
@@ -54,9 +67,41 @@ def training_step(model_name: str, args, compiled: bool, device: torch.device):
         torch.nn.utils.clip_grad_norm_(objective.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        update_ema(ema, gpt, 0.9999)
+        if not as_llamagen:
+            update_ema(ema, gpt, 0.9999)
 
     return gpt, step
+
+
+def llamagen_step(repo: Path, model_name: str, args, compiled: bool, device: torch.device):
+    """LlamaGen's own training step (``repo`` is a LlamaGen clone), as its train_c2i.py runs it."""
+    if not all((repo / f).is_file() for f in ("autoregressive/models/gpt.py", "utils/drop_path.py")):
+        raise SystemExit(f"--llamagen {repo}: no autoregressive/models/gpt.py and utils/drop_path.py there; "
+                         "give the root of a LlamaGen clone")
+    sys.path.insert(0, str(repo))
+    try:
+        from autoregressive.models.gpt import ModelArgs, Transformer
+    finally:
+        sys.path.remove(str(repo))
+
+    torch.manual_seed(0)
+    ours = build_gpt(model_name, vocab_size=args.vocab, grid_size=args.grid, num_classes=args.classes).args
+    shared = {f.name: getattr(ours, f.name) for f in fields(ModelArgs) if hasattr(ours, f.name)}
+    model = Transformer(ModelArgs(**shared, block_size=args.grid**2)).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), fused=True)
+    forward = torch.compile(model) if compiled else model
+    tokens = torch.randint(0, args.vocab, (args.batch, args.grid**2), device=device)
+    labels = torch.randint(0, args.classes, (args.batch,), device=device)
+
+    def step() -> None:
+        model.train()
+        _, loss = forward(idx=tokens[:, :-1], cond_idx=labels, targets=tokens)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return sum(p.numel() for p in model.parameters()), step
 
 
 def main() -> None:
@@ -67,6 +112,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3, help="training steps per timed call")
+    parser.add_argument("--llamagen", type=Path, help="root of a LlamaGen clone: also time LlamaGen's own step")
     parser.add_argument("--mm-size", type=int, default=1024, help="side of the square matrices of the limit")
     args = parser.parse_args()
     device = C.setup(args)
@@ -84,34 +130,45 @@ def main() -> None:
 
     report, rows = {}, []
     for model in models:
-        variants, flops = {"matmul": matmul}, 0
+        variants, steps = {"matmul": matmul}, {}
         for mode in ("eager", "compiled"):
-            gpt, step = training_step(model, args, mode == "compiled", device)
-            macs = gpt_macs(gpt.args, conv=Convention(embedding=False, attention_scores=True))
-            flops = TRAIN_FACTOR * FLOPS_PER_MAC * macs * args.batch * args.steps
-
+            gpt, steps[mode] = training_step(model, args, mode == "compiled", device)
+        params = sum(p.numel() for p in gpt.parameters())
+        if args.llamagen:
+            _, steps["compiled-as-llamagen"] = training_step(model, args, True, device, as_llamagen=True)
+            for mode in ("llamagen", "llamagen-compiled"):
+                theirs, steps[mode] = llamagen_step(args.llamagen, model, args, mode.endswith("compiled"), device)
+                if theirs != params:  # the FLOP count below is our model's
+                    raise SystemExit(f"LlamaGen's {model} has {theirs} parameters, ours {params}")
+        macs = gpt_macs(gpt.args, conv=Convention(embedding=False, attention_scores=True))
+        flops = TRAIN_FACTOR * FLOPS_PER_MAC * macs * args.batch * args.steps
+        for mode, step in steps.items():
             def call(step=step) -> None:
                 for _ in range(args.steps):
                     step()
             variants[mode] = call
         times, _ = C.interleaved(variants, repeats=repeats, warmup=1, device=device)
         limit = [mm_flops / t for t in times["matmul"]]
-        mfu = {mode: [flops / t / lim for t, lim in zip(times[mode], limit)] for mode in ("eager", "compiled")}
-        params = sum(p.numel() for p in gpt.parameters())
+        mfu = {mode: [flops / t / lim for t, lim in zip(times[mode], limit)] for mode in steps}
         report[model] = {"parameters": params, "flops_per_call": flops, "matmul_flops_per_s": limit,
                          "seconds_per_call": times, "mfu_per_round": mfu,
                          "mfu": {m: C.median(v) for m, v in mfu.items()}}
-        for mode in ("eager", "compiled"):
+        # per round, LlamaGen's default (compiled) step time over this mode's (> 1: faster than LlamaGen's)
+        speedup = {mode: C.round_ratios(times, "llamagen-compiled", mode) for mode in steps} if args.llamagen else {}
+        report[model]["speedup_over_llamagen"] = speedup
+        for mode in steps:
             rows.append([model, mode, f"{params / 1e6:.2f} M", flops / C.median(times[mode]) / 1e9,
-                         C.median(limit) / 1e9, C.median(mfu[mode]), C.spread(mfu[mode])])
+                         C.median(limit) / 1e9, C.median(mfu[mode]), C.spread(mfu[mode]),
+                         C.median(speedup[mode]) if speedup else "-"])
     print(f"{args.grid}x{args.grid} tokens, V={args.vocab}, batch {args.batch}, {args.steps} steps per call, "
           f"{device}, {args.threads} threads, {repeats} rounds, limit: torch.mm {n}x{n} fp32")
-    C.print_table(["model", "mode", "params", "model GFLOP/s", "matmul GFLOP/s", "MFU", "round range"], rows)
+    C.print_table(["model", "mode", "params", "model GFLOP/s", "matmul GFLOP/s", "MFU", "round range",
+                   "x LlamaGen (compiled)"], rows)
     C.write_json("train_mfu", {
         "benchmark": "train_mfu", "machine": C.machine(device),
         "settings": {"models": models, "grid": args.grid, "vocab": args.vocab, "classes": args.classes,
                      "batch": args.batch, "steps": args.steps, "mm_size": n, "repeats": repeats,
-                     "quick": args.quick},
+                     "quick": args.quick, "llamagen": str(args.llamagen) if args.llamagen else None},
         "results": report,
     }, args.out, args.quick)
 
