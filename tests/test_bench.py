@@ -18,7 +18,7 @@ from mirai.bench import run as bench_run
 from mirai.bench import scorer as bench_scorer
 from mirai.bench.config import BenchConfig, plan_runs, select_share
 from mirai.bench.report import format_table, paired_rows, summary_rows
-from mirai.bench.run import run_convergence
+from mirai.bench.run import report_stored, run_convergence
 from mirai.bench.store import read_results
 from mirai.cli.main import main
 from mirai.config import from_dict, load_config
@@ -299,6 +299,17 @@ def test_parallel_shares_merge_their_records_and_a_plain_run_writes_the_report(s
         select_share(plan_runs(load_config(BenchConfig, config)), ["mirai_e"], None)
     with pytest.raises(ConfigError, match=r"seed 5 is not in the bench config"):
         select_share(plan_runs(load_config(BenchConfig, config)), None, [5])
+
+
+def test_report_redraws_tsne_maps_that_lack_a_run(setup, tmp_path):
+    """A report of fewer variants draws their maps only; a later report, with another run on disk, redraws them."""
+    out = tmp_path / "bench"
+    bench = from_dict(BenchConfig, bench_dict(setup, out, steps=2, eval_at=[]))
+    run_convergence(bench, ["baseline"])
+    report_stored(bench, ["baseline"])
+    assert list(json.loads((out / "tsne_maps.json").read_text())["maps"]) == ["baseline"]
+    run_convergence(bench)
+    assert list(json.loads((out / "tsne_maps.json").read_text())["maps"]) == ["baseline", "mirai_i"]
 
 
 def test_report_keeps_the_scores_of_runs_whose_folders_are_gone(setup, tmp_path, monkeypatch, capsys):

@@ -3,6 +3,7 @@ scores-vs-steps figure, t-SNE maps and training curves (every figure as PNG and 
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -181,7 +182,10 @@ def write_report(bench: BenchConfig, runs: list[Run], results: dict[str, list[di
     kept = [run for run in runs if (run.run_dir / "metrics.jsonl").is_file()]
     maps = out / "tsne_maps.png"
     first_seed = [run for run in first_seed_runs(bench, kept) if run.final_checkpoint.exists()]
-    if first_seed and not (all(p.is_file() for p in figure_paths(maps)) and maps.with_suffix(".json").is_file()):
+    stored = maps.with_suffix(".json")
+    drawn = set(json.loads(stored.read_text())["maps"]) if stored.is_file() else set()
+    # Drawn once, and again when a run on disk is missing from them (an earlier report of fewer variants).
+    if first_seed and not (all(p.is_file() for p in figure_paths(maps)) and {r.variant for r in first_seed} <= drawn):
         layers = [bench.tsne_layer if bench.tsne_layer is not None else run.cfg.foresight.layer for run in first_seed]
         tsne_maps([run.final_checkpoint for run in first_seed], bench.reference_codes, maps, layers=layers,
                   image_indices=[TSNE_IMAGE], labels=[run.variant for run in first_seed],
