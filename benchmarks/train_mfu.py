@@ -41,9 +41,33 @@ import _common as C
 from mirai.analysis.flops import FLOPS_PER_MAC, TRAIN_FACTOR, Convention, gpt_macs
 from mirai.foresight.base import Progress
 from mirai.models import build_gpt
+from mirai.models.gpt import GPTArgs
 from mirai.models.ema import update_ema
 from mirai.training.optim import adamw_kernel, param_groups
 from mirai.training.trainer import Objective
+
+
+def random_batch(args, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens (batch, grid**2), labels (batch,)) drawn uniformly."""
+    return (torch.randint(0, args.vocab, (args.batch, args.grid**2), device=device),
+            torch.randint(0, args.classes, (args.batch,), device=device))
+
+
+def optimizer_step(module: torch.nn.Module, loss_fn, kernel: dict, ema: tuple | None = None):
+    """A closure: backward of ``loss_fn()``, clipping at 1, AdamW (decay 0.05 on matrices, LlamaGen's betas)
+    with the ``kernel`` flags, then the EMA update of ``ema = (ema_model, model)`` if given."""
+    optimizer = torch.optim.AdamW(param_groups(module, 0.05), lr=1e-4, betas=(0.9, 0.95), **kernel)
+
+    def step() -> None:
+        module.train()
+        loss_fn().backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            update_ema(*ema, 0.9999)
+
+    return step
 
 
 def training_step(model_name: str, args, compiled: bool, device: torch.device, as_llamagen: bool = False):
@@ -53,28 +77,22 @@ def training_step(model_name: str, args, compiled: bool, device: torch.device, a
     gpt = build_gpt(model_name, vocab_size=args.vocab, grid_size=args.grid, num_classes=args.classes).to(device)
     ema = copy.deepcopy(gpt).eval().requires_grad_(False)
     objective = Objective(gpt, None)
-    kernel = {"fused": True} if as_llamagen else adamw_kernel(device)
-    optimizer = torch.optim.AdamW(param_groups(objective, 0.05), lr=1e-4, betas=(0.9, 0.95), **kernel)
     if compiled:
         objective.compile()
-    batch = {"tokens": torch.randint(0, args.vocab, (args.batch, args.grid**2), device=device),
-             "labels": torch.randint(0, args.classes, (args.batch,), device=device)}
+    tokens, labels = random_batch(args, device)
+    progress = Progress(step=0, epoch=0.0, fraction=0.0)
 
-    def step() -> None:
-        objective.train()
-        loss, _ = objective(batch, Progress(step=0, epoch=0.0, fraction=0.0))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(objective.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if not as_llamagen:
-            update_ema(ema, gpt, 0.9999)
+    def loss() -> torch.Tensor:
+        return objective({"tokens": tokens, "labels": labels}, progress)[0]
 
-    return gpt, step
+    if as_llamagen:
+        return gpt, optimizer_step(objective, loss, {"fused": True})
+    return gpt, optimizer_step(objective, loss, adamw_kernel(device), ema=(ema, gpt))
 
 
-def llamagen_step(repo: Path, model_name: str, args, compiled: bool, device: torch.device):
-    """LlamaGen's own training step (``repo`` is a LlamaGen clone), as its train_c2i.py runs it."""
+def llamagen_step(repo: Path, ours: GPTArgs, args, compiled: bool, device: torch.device):
+    """LlamaGen's own training step (``repo`` is a LlamaGen clone) for a model of ``ours`` shape, as its
+    train_c2i.py runs it: (its parameter count, the closure)."""
     if not all((repo / f).is_file() for f in ("autoregressive/models/gpt.py", "utils/drop_path.py")):
         raise SystemExit(f"--llamagen {repo}: no autoregressive/models/gpt.py and utils/drop_path.py there; "
                          "give the root of a LlamaGen clone")
@@ -85,23 +103,15 @@ def llamagen_step(repo: Path, model_name: str, args, compiled: bool, device: tor
         sys.path.remove(str(repo))
 
     torch.manual_seed(0)
-    ours = build_gpt(model_name, vocab_size=args.vocab, grid_size=args.grid, num_classes=args.classes).args
     shared = {f.name: getattr(ours, f.name) for f in fields(ModelArgs) if hasattr(ours, f.name)}
     model = Transformer(ModelArgs(**shared, block_size=args.grid**2)).to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), fused=True)
     forward = torch.compile(model) if compiled else model
-    tokens = torch.randint(0, args.vocab, (args.batch, args.grid**2), device=device)
-    labels = torch.randint(0, args.classes, (args.batch,), device=device)
+    tokens, labels = random_batch(args, device)
 
-    def step() -> None:
-        model.train()
-        _, loss = forward(idx=tokens[:, :-1], cond_idx=labels, targets=tokens)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def loss() -> torch.Tensor:
+        return forward(idx=tokens[:, :-1], cond_idx=labels, targets=tokens)[1]
 
-    return sum(p.numel() for p in model.parameters()), step
+    return sum(p.numel() for p in model.parameters()), optimizer_step(model, loss, {"fused": True})
 
 
 def main() -> None:
@@ -137,7 +147,7 @@ def main() -> None:
         if args.llamagen:
             _, steps["compiled-as-llamagen"] = training_step(model, args, True, device, as_llamagen=True)
             for mode in ("llamagen", "llamagen-compiled"):
-                theirs, steps[mode] = llamagen_step(args.llamagen, model, args, mode.endswith("compiled"), device)
+                theirs, steps[mode] = llamagen_step(args.llamagen, gpt.args, args, mode.endswith("compiled"), device)
                 if theirs != params:  # the FLOP count below is our model's
                     raise SystemExit(f"LlamaGen's {model} has {theirs} parameters, ours {params}")
         macs = gpt_macs(gpt.args, conv=Convention(embedding=False, attention_scores=True))
