@@ -149,7 +149,9 @@ def main() -> None:
             for mode in ("llamagen", "llamagen-compiled"):
                 theirs, steps[mode] = llamagen_step(args.llamagen, gpt.args, args, mode.endswith("compiled"), device)
                 if theirs != params:  # the FLOP count below is our model's
-                    raise SystemExit(f"LlamaGen's {model} has {theirs} parameters, ours {params}")
+                    raise SystemExit(f"LlamaGen's {model} has {theirs} parameters, ours {params}: the shapes differ, "
+                                     "so our FLOP count would not fit it; use a LlamaGen clone whose ModelArgs "
+                                     "match (RESULTS.md §7 used commit ce98ec4)")
         macs = gpt_macs(gpt.args, conv=Convention(embedding=False, attention_scores=True))
         flops = TRAIN_FACTOR * FLOPS_PER_MAC * macs * args.batch * args.steps
         for mode, step in steps.items():
