@@ -43,8 +43,12 @@ demo: setup
 test: setup browser
 	$(PY) -m pytest -q
 
-bench: setup
+# train_throughput.py reads the 8x8-grid training codes; extracting them takes about a minute.
+bench: setup runs/codes/fashion-vq8-train/manifest.json
 	$(PY) benchmarks/run_all.py
+
+runs/codes/fashion-vq8-train/manifest.json: | setup
+	$(VENV)/bin/mirai extract --tokenizer fashion/vq8 --dataset fashion-mnist --split train --out runs/codes/fashion-vq8-train
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -161,7 +161,8 @@ class TrainConfig:
         if self.steps < 0 or self.epochs < 0:
             raise ConfigError(f"steps and epochs must not be negative (got steps={self.steps}, epochs={self.epochs})")
         if (self.steps > 0) == (self.epochs > 0):
-            raise ConfigError("set exactly one of steps and epochs (e.g. steps=2000)")
+            raise ConfigError(f"set exactly one of steps and epochs, the other to 0 (got steps={self.steps}, "
+                              f"epochs={self.epochs}); e.g. steps=2000 epochs=0 to train by steps")
         if self.seed < 0:
             raise ConfigError(f"seed must be non-negative, got {self.seed}")
         if self.device not in ("auto", "cpu", "cuda"):
