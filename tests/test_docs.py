@@ -1,4 +1,4 @@
-"""The documentation cannot rot: README.md and docs/*.md are checked against the code.
+"""The documentation cannot rot: README.md, docs/*.md and the assets' READMEs are checked against the code.
 
 * every fenced block whose info string is ``python runnable`` or ``bash runnable`` runs (tiny
   models, offline; python in a subprocess, bash with ``mirai`` and ``torchrun`` on PATH, both in a
@@ -29,7 +29,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+         *sorted((ROOT / "src/mirai/assets").glob("*/*/README.md"))]
 FENCE = re.compile(r"^(`{3,})([^`\n]*)\n(.*?)^\1[ \t]*$", re.M | re.S)
 RUNNABLE = ("python runnable", "bash runnable")
 

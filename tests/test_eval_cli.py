@@ -56,6 +56,11 @@ def test_fashion_evaluation_end_to_end(tmp_path, random_fashion_evaluator, capsy
     with np.load(tmp_path / "samples.npz") as raw:
         predicted = model(torch.from_numpy(raw["arr_0"])).argmax(1).numpy()
         assert values["class_accuracy"] == pytest.approx(np.mean(predicted == raw["labels"]))
+        # The evaluator takes NumPy arrays as mirai.evaluation holds images, and refuses other pixel types.
+        as_tensor = model.extract(torch.from_numpy(raw["arr_0"]))["logits"]
+        assert torch.equal(model.extract(raw["arr_0"])["logits"], as_tensor)
+        with pytest.raises(ValueError, match=r"takes uint8 \(N, 32, 32, 3\) images, got torch.float32"):
+            model.extract(raw["arr_0"].astype(np.float32))
 
 
 def test_evaluate_writes_its_metrics_beside_the_samples_by_default(tmp_path, random_fashion_evaluator, capsys):

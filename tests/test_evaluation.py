@@ -176,6 +176,7 @@ def test_inception_returns_pool_unbiased_logits_and_nhwc_spatial_features(random
     assert torch.equal(out["spatial"], full[:, :7].permute(0, 2, 3, 1).reshape(2, -1))
     assert torch.allclose(out["logits"], out["pool"] @ net.net.fc.weight.T, atol=1e-4)
     assert not torch.allclose(out["logits"], net.net.fc(out["pool"]), atol=1e-4)  # ADM drops the bias
+    assert torch.equal(net.extract(images.numpy())["pool"], out["pool"])  # NumPy images as mirai.evaluation holds them
 
 
 def test_inception_reads_pth_weights_with_weights_only(random_inception_weights, tmp_path):

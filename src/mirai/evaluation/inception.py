@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -89,8 +90,10 @@ class InceptionV3Features(nn.Module):
         self._spatial = output[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(len(output), -1).float()
 
     @torch.no_grad()
-    def extract(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``pool`` (N, 2048), ``logits`` (N, 1008) and ``spatial`` (N, 2023) of uint8 ``(N, H, W, 3)`` images."""
+    def extract(self, images: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
+        """``pool`` (N, 2048), ``logits`` (N, 1008) and ``spatial`` (N, 2023) of uint8 ``(N, H, W, 3)`` images
+        (tensor or NumPy array)."""
+        images = images if isinstance(images, torch.Tensor) else torch.tensor(np.asarray(images))  # copies
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"Inception features need uint8 (N, H, W, 3) images, got {images.dtype} "
                              f"{tuple(images.shape)}")

@@ -23,6 +23,7 @@ trains them (``mirai evaluate train-fashion-classifier --out DIR``).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -67,8 +68,10 @@ class FashionClassifier(nn.Module):
                    num_classes=args["num_classes"], dropout=args["dropout"])
 
     @staticmethod
-    def preprocess(images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(N, 32, 32, 3)`` → normalised float ``(N, 1, 32, 32)`` (channel mean)."""
+    def preprocess(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """uint8 ``(N, 32, 32, 3)`` (tensor or NumPy array) → normalised float ``(N, 1, 32, 32)`` (channel mean)."""
+        # NumPy, as mirai.evaluation holds images; torch.tensor copies, so read-only arrays are fine.
+        images = images if isinstance(images, torch.Tensor) else torch.tensor(np.asarray(images))
         if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE, 3):
             raise ValueError(
                 f"the Fashion-MNIST evaluator takes uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3) images, "
@@ -82,12 +85,13 @@ class FashionClassifier(nn.Module):
         features = self.feature(self.body(x))
         return features, self.classifier(features)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Class logits of uint8 ``(N, 32, 32, 3)`` images."""
+    def forward(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Class logits ``(N, 10)`` of uint8 ``(N, 32, 32, 3)`` images (tensor or NumPy array)."""
         return self.head(self.preprocess(images))[1]
 
     @torch.no_grad()
-    def extract(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Evaluator interface: ``pool`` (penultimate features) and ``logits`` of uint8 NHWC images."""
+    def extract(self, images: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
+        """Evaluator interface: ``pool`` (N, 128) penultimate features and ``logits`` (N, 10) of uint8
+        ``(N, 32, 32, 3)`` images (tensor or NumPy array)."""
         features, logits = self.head(self.preprocess(images))
         return {"pool": features.float(), "logits": logits.float()}
