@@ -34,3 +34,9 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "results.md"}
     assert main(argv) == 0
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
+    # Other settings in the same folder are refused before the new subset is tokenized, and nothing changes.
+    other = [{"4": "5"}.get(a, a) for a in argv]  # --steps 5 --per-class 5
+    assert main(other) == 1
+    assert "trained with another config" in capsys.readouterr().err
+    assert not (out / "codes" / "train_5_per_class").exists()
+    assert stamps == {p: p.stat().st_mtime_ns for p in stamps}

@@ -20,7 +20,7 @@ from mirai import checkpoint
 from mirai.bench.config import BenchConfig, Run, plan_runs
 from mirai.data.options import resolve_device
 from mirai.bench.report import format_table
-from mirai.bench.run import train_and_score
+from mirai.bench.run import plan_share, train_and_score
 from mirai.bench.store import read_results, write_json
 from mirai.config import from_dict
 from mirai.data.codes import CodeStore, extract
@@ -141,6 +141,7 @@ def run_demo(settings: DemoSettings) -> dict[str, dict]:
     settings.validate()
     codes = codes_paths(settings)
     bench = demo_bench(settings, codes)
+    plan_share(bench)  # runs already in OUT with other settings are refused before minutes of tokenizing
     device = resolve_device(settings.device)
     settings.out.mkdir(parents=True, exist_ok=True)
     print(f"[1/3] tokenizing Fashion-MNIST with {TOKENIZER.name} (8x8 tokens, 512 codes)")
