@@ -147,7 +147,7 @@ def test_data_check_refuses_bad_values(work, option, value, match):
 
 SCORE = ["evaluate", f"{W}/samples.npz", "--ref", f"{W}/ref.npz", "--device", "cpu", "--out", f"{W}/m.json"]
 BAD_NPZ = [(f"{W}/missing.npz", "does not exist"), (f"{W}/empty", "is a directory"),
-           (f"{W}/notes.txt", "cannot be read"), (f"{W}/images.npy", "single .npy array"),
+           (f"{W}/notes.txt", "is not an .npz archive"), (f"{W}/images.npy", "single .npy array"),
            (f"{W}/pickled.npz", "cannot be read.*no object arrays"), (f"{W}/float.npz", "must be uint8"),
            (f"{W}/grey.npz", "must be uint8")]
 SCORE_CASES = [(where, path, match) for where in ("samples", "--ref") for path, match in BAD_NPZ] + [

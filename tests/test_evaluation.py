@@ -346,8 +346,8 @@ def _bad_npz(path, case):
 
 
 IMAGES_4D = "uint8 \\(N, H, W, 3\\)"
-BAD_BATCHES = {"missing": "does not exist", "directory": "is a directory", "text": "cannot be read",
-               "empty": "cannot be read", "npy": "single .npy array", "truncated": "cannot be read|truncated",
+BAD_BATCHES = {"missing": "does not exist", "directory": "is a directory", "text": "is not an .npz archive",
+               "empty": "is not an .npz archive", "npy": "single .npy array", "truncated": "cannot be read|truncated",
                "pickled": "cannot be read.*no object arrays", "pickled-labels": "'labels'.*cannot be read",
                "float-labels": "labels.*must be integers", "short-labels": "2 entries but there are 3 images",
                "no-arr_0": "no 'arr_0' array|neither images \\('arr_0'", "float": IMAGES_4D, "grey": IMAGES_4D,

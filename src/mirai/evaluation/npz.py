@@ -37,6 +37,10 @@ class NpzArchive:
         if self.path.is_dir():
             raise DataError(f"{what} {self.path} is a directory, not an .npz file; give the file itself")
         with self.errors():
+            with open(self.path, "rb") as file:
+                magic = file.read(6)
+            if not magic.startswith(b"PK") and magic != b"\x93NUMPY":  # else np.load guesses "pickled data"
+                raise DataError(f"{what} {self.path} is not an .npz archive (not a zip of .npy arrays); {FIX}")
             loaded = np.load(self.path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise DataError(f"{what} {self.path} is a single .npy array, not an .npz archive; "
