@@ -27,10 +27,19 @@ def fashion_mnist_to_rgb(images: np.ndarray) -> np.ndarray:
     return np.repeat(padded[..., None], 3, axis=-1)
 
 
+# How to turn float pixels in [0, 1] into the uint8 that every image input here takes (for error messages).
+FLOAT_TO_UINT8 = "np.clip(x * 255, 0, 255).round().astype(np.uint8)"
+
+
+def as_pixel_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A tensor of ``images`` as given (a tensor unchanged, anything NumPy reads copied), dtype unchecked."""
+    # torch.tensor copies, so read-only arrays (e.g. np.asarray of a PIL image, memory maps) are fine.
+    return images if isinstance(images, torch.Tensor) else torch.tensor(np.asarray(images))
+
+
 def _as_nchw_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 HWC/NHWC (NumPy or torch) → float32 NCHW with values 0..255, adding a batch dim if needed."""
-    # torch.tensor copies, so read-only arrays (e.g. np.asarray of a PIL image) are fine.
-    x = images if isinstance(images, torch.Tensor) else torch.tensor(np.asarray(images))
+    x = as_pixel_tensor(images)
     if x.dtype != torch.uint8:
         raise ValueError(f"expected uint8 pixels, got {x.dtype}")
     if x.ndim == 3:

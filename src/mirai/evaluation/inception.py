@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from mirai import checkpoint
+from mirai.data.transforms import as_pixel_tensor
 from mirai.errors import CheckpointError
 
 SPATIAL_CHANNELS = 7
@@ -93,7 +94,7 @@ class InceptionV3Features(nn.Module):
     def extract(self, images: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
         """``pool`` (N, 2048), ``logits`` (N, 1008) and ``spatial`` (N, 2023) of uint8 ``(N, H, W, 3)`` images
         (tensor or NumPy array)."""
-        images = images if isinstance(images, torch.Tensor) else torch.tensor(np.asarray(images))  # copies
+        images = as_pixel_tensor(images)
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"Inception features need uint8 (N, H, W, 3) images, got {images.dtype} "
                              f"{tuple(images.shape)}")

@@ -43,6 +43,7 @@ from typing import Iterator
 import numpy as np
 
 from mirai.data.options import image_size_eval, positive_int
+from mirai.data.transforms import FLOAT_TO_UINT8
 from mirai.errors import DataError
 from mirai.evaluation.npz import NpzArchive, integer_labels
 
@@ -71,7 +72,7 @@ class NpzImages:
             self.shape, self.fortran_order, self.dtype = archive.header(key, hint)
         if self.dtype != np.uint8 or len(self.shape) != 4 or self.shape[-1] != 3 or 0 in self.shape:
             raise DataError(f"{what} {self.path}: {key!r} must be uint8 (N, H, W, 3) images, got {self.dtype} "
-                            f"{self.shape}; convert floats with np.clip(x * 255, 0, 255).round().astype(np.uint8) "
+                            f"{self.shape}; convert floats with {FLOAT_TO_UINT8} "
                             "and grey images with np.repeat(x[..., None], 3, -1)")
 
     def __len__(self) -> int:

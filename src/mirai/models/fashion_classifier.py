@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mirai.data.transforms import FLOAT_TO_UINT8, as_pixel_tensor
+
 IMAGE_SIZE = 32
 NUM_CLASSES = 10
 # Mean and std of the padded 32×32 Fashion-MNIST training images, in [0, 1] units; fixed
@@ -70,13 +72,12 @@ class FashionClassifier(nn.Module):
     @staticmethod
     def preprocess(images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """uint8 ``(N, 32, 32, 3)`` (tensor or NumPy array) → normalised float ``(N, 1, 32, 32)`` (channel mean)."""
-        # NumPy, as mirai.evaluation holds images; torch.tensor copies, so read-only arrays are fine.
         got = f"{type(images).__name__} of {images.dtype} {tuple(images.shape)}"
-        images = images if isinstance(images, torch.Tensor) else torch.tensor(np.asarray(images))
+        images = as_pixel_tensor(images)  # NumPy too, as mirai.evaluation holds images
         if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE, 3):
             raise ValueError(
                 f"the Fashion-MNIST evaluator takes uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3) images, got {got}; "
-                "convert floats in [0, 1] with np.clip(x * 255, 0, 255).round().astype(np.uint8), and 28x28 "
+                f"convert floats in [0, 1] with {FLOAT_TO_UINT8}, and 28x28 "
                 "Fashion-MNIST images with mirai.data.transforms.fashion_mnist_to_rgb"
             )
         grey = images.float().mean(dim=-1, keepdim=True).permute(0, 3, 1, 2) / 255.0
