@@ -65,3 +65,26 @@ def test_ill_typed_values_are_named_in_words():
                             ("foresight.encoder=3", "foresight.encoder: expected a string or a mapping or null, got 3")]:
         with pytest.raises(ConfigError, match=match):
             load_config(TrainConfig, CONFIGS / "fashion" / "mirai_i.yaml", base + [override])
+
+
+
+# Rows of the appendix's published results (docs/method.md §8): model, epochs, and the three configs
+# (baseline, + Mirai-I, + Mirai-E) that reproduce the row.
+PUBLISHED_ROWS = [
+    ("GPT-B", 300, "llamagen_b", "mirai_i_b", "mirai_e_b"),
+    ("GPT-L", 300, "llamagen_l", "mirai_i_l", "mirai_e_l"),
+    ("GPT-XL", 300, "llamagen_xl", "mirai_i_xl", "mirai_e_xl"),
+    ("GPT-B", 80, "llamagen_b_384", "mirai_i_b_384", "mirai_e_b_384"),
+    ("GPT-XXL", 40, "llamagen_xxl", "mirai_i_xxl", "mirai_e_xxl"),  # Table 12
+    ("GPT-B", 80, "par_b_m2", "par_b_m2_mirai_i", "par_b_m2_mirai_e"),  # Table 13
+    ("GPT-S", 80, "lowres_gpt_s", "lowres_gpt_s_mirai_i", "lowres_gpt_s_mirai_e"),  # Table 14
+]
+
+
+@pytest.mark.parametrize("row", PUBLISHED_ROWS, ids=lambda row: row[2])
+def test_paper_configs_train_the_published_model_for_the_published_epochs(row, monkeypatch):
+    monkeypatch.chdir(CONFIGS.parent.parent.parent)
+    model, epochs, *names = row
+    for name in names:
+        cfg = load_config(TrainConfig, CONFIGS / "imagenet" / f"{name}.yaml")
+        assert (cfg.model.name, cfg.epochs, cfg.steps) == (model, epochs, 0), name
