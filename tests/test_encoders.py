@@ -166,6 +166,27 @@ def test_fashion_checkpoint_roundtrip(tmp_path):
         build_encoder(str(tmp_path / "enc"), grid_size=12)
 
 
+@pytest.mark.parametrize("objective", ["ssl", "supervised"])
+def test_the_label_free_objective_never_reads_a_label(objective, monkeypatch):
+    """Issue 16's question, whether a label reaches the label-free encoder: shuffled labels change
+    nothing under ``ssl`` (bit-identical weights) and change the supervised encoder (the control)."""
+    import mirai.builders.encoder as builder
+
+    images = torch.rand(32, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(32) % 10
+    cfg = builder.FashionTrainConfig(objective=objective, epochs=0.25, batch_size=4, width=8, dim=16)
+
+    def weights(labels):
+        monkeypatch.setattr(builder, "load_fashion_images", lambda split, root=None: (images, labels))
+        net, log = builder.train_fashion_encoder(cfg)
+        assert log["steps"] == 2
+        return net.state_dict()
+
+    first, shuffled = weights(labels), weights(labels[torch.randperm(32, generator=torch.Generator().manual_seed(1))])
+    same = all(torch.equal(first[k], shuffled[k]) for k in first)
+    assert same is (objective == "ssl")
+
+
 @pytest.mark.parametrize(("name", "uses_labels"), [("fashion8", True), ("fashion8_supervised", True),
                                                   ("fashion8_ssl", False)])
 def test_committed_fashion_encoders(name, uses_labels):
