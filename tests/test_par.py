@@ -45,12 +45,31 @@ def test_the_8x8_pass_table_of_the_spec():
 
 
 def test_group_mask_by_hand_for_n_4():
-    mask = group_mask(16, 4)
-    visible = {p: mask[p].nonzero().flatten().tolist() for p in range(16)}
-    assert visible[3] == [0, 1, 2, 3]  # the sequential prefix is causal
-    assert visible[4] == list(range(8)) and visible[7] == list(range(8))  # v3 and M1..M3: their group
-    assert visible[8] == list(range(12)) and visible[11] == list(range(12))
-    assert visible[12] == list(range(16))
+    # The 4x4 grid with 2x2 regions (n = 4): the 19 training positions C v0 v1 v2 | v3 M1 M2 M3 | v4..v7 |
+    # v8..v11 | v12 v13 v14 (docs/par.md 3.1, 3.3). Row = query position, column = key; 1 = may attend.
+    by_hand = [
+        "1..................",  # C
+        "11.................",  # v0   the sequential prefix is causal
+        "111................",  # v1
+        "1111...............",  # v2
+        "11111111...........",  # v3   v3 and the learnable tokens see their whole group
+        "11111111...........",  # M1
+        "11111111...........",  # M2
+        "11111111...........",  # M3
+        "111111111111.......",  # v4   then each group of four sees itself and everything before
+        "111111111111.......",  # v5
+        "111111111111.......",  # v6
+        "111111111111.......",  # v7
+        "1111111111111111...",  # v8
+        "1111111111111111...",  # v9
+        "1111111111111111...",  # v10
+        "1111111111111111...",  # v11
+        "1111111111111111111",  # v12  the last group is cut short by the end of the sequence
+        "1111111111111111111",  # v13
+        "1111111111111111111",  # v14
+    ]
+    expected = torch.tensor([[c == "1" for c in row] for row in by_hand])
+    assert torch.equal(group_mask(19, 4), expected)
     assert torch.equal(group_mask(10, 1), torch.ones(10, 10, dtype=torch.bool).tril())  # m = 1: causal
 
 
@@ -132,12 +151,38 @@ def test_cached_decoding_under_teacher_forcing_equals_the_full_forward():
     assert produced == list(range(16))
 
 
+def released_par_state_dict(n_layer: int = 2, dim: int = 64, vocab: int = 32, classes: int = 3,
+                            learnable: int = 3, ffn: int = 256) -> dict[str, torch.Tensor]:
+    """A state dict written with the key names of PAR's released checkpoints (LlamaGen's, plus the
+    learnable tokens' ``spe_tok_embeddings``), not with the project's model; random weights."""
+    shapes = {
+        "tok_embeddings.weight": (vocab, dim),
+        "cls_embedding.embedding_table.weight": (classes + 1, dim),  # + the null class of guidance
+        "spe_tok_embeddings.special_embeddings.weight": (learnable, dim),
+        "norm.weight": (dim,),
+        "output.weight": (vocab, dim),
+        "freqs_cis": (20, dim // 2 // 2, 2),  # saved by the released code, rebuilt on load
+    }
+    for i in range(n_layer):
+        shapes |= {f"layers.{i}.attention.wqkv.weight": (3 * dim, dim), f"layers.{i}.attention.wo.weight": (dim, dim),
+                   f"layers.{i}.feed_forward.w1.weight": (ffn, dim), f"layers.{i}.feed_forward.w3.weight": (ffn, dim),
+                   f"layers.{i}.feed_forward.w2.weight": (dim, ffn), f"layers.{i}.attention_norm.weight": (dim,),
+                   f"layers.{i}.ffn_norm.weight": (dim,)}
+    gen = torch.Generator().manual_seed(0)
+    return {k: torch.randn(shape, generator=gen) * 0.02 for k, shape in shapes.items()}
+
+
 def test_a_released_par_state_dict_loads_strictly_and_a_wrong_m_is_refused(tmp_path):
-    model = tiny()
-    torch.save({"model": model.state_dict()}, tmp_path / "par.pt")  # the released files' container
+    released = released_par_state_dict()
+    torch.save({"model": released}, tmp_path / "par.pt")  # the released files' container
     ckpt = read_llamagen(tmp_path / "par.pt", grid_size=4)
     assert ckpt.args["order"] == "par" and ckpt.args["regions_per_side"] == 2
     loaded = ckpt.build(GPT)
+    state = loaded.state_dict()
+    assert state.keys() == released.keys() - {"freqs_cis"}  # strict: every released tensor has its place
+    assert all(torch.equal(state[k], released[k]) for k in state)
+    model = tiny()
+    model.load_state_dict(state)
     tokens, labels = torch.randint(0, 32, (2, 15)), torch.tensor([0, 2])
     assert torch.equal(loaded.eval()(tokens, labels), model(tokens, labels))
     with pytest.raises(CheckpointError, match="2 regions per side.*regions_per_side=4 was asked"):
@@ -163,6 +208,20 @@ def test_foresight_pairs_under_par_by_hand_on_4x4():
     assert below[1] == 12  # cell 0 -> cell 4 (rank 8), read at position 12
     for (s, t) in head_pairs(4, "grid2d", "ema", k=3, cells=cells):
         assert (t >= s).all()  # foresight never points at the past of the sequence
+
+
+def test_par_drops_only_the_region_edge_pairs_docs_par_md_counts():
+    """docs/par.md 8 ("what the rule costs"): the right and below heads lose one pair per region-edge
+    cell (16 of 239 on 16x16 with M = 2); the current-cell head and Mirai-I lose none."""
+    for grid, m, kept in ((16, 2, 223), (8, 2, 47), (16, 4, 191)):
+        cells = build_gpt("GPT-Micro", vocab_size=32, grid_size=grid, num_classes=2,
+                          order="par", regions_per_side=m).sequence_cells()
+        raster = [len(s) for s, _ in head_pairs(grid, "grid2d", "ema", k=3, align_class_token=False)]
+        par = [len(s) for s, _ in head_pairs(grid, "grid2d", "ema", k=3, align_class_token=False, cells=cells)]
+        assert raster == [grid * grid - 1, grid * (grid - 1) - 1, grid * (grid - 1) - 1]
+        assert par == [grid * grid - 1, kept, kept]
+        (encoder,) = head_pairs(grid, "grid2d", "encoder", cells=cells)
+        assert len(encoder[0]) == grid * grid - 1
 
 
 # ------------------------------------------------------------------------------------ training
