@@ -1,6 +1,7 @@
 """FSDP2 (``distributed.strategy: fsdp``) on CPU with 2 gloo processes: it trains the same weights
-as DDP, shards the EMA and a Mirai-E teacher, and its sharded checkpoints resume on 1 process and
-export a safetensors checkpoint that ``mirai.checkpoint.load`` reads. One spawn serves the tests."""
+as DDP, shards the EMA and a Mirai-E teacher, replicates a Mirai-I encoder, computes in bf16 when
+asked, and its sharded checkpoints resume on 1 process and export a safetensors checkpoint that
+``mirai.checkpoint.load`` reads. One spawn serves the tests."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from mirai.training.config import TrainConfig, resume_changes
 from mirai.training.fsdp import full_state_dict, is_sharded
 from mirai.training.trainer import Trainer
 
-from helpers import assert_same, make_cfg, weights
+from helpers import assert_same, encoder_overrides, make_cfg, weights
 
 # Mirai-E with its own teacher (teacher_decay): heads in the objective, a teacher outside it.
 TEACHER = {"foresight.source": "ema", "foresight.warmup": 1, "foresight.warmup_unit": "step",
@@ -34,7 +35,8 @@ def _free_port() -> int:
 
 
 def _modules(t: Trainer) -> dict:
-    return {"gpt": t.gpt, "ema": t.ema, "heads": t.objective.auxiliary, "teacher": t.saved_states()["teacher"].module}
+    teacher = t.saved_states().get("teacher")  # Mirai-E with teacher_decay only
+    return {"gpt": t.gpt, "ema": t.ema, "heads": t.objective.auxiliary, **({"teacher": teacher.module} if teacher else {})}
 
 
 def _full(t: Trainer) -> dict:
@@ -69,6 +71,14 @@ def _worker(rank: int, world: int, port: int, cfgs: dict, out: str) -> None:
         again.fit()
         result = {"ddp": _full(ddp), "fsdp": _full(fsdp), "resumed": _full(again), "sharded": sharded,
                   "local_numel": next(iter(fsdp.gpt.layers[0].parameters())).to_local().numel()}
+        # Mirai-I: DDP, FSDP, and FSDP computing in bf16 (what `auto` picks on a GPU).
+        for name in ("ddp_i", "fsdp_i", "fsdp_i_bf16"):
+            t = Trainer(from_dict(TrainConfig, cfgs[name]))
+            t.fit()
+            result[name] = _full(t)
+            encoder = t.objective.auxiliary.source.encoder  # frozen: a whole replica on every rank
+            result[name + "_encoder_sharded"] = is_sharded(encoder) or any(
+                isinstance(p, torch.distributed.tensor.DTensor) for p in encoder.parameters())
         if rank == 0:
             torch.save(result, out)
     finally:
@@ -79,8 +89,14 @@ def _worker(rank: int, world: int, port: int, cfgs: dict, out: str) -> None:
 def two_ranks(stores, tmp_path_factory):
     root = tmp_path_factory.mktemp("fsdp")
     common = dict(steps=4, dropout=False, **TEACHER)
+    fsdp = {"distributed.strategy": "fsdp"}
     cfgs = {"ddp": to_dict(make_cfg(stores, root / "ddp", **common)),
-            "fsdp": to_dict(make_cfg(stores, root / "fsdp", **common, **{"distributed.strategy": "fsdp"}))}
+            "fsdp": to_dict(make_cfg(stores, root / "fsdp", **common, **fsdp))}
+    mirai_i = dict(steps=2, dropout=False, **encoder_overrides(stores))
+    cfgs |= {"ddp_i": to_dict(make_cfg(stores, root / "ddp_i", **mirai_i)),
+             "fsdp_i": to_dict(make_cfg(stores, root / "fsdp_i", **mirai_i, **fsdp)),
+             "fsdp_i_bf16": to_dict(make_cfg(stores, root / "fsdp_i_bf16", **mirai_i, **fsdp,
+                                             **{"distributed.param_dtype": "bf16"}))}
     out = root / "result.pt"
     mp.start_processes(_worker, args=(2, _free_port(), cfgs, str(out)), nprocs=2, start_method="spawn")
     return root, cfgs, torch.load(out, weights_only=True)
@@ -96,6 +112,26 @@ def test_fsdp_trains_the_same_weights_as_ddp(two_ranks):
         assert got.keys() == want.keys() and want, name
         for k in want:
             torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=f"{name}.{k}")
+
+
+def test_fsdp_with_mirai_i_replicates_the_encoder_and_matches_ddp(two_ranks):
+    _, _, result = two_ranks
+    assert not any(result[f"{name}_encoder_sharded"] for name in ("ddp_i", "fsdp_i", "fsdp_i_bf16"))
+    for name, want in result["ddp_i"].items():
+        assert want and result["fsdp_i"][name].keys() == want.keys(), name
+        for k in want:
+            torch.testing.assert_close(result["fsdp_i"][name][k], want[k], rtol=1e-5, atol=1e-6, msg=f"{name}.{k}")
+
+
+def test_fsdp_in_bf16_keeps_fp32_master_weights_and_trains_like_fp32(two_ranks):
+    """``param_dtype: bf16`` computes the blocks in bf16 (the weights differ from the fp32 run's) while the
+    sharded master weights stay fp32; two AdamW steps at lr 3e-3 move no weight more than 4 lr from fp32's."""
+    _, _, result = two_ranks
+    bf16, fp32 = result["fsdp_i_bf16"]["gpt"], result["fsdp_i"]["gpt"]
+    assert all(v.dtype == torch.float32 for v in bf16.values())
+    assert any(not torch.equal(bf16[k], fp32[k]) for k in fp32)
+    for k in fp32:
+        torch.testing.assert_close(bf16[k], fp32[k], rtol=0, atol=4 * 3e-3, msg=k)
 
 
 def test_sharded_checkpoint_resumes_exactly_on_the_same_ranks(two_ranks):
