@@ -330,7 +330,7 @@ def test_report_keeps_the_scores_of_runs_whose_folders_are_gone(setup, tmp_path,
     assert "| baseline@2 |" in (out / "results.md").read_text()
     assert list(json.loads((out / "tsne_maps.json").read_text())["maps"]) == ["mirai_i"]
     assert (out / "curves.png").is_file()
-    assert "1 run folders are gone (baseline seed 0)" in capsys.readouterr().out
+    assert "1 run folder is gone (baseline seed 0)" in capsys.readouterr().out
     # A curves figure already there is not replaced by one lacking the gone runs.
     (out / "curves.png").write_bytes(b"drawn while every run was on disk")
     run_convergence(bench)
