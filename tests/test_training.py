@@ -284,3 +284,14 @@ def test_cli_train_then_sample(stores, tmp_path, capsys):
 def test_a_warmup_longer_than_the_run_is_refused(stores, tmp_path):
     with pytest.raises(ConfigError, match="foresight.warmup is 15 epoch.*never start"):
         Trainer(make_cfg(stores, tmp_path / "r", **{"foresight.source": "ema"}))  # default: 15 epochs
+
+
+@pytest.mark.parametrize(("length", "unit"), [({"steps": 6}, "step"), ({"steps": 0, "epochs": 2}, "epoch")])
+def test_a_warmup_as_long_as_the_run_is_refused_by_the_config_alone(stores, tmp_path, length, unit):
+    """In the run's own unit the config says it before any data is read (--print-config, bench planning);
+    one unit shorter is accepted."""
+    run = {**length, "foresight.source": "ema", "foresight.warmup_unit": unit}
+    end = length.get("steps") or length["epochs"]
+    with pytest.raises(ConfigError, match=f"foresight.warmup is {end:g} {unit}.*never start"):
+        make_cfg(stores, tmp_path / "r", **run, **{"foresight.warmup": end})
+    assert make_cfg(stores, tmp_path / "r", **run, **{"foresight.warmup": end - 1}).foresight.warmup == end - 1

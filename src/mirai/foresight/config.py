@@ -86,6 +86,17 @@ class ForesightConfig:
             return 0.0, "step"
         return source_defaults(self.source).warmup if self.warmup is None else (self.warmup, self.warmup_unit)
 
+    def check_warmup_ends(self, run_end: dict[str, float]) -> None:
+        """``ConfigError`` when the warm-up lasts the whole run, which would silently train a baseline.
+        ``run_end`` gives the run's length in each unit known so far (``{"epoch": 40}`` from a config
+        alone; steps, epochs and fraction once the data's size is known)."""
+        length, unit = self.warmup_spec()
+        if unit in run_end and length >= run_end[unit]:
+            raise ConfigError(
+                f"foresight.warmup is {length:g} {unit}(s) but the run ends at {run_end[unit]:g} {unit}(s): the "
+                "foresight loss would never start. Shorten it, e.g. foresight.warmup=0.15 foresight.warmup_unit=fraction"
+            )
+
     def encoder_spec(self, model_dim: int) -> str | dict:
         """The encoder to build: as configured, else DINOv2-B/14, or DINOv2-L/14 from GPT-L's width up (Table 8)."""
         return self.encoder if self.encoder is not None else default_encoder(model_dim)
@@ -207,8 +218,9 @@ class ForesightConfig:
             raise ConfigError(f"foresight.warmup_unit={self.warmup_unit} needs foresight.warmup (the source's default "
                               "warm-up is in epochs): give foresight.warmup, or set foresight.warmup_unit=epoch")
         if self.warmup is not None and not 0 <= self.warmup < (1 if self.warmup_unit == "fraction" else math.inf):
-            raise ConfigError(f"foresight.warmup={self.warmup} {self.warmup_unit}: it must be non-negative, and a "
-                              "fraction of training below 1 (the foresight loss would never start)")
+            raise ConfigError(f"foresight.warmup={self.warmup} {self.warmup_unit}: it must be non-negative"
+                              + (", and below 1 as a fraction of training (the foresight loss would never start)"
+                                 if self.warmup_unit == "fraction" else ""))
         if self.enabled and self.output_diagnostic and self.source != "ema":
             raise ConfigError(
                 "foresight.output_diagnostic replaces Mirai-E's alignment by output-level heads; set source: ema"

@@ -163,6 +163,9 @@ class TrainConfig:
         if (self.steps > 0) == (self.epochs > 0):
             raise ConfigError(f"set exactly one of steps and epochs, the other to 0 (got steps={self.steps}, "
                               f"epochs={self.epochs}); e.g. steps=2000 epochs=0 to train by steps")
+        # Caught here in the config's own unit (--print-config, the bench's planning); the trainer checks
+        # the other units once it knows the data's steps per epoch.
+        self.foresight.check_warmup_ends({"step": self.steps} if self.steps else {"epoch": self.epochs})
         if self.seed < 0:
             raise ConfigError(f"seed must be non-negative, got {self.seed}")
         if self.device not in ("auto", "cpu", "cuda"):

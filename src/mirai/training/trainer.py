@@ -161,16 +161,8 @@ class Trainer:
     def _check_foresight_starts(self) -> None:
         """A warm-up as long as the run (e.g. Mirai-E's default 15 epochs in a short run) would
         silently train a baseline."""
-        f = self.cfg.foresight
-        if not f.enabled:
-            return
-        length, unit = f.warmup_spec()
-        end = {"step": self.total_steps, "epoch": self.total_steps / self.data.steps_per_epoch, "fraction": 1.0}[unit]
-        if length >= end:
-            raise ConfigError(
-                f"foresight.warmup is {length:g} {unit}(s) but the run ends at {end:g} {unit}(s): the foresight "
-                "loss would never start. Shorten it, e.g. foresight.warmup=0.15 foresight.warmup_unit=fraction"
-            )
+        self.cfg.foresight.check_warmup_ends({"step": self.total_steps, "fraction": 1.0,
+                                              "epoch": self.total_steps / self.data.steps_per_epoch})
 
     def _autocast_dtype(self) -> torch.dtype | None:
         p = self.cfg.precision
