@@ -327,6 +327,11 @@ def test_a_config_directory_or_a_misspelt_name_is_named_with_what_to_give(tmp_pa
         read_yaml(tmp_path)
     with pytest.raises(ConfigError, match=r"fashion/mirai_ee.yaml does not exist; did you mean fashion/mirai_e.yaml"):
         read_yaml("configs/fashion/mirai_ee.yaml")
+    # Nothing close: no far-fetched guess, and the shipped configs are counted by folder, not all listed.
+    with pytest.raises(ConfigError, match=r"does_not_exist.yaml does not exist \(Mirai ships bench/ \(\d+\), "
+                                          r"fashion/ \(\d+\), imagenet/ \(\d+\), tokenizer/ \(\d+\) in .*configs; "
+                                          r"name one as e.g. fashion/baseline.yaml\)$"):
+        read_yaml("does_not_exist.yaml")
 
 
 def test_resuming_a_checkpoint_past_the_runs_steps_is_refused(stores, tmp_path):

@@ -224,9 +224,11 @@ def find_config(path: str | Path) -> Path:
     if packaged is not None and packaged.is_file():
         return packaged
     shipped = sorted(str(p.relative_to(PACKAGED_CONFIGS)) for p in PACKAGED_CONFIGS.rglob("*.yaml"))
-    close = difflib.get_close_matches(str(Path(*parts)) if parts else str(path), shipped, n=3)
+    close = difflib.get_close_matches(str(Path(*parts)) if parts else str(path), shipped, n=3, cutoff=0.7)
+    folders = sorted({name.split("/")[0] for name in shipped})
+    counts = ", ".join(f"{f}/ ({sum(name.startswith(f + '/') for name in shipped)})" for f in folders)
     raise ConfigError(f"config file {path} does not exist" + (f"; did you mean {' or '.join(close)}?" if close else "")
-                      + f" (configs shipped with Mirai: {', '.join(shipped)})")
+                      + f" (Mirai ships {counts} in {PACKAGED_CONFIGS}; name one as e.g. fashion/baseline.yaml)")
 
 
 def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
