@@ -61,6 +61,8 @@ def test_fashion_evaluation_end_to_end(tmp_path, random_fashion_evaluator, capsy
         assert torch.equal(model.extract(raw["arr_0"])["logits"], as_tensor)
         with pytest.raises(ValueError, match=r"takes uint8 \(N, 32, 32, 3\) images, got ndarray of float32.*np.clip"):
             model.extract(raw["arr_0"].astype(np.float32))
+        with pytest.raises(ValueError, match=r"images, got list of torch.int64 \(1, 2\)"):  # named, not an AttributeError
+            model.extract([[1, 2]])
 
 
 def test_evaluate_writes_its_metrics_beside_the_samples_by_default(tmp_path, random_fashion_evaluator, capsys):

@@ -157,6 +157,7 @@ def report_stored(bench: BenchConfig, variants: list[str] | None = None, seeds: 
 
 def _say_gone(gone: list[Run]) -> None:
     if gone:
-        print(f"{len(gone)} run folder{'s are' if len(gone) > 1 else ' is'} gone ({', '.join(f'{r.variant} seed {r.seed}' for r in gone)}): "
+        folders = f"{len(gone)} run folder{'s are' if len(gone) > 1 else ' is'} gone"
+        print(f"{folders} ({', '.join(f'{r.variant} seed {r.seed}' for r in gone)}): "
               "their stored scores are in the table and FID figure, not in curves.png or the t-SNE maps "
               "(an existing curves.png is kept as drawn: it is redrawn only when every run's folder is on disk)")

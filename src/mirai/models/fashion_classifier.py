@@ -72,9 +72,9 @@ class FashionClassifier(nn.Module):
     @staticmethod
     def preprocess(images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """uint8 ``(N, 32, 32, 3)`` (tensor or NumPy array) → normalised float ``(N, 1, 32, 32)`` (channel mean)."""
-        got = f"{type(images).__name__} of {images.dtype} {tuple(images.shape)}"
-        images = as_pixel_tensor(images)  # NumPy too, as mirai.evaluation holds images
+        given, images = images, as_pixel_tensor(images)  # NumPy too, as mirai.evaluation holds images
         if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE, 3):
+            got = f"{type(given).__name__} of {getattr(given, 'dtype', images.dtype)} {tuple(images.shape)}"
             raise ValueError(
                 f"the Fashion-MNIST evaluator takes uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3) images, got {got}; "
                 f"convert floats in [0, 1] with {FLOAT_TO_UINT8}, and 28x28 "
