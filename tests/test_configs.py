@@ -67,6 +67,40 @@ def test_ill_typed_values_are_named_in_words():
             load_config(TrainConfig, CONFIGS / "fashion" / "mirai_i.yaml", base + [override])
 
 
+@pytest.mark.parametrize("overrides, match", [
+    (["optim.lr=1e-3", "optim.lr=2e-3"], r"optim.lr is set twice \('optim.lr=1e-3' and 'optim.lr=2e-3'\)"),
+    (["foresight.lambda_=1", "foresight=null"], "foresight is set both as a section and inside it"),
+    (["optim={lr: 1e-3}", "optim.lr=2e-3"], "optim is set both as a section and inside it"),
+])
+def test_one_list_of_overrides_may_set_a_key_once(overrides, match, tmp_path):
+    """Applied in order, the later override would silently win or wipe the earlier one's section."""
+    from mirai.bench.demo import DemoSettings
+    from mirai.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match + ".*keep the one you mean"):
+        load_config(TrainConfig, CONFIGS / "fashion" / "mirai_i.yaml", ["data.codes=codes", *overrides])
+    bench = load_config(BenchConfig, CONFIGS / "bench" / "fashion_grid16.yaml")
+    with pytest.raises(ConfigError, match="variant 'baseline': " + match):
+        bench.variants["baseline"]["overrides"] = overrides
+        plan_runs(bench)
+    with pytest.raises(ConfigError, match="overrides: " + match):
+        DemoSettings(out=tmp_path / "demo", overrides=tuple(overrides)).validate()
+
+
+def test_the_demo_s_own_overrides_give_way_to_the_user_s(tmp_path):
+    """`mirai demo optim.lr=5e-4` replaces the demo's short-run learning rate (one value, not two)."""
+    from mirai.bench.demo import DemoSettings, demo_bench
+
+    codes = {"train": tmp_path / "train", "test": tmp_path / "test"}
+    own = demo_bench(DemoSettings(out=tmp_path), codes).train_overrides
+    assert "optim.lr=2e-3" in own
+    mine = demo_bench(DemoSettings(out=tmp_path, overrides=("optim.lr=5e-4",)), codes).train_overrides
+    assert [text for text in mine if text.startswith("optim.lr")] == ["optim.lr=5e-4"]
+    assert set(own) - set(mine) == {"optim.lr=2e-3"}
+    section = demo_bench(DemoSettings(out=tmp_path, overrides=("optim={lr: 5e-4}",)), codes).train_overrides
+    assert not [text for text in section if text.startswith("optim.")]
+
+
 
 # Rows of the appendix's published results (docs/method.md §8): model, epochs, and the three configs
 # (baseline, + Mirai-I, + Mirai-E) that reproduce the row.

@@ -90,10 +90,12 @@ def test_the_banner_names_the_foresight_heads_block_lambda_and_warmup(stores, tm
 def test_overrides_may_follow_an_option(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("data: {codes: somewhere}\n")
-    assert main(["train", "--config", str(config), "steps=5", "--print-config", "steps=7", "seed=3"]) == 0
+    assert main(["train", "--config", str(config), "steps=5", "--print-config", "seed=3"]) == 0
     printed = capsys.readouterr().out
-    assert "steps: 7" in printed and "seed: 3" in printed  # the later override wins, as on one side
-    assert main(["train", "--config", str(config), "steps=5", "--print-config", "--", "steps=9"]) == 0
+    assert "steps: 5" in printed and "seed: 3" in printed  # both sides of the option are read
+    assert main(["train", "--config", str(config), "steps=5", "--print-config", "steps=7"]) == 1
+    assert "steps is set twice ('steps=5' and 'steps=7')" in capsys.readouterr().err  # not a silent last-one-wins
+    assert main(["train", "--config", str(config), "--print-config", "--", "steps=9"]) == 0
     assert "steps: 9" in capsys.readouterr().out  # "--" ends the options; what follows are overrides
     # A setting the source never reads is named on stderr; the printed YAML stays a valid config.
     assert main(["train", "--config", str(config), "--print-config", "steps=5", "foresight.teacher_decay=0.9"]) == 0

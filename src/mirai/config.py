@@ -45,6 +45,24 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def check_distinct_overrides(overrides: Iterable[str], where: str = "") -> None:
+    """Refuse (``ConfigError``) one list of overrides that sets a key twice, or a key and a key inside it.
+
+    Applied in order, the later one would silently win (``a=1 a=2``) or replace the earlier one's
+    section (``foresight.lambda_=1 foresight=null``): a typo or a stale flag, never an intent. Layers
+    (a bench's ``train_overrides`` then a variant's) may re-set keys; each list on its own may not."""
+    seen: dict[tuple[str, ...], str] = {}
+    for text in overrides:
+        path = tuple(parse_override(text)[0])
+        for other, earlier in seen.items():
+            shorter = min(len(path), len(other))
+            if path[:shorter] == other[:shorter]:
+                clash = "set twice" if path == other else "set both as a section and inside it"
+                raise ConfigError(f"{where}{': ' if where else ''}{'.'.join(path[:shorter])} is {clash} "
+                                  f"({earlier!r} and {text!r}); keep the one you mean")
+        seen[path] = text
+
+
 def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     """Return a copy of ``data`` with dotted ``key=value`` overrides applied."""
     data = json.loads(json.dumps(data))  # deep copy of plain data
@@ -253,6 +271,8 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
     """Read ``path`` (YAML; optional), apply ``overrides`` and build a validated ``cls``."""
+    overrides = list(overrides)
+    check_distinct_overrides(overrides)
     data = read_yaml(path) if path is not None else {}
     return from_dict(cls, apply_overrides(data, overrides))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 
-from mirai.config import apply_overrides, from_dict, parse_override, read_yaml
+from mirai.config import apply_overrides, check_distinct_overrides, from_dict, parse_override, read_yaml
 from mirai.errors import ConfigError
 from mirai.sampling.pipeline import SampleSettings
 from mirai.training.config import TrainConfig
@@ -162,6 +162,7 @@ class Run:
 
 
 def _check_overrides(overrides: list[str], where: str) -> None:
+    check_distinct_overrides(overrides, where)
     for text in overrides:
         key = parse_override(text)[0]
         if key[0] in BENCH_KEYS:

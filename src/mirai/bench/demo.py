@@ -22,7 +22,7 @@ from mirai.data.options import resolve_device
 from mirai.bench.report import format_table
 from mirai.bench.run import plan_share, train_and_score
 from mirai.bench.store import read_results, write_json
-from mirai.config import from_dict
+from mirai.config import check_distinct_overrides, from_dict, parse_override
 from mirai.data.codes import CodeStore, extract
 from mirai.data.options import non_negative_int, positive_int
 from mirai.data.views import ViewSpec
@@ -66,6 +66,7 @@ class DemoSettings:
         if self.per_class is not None:
             positive_int(self.per_class, "per_class (--per-class; 0 on the command line means all images)")
         non_negative_int(self.seed, "seed (--seed)")
+        check_distinct_overrides(self.overrides, "overrides")
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"out {self.out} is a file; give a directory for the demo")
 
@@ -92,6 +93,15 @@ def ensure_codes(split: str, out: Path, device: str, per_class: int | None = Non
     return out
 
 
+def _layered(own: list[str], user: tuple[str, ...]) -> list[str]:
+    """The demo's own overrides, less those whose key the user's set (or a section holding it), then the user's."""
+    user_keys = [parse_override(text)[0] for text in user]
+    def replaced(text: str) -> bool:
+        key = parse_override(text)[0]
+        return any(key[:len(u)] == u[:len(key)] for u in user_keys)
+    return [text for text in own if not replaced(text)] + list(user)
+
+
 def demo_bench(settings: DemoSettings, codes: dict[str, Path]) -> BenchConfig:
     """The demo as a bench: one seed, scored at the last step against the ``codes["test"]`` store,
     runs in ``OUT/VARIANT``, samples kept. It samples with the variants' own sampling settings,
@@ -99,8 +109,8 @@ def demo_bench(settings: DemoSettings, codes: dict[str, Path]) -> BenchConfig:
     bench = from_dict(BenchConfig, {
         "out_dir": str(settings.out), "runs_dir": str(settings.out), "run_layout": "{variant}",
         "variants": {name: {"config": f"fashion/{name}.yaml"} for name in settings.variants},
-        "train_overrides": [f"data.codes={codes['train']}", f"data.val_codes={codes['test']}",
-                            f"device={settings.device}", *SHORT_RUN, *settings.overrides],
+        "train_overrides": _layered([f"data.codes={codes['train']}", f"data.val_codes={codes['test']}",
+                                     f"device={settings.device}", *SHORT_RUN], settings.overrides),
         "seeds": [settings.seed], "steps": settings.steps, "num_samples": settings.num_samples,
         "sample_seed": settings.seed, "reference_codes": str(codes["test"]), "device": settings.device,
         "eval_batch_size": 500, "average_last": 1, "keep_samples": True,
