@@ -3,6 +3,7 @@ feature caching and the linear probe. CPU-only and offline (tiny random ViTs, no
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -185,6 +186,29 @@ def test_the_label_free_objective_never_reads_a_label(objective, monkeypatch):
     first, shuffled = weights(labels), weights(labels[torch.randperm(32, generator=torch.Generator().manual_seed(1))])
     same = all(torch.equal(first[k], shuffled[k]) for k in first)
     assert same is (objective == "ssl")
+
+
+@pytest.mark.parametrize(("argv", "asset"), [([], "encoder8_ssl"), (["--objective", "ssl"], "encoder8_ssl"),
+                                            (["--objective", "supervised"], "encoder8")])
+def test_train_fashion_defaults_are_the_committed_recipes(argv, asset, monkeypatch, tmp_path):
+    """`mirai encoder train-fashion` with no flags trains the label-free default encoder's recipe;
+    `--objective supervised` the labelled one's (its own epochs and crop area, not the other's)."""
+    import mirai.builders.encoder as builder
+    from mirai.cli.main import main
+
+    seen = {}
+
+    def stop(cfg, root=None):
+        seen["cfg"] = dataclasses.asdict(cfg)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(builder, "train_fashion_encoder", stop)
+    with pytest.raises(SystemExit):
+        main(["encoder", "train-fashion", "--out", str(tmp_path / "enc"), *argv])
+    recipe = json.loads((FASHION_ASSETS["fashion8"].parent / asset / "config.json").read_text())["meta"]
+    assert seen["cfg"] == recipe["train_config"]
+    with pytest.raises(ConfigError, match="objective must be 'ssl' or 'supervised'"):
+        builder.FashionTrainConfig(objective="dino")
 
 
 @pytest.mark.parametrize(("name", "uses_labels"), [("fashion8", True), ("fashion8_supervised", True),

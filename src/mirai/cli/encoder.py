@@ -20,13 +20,15 @@ def add_parser(subparsers) -> None:
     )
     t.add_argument("--grid", type=int, default=8, choices=[8, 16], help="feature grid for 32×32 images")
     t.add_argument("--out", required=True, help="checkpoint directory to write")
-    t.add_argument("--objective", default="supervised", choices=["ssl", "supervised"],
-                   help="supervised (default): labels for the global term; ssl: contrastive, no labels")
-    t.add_argument("--epochs", type=float, default=None, help="passes over the 60 000 training images")
+    t.add_argument("--objective", default="ssl", choices=["ssl", "supervised"],
+                   help="ssl (default, the fashion8_ssl recipe): contrastive, no labels; supervised (the "
+                   "fashion8 recipe): labels for the global term")
+    t.add_argument("--epochs", type=float, default=None,
+                   help="passes over the 60 000 training images (default: the objective's recipe, 2 or 3)")
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--crop-min", type=float, default=None, help="smallest crop area of an augmented view")
+    t.add_argument("--crop-min", type=float, default=None, help="smallest crop area of an augmented view (default: the objective's recipe, 0.35 or 0.8)")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     add_flag(t, "--data-root", ("--root",), dest="root", help="Fashion-MNIST folder (default: see "
              "mirai.data.fashion_mnist)")
