@@ -222,6 +222,13 @@ def test_par_drops_only_the_region_edge_pairs_docs_par_md_counts():
         assert par == [grid * grid - 1, kept, kept]
         (encoder,) = head_pairs(grid, "grid2d", "encoder", cells=cells)
         assert len(encoder[0]) == grid * grid - 1
+    # The future heads of the PAR bench (configs/bench/fashion_par_grid16.yaml, mirai_e_future): what its comment says.
+    future = [(1, 0), (1, 1), (2, 0)]
+    cells = build_gpt("GPT-Micro", vocab_size=32, grid_size=16, num_classes=2, order="par",
+                      regions_per_side=2).sequence_cells()
+    raster = [len(s) for s, _ in head_pairs(16, "grid2d", "ema", offsets=future, align_class_token=False)]
+    par = [len(s) for s, _ in head_pairs(16, "grid2d", "ema", offsets=future, align_class_token=False, cells=cells)]
+    assert (raster, par) == ([239, 224, 223], [223, 209, 191])
 
 
 # ------------------------------------------------------------------------------------ training
