@@ -48,7 +48,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     """``parser.parse_args``, except that ``key=value`` overrides may sit on both sides of an option.
 
     argparse fills a ``nargs="*"`` positional from one run of words only, so in
-    ``mirai train steps=5 --print-config steps=6`` the second override would be refused as
+    ``mirai train steps=5 --print-config seed=6`` the second override would be refused as
     unrecognised. Every later run of ``key=value`` words (and every word after ``--``) joins
     ``args.overrides`` in command-line order; anything else is refused, naming only those words.
     """
