@@ -254,7 +254,7 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
                       "--seed": [("-1", "seed")],
                       "--out": [(f"{W}/notes.txt", "notes.txt")]}),
         *table(DEMO, {"=": [("optim.lr=nan", "optim.lr"), ("bogus=1", "unknown key"),
-                            ("steps=5", "bench controls"), ("model.name=GPT-Bogus", "GPT-Bogus"),
+                            ("steps=5", "use --steps"), ("model.name=GPT-Bogus", "GPT-Bogus"),
                             ("optim.batch_size=0", "batch_size")]}),
     ],
 }

@@ -68,16 +68,18 @@ def test_ill_typed_values_are_named_in_words():
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (["optim.lr=1e-3", "optim.lr=2e-3"], r"optim.lr is set twice \('optim.lr=1e-3' and 'optim.lr=2e-3'\)"),
-    (["foresight.lambda_=1", "foresight=null"], "foresight is set both as a section and inside it"),
-    (["optim={lr: 1e-3}", "optim.lr=2e-3"], "optim is set both as a section and inside it"),
+    (["optim.lr=1e-3", "optim.lr=2e-3"], r"optim.lr is set twice \('optim.lr=1e-3' and 'optim.lr=2e-3'\); keep the one you mean"),
+    (["foresight.lambda_=1", "foresight=null"], "foresight is set both whole and inside it"),
+    (["optim={lr: 1e-3}", "optim.lr=2e-3"], "optim is set both whole and inside it"),
+    (["optim.lr=1", "optim.lr.x=2"], "optim.lr is set both whole and inside it"),
+    (["optim.lr=", "2e-3"], r"overrides 'optim.lr=' '2e-3': a space after '='\? write optim.lr=2e-3"),
 ])
 def test_one_list_of_overrides_may_set_a_key_once(overrides, match, tmp_path):
     """Applied in order, the later override would silently win or wipe the earlier one's section."""
     from mirai.bench.demo import DemoSettings
     from mirai.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=match + ".*keep the one you mean"):
+    with pytest.raises(ConfigError, match=match):
         load_config(TrainConfig, CONFIGS / "fashion" / "mirai_i.yaml", ["data.codes=codes", *overrides])
     bench = load_config(BenchConfig, CONFIGS / "bench" / "fashion_grid16.yaml")
     with pytest.raises(ConfigError, match="variant 'baseline': " + match):
@@ -85,6 +87,21 @@ def test_one_list_of_overrides_may_set_a_key_once(overrides, match, tmp_path):
         plan_runs(bench)
     with pytest.raises(ConfigError, match="overrides: " + match):
         DemoSettings(out=tmp_path / "demo", overrides=tuple(overrides)).validate()
+
+
+@pytest.mark.parametrize("override, match", [
+    ("steps=10", "the demo sets steps itself; use --steps"), ("seed=3", "use --seed"), ("device=cpu", "use --device"),
+    ("run_dir=x", "use --out"), ("data.codes=x", "to train on other code stores, use mirai bench convergence"),
+    ("data={codes: x}", "mirai bench convergence"), ("optim..lr=1", "key 'optim..lr' has an empty part"),
+])
+def test_the_demo_refuses_overrides_of_what_its_flags_and_stores_set(override, match, tmp_path):
+    """Before any tokenizing: a demo trained on another device, seed, length or store than it scores."""
+    from mirai.bench.demo import DemoSettings
+    from mirai.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        DemoSettings(out=tmp_path / "demo", overrides=(override,)).validate()
+    assert not (tmp_path / "demo").exists()
 
 
 def test_the_demo_s_own_overrides_give_way_to_the_user_s(tmp_path):
@@ -122,3 +139,21 @@ def test_paper_configs_train_the_published_model_for_the_published_epochs(row, m
     for name in names:
         cfg = load_config(TrainConfig, CONFIGS / "imagenet" / f"{name}.yaml")
         assert (cfg.model.name, cfg.epochs, cfg.steps) == (model, epochs, 0), name
+
+
+def test_a_config_file_sets_a_key_once_and_may_build_on_a_shipped_config(tmp_path):
+    """PyYAML keeps the later of two equal keys silently; a user's file may name a shipped base."""
+    from mirai.errors import ConfigError
+
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("data: {codes: x}\nsteps: 5\noptim:\n  lr: 1.0e-3\n  lr: 2.0e-3\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: key 'lr' appears twice \(lines 4 and 5\); keep the one"):
+        load_config(TrainConfig, twice)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("base: fashion/mirai_i.yaml\nsteps: 3\n")
+    cfg = load_config(TrainConfig, mine)
+    assert cfg.steps == 3 and cfg.foresight.source == "encoder"  # the shipped file's keys, under this one's
+    mine.write_text("base: fashion/mirai_ii.yaml\n")
+    with pytest.raises(ConfigError, match=r"its base 'fashion/mirai_ii.yaml' is not beside it .*did you mean "
+                                          r"fashion/mirai_i.yaml"):
+        load_config(TrainConfig, mine)

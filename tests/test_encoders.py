@@ -209,6 +209,10 @@ def test_train_fashion_defaults_are_the_committed_recipes(argv, asset, monkeypat
     assert seen["cfg"] == recipe["train_config"]
     with pytest.raises(ConfigError, match="objective must be 'ssl' or 'supervised'"):
         builder.FashionTrainConfig(objective="dino")
+    # The recipe is read when training starts, so a replaced objective brings its own.
+    labelled = dataclasses.replace(builder.FashionTrainConfig(), objective="supervised").resolved()
+    assert (labelled.epochs, labelled.crop_min) == (3.0, 0.8)
+    assert builder.FashionTrainConfig(epochs=1.5).resolved().epochs == 1.5
 
 
 @pytest.mark.parametrize(("name", "uses_labels"), [("fashion8", True), ("fashion8_supervised", True),

@@ -37,6 +37,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     if not key.strip():
         raise ConfigError(f"override {text!r} has an empty key")
+    if any(not part.strip() for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: key {key.strip()!r} has an empty part; keys are dotted names "
+                          "such as optim.lr")
     try:
         value = yaml.safe_load(raw) if raw != "" else None
     except yaml.YAMLError as err:
@@ -52,12 +55,17 @@ def check_distinct_overrides(overrides: Iterable[str], where: str = "") -> None:
     section (``foresight.lambda_=1 foresight=null``): a typo or a stale flag, never an intent. Layers
     (a bench's ``train_overrides`` then a variant's) may re-set keys; each list on its own may not."""
     seen: dict[tuple[str, ...], str] = {}
+    previous = ""
     for text in overrides:
+        if "=" not in text and previous.endswith("="):  # the shell split `optim.lr= 2e-3` in two words
+            raise ConfigError(f"{where}{': ' if where else ''}overrides {previous!r} {text!r}: a space after "
+                              f"'='? write {previous}{text} (or quote a value with spaces)")
+        previous = text
         path = tuple(parse_override(text)[0])
         for other, earlier in seen.items():
             shorter = min(len(path), len(other))
             if path[:shorter] == other[:shorter]:
-                clash = "set twice" if path == other else "set both as a section and inside it"
+                clash = "set twice" if path == other else "set both whole and inside it"
                 raise ConfigError(f"{where}{': ' if where else ''}{'.'.join(path[:shorter])} is {clash} "
                                   f"({earlier!r} and {text!r}); keep the one you mean")
         seen[path] = text
@@ -249,14 +257,32 @@ def find_config(path: str | Path) -> Path:
                       + f" (Mirai ships {counts} in {PACKAGED_CONFIGS}; name one as e.g. fashion/baseline.yaml)")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: PyYAML keeps
+    the later value silently, which hides a stale line in an edited config."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"key {key!r} appears twice (lines {seen[key] + 1} and "
+                                  f"{key_node.start_mark.line + 1}); keep the one you mean")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
-    """Read a YAML config. A top-level ``base: other.yaml`` (relative to this file) is read
-    first and this file's keys are laid over it, so ablation configs state only what differs."""
+    """Read a YAML config. A top-level ``base: other.yaml`` (beside this file, else a shipped config
+    name such as ``fashion/mirai_i.yaml``) is read first and this file's keys are laid over it, so
+    ablation configs state only what differs. A key given twice in one mapping is a ``ConfigError``."""
     path = find_config(path)
     if path.resolve() in _seen:
         raise ConfigError(f"config file {path} includes itself through 'base'")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except ConfigError as err:
+        raise ConfigError(f"config file {path}: {err}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not a text file; give the YAML config") from None
     except yaml.YAMLError as err:
@@ -265,7 +291,13 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     base = data.pop("base", None)
     if base is not None:
-        data = deep_merge(read_yaml(path.parent / base, _seen + (path.resolve(),)), data)
+        beside = path.parent / str(base)
+        try:
+            found = beside if beside.exists() else find_config(str(base))
+        except ConfigError as err:
+            raise ConfigError(f"config file {path}: its base {base!r} is not beside it ({beside}), and as a "
+                              f"shipped name: {err}") from None
+        data = deep_merge(read_yaml(found, _seen + (path.resolve(),)), data)
     return data
 
 

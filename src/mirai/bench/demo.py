@@ -34,6 +34,13 @@ TOKENIZER = ASSETS / "vq8"
 # Laid over the fashion configs for the demo's short run: 400 steps learn more with a larger LR
 # and a shorter warm-up (baseline val NLL 3.61 against 3.86 with the configs' 1e-3 / 100 steps).
 SHORT_RUN = ("optim.lr=2e-3", "optim.warmup_steps=40")
+# Training keys the demo sets from its own flags (one device, seed and length for every stage) or
+# from the code stores it tokenizes: an override of them would train on other terms than it scores.
+_BENCH = "to train on other code stores, use mirai bench convergence (docs/configuration.md)"
+DEMO_KEYS = {"steps": "use --steps", "epochs": "use --steps", "seed": "use --seed", "device": "use --device",
+             "run_dir": "use --out", "data": _BENCH, "data.codes": _BENCH, "data.val_codes": _BENCH,
+             "save_every": "it saves at the last step", "eval_every": "it validates at the last step",
+             "keep_last": "it keeps the last checkpoint"}
 TITLE = "Fashion-MNIST demo"
 
 
@@ -67,6 +74,10 @@ class DemoSettings:
             positive_int(self.per_class, "per_class (--per-class; 0 on the command line means all images)")
         non_negative_int(self.seed, "seed (--seed)")
         check_distinct_overrides(self.overrides, "overrides")
+        for text in self.overrides:
+            key = ".".join(parse_override(text)[0])
+            if key in DEMO_KEYS:
+                raise ConfigError(f"override {text!r}: the demo sets {key} itself; {DEMO_KEYS[key]}")
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"out {self.out} is a file; give a directory for the demo")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,24 +126,29 @@ class FashionTrainConfig:
             raise ConfigError(f"grid must be 8 or 16 (cells of a 32x32 image), got {self.grid}")
         if self.objective not in RECIPES:
             raise ConfigError(f"objective must be 'ssl' or 'supervised', got {self.objective!r}")
-        for name, value in RECIPES[self.objective].items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-        positive_float(self.epochs, "epochs")
-        if positive_int(self.batch_size, "batch_size") < 2:
-            raise ConfigError(f"batch_size must be at least 2 (the contrastive terms need pairs), "
+        full = self.resolved()
+        positive_float(full.epochs, "epochs (--epochs)")
+        if positive_int(self.batch_size, "batch_size (--batch-size)") < 2:
+            raise ConfigError(f"batch_size (--batch-size) must be at least 2 (the contrastive terms need pairs), "
                               f"got {self.batch_size}")
-        positive_float(self.lr, "lr")
-        crop_min = finite_float(self.crop_min, "crop_min (the smallest crop area)", low=0.0, high=1.0)
+        positive_float(self.lr, "lr (--lr)")
+        crop_min = finite_float(full.crop_min, "crop_min (--crop-min, the smallest crop area)", low=0.0, high=1.0)
         if crop_min == 0:
-            raise ConfigError("crop_min must be above 0 (a crop needs some area), e.g. 0.35")
+            raise ConfigError("crop_min (--crop-min) must be above 0 (a crop needs some area), e.g. 0.35")
         for name in ("weight_decay", "dense_weight"):
             finite_float(getattr(self, name), name, low=0.0)
         positive_float(self.temperature, "temperature")
         for name in ("dense_cells", "width", "dim"):
             positive_int(getattr(self, name), name)
         non_negative_int(self.res_blocks, "res_blocks")
-        non_negative_int(self.seed, "seed")
+        non_negative_int(self.seed, "seed (--seed)")
+
+    def resolved(self) -> FashionTrainConfig:
+        """This config with the settings left at None taken from its objective's recipe (``RECIPES``);
+        kept apart from ``__init__`` so that ``dataclasses.replace(cfg, objective=...)`` takes the new
+        objective's recipe, not the old one's."""
+        recipe = {name: value for name, value in RECIPES[self.objective].items() if getattr(self, name) is None}
+        return dataclasses.replace(self, **recipe) if recipe else self
 
 
 class _Projector(nn.Module):
@@ -177,6 +183,7 @@ def train_fashion_encoder(cfg: FashionTrainConfig, root: str | None = None,
     """Train a ``FashionEncoderNet`` on the Fashion-MNIST training split; returns (net, training log)."""
     from tqdm import tqdm
 
+    cfg = cfg.resolved()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     images, labels = load_fashion_images("train", root)

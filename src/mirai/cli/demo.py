@@ -10,7 +10,8 @@ def add_parser(subparsers) -> None:
         "demo",
         help="tokenize Fashion-MNIST, train baseline and Mirai-I, sample and score them (CPU, ~10 min)",
         description="Runs every stage into --out, skipping what already exists (rerun to finish an "
-        "interrupted demo). Variants are the configs in configs/fashion/ (baseline, mirai_i, mirai_e).",
+        "interrupted demo). Variants are the configs in configs/fashion/ (baseline, mirai_i, mirai_e and "
+        "their PAR forms par_baseline, par_mirai_i, par_mirai_e).",
     )
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--variants", default="baseline,mirai_i",

@@ -13,7 +13,7 @@ def add_parser(subparsers) -> None:
 
     t = sub.add_parser(
         "train-fashion",
-        help="train the small Fashion-MNIST foresight encoder (the committed recipe by default)",
+        help="train the small Fashion-MNIST foresight encoder (the label-free fashion8_ssl recipe by default)",
         description="Trains FashionEncoderNet on the Fashion-MNIST training split and writes a Mirai "
         "checkpoint directory (config.json + model.safetensors) usable as build_encoder(DIR). "
         "Runs on the CPU with --threads threads; the linear probe is measured at the end unless --no-probe.",
@@ -25,9 +25,9 @@ def add_parser(subparsers) -> None:
                    "fashion8 recipe): labels for the global term")
     t.add_argument("--epochs", type=float, default=None,
                    help="passes over the 60 000 training images (default: the objective's recipe, 2 or 3)")
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None, help="images per step (default 256)")
+    t.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 2e-3)")
+    t.add_argument("--seed", type=int, default=None, help="seeds weights, views and data order (default 0)")
     t.add_argument("--crop-min", type=float, default=None, help="smallest crop area of an augmented view (default: the objective's recipe, 0.35 or 0.8)")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     add_flag(t, "--data-root", ("--root",), dest="root", help="Fashion-MNIST folder (default: see "
@@ -90,7 +90,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                                    "seed": args.seed, "crop_min": args.crop_min}.items() if v is not None}
-    cfg = FashionTrainConfig(grid=args.grid, objective=args.objective, **overrides)
+    cfg = FashionTrainConfig(grid=args.grid, objective=args.objective, **overrides).resolved()
     # Training takes minutes: every setting and the output are checked first.
     check_output_dir(args.out, "--out", overwrite=args.overwrite)
     _threads(args.threads)

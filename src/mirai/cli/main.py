@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_name(args: argparse.Namespace) -> str:
+    """``mirai COMMAND [ACTION]`` as typed, the prefix of the command's errors (argparse's own say the same)."""
+    return " ".join(filter(None, ("mirai", getattr(args, "command", None), getattr(args, "action", None))))
+
+
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """``parser.parse_args``, except that ``key=value`` overrides may sit on both sides of an option.
 
@@ -55,7 +60,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     args, extra = parser.parse_known_args(argv)
     if not extra:
         return args
-    command = " ".join(filter(None, ("mirai", getattr(args, "command", None), getattr(args, "action", None))))
+    command = command_name(args)
     takes_overrides = isinstance(getattr(args, "overrides", None), list)
     end = extra.index("--") if "--" in extra else len(extra)
     words = extra[:end] + extra[end + 1:]
@@ -74,15 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    command = command_name(args)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as err:  # Ctrl-C, or a run that saved and stopped on a signal (Interrupted)
         signum = getattr(err, "signum", signal.SIGINT)
-        print(f"mirai {args.command}: stopped by {signal.Signals(signum).name}" + (f": {err}" if str(err) else ""),
+        print(f"{command}: stopped by {signal.Signals(signum).name}" + (f": {err}" if str(err) else ""),
               file=sys.stderr)
         return 128 + signum
     except MiraiError as err:
-        print(f"mirai {args.command}: error: {err}", file=sys.stderr)
+        print(f"{command}: error: {err}", file=sys.stderr)
         return 1
 
 if __name__ == "__main__":
