@@ -96,11 +96,11 @@ def test_one_list_of_overrides_may_set_a_key_once(overrides, match, tmp_path):
 ])
 def test_the_demo_refuses_overrides_of_what_its_flags_and_stores_set(override, match, tmp_path):
     """Before any tokenizing: a demo trained on another device, seed, length or store than it scores."""
-    from mirai.bench.demo import DemoSettings
+    from mirai.bench.demo import DemoSettings, run_demo
     from mirai.errors import ConfigError
 
     with pytest.raises(ConfigError, match=match):
-        DemoSettings(out=tmp_path / "demo", overrides=(override,)).validate()
+        run_demo(DemoSettings(out=tmp_path / "demo", overrides=(override,), device="cpu"))
     assert not (tmp_path / "demo").exists()
 
 
@@ -157,3 +157,24 @@ def test_a_config_file_sets_a_key_once_and_may_build_on_a_shipped_config(tmp_pat
     with pytest.raises(ConfigError, match=r"its base 'fashion/mirai_ii.yaml' is not beside it .*did you mean "
                                           r"fashion/mirai_i.yaml"):
         load_config(TrainConfig, mine)
+
+
+def test_yaml_merge_keys_still_load_and_a_base_is_never_read_from_the_working_directory(tmp_path, monkeypatch):
+    """An anchor's keys merged with `<<:` may be overridden (not a repeated key); a missing base is
+    looked for beside the file and among the shipped configs only, not where the command runs."""
+    from mirai.config import read_yaml
+    from mirai.errors import ConfigError
+
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("common: &o {lr: 1.0e-3, batch_size: 8}\noptim: {<<: *o, lr: 2.0e-3}\n")
+    assert read_yaml(merged)["optim"] == {"lr": 2.0e-3, "batch_size": 8}
+    merged.write_text("? [a, b]\n: 1\n")
+    with pytest.raises(ConfigError, match="not valid YAML.*unhashable"):
+        read_yaml(merged)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "mine.yaml").write_text("base: fashion/mirai_i.yaml\nsteps: 3\n")
+    (tmp_path / "fashion").mkdir()
+    (tmp_path / "fashion" / "mirai_i.yaml").write_text("data: {codes: DECOY}\n")  # in the working directory
+    monkeypatch.chdir(tmp_path)
+    data = read_yaml(tmp_path / "sub" / "mine.yaml")
+    assert data["steps"] == 3 and data["foresight"]["source"] == "encoder" and data["data"]["codes"] != "DECOY"

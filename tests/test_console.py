@@ -111,3 +111,14 @@ def test_overrides_may_follow_an_option(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["flops", "--bogus"])  # a command without overrides
     assert "mirai flops: error: unrecognized arguments: --bogus (see mirai flops --help)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, prefix", [
+    (["convert", "llamagen", "{tmp}/missing.pt", "{tmp}/out"], "mirai convert llamagen: error: input"),
+    (["encoder", "train-fashion", "--out", "{tmp}/enc", "--epochs", "-1"], "mirai encoder train-fashion: error: epochs"),
+    (["train", "--config", "{tmp}/missing.yaml"], "mirai train: error: config file"),
+])
+def test_an_error_names_the_subcommand_as_typed(argv, prefix, tmp_path, capsys):
+    """The prefix argparse gives its own errors (``mirai convert llamagen: error:``), for the command's too."""
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 1
+    assert capsys.readouterr().err.startswith(prefix)

@@ -245,16 +245,28 @@ def find_config(path: str | Path) -> Path:
         raise ConfigError(f"config {path} is a directory; give a YAML file in it" + (
             f", e.g. {', '.join(inside[:3])}" + (f" and {len(inside) - 3} more" if len(inside) > 3 else "")
             if inside else " (it holds none)"))
+    packaged = _shipped(path)
+    if packaged is not None:
+        return packaged
+    raise _missing(path)
+
+
+def _shipped(path: Path) -> Path | None:
+    """The config shipped with Mirai under the name ``path`` (``fashion/x.yaml``, ``configs/fashion/x.yaml``)."""
     parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
     packaged = PACKAGED_CONFIGS.joinpath(*parts) if parts and not path.is_absolute() else None
-    if packaged is not None and packaged.is_file():
-        return packaged
+    return packaged if packaged is not None and packaged.is_file() else None
+
+
+def _missing(path: Path) -> ConfigError:
+    """The error for a config that is nowhere: close shipped names, and what Mirai ships where."""
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
     shipped = sorted(str(p.relative_to(PACKAGED_CONFIGS)) for p in PACKAGED_CONFIGS.rglob("*.yaml"))
     close = difflib.get_close_matches(str(Path(*parts)) if parts else str(path), shipped, n=3, cutoff=0.7)
     folders = sorted({name.split("/")[0] for name in shipped})
     counts = ", ".join(f"{f}/ ({sum(name.startswith(f + '/') for name in shipped)})" for f in folders)
-    raise ConfigError(f"config file {path} does not exist" + (f"; did you mean {' or '.join(close)}?" if close else "")
-                      + f" (Mirai ships {counts} in {PACKAGED_CONFIGS}; name one as e.g. fashion/baseline.yaml)")
+    return ConfigError(f"config file {path} does not exist" + (f"; did you mean {' or '.join(close)}?" if close else "")
+                       + f" (Mirai ships {counts} in {PACKAGED_CONFIGS}; name one as e.g. fashion/baseline.yaml)")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -264,10 +276,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` lays keys under this mapping's own; only explicit keys can clash
             key = self.construct_object(key_node, deep=True)
-            if key in seen:
-                raise ConfigError(f"key {key!r} appears twice (lines {seen[key] + 1} and "
-                                  f"{key_node.start_mark.line + 1}); keep the one you mean")
+            try:
+                if key in seen:
+                    raise ConfigError(f"key {key!r} appears twice (lines {seen[key] + 1} and "
+                                      f"{key_node.start_mark.line + 1}); keep the one you mean")
+            except TypeError:
+                break  # an unhashable key: PyYAML's own error names it below
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep)
 
@@ -292,11 +309,10 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
     base = data.pop("base", None)
     if base is not None:
         beside = path.parent / str(base)
-        try:
-            found = beside if beside.exists() else find_config(str(base))
-        except ConfigError as err:
+        found = beside if beside.exists() else _shipped(Path(str(base)))
+        if found is None:
             raise ConfigError(f"config file {path}: its base {base!r} is not beside it ({beside}), and as a "
-                              f"shipped name: {err}") from None
+                              f"shipped name: {_missing(Path(str(base)))}")
         data = deep_merge(read_yaml(found, _seen + (path.resolve(),)), data)
     return data
 

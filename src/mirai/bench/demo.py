@@ -59,8 +59,9 @@ class DemoSettings:
     overrides: tuple[str, ...] = ()  # training-config overrides for every variant, e.g. optim.batch_size=32
 
     def validate(self) -> None:
-        """Refuse (``ConfigError``) settings no demo can run with; the variants' configs and the
-        overrides are checked by ``demo_bench``."""
+        """Refuse (``ConfigError``) settings no demo can run with, and overrides that set a key twice or
+        one the demo sets itself (``DEMO_KEYS``); the variants' configs under the overrides are checked
+        by ``demo_bench``."""
         if not self.variants or any(not name for name in self.variants):
             raise ConfigError(f"variants {list(self.variants)}: name at least one configs/fashion config, "
                               "e.g. baseline,mirai_i")

@@ -6,8 +6,8 @@ folder can be reproduced by one CLI command (each asset's README gives it):
 
 * ``tokenizer`` — VQ tokenizer training, its reconstruction report and the k-means baseline
   (``vq8``, ``vq16``; ``mirai tokenizer train|eval``);
-* ``encoder`` — training of the Fashion-MNIST foresight encoder (``encoder8``;
-  ``mirai encoder train-fashion``), and ``encoder_probe`` — the linear probe that measures
+* ``encoder`` — training of the Fashion-MNIST foresight encoders (``encoder8_ssl`` by default,
+  ``encoder8`` with ``--objective supervised``; ``mirai encoder train-fashion``), and ``encoder_probe`` — the linear probe that measures
   it (``mirai encoder probe``);
 * ``evaluator`` — training of the classifier that scores samples (``evaluator``;
   ``mirai evaluate train-fashion-classifier``).

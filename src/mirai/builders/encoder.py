@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -124,7 +123,7 @@ class FashionTrainConfig:
         """Check every setting (``ConfigError`` naming the first bad one) before anything is trained."""
         if self.grid not in (8, 16):
             raise ConfigError(f"grid must be 8 or 16 (cells of a 32x32 image), got {self.grid}")
-        if self.objective not in RECIPES:
+        if not isinstance(self.objective, str) or self.objective not in RECIPES:
             raise ConfigError(f"objective must be 'ssl' or 'supervised', got {self.objective!r}")
         full = self.resolved()
         positive_float(full.epochs, "epochs (--epochs)")
@@ -148,7 +147,7 @@ class FashionTrainConfig:
         kept apart from ``__init__`` so that ``dataclasses.replace(cfg, objective=...)`` takes the new
         objective's recipe, not the old one's."""
         recipe = {name: value for name, value in RECIPES[self.objective].items() if getattr(self, name) is None}
-        return dataclasses.replace(self, **recipe) if recipe else self
+        return replace(self, **recipe) if recipe else self
 
 
 class _Projector(nn.Module):

@@ -28,7 +28,8 @@ def add_parser(subparsers) -> None:
     t.add_argument("--batch-size", type=int, default=None, help="images per step (default 256)")
     t.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 2e-3)")
     t.add_argument("--seed", type=int, default=None, help="seeds weights, views and data order (default 0)")
-    t.add_argument("--crop-min", type=float, default=None, help="smallest crop area of an augmented view (default: the objective's recipe, 0.35 or 0.8)")
+    t.add_argument("--crop-min", type=float, default=None,
+                   help="smallest crop area of an augmented view (default: the objective's recipe, 0.35 or 0.8)")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     add_flag(t, "--data-root", ("--root",), dest="root", help="Fashion-MNIST folder (default: see "
              "mirai.data.fashion_mnist)")

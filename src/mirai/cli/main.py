@@ -41,12 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"mirai.cli.{name}").add_parser(sub)
+    _record_prog(parser)
     return parser
 
 
+def _record_prog(parser: argparse.ArgumentParser) -> None:
+    """Let every (sub)command's namespace carry its own ``prog`` (``mirai convert llamagen``): the
+    innermost parser's default wins, so ``command_name`` prefixes errors as argparse does."""
+    parser.set_defaults(prog=parser.prog)
+    for action in parser._actions:  # argparse keeps subcommands only here
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _record_prog(child)
+
+
 def command_name(args: argparse.Namespace) -> str:
-    """``mirai COMMAND [ACTION]`` as typed, the prefix of the command's errors (argparse's own say the same)."""
-    return " ".join(filter(None, ("mirai", getattr(args, "command", None), getattr(args, "action", None))))
+    """The (sub)command as typed (``mirai encoder train-fashion``), the prefix of its errors, as argparse's own."""
+    return getattr(args, "prog", "mirai")
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
