@@ -48,25 +48,32 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def keys_overlap(a: list[str] | tuple[str, ...], b: list[str] | tuple[str, ...]) -> bool:
+    """Whether two dotted key paths name the same key, or one a section holding the other."""
+    shorter = min(len(a), len(b))
+    return tuple(a[:shorter]) == tuple(b[:shorter])
+
+
 def check_distinct_overrides(overrides: Iterable[str], where: str = "") -> None:
     """Refuse (``ConfigError``) one list of overrides that sets a key twice, or a key and a key inside it.
 
     Applied in order, the later one would silently win (``a=1 a=2``) or replace the earlier one's
     section (``foresight.lambda_=1 foresight=null``): a typo or a stale flag, never an intent. Layers
     (a bench's ``train_overrides`` then a variant's) may re-set keys; each list on its own may not."""
+    prefix = f"{where}: " if where else ""
     seen: dict[tuple[str, ...], str] = {}
     previous = ""
     for text in overrides:
         if "=" not in text and previous.endswith("="):  # the shell split `optim.lr= 2e-3` in two words
-            raise ConfigError(f"{where}{': ' if where else ''}overrides {previous!r} {text!r}: a space after "
+            raise ConfigError(f"{prefix}overrides {previous!r} {text!r}: a space after "
                               f"'='? write {previous}{text} (or quote a value with spaces)")
         previous = text
         path = tuple(parse_override(text)[0])
         for other, earlier in seen.items():
-            shorter = min(len(path), len(other))
-            if path[:shorter] == other[:shorter]:
+            if keys_overlap(path, other):
                 clash = "set twice" if path == other else "set both whole and inside it"
-                raise ConfigError(f"{where}{': ' if where else ''}{'.'.join(path[:shorter])} is {clash} "
+                shared = path[:min(len(path), len(other))]
+                raise ConfigError(f"{prefix}{'.'.join(shared)} is {clash} "
                                   f"({earlier!r} and {text!r}); keep the one you mean")
         seen[path] = text
 
@@ -251,16 +258,21 @@ def find_config(path: str | Path) -> Path:
     raise _missing(path)
 
 
+def _shipped_parts(path: Path) -> tuple[str, ...]:
+    """``path`` as a name inside the shipped configs: ``configs/fashion/x.yaml`` -> (fashion, x.yaml)."""
+    return path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+
+
 def _shipped(path: Path) -> Path | None:
     """The config shipped with Mirai under the name ``path`` (``fashion/x.yaml``, ``configs/fashion/x.yaml``)."""
-    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    parts = _shipped_parts(path)
     packaged = PACKAGED_CONFIGS.joinpath(*parts) if parts and not path.is_absolute() else None
     return packaged if packaged is not None and packaged.is_file() else None
 
 
 def _missing(path: Path) -> ConfigError:
     """The error for a config that is nowhere: close shipped names, and what Mirai ships where."""
-    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    parts = _shipped_parts(path)
     shipped = sorted(str(p.relative_to(PACKAGED_CONFIGS)) for p in PACKAGED_CONFIGS.rglob("*.yaml"))
     close = difflib.get_close_matches(str(Path(*parts)) if parts else str(path), shipped, n=3, cutoff=0.7)
     folders = sorted({name.split("/")[0] for name in shipped})

@@ -22,7 +22,7 @@ from mirai.data.options import resolve_device
 from mirai.bench.report import format_table
 from mirai.bench.run import plan_share, train_and_score
 from mirai.bench.store import read_results, write_json
-from mirai.config import check_distinct_overrides, from_dict, parse_override
+from mirai.config import check_distinct_overrides, from_dict, keys_overlap, parse_override
 from mirai.data.codes import CodeStore, extract
 from mirai.data.options import non_negative_int, positive_int
 from mirai.data.views import ViewSpec
@@ -108,10 +108,8 @@ def ensure_codes(split: str, out: Path, device: str, per_class: int | None = Non
 def _layered(own: list[str], user: tuple[str, ...]) -> list[str]:
     """The demo's own overrides, less those whose key the user's set (or a section holding it), then the user's."""
     user_keys = [parse_override(text)[0] for text in user]
-    def replaced(text: str) -> bool:
-        key = parse_override(text)[0]
-        return any(key[:len(u)] == u[:len(key)] for u in user_keys)
-    return [text for text in own if not replaced(text)] + list(user)
+    kept = [text for text in own if not any(keys_overlap(parse_override(text)[0], u) for u in user_keys)]
+    return kept + list(user)
 
 
 def demo_bench(settings: DemoSettings, codes: dict[str, Path]) -> BenchConfig:
