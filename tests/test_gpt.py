@@ -110,6 +110,31 @@ def test_rope_table_against_hand_computation():
     assert torch.count_nonzero(y[0, 0]) == 0
 
 
+def llamagen_rope(x, table):
+    """LlamaGen's apply_rotary_emb (autoregressive/models/gpt.py), the formula apply_rope must reproduce."""
+    xs = x.float().reshape(*x.shape[:-1], -1, 2)
+    t = table.view(1, xs.size(1), 1, xs.size(3), 2)
+    out = torch.stack([xs[..., 0] * t[..., 0] - xs[..., 1] * t[..., 1],
+                       xs[..., 1] * t[..., 0] + xs[..., 0] * t[..., 1]], dim=-1)
+    return out.flatten(3).type_as(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_is_bit_identical_to_llamagens_forward_and_backward(dtype):
+    # As Attention calls it: q and k heads as a strided view of the fused qkv projection's output.
+    g, heads, head_dim = 4, 3, 16
+    table = rope_2d_table(g, head_dim)
+    qkv = torch.randn(2, 1 + g * g, 3 * heads * head_dim, dtype=dtype, requires_grad=True)
+    view = qkv[..., : 2 * heads * head_dim].view(2, 1 + g * g, 2 * heads, head_dim)
+    grad_out = torch.randn(2, 1 + g * g, 2 * heads, head_dim, dtype=dtype)
+    theirs = llamagen_rope(view, table)
+    expected = torch.autograd.grad((theirs * grad_out).sum(), qkv)[0]
+    for complex_product in (True, False):  # eager code's default, compiled code's
+        ours = apply_rope(view, table, complex_product)
+        assert ours.dtype == dtype and torch.equal(ours, theirs)
+        assert torch.equal(torch.autograd.grad((ours * grad_out).sum(), qkv)[0], expected)
+
+
 def test_hidden_states_and_early_stop():
     model = tiny(n_layer=3).eval()
     tokens, labels = torch.randint(0, 40, (2, 15)), torch.tensor([0, 4])

@@ -153,13 +153,25 @@ def rope_2d_table(grid_size: int, head_dim: int, base: float = 10000.0, cls_toke
     return torch.cat([torch.zeros(cls_token_num, half, 2), table])
 
 
-def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, T, H, D) ``x`` by a (T, D/2, 2) table."""
-    xs = x.float().reshape(*x.shape[:-1], -1, 2)
-    t = table.view(1, xs.size(1), 1, xs.size(3), 2)
-    out = torch.stack(
-        [xs[..., 0] * t[..., 0] - xs[..., 1] * t[..., 1], xs[..., 1] * t[..., 0] + xs[..., 0] * t[..., 1]], dim=-1
-    )
+def apply_rope(x: torch.Tensor, table: torch.Tensor, complex_product: bool | None = None) -> torch.Tensor:
+    """Rotate (B, T, H, D) ``x`` by a (T, D/2, 2) table of (cos, sin): each channel pair (x0, x1) becomes
+    (x0 cos - x1 sin, x1 cos + x0 sin), in fp32, returned in ``x``'s dtype (LlamaGen's ``apply_rotary_emb``).
+
+    ``complex_product`` (default: in eager code) multiplies the pairs as complex numbers: one kernel
+    instead of four products and a stack, with the same products and sums, so forward and backward are
+    bit-identical to the real form (tests/test_gpt.py) and faster on a CPU (benchmarks/rope_speed.py).
+    Inductor generates no complex code, so compiled code takes the real form, which it fuses.
+    """
+    pairs = x.float().unflatten(-1, (-1, 2))
+    if complex_product is None:
+        complex_product = not torch.compiler.is_compiling()
+    if complex_product:
+        rotation = torch.view_as_complex(table.contiguous())[None, :, None]
+        out = torch.view_as_real(torch.view_as_complex(pairs) * rotation)
+    else:
+        t = table.view(1, pairs.size(1), 1, pairs.size(3), 2)
+        out = torch.stack([pairs[..., 0] * t[..., 0] - pairs[..., 1] * t[..., 1],
+                           pairs[..., 1] * t[..., 0] + pairs[..., 0] * t[..., 1]], dim=-1)
     return out.flatten(3).type_as(x)
 
 
@@ -180,9 +192,10 @@ class Attention(nn.Module):
         Decoding: ``slots`` (T,) are the cache slots of the T inputs, and ``mask`` covers the whole cache."""
         B, T, _ = x.shape
         q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
-        q, k, v = self.wqkv(x).split([q_size, kv_size, kv_size], dim=-1)
-        q = apply_rope(q.view(B, T, self.n_head, self.head_dim), rope).transpose(1, 2)
-        k = apply_rope(k.view(B, T, self.n_kv_head, self.head_dim), rope).transpose(1, 2)
+        qk, v = self.wqkv(x).split([q_size + kv_size, kv_size], dim=-1)
+        # q and k lie side by side in wqkv's output: one rotation for both heads' sets.
+        qk = apply_rope(qk.view(B, T, self.n_head + self.n_kv_head, self.head_dim), rope)
+        q, k = qk.transpose(1, 2).split([self.n_head, self.n_kv_head], dim=1)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if slots is not None:
             k, v = self.kv_cache.update(slots, k, v)
