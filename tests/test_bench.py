@@ -19,7 +19,7 @@ from mirai.bench import scorer as bench_scorer
 from mirai.bench.config import BenchConfig, plan_runs, select_share
 from mirai.bench.report import format_table, paired_rows, summary_rows
 from mirai.bench.run import report_stored, run_convergence
-from mirai.bench.store import read_results
+from mirai.bench.store import check_same_scoring, read_results, save_bench_config
 from mirai.cli.main import main
 from mirai.config import from_dict, load_config
 from mirai.data.codes import extract
@@ -193,6 +193,23 @@ def test_bench_writes_results_and_resumes_without_redoing_work(setup, tmp_path, 
     assert len(trained.calls) == 3 and len(sampled.calls) == 9
     assert {r["num_samples"] for records in rescored.values() for r in records} == {20}
     assert not (tmp_path / "rescored" / "runs").exists()
+
+
+def test_compiled_sampling_is_kept_apart_where_it_changes_the_draws(setup, tmp_path):
+    # fp32: compiled decoding draws eager's tokens, so scores with and without it may share an out_dir;
+    # bf16: it rounds differently and draws other samples, so it is a scoring setting like num_samples.
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    for precision in ("fp32", "bf16"):
+        settings = {"cfg_scale": 1.5, "precision": precision}
+        save_bench_config(from_dict(BenchConfig, bench_dict(setup, out, sampling=settings)), out)
+        compiled = from_dict(BenchConfig, bench_dict(setup, out, sampling=settings, compile_sampling=True))
+        if precision == "fp32":
+            check_same_scoring(compiled, out)
+        else:
+            with pytest.raises(ConfigError, match=r"scored with other compile_sampling \(compile_sampling: False\)"):
+                check_same_scoring(compiled, out)
 
 
 def test_a_run_stopped_by_a_signal_says_how_a_bench_continues(setup, tmp_path, monkeypatch):

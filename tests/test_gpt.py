@@ -1,4 +1,6 @@
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,6 +9,9 @@ import torch
 from mirai.errors import ConfigError
 from mirai.models import GPT_CONFIGS, build_gpt
 from mirai.models.gpt import apply_rope, check_token_ids, ffn_hidden_dim, rope_2d_table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from rope_speed import llamagen_rope  # noqa: E402  (LlamaGen's formula, the benchmark's reference)
 
 
 def tiny(**kw):
@@ -110,29 +115,25 @@ def test_rope_table_against_hand_computation():
     assert torch.count_nonzero(y[0, 0]) == 0
 
 
-def llamagen_rope(x, table):
-    """LlamaGen's apply_rotary_emb (autoregressive/models/gpt.py), the formula apply_rope must reproduce."""
-    xs = x.float().reshape(*x.shape[:-1], -1, 2)
-    t = table.view(1, xs.size(1), 1, xs.size(3), 2)
-    out = torch.stack([xs[..., 0] * t[..., 0] - xs[..., 1] * t[..., 1],
-                       xs[..., 1] * t[..., 0] + xs[..., 0] * t[..., 1]], dim=-1)
-    return out.flatten(3).type_as(x)
-
-
+@pytest.mark.parametrize("head_dim", [16, 20, 32, 64, 100])  # 20, 100 (GPT-3B): pairs not a multiple of 8
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_rope_is_bit_identical_to_llamagens_forward_and_backward(dtype):
+def test_rope_is_bit_identical_to_llamagens_forward_and_backward(head_dim, dtype):
     # As Attention calls it: q and k heads as a strided view of the fused qkv projection's output.
-    g, heads, head_dim = 4, 3, 16
+    g, heads = 4, 3
     table = rope_2d_table(g, head_dim)
     qkv = torch.randn(2, 1 + g * g, 3 * heads * head_dim, dtype=dtype, requires_grad=True)
     view = qkv[..., : 2 * heads * head_dim].view(2, 1 + g * g, 2 * heads, head_dim)
     grad_out = torch.randn(2, 1 + g * g, 2 * heads, head_dim, dtype=dtype)
-    theirs = llamagen_rope(view, table)
-    expected = torch.autograd.grad((theirs * grad_out).sum(), qkv)[0]
-    for complex_product in (True, False):  # eager code's default, compiled code's
-        ours = apply_rope(view, table, complex_product)
-        assert ours.dtype == dtype and torch.equal(ours, theirs)
-        assert torch.equal(torch.autograd.grad((ours * grad_out).sum(), qkv)[0], expected)
+    ours, theirs = apply_rope(view, table), llamagen_rope(view, table)
+    assert ours.dtype == dtype and torch.equal(ours, theirs)
+    assert torch.equal(*(torch.autograd.grad((y * grad_out).sum(), qkv)[0] for y in (ours, theirs)))
+
+
+def test_rope_refuses_a_table_that_does_not_fit():
+    table = rope_2d_table(4, 16)
+    for x in (torch.randn(1, 5, 2, 16), torch.randn(1, 17, 2, 32)):  # other length; other head size
+        with pytest.raises(ValueError, match=r"RoPE table of shape \(17, 8, 2\).*expected"):
+            apply_rope(x, table)
 
 
 def test_hidden_states_and_early_stop():

@@ -290,6 +290,20 @@ def rerun(gpt, vq, out, change):
     return sample_to_npz(model, vq, change.get("labels", LABELS), out, **kw)
 
 
+def test_compiled_decoding_is_recorded_where_it_changes_the_draws(tmp_path, monkeypatch):
+    # bf16/fp16: compiled kernels round differently from eager ones, so a set is not resumed across the switch
+    # (refused before anything is compiled); fp32: both draw the same tokens, so a finished set is reused.
+    gpt, vq = tiny_gpt(), tiny_vq()
+    bf16 = {**BASE, "settings": SampleSettings(cfg_scale=1.0, precision="bf16")}
+    interrupted_run(monkeypatch, gpt, vq, tmp_path / "bf16.npz", settings=bf16["settings"])
+    with pytest.raises(ConfigError, match=r"sampled differently \(compiled_decoding: None -> True\)"):
+        sample_to_npz(gpt, vq, LABELS, tmp_path / "bf16.npz", **bf16, compile=True)
+    out = sample_to_npz(gpt, vq, LABELS, tmp_path / "fp32.npz", **BASE)
+    monkeypatch.setattr(pipeline, "sample_batch", lambda *a, **k: pytest.fail("sampled again"))
+    assert sample_to_npz(gpt, vq, LABELS, out, **BASE, compile=True) == out
+    assert "compiled_decoding" not in json.loads(out.with_suffix(".json").read_text())
+
+
 @pytest.mark.parametrize("name", sorted(CHANGES))
 def test_resuming_with_anything_changed_is_refused_and_keeps_the_parts(tmp_path, monkeypatch, name):
     gpt, vq = tiny_gpt(), tiny_vq()

@@ -45,8 +45,9 @@ class BenchConfig:
     class_sampling: Literal["balanced", "uniform"] = "balanced"
     sample_seed: int = 0  # the same labels and noise for every checkpoint: variants differ only by weights
     sample_batch_size: int = 250
-    # Decode through torch.compile (static KV cache): the same tokens as eager (tests/test_compile.py), about
-    # 1.5x the tokens/s on CPU after a one-off compile per batch size (benchmarks/RESULTS.md section 6).
+    # Decode through torch.compile (static KV cache): in fp32 the same tokens as eager (tests/test_compile.py),
+    # about 1.5x the tokens/s on CPU after a one-off compile per batch size (benchmarks/RESULTS.md section 6);
+    # in bf16/fp16 other draws (check_same_scoring keeps the two apart).
     compile_sampling: bool = False
     sampling: SampleSettings = field(default_factory=SampleSettings)
     reference_codes: str = ""  # held-out code store: its images and their reconstructions are the references

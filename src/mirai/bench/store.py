@@ -78,6 +78,9 @@ def check_same_scoring(bench: BenchConfig, out_dir: Path) -> None:
         return
     old, new = read_yaml(previous), to_dict(bench)
     changed = [k for k in SCORING_KEYS if old.get(k) != new[k]]
+    # Compiled bf16/fp16 decoding rounds differently from eager decoding, so it draws other samples (fp32: the same).
+    if new["sampling"]["precision"] != "fp32" and bool(old.get("compile_sampling")) != new["compile_sampling"]:
+        changed.append("compile_sampling")
     if changed:
         raise ConfigError(f"{out_dir} holds results scored with other {', '.join(changed)} "
                           f"({', '.join(f'{k}: {old.get(k)!r}' for k in changed)}); use another out_dir, or "

@@ -48,7 +48,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--compile", action="store_true", help="decode through torch.compile: one graph for every pass, "
-                   "compiled on the first batch (worth it for many batches; same draws, not recorded)")
+                   "compiled on the first batch (worth it for many batches; in fp32 the same draws, not recorded; "
+                   "in bf16/fp16 other draws, recorded)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--model", help="GPT config name for a LlamaGen .pt (default: inferred from depth and width)")

@@ -153,26 +153,25 @@ def rope_2d_table(grid_size: int, head_dim: int, base: float = 10000.0, cls_toke
     return torch.cat([torch.zeros(cls_token_num, half, 2), table])
 
 
-def apply_rope(x: torch.Tensor, table: torch.Tensor, complex_product: bool | None = None) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Rotate (B, T, H, D) ``x`` by a (T, D/2, 2) table of (cos, sin): each channel pair (x0, x1) becomes
     (x0 cos - x1 sin, x1 cos + x0 sin), in fp32, returned in ``x``'s dtype (LlamaGen's ``apply_rotary_emb``).
 
-    ``complex_product`` (default: in eager code) multiplies the pairs as complex numbers: one kernel
-    instead of four products and a stack, with the same products and sums, so forward and backward are
-    bit-identical to the real form (tests/test_gpt.py) and faster on a CPU (benchmarks/rope_speed.py).
-    Inductor generates no complex code, so compiled code takes the real form, which it fuses.
+    Computed as x * (cos, cos) + swap(x) * (-sin, sin): the same products and sums as LlamaGen's four
+    products and stack (x0 cos + x1 (-sin) is x0 cos - x1 sin to the bit), each its own kernel in eager
+    code, so values and gradients are bit-identical on every device and head size (tests/test_gpt.py), in
+    fewer, larger kernels (benchmarks/rope_speed.py); compiled code fuses them, as it fuses LlamaGen's.
+    A complex product would be faster still but is not exact: vectorised kernels leave the last pairs to
+    scalar code that fuses multiply-adds. Errors: ``ValueError`` if the table does not fit ``x``.
     """
+    if table.shape != (x.size(1), x.size(-1) // 2, 2):
+        raise ValueError(f"RoPE table of shape {tuple(table.shape)} for x of shape {tuple(x.shape)}: expected "
+                         f"({x.size(1)}, {x.size(-1) // 2}, 2), one (cos, sin) row per position and channel pair")
     pairs = x.float().unflatten(-1, (-1, 2))
-    if complex_product is None:
-        complex_product = not torch.compiler.is_compiling()
-    if complex_product:
-        rotation = torch.view_as_complex(table.contiguous())[None, :, None]
-        out = torch.view_as_real(torch.view_as_complex(pairs) * rotation)
-    else:
-        t = table.view(1, pairs.size(1), 1, pairs.size(3), 2)
-        out = torch.stack([pairs[..., 0] * t[..., 0] - pairs[..., 1] * t[..., 1],
-                           pairs[..., 1] * t[..., 0] + pairs[..., 0] * t[..., 1]], dim=-1)
-    return out.flatten(3).type_as(x)
+    cos, sin = table.unbind(-1)
+    cos2 = torch.stack([cos, cos], dim=-1)[None, :, None]
+    sin2 = torch.stack([-sin, sin], dim=-1)[None, :, None]
+    return (pairs * cos2 + pairs.flip(-1) * sin2).flatten(3).type_as(x)
 
 
 class Attention(nn.Module):

@@ -85,7 +85,8 @@ def generate(
     The KV cache is static (``mirai.models.decoding``): every pass has the same shapes, so
     ``compile=True`` runs the passes through one ``torch.compile(fullgraph=True)`` graph, built on
     the first call for a model, batch size and dtype and reused after that (no recompilation per
-    step). Token sampling stays eager, so the same ``generator`` draws the same tokens.
+    step). Token sampling stays eager, so in fp32 the same ``generator`` draws the same tokens; under
+    bf16 autocast the compiled kernels round differently from eager ones, and draws can differ.
 
     Every value is checked first (``mirai.sampling.checks``): labels must be class ids in
     [0, num_classes) (a tensor keeps its device; a list goes to the model's), guidance needs a

@@ -206,14 +206,15 @@ def sample_to_npz(
     (``mirai sample`` locks its output folder).
 
     ``compile``: decode through ``torch.compile`` (one graph per batch size, compiled on the first
-    batch). It is not recorded: it changes how fast the same draws are made, not what is drawn.
+    batch). In fp32 it draws the same tokens faster and is not recorded; in bf16/fp16 its kernels round
+    differently, so it is recorded and a set is not resumed or reused across the switch.
     """
     out = Path(out)
     labels = check_request(gpt, vq, labels, settings, seed, batch_size)
     check_int("rank", rank, 0, check_int("world_size", world_size, 1) - 1)
     if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
         raise ConfigError(f"sample file {out} cannot be written there (a folder, or below a file): choose another path")
-    record = sample_record(gpt, vq, labels, settings, seed, batch_size, sources)
+    record = sample_record(gpt, vq, labels, settings, seed, batch_size, sources, compile)
     parts = out.with_name(out.name + ".parts")
     if out.exists():
         return _finished(out, record, rank)
