@@ -69,7 +69,8 @@ def test_the_report_covers_every_head_and_the_trainers_own_gradient(foresight_ru
     assert main(["analyze", "foresight", "--gpt", str(ckpt), "--codes", str(stores / "codes_val"),
                  "--out", str(out), "--batch-size", "6"]) == 0
     report = json.loads(out.read_text())
-    assert "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "6 images (all the store holds; --num-images asked for 400)" in printed
     assert report["source"] == source and report["step"] == 8 and report["images"] == 6
     names = [h["head"] for h in report["heads"]]
     assert names == (["offset (0, 0)", "offset (0, 1)", "offset (1, 0)"] if source == "ema" else ["offset (0, 0)"])

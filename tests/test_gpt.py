@@ -130,6 +130,8 @@ def test_rope_is_bit_identical_to_llamagens_forward_and_backward(head_dim, dtype
 
 
 def test_rope_refuses_a_table_that_does_not_fit():
+    with pytest.raises(ValueError, match="head size divisible by 4.*got 15"):
+        rope_2d_table(4, 15)
     table = rope_2d_table(4, 16)
     for x in (torch.randn(1, 5, 2, 16), torch.randn(1, 17, 2, 32)):  # other length; other head size
         with pytest.raises(ValueError, match=r"RoPE table of shape \(17, 8, 2\).*expected"):

@@ -163,7 +163,8 @@ def foresight(args: argparse.Namespace) -> int:
     r = foresight_probe(args.gpt, args.codes, args.out, num_images=args.num_images, batch_size=args.batch_size,
                         max_rows=args.max_rows, seed=args.seed, device=args.device)
     g = r["gradient"]
-    print(f"{r['source']} targets, block {r['layer']}, step {r['step']}, {r['images']} images")
+    fewer = f" (all the store holds; --num-images asked for {args.num_images})" if r["images"] < args.num_images else ""
+    print(f"{r['source']} targets, block {r['layer']}, step {r['step']}, {r['images']} images{fewer}")
     if r["in_warmup"]:
         print(f"step {r['step']} is inside the NTP-only warm-up: no foresight gradient was applied yet and the "
               "heads are untrained (the probes of the states and targets below still hold)")

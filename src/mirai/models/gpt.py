@@ -142,7 +142,11 @@ def rope_2d_table(grid_size: int, head_dim: int, base: float = 10000.0, cls_toke
 
     Half of the rotary pairs encode the row, half the column; the class positions get an
     all-zero table (LlamaGen's construction, kept exactly for checkpoint compatibility).
+    ``ValueError`` unless ``head_dim`` is a multiple of 4 (two halves of (cos, sin) pairs).
     """
+    if head_dim % 4:
+        raise ValueError(f"2-D RoPE needs a head size divisible by 4 (rows and columns each take half of the "
+                         f"channel pairs), got {head_dim}")
     half = head_dim // 2
     inv_freq = 1.0 / (base ** (torch.arange(0, half, 2)[: half // 2].float() / half))
     angles = torch.outer(torch.arange(grid_size, dtype=torch.float32), inv_freq)  # (g, head_dim/4)
