@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/rope_speed.py [--quick] [--threads 1]
 
-``mirai.models.gpt.apply_rope`` (x * (cos, cos) + swap(x) * (-sin, sin)) against ``llamagen_rope`` below
+``mirai.models.rope.apply_rope`` (x * (cos, cos) + swap(x) * (-sin, sin)) against ``llamagen_rope`` below
 (LlamaGen's ``apply_rotary_emb``: four products, a difference, a sum and a stack), each rotating the q and k
 heads of one attention layer: ours both at once, as ``Attention`` calls it, LlamaGen's q then k, as its
 ``Attention`` does, on the strided views of the fused qkv projection's output. Values and gradients are
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 import _common as C
-from mirai.models.gpt import apply_rope, rope_2d_table
+from mirai.models.rope import apply_rope, rope_2d_table, rope_factors
 
 # (name, batch, tokens, heads, head_dim): the shapes one attention layer rotates.
 SHAPES = [("GPT-Micro step", 32, 65, 4, 32), ("GPT-Mini step", 32, 65, 4, 64), ("GPT-Mini decoding pass", 2, 1, 4, 64)]
@@ -43,7 +43,7 @@ def rope_call(batch: int, tokens: int, heads: int, head_dim: int, ours: bool, ca
     def call() -> tuple[torch.Tensor, torch.Tensor]:
         for _ in range(calls):
             qk = qkv[..., : 2 * heads * head_dim].view(batch, tokens, 2 * heads, head_dim)
-            out = apply_rope(qk, table) if ours else torch.cat(
+            out = apply_rope(qk, rope_factors(table)) if ours else torch.cat(
                 [llamagen_rope(part, table) for part in qk.split(heads, dim=2)], dim=2)
             grad, = torch.autograd.grad((out * grad_out).sum(), qkv)
         return out, grad

@@ -8,7 +8,8 @@ import torch
 
 from mirai.errors import ConfigError
 from mirai.models import GPT_CONFIGS, build_gpt
-from mirai.models.gpt import apply_rope, check_token_ids, ffn_hidden_dim, rope_2d_table
+from mirai.models.gpt import check_token_ids, ffn_hidden_dim
+from mirai.models.rope import apply_rope, rope_2d_table, rope_factors
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from rope_speed import llamagen_rope  # noqa: E402  (LlamaGen's formula, the benchmark's reference)
@@ -107,7 +108,7 @@ def test_rope_table_against_hand_computation():
         assert torch.allclose(table[1 + cell, :, 0], angles.cos(), atol=1e-6)
         assert torch.allclose(table[1 + cell, :, 1], angles.sin(), atol=1e-6)
     x = torch.randn(1, 1 + g * g, 1, head_dim)
-    y = apply_rope(x, table)
+    y = apply_rope(x, rope_factors(table))
     pair = x[0, 5, 0, :2]
     angle = table[5, 0, 1].atan2(table[5, 0, 0])
     rot = torch.stack([pair[0] * angle.cos() - pair[1] * angle.sin(), pair[1] * angle.cos() + pair[0] * angle.sin()])
@@ -124,7 +125,7 @@ def test_rope_is_bit_identical_to_llamagens_forward_and_backward(head_dim, dtype
     qkv = torch.randn(2, 1 + g * g, 3 * heads * head_dim, dtype=dtype, requires_grad=True)
     view = qkv[..., : 2 * heads * head_dim].view(2, 1 + g * g, 2 * heads, head_dim)
     grad_out = torch.randn(2, 1 + g * g, 2 * heads, head_dim, dtype=dtype)
-    ours, theirs = apply_rope(view, table), llamagen_rope(view, table)
+    ours, theirs = apply_rope(view, rope_factors(table)), llamagen_rope(view, table)
     assert ours.dtype == dtype and torch.equal(ours, theirs)
     assert torch.equal(*(torch.autograd.grad((y * grad_out).sum(), qkv)[0] for y in (ours, theirs)))
 
@@ -134,8 +135,8 @@ def test_rope_refuses_a_table_that_does_not_fit():
         rope_2d_table(4, 15)
     table = rope_2d_table(4, 16)
     for x in (torch.randn(1, 5, 2, 16), torch.randn(1, 17, 2, 32)):  # other length; other head size
-        with pytest.raises(ValueError, match=r"RoPE table of shape \(17, 8, 2\).*expected"):
-            apply_rope(x, table)
+        with pytest.raises(ValueError, match=r"table of shape \(17, 8, 2\) given x.*expected"):
+            apply_rope(x, rope_factors(table))
 
 
 def test_hidden_states_and_early_stop():

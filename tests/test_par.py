@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mirai.errors import ConfigError
-from mirai.models.gpt import rope_2d_table
+from mirai.models.rope import rope_2d_table
 from mirai.models.par import (
     forward_passes, from_par, group_mask, par_cells, par_ranks, par_rope_table, to_par,
 )

@@ -11,6 +11,7 @@ from typing import Any
 from mirai.bench.config import BenchConfig, Run
 from mirai.config import flatten, read_yaml, save_yaml, to_dict, write_text_atomic
 from mirai.errors import ConfigError, DataError
+from mirai.sampling.record import compile_changes_draws
 
 # Bench keys that change what a stored record means; a rerun must not mix records made differently.
 RECORD_KEYS = ("seed", "step", "fid")  # what every record has; the report reads them
@@ -78,8 +79,8 @@ def check_same_scoring(bench: BenchConfig, out_dir: Path) -> None:
         return
     old, new = read_yaml(previous), to_dict(bench)
     changed = [k for k in SCORING_KEYS if old.get(k) != new[k]]
-    # Compiled bf16/fp16 decoding rounds differently from eager decoding, so it draws other samples (fp32: the same).
-    if new["sampling"]["precision"] != "fp32" and bool(old.get("compile_sampling")) != new["compile_sampling"]:
+    switched = bool(old.get("compile_sampling")) != new["compile_sampling"]
+    if switched and compile_changes_draws(new["sampling"]["precision"]):
         changed.append("compile_sampling")
     if changed:
         raise ConfigError(f"{out_dir} holds results scored with other {', '.join(changed)} "

@@ -27,6 +27,7 @@ from mirai.models.decoding import DecodePlan, KVCache, decode_plan
 from mirai.models.par import (
     DecodePass, cell_positions, decode_schedule, from_par, group_mask, par_rope_table, sequence_cells, to_par,
 )
+from mirai.models.rope import RopeFactors, apply_rope, rope_2d_table, rope_factors
 
 
 @dataclass
@@ -137,47 +138,6 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
-def rope_2d_table(grid_size: int, head_dim: int, base: float = 10000.0, cls_token_num: int = 1) -> torch.Tensor:
-    """LlamaGen's 2-D RoPE table, shape (cls_token_num + g*g, head_dim // 2, 2) of (cos, sin).
-
-    Half of the rotary pairs encode the row, half the column; the class positions get an
-    all-zero table (LlamaGen's construction, kept exactly for checkpoint compatibility).
-    ``ValueError`` unless ``head_dim`` is a multiple of 4 (two halves of (cos, sin) pairs).
-    """
-    if head_dim % 4:
-        raise ValueError(f"2-D RoPE needs a head size divisible by 4 (rows and columns each take half of the "
-                         f"channel pairs), got {head_dim}")
-    half = head_dim // 2
-    inv_freq = 1.0 / (base ** (torch.arange(0, half, 2)[: half // 2].float() / half))
-    angles = torch.outer(torch.arange(grid_size, dtype=torch.float32), inv_freq)  # (g, head_dim/4)
-    grid = torch.cat(
-        [angles[:, None, :].expand(-1, grid_size, -1), angles[None, :, :].expand(grid_size, -1, -1)], dim=-1
-    )  # (g, g, head_dim/2): rows first, then columns
-    table = torch.stack([grid.cos(), grid.sin()], dim=-1).flatten(0, 1)
-    return torch.cat([torch.zeros(cls_token_num, half, 2), table])
-
-
-def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, T, H, D) ``x`` by a (T, D/2, 2) table of (cos, sin): each channel pair (x0, x1) becomes
-    (x0 cos - x1 sin, x1 cos + x0 sin), in fp32, returned in ``x``'s dtype (LlamaGen's ``apply_rotary_emb``).
-
-    Computed as x * (cos, cos) + swap(x) * (-sin, sin): the same products and sums as LlamaGen's four
-    products and stack (x0 cos + x1 (-sin) is x0 cos - x1 sin to the bit), each its own kernel in eager
-    code, so values and gradients are bit-identical on every device and head size (tests/test_gpt.py), in
-    fewer, larger kernels (benchmarks/rope_speed.py); compiled code fuses them, as it fuses LlamaGen's.
-    A complex product would be faster still but is not exact: vectorised kernels leave the last pairs to
-    scalar code that fuses multiply-adds. Errors: ``ValueError`` if the table does not fit ``x``.
-    """
-    if table.shape != (x.size(1), x.size(-1) // 2, 2):
-        raise ValueError(f"RoPE table of shape {tuple(table.shape)} for x of shape {tuple(x.shape)}: expected "
-                         f"({x.size(1)}, {x.size(-1) // 2}, 2), one (cos, sin) row per position and channel pair")
-    pairs = x.float().unflatten(-1, (-1, 2))
-    cos, sin = table.unbind(-1)
-    cos2 = torch.stack([cos, cos], dim=-1)[None, :, None]
-    sin2 = torch.stack([-sin, sin], dim=-1)[None, :, None]
-    return (pairs * cos2 + pairs.flip(-1) * sin2).flatten(3).type_as(x)
-
-
 class Attention(nn.Module):
     """Multi-head attention with fused qkv, 2-D RoPE, optional grouped kv heads and a KV cache (LlamaGen)."""
     def __init__(self, args: GPTArgs):
@@ -189,7 +149,7 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(args.resid_dropout_p)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, slots: torch.Tensor | None = None,
+    def forward(self, x: torch.Tensor, rope: RopeFactors, slots: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """``mask`` (T, keys), True = may attend, replaces the causal rule (PAR's group mask).
         Decoding: ``slots`` (T,) are the cache slots of the T inputs, and ``mask`` covers the whole cache."""
@@ -233,7 +193,7 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, slots: torch.Tensor | None = None,
+    def forward(self, x: torch.Tensor, rope: RopeFactors, slots: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         h = x + self.attention(self.attention_norm(x), rope, slots, mask)
         return h + self.feed_forward(self.ffn_norm(h))
@@ -393,7 +353,7 @@ class GPT(PretrainedMixin, nn.Module):
                 f" (at most {limit}); is grid_size set to the tokenizer's grid?"
             )
         h = self.embed(tokens, labels)
-        rope = self.freqs_cis[: h.size(1)]
+        rope = rope_factors(self.freqs_cis[: h.size(1)])
         mask = self.attn_mask[: h.size(1), : h.size(1)] if self.parallel else None
         hidden: dict[int, torch.Tensor] = {}
         for index, layer in enumerate(self.layers, start=1):
@@ -444,7 +404,7 @@ class GPT(PretrainedMixin, nn.Module):
         RoPE rows ``positions`` (W,) are stored at cache ``slots`` (W,) and attend where ``mask``
         (W, cache length) is True; returns float32 logits (B, W, V). Every pass of a plan has these
         shapes, so ``torch.compile(model.decode_step, fullgraph=True)`` compiles one graph for all."""
-        rope = self.freqs_cis[positions]
+        rope = rope_factors(self.freqs_cis[positions])
         for layer in self.layers:
             h = layer(h, rope, slots, mask)
         return self.output(self.norm(h)).float()

@@ -35,6 +35,13 @@ def fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def compile_changes_draws(precision: str) -> bool:
+    """Whether decoding through ``torch.compile`` draws other tokens than eager decoding at ``precision``:
+    compiled bf16/fp16 kernels round differently, so their draws differ; in fp32 both draw the same tokens
+    (tests/test_compile.py). Sample records and bench stores keep the two apart only where this is True."""
+    return precision != "fp32"
+
+
 def sample_record(
     gpt: torch.nn.Module, vq: torch.nn.Module, labels: np.ndarray, settings: Any, seed: int, batch_size: int,
     sources: dict[str, str] | None = None, compile: bool = False,
@@ -50,10 +57,9 @@ def sample_record(
         "settings": dataclasses.asdict(settings), "seed": seed, "batch_size": batch_size,
         "num_samples": int(len(labels)), "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest(),
     }
-    if compile and settings.precision != "fp32":
-        # Compiled bf16/fp16 kernels round differently from eager ones, so they draw other tokens: a set is
-        # never resumed or reused across the switch. In fp32 both draw the same tokens (tests/test_compile.py),
-        # so fp32 records leave it out and stay equal to records written before this key existed.
+    if compile and compile_changes_draws(settings.precision):
+        # A set is never resumed or reused across the switch; fp32 records leave the key out and so stay
+        # equal to records written before it existed.
         record["compiled_decoding"] = True
     return json.loads(json.dumps(record))  # tuples -> lists, as they read back
 
