@@ -6,7 +6,8 @@
 (LlamaGen's ``apply_rotary_emb``: four products, a difference, a sum and a stack), each rotating the q and k
 heads of one attention layer: ours both at once, as ``Attention`` calls it, LlamaGen's q then k, as its
 ``Attention`` does, on the strided views of the fused qkv projection's output. Values and gradients are
-asserted bit-identical. Shapes: batch 32 at the training step of ``train_mfu.py`` (GPT-Micro, GPT-Mini,
+asserted bit-identical. Ours also builds the rotation's factors (``rope_factors``) in every call, which the
+GPT does once per forward pass for all its layers, so its time here is an upper bound per layer. Shapes: batch 32 at the training step of ``train_mfu.py`` (GPT-Micro, GPT-Mini,
 8x8 tokens) and a guided batch-1 decoding pass of GPT-Mini (2 rows x 1 token). The two alternate over
 ``--repeats`` rounds (default 7; 2 with ``--quick``, which also makes 5 calls per round instead of 50);
 speed-up = median of per-round ratios LlamaGen's time / ours.

@@ -5,6 +5,7 @@ asked, and its sharded checkpoints resume on 1 process and export a safetensors 
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 from pathlib import Path
@@ -12,13 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch.distributed.fsdp import MixedPrecisionPolicy
 
 from mirai import checkpoint
 from mirai.config import from_dict, to_dict
 from mirai.errors import ConfigError
-from mirai.models import GPT
+from mirai.models import GPT, build_gpt
 from mirai.training.config import TrainConfig, resume_changes
-from mirai.training.fsdp import full_state_dict, is_sharded
+from mirai.training.fsdp import full_state_dict, is_sharded, shard_gpt
 from mirai.training.trainer import Trainer
 
 from helpers import assert_same, encoder_overrides, make_cfg, weights
@@ -162,6 +164,37 @@ def test_sharded_checkpoint_resumes_on_one_process_and_exports(two_ranks):
     for name, module in _modules(one).items():
         for k, v in weights(module).items():
             torch.testing.assert_close(v, result["fsdp"][name][k], rtol=1e-5, atol=1e-6, msg=f"{name}.{k}")
+
+
+def _bf16_forward_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo")
+    try:
+        torch.manual_seed(0)
+        model = build_gpt("GPT-Micro", vocab_size=64, grid_size=4, num_classes=10).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, 0.5)  # large enough that RoPE's rounding reaches the logits
+        cast = copy.deepcopy(model).to(torch.bfloat16)
+        seen = []
+        model.layers[0].attention.register_forward_pre_hook(lambda module, args: seen.append(str(args[1].cos.dtype)))
+        shard_gpt(model, MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32))
+        tokens, labels = torch.randint(0, 64, (2, 15)), torch.tensor([1, 2])
+        with torch.no_grad():
+            torch.save({"sharded": model(tokens, labels), "cast": cast(tokens, labels), "rope": seen}, out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_fsdp_in_bf16_rotates_by_the_fp32_rope_table(tmp_path):
+    """Blocks get the RoPE factors in fp32 under FSDP2's bf16 policy (LlamaGen's FSDP does not cast block
+    inputs), so a sharded bf16 forward equals the bf16-cast model's, whose table stays fp32, bit for bit."""
+    out = tmp_path / "forward.pt"
+    mp.spawn(_bf16_forward_worker, args=(_free_port(), str(out)), nprocs=1)
+    result = torch.load(out, weights_only=True)
+    assert result["rope"] == ["torch.float32"]
+    assert torch.equal(result["sharded"], result["cast"])
 
 
 def test_activation_checkpointing_changes_no_weight(stores, tmp_path):

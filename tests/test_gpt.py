@@ -134,9 +134,24 @@ def test_rope_refuses_a_table_that_does_not_fit():
     with pytest.raises(ValueError, match="head size divisible by 4.*got 15"):
         rope_2d_table(4, 15)
     table = rope_2d_table(4, 16)
+    factors = rope_factors(table)
     for x in (torch.randn(1, 5, 2, 16), torch.randn(1, 17, 2, 32)):  # other length; other head size
-        with pytest.raises(ValueError, match=r"table of shape \(17, 8, 2\) given x.*expected"):
-            apply_rope(x, rope_factors(table))
+        with pytest.raises(ValueError, match=r"factors of shapes \(1, 17, 1, 8, 2\).*should be"):
+            apply_rope(x, factors)
+    x = torch.randn(1, 17, 2, 16)
+    # Only the factors of one table: the table itself, a hand-made or reordered tuple, one factor.
+    for wrong in (table, factors[::-1], tuple(factors), factors.cos):
+        with pytest.raises(TypeError, match=r"pass rope_factors\(table\)"):
+            apply_rope(x, wrong)
+    mixed = type(factors)(factors.cos, rope_factors(table[:1]).sin)  # would broadcast silently
+    with pytest.raises(ValueError, match=r"\(1, 1, 1, 8, 2\) do not fit"):
+        apply_rope(x, mixed)
+    for bad in (torch.randn(1, 17, 16), torch.randn(1, 17, 2, 15)):  # no head axis; odd head size
+        with pytest.raises(ValueError, match=r"\(B, T, H, D\) with an even D"):
+            apply_rope(bad, factors)
+    with pytest.raises(ValueError, match=r"shape \(T, D/2, 2\).*got \(17, 8\)"):
+        rope_factors(table[..., 0])
+
 
 
 def test_hidden_states_and_early_stop():
@@ -163,4 +178,5 @@ def test_bad_tokens_and_grid_give_clear_errors():
 def test_bf16_cast_keeps_rope_in_fp32():
     model = tiny().to(torch.bfloat16)
     assert model.freqs_cis.dtype == torch.float32
+    assert torch.equal(model.freqs_cis, tiny().freqs_cis)  # its fp32 values, not bf16 values cast back
     assert model.output.weight.dtype == torch.bfloat16

@@ -272,10 +272,12 @@ class GPT(PretrainedMixin, nn.Module):
         return cls(GPTArgs(**args), name=name)
 
     def _apply(self, fn, recurse=True):
-        # Keep the RoPE table in fp32 when the model is cast to bf16/fp16 (as LlamaGen does).
+        # A bf16/fp16 cast of the model leaves the RoPE table in fp32 with its fp32 values (LlamaGen keeps it as a
+        # plain attribute that casts never touch): only its device follows ``fn``; a cast and back would round it.
+        table = self.freqs_cis
         super()._apply(fn, recurse)
         if self.freqs_cis.dtype != torch.float32:
-            self.freqs_cis = self.freqs_cis.float()
+            self.freqs_cis = table.to(self.freqs_cis.device)
         return self
 
     # ------------------------------------------------------------------ training / scoring

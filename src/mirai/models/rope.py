@@ -8,9 +8,16 @@ two factors of the rotation once (``rope_factors``), and every attention layer a
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-RopeFactors = tuple[torch.Tensor, torch.Tensor]
+
+class RopeFactors(NamedTuple):
+    """The rotation's two factors for T positions (``rope_factors``), each (1, T, 1, D/2, 2)."""
+
+    cos: torch.Tensor  # (cos, cos) per channel pair
+    sin: torch.Tensor  # (-sin, sin) per channel pair
 
 
 def rope_2d_table(grid_size: int, head_dim: int, base: float = 10000.0, cls_token_num: int = 1) -> torch.Tensor:
@@ -36,9 +43,12 @@ def rope_2d_table(grid_size: int, head_dim: int, base: float = 10000.0, cls_toke
 def rope_factors(table: torch.Tensor) -> RopeFactors:
     """The two factors of the rotation for the T rows of a (T, D/2, 2) (cos, sin) table: (cos, cos) and
     (-sin, sin), each (1, T, 1, D/2, 2) to broadcast over batch and heads. Computed once per forward pass
-    and shared by every layer, which all rotate by the same rows."""
+    and shared by every layer, which all rotate by the same rows. ``ValueError`` for another shape."""
+    if table.dim() != 3 or table.size(-1) != 2:
+        raise ValueError(f"a RoPE table has shape (T, D/2, 2), one (cos, sin) pair per position and channel pair; "
+                         f"got {tuple(table.shape)}")
     cos, sin = table.unbind(-1)
-    return torch.stack([cos, cos], dim=-1)[None, :, None], torch.stack([-sin, sin], dim=-1)[None, :, None]
+    return RopeFactors(torch.stack([cos, cos], dim=-1)[None, :, None], torch.stack([-sin, sin], dim=-1)[None, :, None])
 
 
 def apply_rope(x: torch.Tensor, factors: RopeFactors) -> torch.Tensor:
@@ -48,15 +58,24 @@ def apply_rope(x: torch.Tensor, factors: RopeFactors) -> torch.Tensor:
 
     Computed as x * (cos, cos) + swap(x) * (-sin, sin): the same products and sums as LlamaGen's four
     products and stack (x0 cos + x1 (-sin) is x0 cos - x1 sin to the bit), each its own kernel in eager
-    code, so values and gradients are bit-identical on every device and head size (tests/test_gpt.py), in
+    code, so values and gradients are bit-identical (tests/test_gpt.py: CPU, head sizes 16 to 100), in
     fewer, larger kernels (benchmarks/rope_speed.py); compiled code fuses them, as it fuses LlamaGen's.
     A complex product would be faster still but is not exact: vectorised kernels leave the last pairs to
-    scalar code that fuses multiply-adds. Errors: ``ValueError`` if the factors do not fit ``x``.
+    scalar code that fuses multiply-adds. Errors: ``TypeError`` unless ``factors`` come from ``rope_factors``;
+    ``ValueError`` if ``x`` is not (B, T, H, even D) or the factors do not fit it.
     """
-    cos2, sin2 = factors
-    if cos2.shape != (1, x.size(1), 1, x.size(-1) // 2, 2):
-        raise ValueError(f"RoPE factors for a table of shape {tuple(cos2.shape[1:2] + cos2.shape[3:])} given x of "
-                         f"shape {tuple(x.shape)}: expected a table of shape ({x.size(1)}, {x.size(-1) // 2}, 2), "
-                         f"one (cos, sin) row per position and channel pair")
+    if not isinstance(factors, RopeFactors):
+        is_tensor = isinstance(factors, torch.Tensor)
+        got = f"a tensor of shape {tuple(factors.shape)}" if is_tensor else f"a {type(factors).__name__}"
+        raise TypeError(f"apply_rope takes rope_factors(table), got {got}: pass rope_factors(table), not the "
+                        f"(T, D/2, 2) table itself or a hand-built tuple")
+    if x.dim() != 4 or x.size(-1) % 2:
+        raise ValueError(f"apply_rope rotates x of shape (B, T, H, D) with an even D, got {tuple(x.shape)}")
+    expected = (1, x.size(1), 1, x.size(-1) // 2, 2)
+    if factors.cos.shape != expected or factors.sin.shape != expected:
+        raise ValueError(f"RoPE factors of shapes {tuple(factors.cos.shape)} and {tuple(factors.sin.shape)} do not "
+                         f"fit x of shape {tuple(x.shape)}: both should be {expected}, rope_factors of a table with "
+                         f"one (cos, sin) row per position of x and one pair per channel pair "
+                         f"({x.size(1)}, {x.size(-1) // 2}, 2)")
     pairs = x.float().unflatten(-1, (-1, 2))
-    return (pairs * cos2 + pairs.flip(-1) * sin2).flatten(3).type_as(x)
+    return (pairs * factors.cos + pairs.flip(-1) * factors.sin).flatten(3).type_as(x)

@@ -12,6 +12,7 @@ stay fp32; blocks compute in ``param_dtype`` (bf16 on GPUs).
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Iterator
 
 import torch
@@ -48,8 +49,11 @@ def shard_gpt(gpt: GPT, policy: MixedPrecisionPolicy, trained: bool = False) -> 
     (embeddings, final norm, output layer). A ``trained`` model keeps its last block and root
     gathered after forward, since backward needs them at once (as torchtitan does). Collective."""
     last = len(gpt.layers) - 1
+    # A block's inputs are the hidden state, already in the compute dtype, and the RoPE factors, which stay
+    # fp32 as in LlamaGen (whose FSDP leaves block inputs uncast): so blocks never cast their inputs.
+    block_policy = replace(policy, cast_forward_inputs=False)
     for index, block in enumerate(gpt.layers):
-        fully_shard(block, mp_policy=policy, reshard_after_forward=not (trained and index == last))
+        fully_shard(block, mp_policy=block_policy, reshard_after_forward=not (trained and index == last))
     fully_shard(gpt, mp_policy=policy, reshard_after_forward=not trained)
     for method in GPT_ENTRY_POINTS:
         register_fsdp_forward_method(gpt, method)
