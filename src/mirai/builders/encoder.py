@@ -125,13 +125,12 @@ class FashionTrainConfig:
             raise ConfigError(f"grid must be 8 or 16 (cells of a 32x32 image), got {self.grid}")
         if not isinstance(self.objective, str) or self.objective not in RECIPES:
             raise ConfigError(f"objective must be 'ssl' or 'supervised', got {self.objective!r}")
-        full = self.resolved()
-        positive_float(full.epochs, "epochs (--epochs)")
+        positive_float(self.setting("epochs"), "epochs (--epochs)")
         if positive_int(self.batch_size, "batch_size (--batch-size)") < 2:
             raise ConfigError(f"batch_size (--batch-size) must be at least 2 (the contrastive terms need pairs), "
                               f"got {self.batch_size}")
         positive_float(self.lr, "lr (--lr)")
-        crop_min = finite_float(full.crop_min, "crop_min (--crop-min, the smallest crop area)", low=0.0, high=1.0)
+        crop_min = finite_float(self.setting("crop_min"), "crop_min (--crop-min, the smallest crop area)", low=0.0, high=1.0)
         if crop_min == 0:
             raise ConfigError("crop_min (--crop-min) must be above 0 (a crop needs some area), e.g. 0.35")
         for name in ("weight_decay", "dense_weight"):
@@ -142,11 +141,17 @@ class FashionTrainConfig:
         non_negative_int(self.res_blocks, "res_blocks")
         non_negative_int(self.seed, "seed (--seed)")
 
+    def setting(self, name: str) -> float:
+        """The value of ``name`` (a ``RECIPES`` field): this config's own, or where left at None, its
+        objective's recipe's."""
+        value = getattr(self, name)
+        return RECIPES[self.objective].get(name) if value is None else value
+
     def resolved(self) -> FashionTrainConfig:
         """This config with the settings left at None taken from its objective's recipe (``RECIPES``);
         kept apart from ``__init__`` so that ``dataclasses.replace(cfg, objective=...)`` takes the new
         objective's recipe, not the old one's."""
-        recipe = {name: value for name, value in RECIPES[self.objective].items() if getattr(self, name) is None}
+        recipe = {name: self.setting(name) for name in RECIPES[self.objective] if getattr(self, name) is None}
         return replace(self, **recipe) if recipe else self
 
 
