@@ -18,7 +18,7 @@ PACKAGE = Path(mirai.__file__).resolve().parent
 # cli -> bench/analysis/serve -> training/builders -> foresight/sampling/evaluation/convert
 #     -> models/data/figures -> checkpoint/config/hub -> errors. Lower numbers may import higher ones.
 LAYERS = {
-    "cli": 0,
+    "cli": 0, "__main__": 0,  # __main__: `python -m mirai`, the cli entry point
     "bench": 1, "analysis": 1, "serve": 1,
     "training": 2, "builders": 2,
     "foresight": 3, "sampling": 3, "evaluation": 3, "convert": 3,

@@ -76,6 +76,26 @@ def test_corrupt_files_give_clear_errors(tmp_path, monkeypatch):
         checkpoint.load(tmp_path / "nowhere", GPT)
 
 
+def test_a_deleted_ema_file_is_refused_not_replaced_by_the_raw_weights(tmp_path, monkeypatch):
+    model = nano()
+    checkpoint.save(tmp_path / "ck", model, ema=nano())
+    (tmp_path / "ck" / "ema.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="ema.safetensors is missing, though config.json records it"):
+        load_module(tmp_path / "ck", "gpt")  # prefers the EMA weights, so it would sample the raw ones
+    with pytest.raises(CheckpointError, match="ema.safetensors is missing"):
+        checkpoint.load(tmp_path / "ck", GPT)  # even when the raw weights are asked for: the copy is incomplete
+    monkeypatch.setenv(checkpoint.VERIFY_ENV, "0")  # the documented way to load what is there
+    assert same_weights(checkpoint.load(tmp_path / "ck", GPT), model)
+    checkpoint.save(tmp_path / "plain", model)  # saved without EMA: nothing is missing
+    assert checkpoint.read_checkpoint(tmp_path / "plain").ema is None
+
+
+def test_a_run_directory_given_as_a_checkpoint_names_its_checkpoints(tmp_path):
+    checkpoint.save(tmp_path / "run" / "checkpoints" / "step_0000002", nano())
+    with pytest.raises(CheckpointError, match=r"run is a training run directory, not a checkpoint: .*\(step_0000002 in"):
+        load_module(tmp_path / "run", "gpt")
+
+
 def test_mismatched_weights_list_the_keys(tmp_path):
     model = nano()
     state = model.state_dict()
@@ -115,3 +135,13 @@ def test_llamagen_gpt_b_shapes_infer_the_config():
     with torch.device("meta"):
         model = gpt_from_llamagen_state(state, grid_size=16)
     assert model.name == "GPT-B" and model.args.num_classes == 1000 and model.args.vocab_size == 16384
+
+
+@pytest.mark.parametrize("content", [b"hello\n", b"e", b"\x80\x02}q\x00X", b"\x80\x05\x95\xff\xff", b"(I1\n", b"]q"] +
+                         [bytes([first]) + b"\x00" * 7 for first in range(256)])
+def test_any_bytes_in_a_pt_file_raise_a_checkpoint_error(tmp_path, content):
+    """Text and pickle fragments make torch.load's unpickler fail with KeyError, IndexError and more."""
+    path = tmp_path / "weights.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="weights.pt (is not a readable PyTorch file|was not loaded)"):
+        checkpoint.read_torch_file(path)

@@ -91,7 +91,10 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
         (TRAIN + ["--resume", f"{W}/vq"], "vq"),
         (TRAIN + ["--resume", MISSING], "missing"),
         (TRAIN + ["--resume"], "no checkpoint to resume from"),
-        (TRAIN + ["--resume", "steps=9"], "put the overrides before --resume"),
+        (TRAIN + ["--resume", "steps=9"], "no checkpoint to resume from"),  # the override is taken as one
+        (["train", f"run_dir={OUT}", "steps=5"], "data.codes is empty"),  # no --config: defaults need a store
+        (["train", "--resume", "steps=9"], "--resume without --config .* no run_dir=DIR was given"),
+        (["train", "--resume", f"run_dir={OUT}"], "config.yaml does not exist"),
     ],
     "convert": [
         (["convert", "llamagen", MISSING, OUT], "does not exist"),
@@ -371,3 +374,12 @@ def test_every_subcommand_is_fuzzed():
                    "analyze tsne", "analyze classmap", "analyze foresight", "tokenizer train", "tokenizer eval", "encoder train-fashion",
                    "encoder probe", "encoder info", "demo --out"):
         assert action in words, action
+
+
+def test_python_dash_m_mirai_is_the_mirai_command():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "mirai", "train", "--resume", "steps=9"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0 and "no run_dir=DIR was given" in done.stderr.strip().splitlines()[-1]

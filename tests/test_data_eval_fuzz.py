@@ -38,6 +38,7 @@ def work(stores, tmp_path_factory):
     images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     np.savez(root / "samples.npz", arr_0=images, labels=np.arange(6) % 10)
     np.savez(root / "one.npz", arr_0=images[:1])
+    np.savez(root / "no_images.npz", arr_0=images[:0])
     np.savez(root / "size28.npz", arr_0=images[:, :28, :28])  # Fashion-MNIST's own size, not the evaluator's
     np.savez(root / "float.npz", arr_0=images.astype(np.float32) / 255)
     np.savez(root / "grey.npz", arr_0=images[..., 0])
@@ -149,7 +150,7 @@ SCORE = ["evaluate", f"{W}/samples.npz", "--ref", f"{W}/ref.npz", "--device", "c
 BAD_NPZ = [(f"{W}/missing.npz", "does not exist"), (f"{W}/empty", "is a directory"),
            (f"{W}/notes.txt", "is not an .npz archive"), (f"{W}/images.npy", "single .npy array"),
            (f"{W}/pickled.npz", "cannot be read.*no object arrays"), (f"{W}/float.npz", "must be uint8"),
-           (f"{W}/grey.npz", "must be uint8")]
+           (f"{W}/grey.npz", "must be uint8"), (f"{W}/no_images.npz", r"holds no images \(shape \(0, ")]
 SCORE_CASES = [(where, path, match) for where in ("samples", "--ref") for path, match in BAD_NPZ] + [
     ("samples", f"{W}/one.npz", "at least 2"), ("samples", f"{W}/float_labels.npz", "must be integers"),
     ("--ref", f"{W}/pickled_meta.npz", "'meta'.*cannot be read"), ("--ref", f"{W}/mu_only.npz", "without 'sigma'"),

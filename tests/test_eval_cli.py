@@ -104,11 +104,15 @@ def test_fashion_evaluator_rejects_other_resolutions(tmp_path, random_fashion_ev
     with pytest.raises(DataError, match="32×32.*--image-size-eval 32"):  # the error gives the way out
         evaluate(tmp_path / "samples.npz", tmp_path / "ref.npz", evaluator="fashion",
                  fashion_evaluator=random_fashion_evaluator, device="cpu", log=lambda text: None)
-    # With the automatic choice (Inception, which is not at hand offline) the size note comes first.
+    # The automatic choice does not switch to Inception behind the user's back: it names both ways out.
+    with pytest.raises(DataError, match="Fashion-MNIST statistics, but the samples are 16×16.*--image-size-eval 32, "
+                                        "or choose --evaluator inception"):
+        evaluate(tmp_path / "samples.npz", tmp_path / "ref.npz", device="cpu", log=lambda text: None)
+    # Inception chosen (not at hand offline): the size note comes first.
     notes = []
     with pytest.raises(CheckpointError, match="missing.pth"):
-        evaluate(tmp_path / "samples.npz", tmp_path / "ref.npz", inception_weights=tmp_path / "missing.pth",
-                 device="cpu", log=notes.append)
+        evaluate(tmp_path / "samples.npz", tmp_path / "ref.npz", evaluator="inception",
+                 inception_weights=tmp_path / "missing.pth", device="cpu", log=notes.append)
     assert notes and "--image-size-eval 32" in notes[0]
     report = evaluate(tmp_path / "samples.npz", tmp_path / "ref.npz", fashion_evaluator=random_fashion_evaluator,
                       device="cpu", log=lambda text: None, image_size_eval=32, with_noise_floor=False)

@@ -351,7 +351,7 @@ BAD_BATCHES = {"missing": "does not exist", "directory": "is a directory", "text
                "pickled": "cannot be read.*no object arrays", "pickled-labels": "'labels'.*cannot be read",
                "float-labels": "labels.*must be integers", "short-labels": "2 entries but there are 3 images",
                "no-arr_0": "no 'arr_0' array|neither images \\('arr_0'", "float": IMAGES_4D, "grey": IMAGES_4D,
-               "rgba": IMAGES_4D, "empty-batch": IMAGES_4D}
+               "rgba": IMAGES_4D, "empty-batch": r"holds no images \(shape \(0, "}
 
 
 @pytest.mark.parametrize("case", BAD_BATCHES)

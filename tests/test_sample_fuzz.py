@@ -149,6 +149,17 @@ def test_a_grid_that_contradicts_a_mirai_checkpoint_is_refused(root):
     assert main(command(root, root / "out_grid_same", **{"--grid-size": "2"})) == 0  # agreeing is fine
 
 
+def test_a_model_name_that_contradicts_a_mirai_checkpoint_is_refused(root):
+    """A Mirai folder knows its model: --model GPT-B on it would be ignored, so it is refused."""
+    from mirai.checkpoint import read_checkpoint
+
+    out = root / "out_model_mirai"
+    stored = read_checkpoint(root / "gpt").name
+    assert_cli_refuses(command(root, out, **{"--model": "GPT-B"}), root,
+                       match=f"Mirai checkpoint of {stored or 'an unnamed model'}, not GPT-B: leave out --model",
+                       output=out)
+
+
 def test_combinations_of_two_bad_values_are_refused(root):
     """Pairs of bad values: whichever is checked first, the run still ends in one error line."""
     picks = [(o, v) for o, v, _ in CASES if o not in ("--grid-size",)][::5]

@@ -267,6 +267,12 @@ def test_cli_train_then_sample(stores, tmp_path, capsys):
     assert main(["train", "--config", str(config), "optim.lr=1e-3"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["step"] == 3 and summary["val_nll"] is None
+    # --resume without --config continues with the run's own config.yaml; an override may follow --resume.
+    assert main(["train", "--resume", "steps=4", f"run_dir={tmp_path / 'run'}"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 4
+    assert main(["train", "--config", str(config), "--resume", "steps=5"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["step"] == 5 and summary["checkpoint"].endswith("step_0000005")
     out = tmp_path / "samples"
     assert main(["sample", "--gpt", summary["checkpoint"], "--vq", str(stores / "vq"), "--out", str(out),
                  "--per-class", "2", "--device", "cpu", "--batch-size", "4"]) == 0
@@ -278,7 +284,7 @@ def test_cli_train_then_sample(stores, tmp_path, capsys):
     from mirai.data.codes import CodeStore
     from mirai.sampling.grid import checkpoint_details
 
-    assert checkpoint_details(summary["checkpoint"]) == (3, CodeStore.open(stores / "codes_train").class_names)
+    assert checkpoint_details(summary["checkpoint"]) == (5, CodeStore.open(stores / "codes_train").class_names)
 
 
 def test_a_warmup_longer_than_the_run_is_refused(stores, tmp_path):

@@ -18,13 +18,13 @@ from safetensors.torch import load_file
 from mirai import checkpoint
 from mirai.cli.main import main
 from mirai.config import to_dict
-from mirai.errors import BusyError, CheckpointError, ConfigError, TrainingError
+from mirai.errors import BusyError, CheckpointError, ConfigError, DataError, TrainingError
 from mirai.foresight.config import ForesightConfig
 from mirai.locks import exclusive_dir
 from mirai.models import GPT, build_gpt
 from mirai.training import state as run_state
 from mirai.training.config import TrainConfig, resume_changes
-from mirai.training.metrics import read_metrics
+from mirai.training.metrics import read_metrics, truncate_metrics
 from mirai.training.trainer import Trainer, train
 
 from helpers import assert_same, make_cfg, weights
@@ -119,11 +119,27 @@ def test_kill_9_between_saves_then_resume_is_exact(stores, tmp_path):
     cfg = make_cfg(stores, tmp_path / "killed", steps=8, save_every=3)
     run_killed(cfg, "step", 5)  # checkpoints at 3; steps 4 and 5 are lost
     assert [p.name for p in (tmp_path / "killed" / "checkpoints").glob("step_*")] == ["step_0000003"]
+    with (tmp_path / "killed" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 6, "lo')  # a kill in the middle of a log write leaves a torn last line
     result = train(cfg, resume=True)
     assert result.step == 8
     assert_same(weights(whole.gpt), load_file(str(result.checkpoint / "model.safetensors")))
     steps = [r["step"] for r in read_metrics(tmp_path / "killed") if "loss/ntp" in r]
     assert steps == list(range(1, 9))  # the lost steps were logged once, not twice
+
+
+def test_metrics_reader_drops_a_torn_last_line_and_names_a_damaged_one(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+    truncate_metrics(tmp_path, 5)  # nothing past step 5, but the torn line goes, so appends start clean
+    assert path.read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo{"step": 2, "loss": 1.5}\n')
+    with pytest.raises(DataError, match=r"metrics.jsonl, line 2, is not a metrics record.*delete that line"):
+        read_metrics(tmp_path)
+    path.write_text('{"step": 1, "loss": 2.0}\n[1, 2]\n')
+    with pytest.raises(DataError, match="line 2"):
+        truncate_metrics(tmp_path, 0)
 
 
 def test_kill_during_the_first_save_leaves_a_run_that_starts_again(stores, tmp_path):
@@ -162,6 +178,22 @@ def _hold(path: str, ready, release) -> None:
     with exclusive_dir(path, "run directory"):
         ready.set()
         release.wait(60)
+
+
+def test_a_refused_start_leaves_no_directory_behind(stores, tmp_path):
+    cfg = make_cfg(stores, tmp_path / "new" / "run", **{"foresight.source": "ema", "foresight.layer": 99,
+                                                        "foresight.warmup": 0})  # found once the model is built
+    with pytest.raises(ConfigError, match="foresight.layer=99 is outside"):
+        train(cfg)
+    assert not (tmp_path / "new" / "run").exists()
+    (tmp_path / "kept").mkdir()  # a directory that was there before, or that got other files, stays
+    with pytest.raises(ValueError), exclusive_dir(tmp_path / "kept", "test"):
+        raise ValueError
+    with pytest.raises(ValueError), exclusive_dir(tmp_path / "written", "test"):
+        (tmp_path / "written" / "log.txt").write_text("started")
+        raise ValueError
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "new", "written"]
+    assert (tmp_path / "kept").is_dir() and (tmp_path / "written" / "log.txt").is_file()
 
 
 def test_a_second_trainer_in_the_same_run_directory_is_refused(stores, tmp_path):

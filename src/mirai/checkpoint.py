@@ -319,8 +319,9 @@ def read_torch_file(path: str | Path) -> dict:
             "because unpickling arbitrary objects can run code. Re-save just the state dict "
             "(torch.save(model.state_dict(), ...)) where you trust the file."
         ) from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path} is not a readable PyTorch file (corrupt or truncated?): {err}") from None
+    except Exception as err:  # torch.load's unpickler raises KeyError, IndexError, ... on arbitrary bytes
+        raise CheckpointError(f"{path} is not a readable PyTorch file (corrupt or truncated?): "
+                              f"{type(err).__name__}: {err}") from None
 
 
 def llamagen_state_dicts(raw: dict, path: str | Path = "") -> tuple[dict, dict | None]:
@@ -392,6 +393,11 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             f"{path} is a file, not a Mirai checkpoint directory; convert a LlamaGen .pt first with "
             "`mirai convert llamagen`"
         )
+    if not (path / CONFIG_FILE).exists() and (path / "checkpoints").is_dir():
+        saved = sorted(p.name for p in (path / "checkpoints").iterdir() if not p.name.startswith("."))
+        raise CheckpointError(f"{path} is a training run directory, not a checkpoint: give one of its checkpoints "
+                              f"({', '.join(saved[-3:]) or 'none saved yet'} in {path / 'checkpoints'}; 'best' has "
+                              "the lowest validation NLL, the last step_* is the latest)")
     config = read_manifest(path / CONFIG_FILE, "mirai", FORMAT_VERSION, CheckpointError,
                            "not a Mirai checkpoint (or an interrupted write)")
     if "kind" not in config:
@@ -399,6 +405,12 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 
     def tensors(name: str) -> dict[str, torch.Tensor] | None:
         if not (path / name).exists():
+            if name in config.get("sha256", {}) and os.environ.get(VERIFY_ENV, "1") != "0":
+                # Saved with the checkpoint, gone now: loading on would swap in other weights unnoticed.
+                raise CheckpointError(
+                    f"{path / name} is missing, though {CONFIG_FILE} records it as saved with this checkpoint "
+                    f"(a partial copy or a deleted file). Copy the checkpoint again from its source (set "
+                    f"{VERIFY_ENV}=0 to load only what is there)")
             return None
         verify_file(path, name)
         return read_weights(path / name, name)

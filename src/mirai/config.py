@@ -193,6 +193,12 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {names}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    # A section left out takes its defaults, which must pass the same checks as given values (a
+    # required setting, such as a training config's data.codes, has no usable default).
+    for f in dataclasses.fields(cls):
+        if f.init and f.name not in data and f.default_factory is not dataclasses.MISSING \
+                and dataclasses.is_dataclass(hints[f.name]):
+            kwargs[f.name] = from_dict(hints[f.name], {}, f"{where}.{f.name}")
     try:
         obj = cls(**kwargs)
         validate = getattr(obj, "validate", None)

@@ -158,8 +158,13 @@ def load_module(
         module = ckpt.build(MODEL_KINDS[kind], use_ema=prefer_ema and ckpt.ema is not None).eval()
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
+    # A Mirai checkpoint records its model: a size or grid given for a .pt must not pass unnoticed here.
     stored = getattr(getattr(module, "args", None), "grid_size", None)
     if kind == "gpt" and not path.is_file() and grid_size is not None and stored != grid_size:
         raise CheckpointError(f"{path} is a Mirai checkpoint of {stored}x{stored} tokens, not {grid_size}x{grid_size}: "
-                              "leave out --grid-size/--image-size (grid_size=), which only a LlamaGen/PAR .pt needs")
+                              "leave out --grid-size/--image-size (the grid_size argument), which only a "
+                              "LlamaGen/PAR .pt needs")
+    if not path.is_file() and name is not None and name != ckpt.name:
+        raise CheckpointError(f"{path} is a Mirai checkpoint of {ckpt.name or 'an unnamed model'}, not {name}: "
+                              "leave out --model (the name argument), which only a LlamaGen/PAR .pt needs")
     return module

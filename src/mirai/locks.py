@@ -26,9 +26,11 @@ def exclusive_dir(path: str | Path, what: str) -> Iterator[Path]:
 
     Re-entrant within a process (``train`` holds the run directory around ``Trainer.fit``,
     which holds it too). Raises ``BusyError`` naming the holder's pid when another process
-    holds it.
+    holds it. A directory created here is removed again when the block fails before anything
+    but the lock was written in it (a refused start leaves nothing to clean up).
     """
     path = Path(path)
+    created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     key = path.resolve()
     if key in _held:
@@ -53,6 +55,11 @@ def exclusive_dir(path: str | Path, what: str) -> Iterator[Path]:
         _held[key] = 1
         try:
             yield path
+        except BaseException:
+            if created and {p.name for p in path.iterdir()} == {LOCK_FILE}:
+                (path / LOCK_FILE).unlink()
+                path.rmdir()
+            raise
         finally:
             del _held[key]
     finally:

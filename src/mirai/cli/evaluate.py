@@ -59,8 +59,8 @@ def score_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="where to write the metrics as JSON (default: beside the samples, "
                         "SAMPLES.metrics.json, e.g. samples.metrics.json for samples.npz)")
     parser.add_argument("--evaluator", choices=["auto", "inception", "fashion"], default="auto",
-                        help="feature network; auto = fashion for 32×32 samples against a reference with "
-                             "Fashion-MNIST statistics, else inception")
+                        help="feature network; auto = fashion against a reference with Fashion-MNIST statistics "
+                             "(samples must then be 32×32, or resized with --image-size-eval 32), else inception")
     parser.add_argument("--image-size-eval", type=int, metavar="N",
                         help="score the samples resized to NxN (bicubic, as LlamaGen's --image-size-eval), e.g. 256 "
                              "for 384-px samples against a 256-px reference")

@@ -25,15 +25,29 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _check_resume(resume: str | bool | None) -> None:
-    """``--resume`` takes an optional path, so ``--resume steps=900`` reads the override as a checkpoint."""
+def _resume_and_config(args: argparse.Namespace) -> tuple[str | bool | None, str | None, list[str]]:
+    """(resume, config path, overrides) as meant.
+
+    ``--resume`` takes an optional checkpoint, so in ``--resume steps=900`` argparse reads the override
+    as one; a ``key=value`` that is no file is taken back as an override. ``--resume`` without
+    ``--config`` continues with the run's own ``RUN_DIR/config.yaml`` (``run_dir`` from the overrides).
+    """
     from pathlib import Path
 
     from mirai.errors import ConfigError
 
+    resume, config, overrides = args.resume, args.config, list(args.overrides)
     if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
-        raise ConfigError(f"--resume {resume}: no such checkpoint, and it reads like an override; put the "
-                          "overrides before --resume (mirai train --config C.yaml steps=900 --resume)")
+        resume, overrides = True, [*overrides, resume]
+    if resume is not None and config is None:
+        run_dirs = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "run_dir"]
+        saved = Path(run_dirs[-1]) / "config.yaml" if run_dirs else None
+        if saved is None or not saved.is_file():
+            where = f"{saved} does not exist" if saved else "no run_dir=DIR was given"
+            raise ConfigError(f"--resume without --config continues a run with its own config, but {where}: "
+                              "pass run_dir=RUN_DIR of a run that has started, or --config FILE")
+        config = str(saved)
+    return resume, config, overrides
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,20 +58,20 @@ def run(args: argparse.Namespace) -> int:
     from mirai.training.distributed import is_main, shutdown
     from mirai.training.trainer import train
 
-    _check_resume(args.resume)
-    if args.config is None and not args.overrides:
+    resume, config, overrides = _resume_and_config(args)
+    if config is None and not overrides:
         from mirai.errors import ConfigError
 
         raise ConfigError("no config given: pass --config FILE (e.g. --config configs/fashion/baseline.yaml) "
                           "and any key=value overrides")
-    cfg = load_config(TrainConfig, args.config, args.overrides)
+    cfg = load_config(TrainConfig, config, overrides)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         for warning in cfg.foresight.warnings():  # on stderr, so the printed YAML stays a valid config
             print(f"warning: {warning}", file=sys.stderr)
         return 0
     try:
-        result = train(cfg, resume=args.resume)
+        result = train(cfg, resume=resume)
         if is_main():
             print(result.to_json())
     finally:

@@ -39,8 +39,7 @@ from mirai.hub.resolve import resolve
 __all__ = ["CodeStore", "ImageSource", "code_dtype", "describe_tokenizer", "epoch_views", "extract", "load_vq",
            "open_source", "random_view", "reraised_one_line", "state_hash"]
 
-FORMAT = "mirai-codes"
-VERSION = 1
+FORMAT, VERSION = "mirai-codes", 1
 MANIFEST, CODES, LABELS, FILES = "manifest.json", "codes.npy", "labels.npy", "files.txt"
 
 
@@ -335,7 +334,8 @@ class CodeStore:
             raise DataError(
                 f"store {self.path} holds {self.grid_size}x{self.grid_size} token grids ({spec.image_size} px "
                 f"images), {against} grid_size={grid_size}: "
-                + fix(f"re-run mirai extract with --image-size {grid_size * spec.image_size // self.grid_size}",
+                + fix(f"re-run mirai extract with a tokenizer that makes {grid_size}x{grid_size} codes of them (the "
+                      f"fashion/vq{{8,16}} pair on Fashion-MNIST), or with --image-size {grid_size * spec.image_size // self.grid_size}",
                       f"grid_size={self.grid_size}")
             )
         if num_classes is not None and num_classes != self.num_classes:

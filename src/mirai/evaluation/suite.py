@@ -191,8 +191,16 @@ def noise_floor(ref: FeatureSet, labels: np.ndarray | None = None, num_classes: 
 
 
 def pick_evaluator(samples: NpzImages, ref: Reference) -> str:
-    """``fashion`` for 32×32 samples against a reference with Fashion-MNIST statistics, else ``inception``."""
-    return "fashion" if samples.resolution == (32, 32) and "fashion" in ref.features else "inception"
+    """``fashion`` for a reference with Fashion-MNIST statistics, else ``inception``; ``DataError`` when
+    that reference meets samples the Fashion-MNIST evaluator cannot take (the choice would be a guess)."""
+    if "fashion" not in ref.features:
+        return "inception"
+    if samples.resolution != (32, 32):
+        height, width = samples.resolution
+        raise DataError(f"{ref.path} holds Fashion-MNIST statistics, but the samples are {height}×{width} and its "
+                        "evaluator takes 32×32: score them resized with --image-size-eval 32, or choose "
+                        "--evaluator inception")
+    return "fashion"
 
 
 def evaluate(samples_path: str | Path, ref_path: str | Path, evaluator: str = "auto",

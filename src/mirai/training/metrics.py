@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from mirai.config import write_text_atomic
-from mirai.errors import ConfigError
+from mirai.errors import ConfigError, DataError
 
 
 class LogWindow:
@@ -94,17 +94,45 @@ class MetricsLogger:
             self.wb.finish()
 
 
+def _parse_metrics(path: Path) -> tuple[list[dict], bool]:
+    """(records of ``path``, whether its last line was torn). A last line without its newline that
+    is not valid JSON is what a process killed mid-write leaves (the logger appends whole lines):
+    it is dropped. Any other line that is not a JSON record raises ``DataError`` naming it."""
+    text = path.read_text()
+    lines = text.splitlines()
+    torn = False
+    if lines and not text.endswith("\n"):
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            lines, torn = lines[:-1], True
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            record = err
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise DataError(f"{path}, line {number}, is not a metrics record ({line[:80]!r}): the file was edited "
+                            "or damaged; delete that line (or the file, losing the run's logged curves) and rerun")
+        records.append(record)
+    return records, torn
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """All records of a run's ``metrics.jsonl``."""
+    """All records of a run's ``metrics.jsonl`` ([] when it has none), without a torn last line."""
     path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _parse_metrics(path)[0] if path.is_file() else []
 
 
 def truncate_metrics(run_dir: str | Path, step: int) -> None:
-    """Drop records after ``step``: a resumed run logs those steps again from its checkpoint."""
+    """Drop records after ``step`` (a resumed run logs those steps again from its checkpoint) and a
+    torn last line (so that new records are not appended to it)."""
     path = Path(run_dir) / "metrics.jsonl"
-    records = read_metrics(run_dir)
-    if any(r["step"] > step for r in records):
+    if not path.is_file():
+        return
+    records, torn = _parse_metrics(path)
+    if torn or any(r["step"] > step for r in records):
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records if r["step"] <= step))
