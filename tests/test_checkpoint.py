@@ -91,9 +91,16 @@ def test_a_deleted_ema_file_is_refused_not_replaced_by_the_raw_weights(tmp_path,
 
 
 def test_a_run_directory_given_as_a_checkpoint_names_its_checkpoints(tmp_path):
-    checkpoint.save(tmp_path / "run" / "checkpoints" / "step_0000002", nano())
-    with pytest.raises(CheckpointError, match=r"run is a training run directory, not a checkpoint: .*\(step_0000002 in"):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"run is a training run directory, not a checkpoint, and .* holds none"):
         load_module(tmp_path / "run", "gpt")
+    for name in ("step_0000002", "step_0000004", "step_0000006", "best"):
+        checkpoint.save(tmp_path / "run" / "checkpoints" / name, nano())
+    listed = r"give one of .*checkpoints/\{step_0000004, step_0000006, best \(lowest validation NLL\)\}"
+    with pytest.raises(CheckpointError, match=r"run is a training run directory, not a checkpoint: " + listed):
+        load_module(tmp_path / "run", "gpt")
+    with pytest.raises(CheckpointError, match=r"checkpoints is a folder of checkpoints, not a checkpoint: " + listed):
+        load_module(tmp_path / "run" / "checkpoints", "gpt")
 
 
 def test_mismatched_weights_list_the_keys(tmp_path):
@@ -145,3 +152,20 @@ def test_any_bytes_in_a_pt_file_raise_a_checkpoint_error(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(CheckpointError, match="weights.pt (is not a readable PyTorch file|was not loaded)"):
         checkpoint.read_torch_file(path)
+
+
+@pytest.mark.parametrize("kind", ["gpt", "vq"])
+@pytest.mark.parametrize("state", [
+    {"tok_embeddings.weight": torch.zeros(5), "cls_embedding.embedding_table.weight": torch.zeros(3, 4),
+     "layers.0.attention.wqkv.weight": torch.zeros(12, 4)},
+    {"tok_embeddings.weight": torch.zeros(8, 4), "cls_embedding.embedding_table.weight": torch.zeros(()),
+     "layers.0.attention.wqkv.weight": torch.zeros(12, 4)},
+    {"quantize.embedding.weight": torch.zeros(7), "encoder.conv_in.weight": torch.zeros(4, 3, 3, 3),
+     "encoder.conv_out.weight": torch.zeros(8, 4, 1, 1), "encoder.conv_blocks.0.res.0.conv1.weight": torch.zeros(4)},
+    {"quantize.embedding.weight": torch.zeros(16, 8), "encoder.conv_in.weight": torch.zeros(4),
+     "encoder.conv_out.weight": torch.zeros(8, 4, 1, 1), "encoder.conv_blocks.0.res.0.conv1.weight": torch.zeros(())},
+])
+def test_weights_of_the_wrong_shapes_in_a_pt_are_a_checkpoint_error(tmp_path, kind, state):
+    torch.save({"model": state}, tmp_path / "odd.pt")
+    with pytest.raises(CheckpointError, match="odd.pt|not a LlamaGen"):
+        read_llamagen(tmp_path / "odd.pt", kind=kind, grid_size=2)

@@ -108,6 +108,10 @@ def test_fashion_evaluator_rejects_other_resolutions(tmp_path, random_fashion_ev
     with pytest.raises(DataError, match="Fashion-MNIST statistics, but the samples are 16×16.*--image-size-eval 32, "
                                         "or choose --evaluator inception"):
         evaluate(tmp_path / "samples.npz", tmp_path / "ref.npz", device="cpu", log=lambda text: None)
+    main(["evaluate", "make-ref", "--images", str(tmp_path / "ref_images.npz"), "--evaluator", "fashion", "--no-images",
+          "--fashion-evaluator", str(random_fashion_evaluator), "--out", str(tmp_path / "stats_only.npz")])
+    with pytest.raises(DataError, match=r"--image-size-eval 32$"):  # no images: Inception is no way out there
+        evaluate(tmp_path / "samples.npz", tmp_path / "stats_only.npz", device="cpu", log=lambda text: None)
     # Inception chosen (not at hand offline): the size note comes first.
     notes = []
     with pytest.raises(CheckpointError, match="missing.pth"):

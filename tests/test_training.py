@@ -270,6 +270,8 @@ def test_cli_train_then_sample(stores, tmp_path, capsys):
     # --resume without --config continues with the run's own config.yaml; an override may follow --resume.
     assert main(["train", "--resume", "steps=4", f"run_dir={tmp_path / 'run'}"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 4
+    assert main(["train", "--resume", str(tmp_path / "run" / "checkpoints" / "step_0000004"), "steps=5"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 5  # the run from the path
     assert main(["train", "--config", str(config), "--resume", "steps=5"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["step"] == 5 and summary["checkpoint"].endswith("step_0000005")

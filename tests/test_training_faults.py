@@ -140,6 +140,15 @@ def test_metrics_reader_drops_a_torn_last_line_and_names_a_damaged_one(tmp_path)
     path.write_text('{"step": 1, "loss": 2.0}\n[1, 2]\n')
     with pytest.raises(DataError, match="line 2"):
         truncate_metrics(tmp_path, 0)
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}')  # whole, but its newline was lost
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+    truncate_metrics(tmp_path, 5)
+    assert path.read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'
+    path.write_bytes(b'{"step": 1, "loss": 2.0}\n\xff\xfe garbage')  # not UTF-8: torn as well
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1]
+    path.write_bytes(b'\xff\xfe garbage\n{"step": 1, "loss": 2.0}\n')
+    with pytest.raises(DataError, match="line 1, is not a metrics record"):
+        read_metrics(tmp_path)
 
 
 def test_kill_during_the_first_save_leaves_a_run_that_starts_again(stores, tmp_path):

@@ -382,6 +382,21 @@ def read_manifest(path: Path, fmt: str, version: int, error: type[MiraiError], f
     return manifest
 
 
+def _refuse_a_folder_of_checkpoints(path: Path) -> None:
+    """``CheckpointError`` listing the checkpoints when ``path`` is a run directory or its
+    ``checkpoints/`` folder (a common slip for ``--gpt``) rather than one checkpoint."""
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / CONFIG_FILE).is_file())
+    steps, best = [n for n in names if n.startswith("step_")], "best" in names
+    if folder != path or steps or best:
+        what = "a training run directory" if folder != path else "a folder of checkpoints"
+        found = ", ".join(steps[-2:] + ["best (lowest validation NLL)"] * best)
+        if not found:
+            raise CheckpointError(f"{path} is {what}, not a checkpoint, and {folder} holds none yet")
+        raise CheckpointError(f"{path} is {what}, not a checkpoint: give one of {folder}/{{{found}}}"
+                              + (" (the last step_* is the latest)" if steps else ""))
+
+
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read a Mirai checkpoint directory, given as a path or a name ``mirai.hub.resolve`` knows
     (LlamaGen ``.pt`` files go through ``mirai.convert``)."""
@@ -393,11 +408,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             f"{path} is a file, not a Mirai checkpoint directory; convert a LlamaGen .pt first with "
             "`mirai convert llamagen`"
         )
-    if not (path / CONFIG_FILE).exists() and (path / "checkpoints").is_dir():
-        saved = sorted(p.name for p in (path / "checkpoints").iterdir() if not p.name.startswith("."))
-        raise CheckpointError(f"{path} is a training run directory, not a checkpoint: give one of its checkpoints "
-                              f"({', '.join(saved[-3:]) or 'none saved yet'} in {path / 'checkpoints'}; 'best' has "
-                              "the lowest validation NLL, the last step_* is the latest)")
+    if not (path / CONFIG_FILE).exists():
+        _refuse_a_folder_of_checkpoints(path)
     config = read_manifest(path / CONFIG_FILE, "mirai", FORMAT_VERSION, CheckpointError,
                            "not a Mirai checkpoint (or an interrupted write)")
     if "kind" not in config:

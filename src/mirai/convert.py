@@ -18,7 +18,7 @@ import torch
 from mirai.checkpoint import (
     Checkpoint, llamagen_state_dicts, load_state_dict_checked, read_checkpoint, read_torch_file,
 )
-from mirai.errors import CheckpointError
+from mirai.errors import CheckpointError, MiraiError
 from mirai.hub.resolve import ReleasedFile, released_file, resolve
 from mirai.models.gpt import GPT
 from mirai.models.registry import GPT_CONFIGS, gpt_args, infer_gpt_name
@@ -126,15 +126,21 @@ def read_llamagen(path: str | Path, kind: str | None = None, name: str | None = 
     grid_size = released_grid(path, grid_size)
     model_state, ema_state = llamagen_state_dicts(read_torch_file(path), path)
     kind = kind or detect_kind(model_state)
-    if kind == "gpt":
-        module = gpt_from_llamagen_state(model_state, name=name, grid_size=grid_size,
-                                         regions_per_side=regions_per_side)
-        if ema_state is not None:
-            load_state_dict_checked(module, ema_state)  # the EMA must have the same shapes
-    elif kind == "vq":
-        module = vq_from_llamagen_state(model_state)
-    else:
+    if kind not in MODEL_KINDS:
         raise CheckpointError(f"unknown kind {kind!r}: use one of {sorted(MODEL_KINDS)}")
+    try:  # the architecture is read from the weights' shapes, which a damaged or foreign file can break
+        if kind == "gpt":
+            module = gpt_from_llamagen_state(model_state, name=name, grid_size=grid_size,
+                                             regions_per_side=regions_per_side)
+            if ema_state is not None:
+                load_state_dict_checked(module, ema_state)  # the EMA must have the same shapes
+        else:
+            module = vq_from_llamagen_state(model_state)
+    except MiraiError:
+        raise
+    except (ValueError, IndexError, TypeError, AttributeError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: its weights do not have the shapes of a LlamaGen {kind} "
+                              f"({type(err).__name__}: {err}); is it the right file and kind?") from None
     name, args = module.checkpoint_config()
     model_state = {k: v for k, v in model_state.items() if k != "freqs_cis"}
     if ema_state is not None:

@@ -30,7 +30,8 @@ def _resume_and_config(args: argparse.Namespace) -> tuple[str | bool | None, str
 
     ``--resume`` takes an optional checkpoint, so in ``--resume steps=900`` argparse reads the override
     as one; a ``key=value`` that is no file is taken back as an override. ``--resume`` without
-    ``--config`` continues with the run's own ``RUN_DIR/config.yaml`` (``run_dir`` from the overrides).
+    ``--config`` continues with the run's own ``RUN_DIR/config.yaml`` (``run_dir`` from the overrides,
+    else from a ``RUN_DIR/checkpoints/NAME`` given to ``--resume``).
     """
     from pathlib import Path
 
@@ -41,6 +42,9 @@ def _resume_and_config(args: argparse.Namespace) -> tuple[str | bool | None, str
         resume, overrides = True, [*overrides, resume]
     if resume is not None and config is None:
         run_dirs = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "run_dir"]
+        if not run_dirs and isinstance(resume, str) and Path(resume).parent.name == "checkpoints":
+            run_dirs = [str(Path(resume).parent.parent)]  # RUN/checkpoints/step_N names its run
+            overrides.append(f"run_dir={run_dirs[0]}")
         saved = Path(run_dirs[-1]) / "config.yaml" if run_dirs else None
         if saved is None or not saved.is_file():
             where = f"{saved} does not exist" if saved else "no run_dir=DIR was given"

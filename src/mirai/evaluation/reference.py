@@ -71,8 +71,8 @@ class NpzImages:
         with NpzArchive(self.path, what) as archive:
             self.shape, self.fortran_order, self.dtype = archive.header(key, hint)
         if self.dtype == np.uint8 and len(self.shape) == 4 and self.shape[0] == 0:
-            raise DataError(f"{what} {self.path}: {key!r} holds no images (shape {self.shape}); write the batch "
-                            "again from a run that produced samples")
+            raise DataError(f"{what} {self.path}: {key!r} holds no images (shape {self.shape}); write it again "
+                            "with the images in it")
         if self.dtype != np.uint8 or len(self.shape) != 4 or self.shape[-1] != 3 or 0 in self.shape:
             raise DataError(f"{what} {self.path}: {key!r} must be uint8 (N, H, W, 3) images, got {self.dtype} "
                             f"{self.shape}; convert floats with {FLOAT_TO_UINT8} "

@@ -197,9 +197,10 @@ def pick_evaluator(samples: NpzImages, ref: Reference) -> str:
         return "inception"
     if samples.resolution != (32, 32):
         height, width = samples.resolution
+        # Inception is a way out only where the reference can give Inception features.
+        other = ", or choose --evaluator inception" if ref.num_images or "inception" in ref.features else ""
         raise DataError(f"{ref.path} holds Fashion-MNIST statistics, but the samples are {height}×{width} and its "
-                        "evaluator takes 32×32: score them resized with --image-size-eval 32, or choose "
-                        "--evaluator inception")
+                        f"evaluator takes 32×32: score them resized with --image-size-eval 32{other}")
     return "fashion"
 
 

@@ -95,30 +95,30 @@ class MetricsLogger:
 
 
 def _parse_metrics(path: Path) -> tuple[list[dict], bool]:
-    """(records of ``path``, whether its last line was torn). A last line without its newline that
-    is not valid JSON is what a process killed mid-write leaves (the logger appends whole lines):
-    it is dropped. Any other line that is not a JSON record raises ``DataError`` naming it."""
-    text = path.read_text()
+    """(records of ``path``, whether the file needs rewriting before new lines are appended).
+
+    The logger appends whole lines, so a file that does not end in a newline was cut short by a
+    kill: a last line that is not valid JSON (or not UTF-8) is dropped, and a complete one is kept
+    but its newline is due. Any other line that is not a JSON record raises ``DataError`` naming it.
+    """
+    text = path.read_bytes().decode("utf-8", errors="replace")  # undecodable bytes fail as JSON below
     lines = text.splitlines()
-    torn = False
-    if lines and not text.endswith("\n"):
-        try:
-            json.loads(lines[-1])
-        except json.JSONDecodeError:
-            lines, torn = lines[:-1], True
-    records = []
+    needs_rewrite = bool(lines) and not text.endswith("\n")
+    if needs_rewrite and not _is_record(lines[-1]):
+        lines = lines[:-1]
     for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            record = err
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        if line.strip() and not _is_record(line):
             raise DataError(f"{path}, line {number}, is not a metrics record ({line[:80]!r}): the file was edited "
                             "or damaged; delete that line (or the file, losing the run's logged curves) and rerun")
-        records.append(record)
-    return records, torn
+    return [json.loads(line) for line in lines if line.strip()], needs_rewrite
+
+
+def _is_record(line: str) -> bool:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(record, dict) and isinstance(record.get("step"), int)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -128,11 +128,11 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def truncate_metrics(run_dir: str | Path, step: int) -> None:
-    """Drop records after ``step`` (a resumed run logs those steps again from its checkpoint) and a
-    torn last line (so that new records are not appended to it)."""
+    """Drop records after ``step`` (a resumed run logs those steps again from its checkpoint), and
+    mend a last line a kill cut short, so that new records are not appended to it."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return
-    records, torn = _parse_metrics(path)
-    if torn or any(r["step"] > step for r in records):
+    records, needs_rewrite = _parse_metrics(path)
+    if needs_rewrite or any(r["step"] > step for r in records):
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records if r["step"] <= step))
