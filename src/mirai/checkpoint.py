@@ -191,11 +191,18 @@ def file_sha256(path: Path) -> str:
 def verify_file(directory: Path, name: str) -> None:
     """Check ``directory/name`` against the SHA-256 its ``config.json`` recorded at save time
     (checkpoints written before checksums existed, and files they do not list, pass);
-    ``CheckpointError`` naming the file on a mismatch."""
+    ``CheckpointError`` naming the file on a mismatch, or when a file it records is gone."""
     if os.environ.get(VERIFY_ENV, "1") == "0":
         return
     recorded = json.loads((directory / CONFIG_FILE).read_text()).get("sha256", {})
-    if name in recorded and file_sha256(directory / name) != recorded[name]:
+    if name not in recorded:
+        return
+    if not (directory / name).exists():  # loading on without it would swap in other weights unnoticed
+        raise CheckpointError(
+            f"{directory / name} is missing, though {CONFIG_FILE} records it as saved with this checkpoint "
+            f"(a partial copy or a deleted file). Copy the checkpoint again from its source (set "
+            f"{VERIFY_ENV}=0 to load only what is there)")
+    if file_sha256(directory / name) != recorded[name]:
         raise CheckpointError(
             f"{directory / name} does not match the checksum recorded when it was saved: the file is damaged "
             f"(bit rot, a partial copy) or was modified. Restore it from a copy, or use another checkpoint "
@@ -416,16 +423,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path / CONFIG_FILE} names no model 'kind': not a Mirai checkpoint config")
 
     def tensors(name: str) -> dict[str, torch.Tensor] | None:
-        if not (path / name).exists():
-            if name in config.get("sha256", {}) and os.environ.get(VERIFY_ENV, "1") != "0":
-                # Saved with the checkpoint, gone now: loading on would swap in other weights unnoticed.
-                raise CheckpointError(
-                    f"{path / name} is missing, though {CONFIG_FILE} records it as saved with this checkpoint "
-                    f"(a partial copy or a deleted file). Copy the checkpoint again from its source (set "
-                    f"{VERIFY_ENV}=0 to load only what is there)")
-            return None
         verify_file(path, name)
-        return read_weights(path / name, name)
+        return read_weights(path / name, name) if (path / name).exists() else None
 
     model = tensors(MODEL_FILE)
     if model is None:

@@ -35,13 +35,14 @@ def _resume_and_config(args: argparse.Namespace) -> tuple[str | bool | None, str
     """
     from pathlib import Path
 
+    from mirai.config import parse_override
     from mirai.errors import ConfigError
 
     resume, config, overrides = args.resume, args.config, list(args.overrides)
     if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
         resume, overrides = True, [*overrides, resume]
     if resume is not None and config is None:
-        run_dirs = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "run_dir"]
+        run_dirs = [str(value) for key, value in map(parse_override, overrides) if key == ["run_dir"]]
         if not run_dirs and isinstance(resume, str) and Path(resume).parent.name == "checkpoints":
             run_dirs = [str(Path(resume).parent.parent)]  # RUN/checkpoints/step_N names its run
             overrides.append(f"run_dir={run_dirs[0]}")

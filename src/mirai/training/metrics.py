@@ -104,21 +104,27 @@ def _parse_metrics(path: Path) -> tuple[list[dict], bool]:
     text = path.read_bytes().decode("utf-8", errors="replace")  # undecodable bytes fail as JSON below
     lines = text.splitlines()
     needs_rewrite = bool(lines) and not text.endswith("\n")
-    if needs_rewrite and not _is_record(lines[-1]):
-        lines = lines[:-1]
+    records = []
     for number, line in enumerate(lines, 1):
-        if line.strip() and not _is_record(line):
+        if not line.strip():
+            continue
+        record = _record(line)
+        if record is None:
+            if needs_rewrite and number == len(lines):  # the torn end of a killed write
+                break
             raise DataError(f"{path}, line {number}, is not a metrics record ({line[:80]!r}): the file was edited "
                             "or damaged; delete that line (or the file, losing the run's logged curves) and rerun")
-    return [json.loads(line) for line in lines if line.strip()], needs_rewrite
+        records.append(record)
+    return records, needs_rewrite
 
 
-def _is_record(line: str) -> bool:
+def _record(line: str) -> dict | None:
+    """The metrics record on ``line``, or None when it is not one."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError:
-        return False
-    return isinstance(record, dict) and isinstance(record.get("step"), int)
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
