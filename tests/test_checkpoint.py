@@ -1,6 +1,7 @@
 import json
 import os
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -8,7 +9,8 @@ import torch
 from mirai import checkpoint
 from mirai.convert import gpt_from_llamagen_state, load_module, read_llamagen
 from mirai.errors import CheckpointError
-from mirai.models import GPT, build_gpt
+from mirai.models import GPT, VQModel, build_gpt, gpt_args
+from mirai.models.vq import vq_args
 
 
 def nano(**kw):
@@ -154,6 +156,17 @@ def test_any_bytes_in_a_pt_file_raise_a_checkpoint_error(tmp_path, content):
         checkpoint.read_torch_file(path)
 
 
+@pytest.mark.parametrize("payload", [{"a": [1, 2]}, {"model": {"w": set()}}])
+def test_a_plain_pickle_is_refused_with_only_our_error(tmp_path, payload):
+    """pickle.dump's protocol 4 made torch warn about the protocol before the error was raised."""
+    path = tmp_path / "weights.pt"
+    path.write_bytes(pickle.dumps(payload, protocol=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CheckpointError, match="weights.pt was not loaded"):
+            checkpoint.read_torch_file(path)
+
+
 @pytest.mark.parametrize("kind", ["gpt", "vq"])
 @pytest.mark.parametrize("state", [
     {"tok_embeddings.weight": torch.zeros(5), "cls_embedding.embedding_table.weight": torch.zeros(3, 4),
@@ -169,3 +182,20 @@ def test_weights_of_the_wrong_shapes_in_a_pt_are_a_checkpoint_error(tmp_path, ki
     torch.save({"model": state}, tmp_path / "odd.pt")
     with pytest.raises(CheckpointError, match="odd.pt|not a LlamaGen"):
         read_llamagen(tmp_path / "odd.pt", kind=kind, grid_size=2)
+
+
+@pytest.mark.parametrize("kind, args, right, wrong", [
+    ("gpt", gpt_args("GPT-Nano", vocab_size=16, grid_size=2, num_classes=3), "GPT-Nano", "GPT-Micro"),
+    ("vq", vq_args("VQ-Tiny", codebook_size=16), "VQ-Tiny", "VQ-S2"),
+])
+def test_a_checkpoint_of_an_unregistered_name_is_matched_to_names_by_its_shape(tmp_path, kind, args, right, wrong):
+    """A module built from bare args records its class name: the right --model is accepted, another refused."""
+    module = (GPT if kind == "gpt" else VQModel)(args)
+    checkpoint.save(tmp_path / "ck", module)
+    assert checkpoint.read_checkpoint(tmp_path / "ck").name == kind.upper()
+    assert same_weights(load_module(tmp_path / "ck", kind, name=right), module)
+    refused = f"Mirai checkpoint of {kind.upper()}, whose architecture is not {wrong}'s: leave out --model"
+    with pytest.raises(CheckpointError, match=refused):
+        load_module(tmp_path / "ck", kind, name=wrong)
+    with pytest.raises(CheckpointError, match="not GPT-Unknown's"):
+        load_module(tmp_path / "ck", kind, name="GPT-Unknown")

@@ -156,7 +156,7 @@ def test_a_model_name_that_contradicts_a_mirai_checkpoint_is_refused(root):
     out = root / "out_model_mirai"
     stored = read_checkpoint(root / "gpt").name
     assert_cli_refuses(command(root, out, **{"--model": "GPT-B"}), root,
-                       match=f"Mirai checkpoint of {stored or 'an unnamed model'}, not GPT-B: leave out --model",
+                       match=f"Mirai checkpoint of {stored}, whose architecture is not GPT-B's: leave out --model",
                        output=out)
 
 

@@ -26,6 +26,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Iterable, Protocol, TypeVar, runtime_checkable
@@ -314,7 +315,9 @@ def read_torch_file(path: str | Path) -> dict:
     refuse pickled code."""
     path = resolve(path, "weights file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on pickle protocols would stand before our own error
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         detail = str(err)
         if "Unsupported global" in detail:

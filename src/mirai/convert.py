@@ -22,7 +22,7 @@ from mirai.errors import CheckpointError, MiraiError
 from mirai.hub.resolve import ReleasedFile, released_file, resolve
 from mirai.models.gpt import GPT
 from mirai.models.registry import GPT_CONFIGS, gpt_args, infer_gpt_name
-from mirai.models.vq import VQModel, vq_from_llamagen_state
+from mirai.models.vq import VQ_CONFIGS, VQModel, vq_from_llamagen_state
 
 # The model kinds a LlamaGen file or a Mirai directory of unknown kind may hold.
 MODEL_KINDS: dict[str, type[GPT] | type[VQModel]] = {"gpt": GPT, "vq": VQModel}
@@ -170,7 +170,18 @@ def load_module(
         raise CheckpointError(f"{path} is a Mirai checkpoint of {stored}x{stored} tokens, not {grid_size}x{grid_size}: "
                               "leave out --grid-size/--image-size (the grid_size argument), which only a "
                               "LlamaGen/PAR .pt needs")
-    if not path.is_file() and name is not None and name != ckpt.name:
-        raise CheckpointError(f"{path} is a Mirai checkpoint of {ckpt.name or 'an unnamed model'}, not {name}: "
+    if not path.is_file() and name is not None and not _holds_named_model(ckpt, name):
+        raise CheckpointError(f"{path} is a Mirai checkpoint of {ckpt.name or 'an unnamed model'}, whose architecture "
+                              f"is not {name}'s: "
                               "leave out --model (the name argument), which only a LlamaGen/PAR .pt needs")
     return module
+
+
+def _holds_named_model(ckpt: Checkpoint, name: str) -> bool:
+    """Whether ``ckpt`` is the registered model ``name``: by its recorded name when that is a registered
+    one, else (a module built from bare args records its class name) by the named config's architecture."""
+    named = {**GPT_CONFIGS, **VQ_CONFIGS}
+    if ckpt.name in named or name not in named:
+        return ckpt.name == name
+    as_json = {k: list(v) if isinstance(v, tuple) else v for k, v in named[name].items()}
+    return all(ckpt.args.get(k) == v for k, v in as_json.items())

@@ -26,11 +26,12 @@ def exclusive_dir(path: str | Path, what: str) -> Iterator[Path]:
 
     Re-entrant within a process (``train`` holds the run directory around ``Trainer.fit``,
     which holds it too). Raises ``BusyError`` naming the holder's pid when another process
-    holds it. A directory created here is removed again when the block fails before anything
-    but the lock was written in it (a refused start leaves nothing to clean up).
+    holds it. A directory created here, with the parents created for it, is removed again when
+    the block fails before anything but the lock was written in it (a refused start leaves
+    nothing to clean up).
     """
     path = Path(path)
-    created = not path.exists()
+    created = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
     path.mkdir(parents=True, exist_ok=True)
     key = path.resolve()
     if key in _held:
@@ -58,9 +59,19 @@ def exclusive_dir(path: str | Path, what: str) -> Iterator[Path]:
         except BaseException:
             if created and {p.name for p in path.iterdir()} == {LOCK_FILE}:
                 (path / LOCK_FILE).unlink()
-                path.rmdir()
+                _remove_empty(created)
             raise
         finally:
             del _held[key]
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) up to the first one that is not empty: another
+    process may have put something in a parent meanwhile, and that is kept."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
