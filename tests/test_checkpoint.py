@@ -156,11 +156,13 @@ def test_any_bytes_in_a_pt_file_raise_a_checkpoint_error(tmp_path, content):
         checkpoint.read_torch_file(path)
 
 
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
 @pytest.mark.parametrize("payload", [{"a": [1, 2]}, {"model": {"w": set()}}])
-def test_a_plain_pickle_is_refused_with_only_our_error(tmp_path, payload):
-    """pickle.dump's protocol 4 made torch warn about the protocol before the error was raised."""
+def test_a_plain_pickle_is_refused_with_only_our_error(tmp_path, payload, protocol):
+    """pickle.dump's protocol 4 made torch warn about the protocol before the error was raised;
+    protocols 1-3 were called corrupt."""
     path = tmp_path / "weights.pt"
-    path.write_bytes(pickle.dumps(payload, protocol=4))
+    path.write_bytes(pickle.dumps(payload, protocol=protocol))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(CheckpointError, match="weights.pt was not loaded"):
@@ -199,3 +201,10 @@ def test_a_checkpoint_of_an_unregistered_name_is_matched_to_names_by_its_shape(t
         load_module(tmp_path / "ck", kind, name=wrong)
     with pytest.raises(CheckpointError, match="not GPT-Unknown's"):
         load_module(tmp_path / "ck", kind, name="GPT-Unknown")
+
+
+def test_a_pt_without_the_gpt_keys_is_named_in_the_error(tmp_path):
+    torch.save({"model": {"layers.0.attention.wqkv.weight": torch.zeros(12, 4)}}, tmp_path / "g.pt")
+    named = f"{tmp_path / 'g.pt'}: not a LlamaGen .* 'tok_embeddings.weight' is missing"
+    with pytest.raises(CheckpointError, match=named):
+        read_llamagen(tmp_path / "g.pt", kind="gpt", grid_size=2)

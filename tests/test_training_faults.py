@@ -205,8 +205,16 @@ def test_a_refused_start_leaves_no_directory_behind(stores, tmp_path):
     with pytest.raises(ValueError), exclusive_dir(tmp_path / "shared" / "a" / "b", "test"):
         (tmp_path / "shared" / "a" / "other").mkdir()  # a parent that got something else meanwhile stays
         raise ValueError
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "shared", "written"]
+    (tmp_path / "old").mkdir()  # with ".." a level missing at first can name an old folder once its parent is made
+    for dotted in (tmp_path / "new" / ".." / "old", tmp_path / "p" / "q" / ".." / "r"):
+        with pytest.raises(ValueError), exclusive_dir(dotted, "test"):
+            raise ValueError
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "old", "shared", "written"]
     assert [p.name for p in (tmp_path / "shared" / "a").iterdir()] == ["other"]
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=f"test {tmp_path}/file/x: {tmp_path}/file is a file"):
+        with exclusive_dir(tmp_path / "file" / "x", "test"):
+            pass
     assert (tmp_path / "kept").is_dir() and (tmp_path / "written" / "log.txt").is_file()
 
 

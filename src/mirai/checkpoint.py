@@ -318,20 +318,20 @@ def read_torch_file(path: str | Path) -> dict:
         with warnings.catch_warnings():  # torch's note on pickle protocols would stand before our own error
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        detail = str(err)
-        if "Unsupported global" in detail:
+    except Exception as err:  # torch.load's unpickler raises KeyError, IndexError, ... on arbitrary bytes
+        detail, unpickling = str(err), isinstance(err, pickle.UnpicklingError)
+        if unpickling and "Unsupported global" in detail:
             reason = "it holds pickled Python objects that are not plain tensors"
+        elif unpickling or "Invalid magic number" in detail:  # the latter: pickle.dump of protocol 1-3
+            reason = "it is corrupt, a plain pickle rather than a torch.save file, or pickled data other than tensors"
         else:
-            reason = "it is corrupt, or it holds pickled data other than plain tensors"
+            raise CheckpointError(f"{path} is not a readable PyTorch file (corrupt or truncated?): "
+                                  f"{type(err).__name__}: {err}") from None
         raise CheckpointError(
             f"{path} was not loaded: {reason}. Only weights are read (torch.load with weights_only=True), "
             "because unpickling arbitrary objects can run code. Re-save just the state dict "
             "(torch.save(model.state_dict(), ...)) where you trust the file."
         ) from None
-    except Exception as err:  # torch.load's unpickler raises KeyError, IndexError, ... on arbitrary bytes
-        raise CheckpointError(f"{path} is not a readable PyTorch file (corrupt or truncated?): "
-                              f"{type(err).__name__}: {err}") from None
 
 
 def llamagen_state_dicts(raw: dict, path: str | Path = "") -> tuple[dict, dict | None]:

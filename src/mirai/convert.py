@@ -136,6 +136,8 @@ def read_llamagen(path: str | Path, kind: str | None = None, name: str | None = 
                 load_state_dict_checked(module, ema_state)  # the EMA must have the same shapes
         else:
             module = vq_from_llamagen_state(model_state)
+    except CheckpointError as err:  # the builders do not know the file: name it
+        raise (err if str(path) in str(err) else CheckpointError(f"{path}: {err}")) from None
     except MiraiError:
         raise
     except (ValueError, IndexError, TypeError, AttributeError, RuntimeError) as err:
@@ -179,7 +181,8 @@ def load_module(
 
 def _holds_named_model(ckpt: Checkpoint, name: str) -> bool:
     """Whether ``ckpt`` is the registered model ``name``: by its recorded name when that is a registered
-    one, else (a module built from bare args records its class name) by the named config's architecture."""
+    one, else (a module built from bare args records its class name) by the fields the named config sets,
+    as ``build_gpt(name, **overrides)`` records the name whatever it overrides."""
     named = {**GPT_CONFIGS, **VQ_CONFIGS}
     if ckpt.name in named or name not in named:
         return ckpt.name == name

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from mirai.errors import BusyError
+from mirai.errors import BusyError, ConfigError
 
 LOCK_FILE = ".lock"
 _held: dict[Path, int] = {}  # directories this process holds, with their nesting depth
@@ -26,13 +26,12 @@ def exclusive_dir(path: str | Path, what: str) -> Iterator[Path]:
 
     Re-entrant within a process (``train`` holds the run directory around ``Trainer.fit``,
     which holds it too). Raises ``BusyError`` naming the holder's pid when another process
-    holds it. A directory created here, with the parents created for it, is removed again when
-    the block fails before anything but the lock was written in it (a refused start leaves
-    nothing to clean up).
+    holds it; ``ConfigError`` when a level of ``path`` is a file. A directory created here, with
+    the parents created for it, is removed again when the block fails before anything but the
+    lock was written in it (a refused start leaves nothing to clean up).
     """
     path = Path(path)
-    created = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
-    path.mkdir(parents=True, exist_ok=True)
+    created = _make_dirs(path, what)
     key = path.resolve()
     if key in _held:
         _held[key] += 1
@@ -57,9 +56,9 @@ def exclusive_dir(path: str | Path, what: str) -> Iterator[Path]:
         try:
             yield path
         except BaseException:
-            if created and {p.name for p in path.iterdir()} == {LOCK_FILE}:
+            if path in created and {p.name for p in path.iterdir()} == {LOCK_FILE}:
                 (path / LOCK_FILE).unlink()
-                _remove_empty(created)
+            _remove_empty(created)
             raise
         finally:
             del _held[key]
@@ -67,8 +66,28 @@ def exclusive_dir(path: str | Path, what: str) -> Iterator[Path]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
+def _make_dirs(path: Path, what: str) -> list[Path]:
+    """Create ``path`` one level at a time; the levels this call created, last made first.
+
+    Recorded as they are made, not listed beforehand: with ``..`` in the path (``new/../old``) a
+    level that is missing beforehand can name an existing folder once its parent exists."""
+    created = []
+    for level in reversed((path, *path.parents)):
+        if level.is_dir():
+            continue
+        try:
+            level.mkdir()
+        except FileExistsError:  # a file, or a folder made meanwhile by another process
+            if level.is_dir():
+                continue
+            raise ConfigError(f"{what} {path}: {level} is a file, so nothing can be written there; "
+                              "choose another directory") from None
+        created.append(level)
+    return created[::-1]
+
+
 def _remove_empty(folders: list[Path]) -> None:
-    """Remove ``folders`` (deepest first) up to the first one that is not empty: another
+    """Remove ``folders`` (last made first) up to the first one that is not empty: another
     process may have put something in a parent meanwhile, and that is kept."""
     for folder in folders:
         try:
