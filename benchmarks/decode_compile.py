@@ -2,13 +2,16 @@
 
     .venv/bin/python benchmarks/decode_compile.py [--quick] [--device cpu|cuda] [--threads 1]
     .venv/bin/python benchmarks/decode_compile.py --model GPT-Mini --grid 8 --vocab 512 --batch 16 --order par
+    .venv/bin/python benchmarks/decode_compile.py --model GPT-Micro --profile   # + where each path's time goes
 
 One randomly initialised GPT (output layer re-drawn, so that draws are not uniform) generates
 ``batch`` token grids with ``mirai.sampling.generate`` twice per round: eager, and with
 ``compile=True`` (every decoding pass through one ``torch.compile(fullgraph=True)`` graph over the
 static KV cache). Both draw from the same seed and must draw the same tokens (asserted in fp32).
 Compilation happens in the untimed warm-up call. The two alternate over ``--repeats`` rounds; the
-speed-up is the median of per-round ratios eager time / compiled time.
+speed-up is the median of per-round ratios eager time / compiled time. ``--profile`` then runs one
+more call of each path under ``torch.profiler`` and prints the operators with the most self CPU time
+(also written to the JSON): what compiling removed, and what both paths still share.
 
 Defaults: GPT-Mini on the Fashion-MNIST vq8 shape (8x8 tokens, 512 codes, 10 classes), raster
 order, batch 16, guidance 2.0 (the decoded batch is 32), fp32, 5 rounds. ``--quick``: GPT-Nano, 2 rounds.
@@ -37,6 +40,8 @@ def main() -> None:
     parser.add_argument("--cfg-scale", type=float, default=2.0, help="!= 1 doubles the decoded batch")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                         help="bf16 runs under autocast; tokens may then differ (reported, not asserted)")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the timed rounds, profile one call of each path (top operators by self time)")
     args = parser.parse_args()
     repeats = args.repeats or (2 if args.quick else 5)
     args.model = args.model or ("GPT-Nano" if args.quick else "GPT-Mini")
@@ -79,6 +84,11 @@ def main() -> None:
     print(f"compiled speed-up (median of per-round eager/compiled): {speedup:.2f}x  [rounds: "
           f"{', '.join(f'{r:.2f}' for r in ratios)}]; first compiled call (compiling) {compile_s:.1f} s")
     print(f"token sequences identical: {identical}" + (" (asserted)" if dtype == torch.float32 else ""))
+    profiles = {name: C.top_ops(call, rows=12) for name, call in variants.items()} if args.profile else None
+    for name, ops in (profiles or {}).items():
+        print(f"\n{name}: operators with the most self CPU time in one profiled call")
+        C.print_table(["operator", "self ms", "calls", "share"],
+                      [[o["op"][:60], o["self_ms"], o["calls"], f"{o['share']:.1%}"] for o in ops])
 
     C.write_json("decode_compile", {
         "benchmark": "decode_compile",
@@ -93,6 +103,7 @@ def main() -> None:
         "speedup_compiled_over_eager": speedup,
         "speedup_per_round": ratios,
         "tokens_identical": identical,
+        "profile": profiles,
     }, args.out, args.quick)
 
 

@@ -36,7 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mirai.errors import CheckpointError, ConfigError, MiraiError
+from mirai.errors import CheckpointError, ConfigError, MiraiError, under_file
 from mirai.hub.resolve import missing_message, resolve
 
 FORMAT_VERSION = 1
@@ -230,8 +230,7 @@ def refuse_under_file(path: Path, name: str) -> None:
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise ConfigError(f"{name} {path}: {parent} is a file, so nothing can be written there; "
-                                  "choose another location")
+                raise under_file(name, path, parent)
             return
 
 

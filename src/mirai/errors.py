@@ -28,6 +28,14 @@ class BusyError(MiraiError):
     """Another process is writing to the same run or output directory."""
 
 
+def under_file(name: str, path: object, level: object) -> ConfigError:
+    """The error for output ``path`` (``name``: the option that gave it) when its level ``level`` is a
+    file: nothing can be created below a file. Shared by the checks made before a start and while
+    folders are created, so that both say the same."""
+    return ConfigError(f"{name} {path}: {level} is a file, so nothing can be written there; "
+                       "choose another location")
+
+
 class Interrupted(KeyboardInterrupt):
     """A run stopped on a signal after saving what it had; ``signum`` gives the exit status
     128 + signum (130 for SIGINT, 143 for SIGTERM)."""

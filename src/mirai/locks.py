@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from mirai.errors import BusyError, ConfigError
+from mirai.errors import BusyError, under_file
 
 LOCK_FILE = ".lock"
 _held: dict[Path, int] = {}  # directories this process holds, with their nesting depth
@@ -80,8 +80,7 @@ def _make_dirs(path: Path, what: str) -> list[Path]:
         except FileExistsError:  # a file, or a folder made meanwhile by another process
             if level.is_dir():
                 continue
-            raise ConfigError(f"{what} {path}: {level} is a file, so nothing can be written there; "
-                              "choose another directory") from None
+            raise under_file(what, path, level) from None
         created.append(level)
     return created[::-1]
 
