@@ -140,7 +140,12 @@ def interleaved(variants: dict[str, Callable[[], object]], repeats: int, warmup:
 def top_ops(fn: Callable[[], object], rows: int = 10) -> list[dict]:
     """One call of ``fn`` under ``torch.profiler`` (CPU activity): the ``rows`` operators with the most
     self CPU time, as dicts {op, self_ms, calls, share}, share being of all self time in the call.
-    The profiler adds per-operator overhead, so shares compare within a call, not against timed rounds."""
+    The profiler adds per-operator overhead, so shares compare within a call, not against timed rounds.
+    CPU time only: on a GPU it would show launch cost, not kernel time. Inductor's per-build graph hash is
+    dropped from names (``## Call CompiledFxGraph <hash> ##`` becomes ``CompiledFxGraph``), so that files
+    compare. On a machine without CUDA, torch's profiler logs a harmless ``gpuGetDeviceCount failed`` line."""
+    import re
+
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -148,7 +153,8 @@ def top_ops(fn: Callable[[], object], rows: int = 10) -> list[dict]:
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events) or 1.0
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:rows]
-    return [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "calls": e.count,
+    return [{"op": re.sub(r"^## Call CompiledFxGraph .* ##$", "CompiledFxGraph", e.key),
+             "self_ms": e.self_cpu_time_total / 1e3, "calls": e.count,
              "share": e.self_cpu_time_total / total} for e in top]
 
 

@@ -43,6 +43,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="after the timed rounds, profile one call of each path (top operators by self time)")
     args = parser.parse_args()
+    if args.profile and args.device == "cuda":
+        parser.error("--profile measures CPU time only, which on a GPU shows launch cost, not kernel time: "
+                     "use it with --device cpu")
     repeats = args.repeats or (2 if args.quick else 5)
     args.model = args.model or ("GPT-Nano" if args.quick else "GPT-Mini")
     device = C.setup(args)
@@ -88,7 +91,7 @@ def main() -> None:
     for name, ops in (profiles or {}).items():
         print(f"\n{name}: operators with the most self CPU time in one profiled call")
         C.print_table(["operator", "self ms", "calls", "share"],
-                      [[o["op"][:60], o["self_ms"], o["calls"], f"{o['share']:.1%}"] for o in ops])
+                      [[o["op"][:60], f"{o['self_ms']:.1f}", o["calls"], f"{o['share']:.1%}"] for o in ops])
 
     C.write_json("decode_compile", {
         "benchmark": "decode_compile",

@@ -62,7 +62,9 @@ BAD_FILES = {
     "--tokenizer": [("missing", "does not exist"), ("notes.txt", "not a readable PyTorch file|not loaded"),
              ("gpt", "holds a 'gpt' model, but a 'vq' one"), ("nan_vq", "VQ checkpoint .*nan_vq holds NaN/inf"),
              ("vq_other_codebook", r"GPT vocabulary \(16\) differs from the tokenizer's codebook \(32\)")],
-    "--out": [("notes.txt", "is a file, not a folder")],
+    "--out": [("notes.txt", "is a file, not a folder"), ("notes.txt/s", r"--out \S+notes.txt/s: \S+notes.txt is a file"),
+              ("dangling/s", r"--out \S+dangling/s: \S+dangling is a broken symbolic link \(to \S+nowhere\)"),
+              ("dangling", r"--out \S+dangling is a broken symbolic link")],  # refused before any loading
 }
 
 
@@ -84,6 +86,7 @@ def root(tmp_path_factory):
     (corrupt / "model.safetensors").write_bytes(data[: len(data) // 2])
     (root / "empty_dir").mkdir()
     (root / "notes.txt").write_text("not a checkpoint\n")
+    (root / "dangling").symlink_to(root / "nowhere")
     return root
 
 

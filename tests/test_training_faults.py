@@ -215,6 +215,14 @@ def test_a_refused_start_leaves_no_directory_behind(stores, tmp_path):
     with pytest.raises(ConfigError, match=f"test {tmp_path}/file/x: {tmp_path}/file is a file"):
         with exclusive_dir(tmp_path / "file" / "x", "test"):
             pass
+    for below_file in (tmp_path / "made" / ".." / "file" / "x", tmp_path / "m1" / "m2" / ".." / ".." / "file" / "x"):
+        with pytest.raises(ConfigError, match="file is a file"), exclusive_dir(below_file, "test"):
+            pass  # the levels made before the file was met ("made", "m1/m2") are removed again
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match=f"test {tmp_path}/link is a broken symbolic link"):
+        with exclusive_dir(tmp_path / "link", "test"):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "kept", "link", "old", "shared", "written"]
     assert (tmp_path / "kept").is_dir() and (tmp_path / "written" / "log.txt").is_file()
 
 

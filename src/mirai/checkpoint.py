@@ -226,11 +226,14 @@ def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
 
 
 def refuse_under_file(path: Path, name: str) -> None:
-    """``ConfigError`` when the nearest existing parent of ``path`` is a file (nothing can go there)."""
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise under_file(name, path, parent)
+    """``ConfigError`` when the nearest existing parent of ``path`` is a file, or a level of ``path`` is a
+    broken symbolic link (nothing can go there); ``path`` itself being a file is left to the caller."""
+    for level in (path, *path.parents):
+        if level.is_symlink() and not level.exists():
+            raise under_file(name, path, level)
+        if level.exists():
+            if level != path and not level.is_dir():
+                raise under_file(name, path, level)
             return
 
 

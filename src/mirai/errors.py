@@ -3,6 +3,9 @@
 Each message says what is wrong and what to do about it.
 """
 
+import os
+from pathlib import Path
+
 
 class MiraiError(Exception):
     """Base class for user-facing errors."""
@@ -29,11 +32,14 @@ class BusyError(MiraiError):
 
 
 def under_file(name: str, path: object, level: object) -> ConfigError:
-    """The error for output ``path`` (``name``: the option that gave it) when its level ``level`` is a
-    file: nothing can be created below a file. Shared by the checks made before a start and while
-    folders are created, so that both say the same."""
-    return ConfigError(f"{name} {path}: {level} is a file, so nothing can be written there; "
-                       "choose another location")
+    """The error for output ``path`` (``name`` says which output) when its level ``level`` is a file or a
+    broken symbolic link: nothing can be created there. Shared by the checks made before a start and
+    while folders are created, so that both say the same."""
+    link = Path(level)
+    what = (f"is a broken symbolic link (to {os.readlink(link)})" if link.is_symlink() and not link.exists()
+            else "is a file")
+    where = f"{name} {path}" if Path(path) == link else f"{name} {path}: {level}"
+    return ConfigError(f"{where} {what}, so nothing can be written there; choose another location")
 
 
 class Interrupted(KeyboardInterrupt):

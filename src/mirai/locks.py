@@ -80,6 +80,7 @@ def _make_dirs(path: Path, what: str) -> list[Path]:
         except FileExistsError:  # a file, or a folder made meanwhile by another process
             if level.is_dir():
                 continue
+            _remove_empty(created[::-1])  # new/../file/x: "new" was made before the file was met
             raise under_file(what, path, level) from None
         created.append(level)
     return created[::-1]

@@ -77,6 +77,7 @@ def _classes(text: str) -> list[int] | None:
 
 def _check_cli(args: argparse.Namespace) -> None:
     """The values only the command line has (the rest are checked by the sampling API)."""
+    from mirai.checkpoint import refuse_under_file
     from mirai.errors import ConfigError
 
     if args.per_class < 1:
@@ -88,6 +89,7 @@ def _check_cli(args: argparse.Namespace) -> None:
             raise ConfigError(f"{flag} must be a positive number of pixels, got {value}")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out} is a file, not a folder: choose a new output folder")
+    refuse_under_file(Path(args.out), "--out")  # before the checkpoints are loaded
     if args.device == "cuda":
         import torch
 
