@@ -371,7 +371,7 @@ def test_cli_refuses_an_output_folder_another_sampler_holds(tmp_path):
     out = tmp_path / "out"
     with held_by_another_process(out):
         assert_cli_refuses(["sample", "--gpt", gpt, "--vq", vq, "--out", out, "--device", "cpu"], tmp_path,
-                           match=r"sample output folder .*out is in use by another mirai process", output=out)
+                           match=r"--out .*out is in use by another mirai process", output=out)
     assert not (out / "samples.npz").exists() and not (out / "samples.npz.parts").exists()
 
 

@@ -222,7 +222,13 @@ def test_a_refused_start_leaves_no_directory_behind(stores, tmp_path):
     with pytest.raises(ConfigError, match=f"test {tmp_path}/link is a broken symbolic link"):
         with exclusive_dir(tmp_path / "link", "test"):
             pass
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "kept", "link", "old", "shared", "written"]
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for below_link, message in [(tmp_path / "made" / ".." / "link" / "x", "link is a broken symbolic link"),
+                                (tmp_path / "loop" / "x", "loop is a symbolic link loop"),
+                                (tmp_path / "made" / ("a" * 300) / "x", r"cannot create \S+ \(File name too long\)")]:
+        with pytest.raises(ConfigError, match=message), exclusive_dir(below_link, "test"):
+            pass  # named before "made" is removed again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "kept", "link", "loop", "old", "shared", "written"]
     assert (tmp_path / "kept").is_dir() and (tmp_path / "written" / "log.txt").is_file()
 
 
@@ -235,7 +241,7 @@ def test_a_second_trainer_in_the_same_run_directory_is_refused(stores, tmp_path)
     holder.start()
     try:
         assert ready.wait(300)  # the child imports torch first: minutes on a loaded machine
-        with pytest.raises(BusyError, match=rf"run directory {run} is in use by another mirai process \(pid {holder.pid}\)"):
+        with pytest.raises(BusyError, match=rf"run_dir {run} is in use by another mirai process \(pid {holder.pid}\)"):
             train(make_cfg(stores, run, steps=4), resume=True)
     finally:
         release.set()

@@ -36,7 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mirai.errors import CheckpointError, ConfigError, MiraiError, under_file
+from mirai.errors import CheckpointError, ConfigError, MiraiError, refuse_under_file
 from mirai.hub.resolve import missing_message, resolve
 
 FORMAT_VERSION = 1
@@ -223,18 +223,6 @@ def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
     if bad:
         raise CheckpointError(f"refusing to save {what}: {len(bad)} tensor(s) hold NaN or infinity "
                               f"(e.g. {bad[:3]}); nothing was written. Lower the learning rate or check the data")
-
-
-def refuse_under_file(path: Path, name: str) -> None:
-    """``ConfigError`` when the nearest existing parent of ``path`` is a file, or a level of ``path`` is a
-    broken symbolic link (nothing can go there); ``path`` itself being a file is left to the caller."""
-    for level in (path, *path.parents):
-        if level.is_symlink() and not level.exists():
-            raise under_file(name, path, level)
-        if level.exists():
-            if level != path and not level.is_dir():
-                raise under_file(name, path, level)
-            return
 
 
 def check_output_dir(path: str | Path, name: str, *, holds: str = "checkpoint", marker: str = CONFIG_FILE,

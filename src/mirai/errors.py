@@ -3,6 +3,7 @@
 Each message says what is wrong and what to do about it.
 """
 
+import errno
 import os
 from pathlib import Path
 
@@ -32,14 +33,53 @@ class BusyError(MiraiError):
 
 
 def under_file(name: str, path: object, level: object) -> ConfigError:
-    """The error for output ``path`` (``name`` says which output) when its level ``level`` is a file or a
-    broken symbolic link: nothing can be created there. Shared by the checks made before a start and
-    while folders are created, so that both say the same."""
+    """The error for output ``path`` (``name`` says which output) when its level ``level`` is a file, a
+    broken symbolic link or a link loop: nothing can be created there. Shared by the checks made before
+    a start and while folders are created, so that both say the same."""
     link = Path(level)
-    what = (f"is a broken symbolic link (to {os.readlink(link)})" if link.is_symlink() and not link.exists()
-            else "is a file")
+    what = "is a file"
+    if link.is_symlink():
+        try:
+            os.stat(link)
+        except OSError as err:  # a chain of links is named by where it ends
+            what = ("is a symbolic link loop" if err.errno == errno.ELOOP
+                    else f"is a broken symbolic link (to {os.path.realpath(link)})")
     where = f"{name} {path}" if Path(path) == link else f"{name} {path}: {level}"
     return ConfigError(f"{where} {what}, so nothing can be written there; choose another location")
+
+
+def cannot_create(name: str, path: object, level: object, err: OSError) -> ConfigError:
+    """The error for output ``path`` when the system refuses to make or inspect its level ``level``
+    (no permission, a read-only file system, a name too long, a disk full)."""
+    return ConfigError(f"{name} {path}: cannot create {level} ({err.strerror or err}); choose another location")
+
+
+def refuse_under_file(path: Path, name: str, *, file: bool = False) -> None:
+    """``ConfigError`` when a folder of output ``path`` could not be created: a level is a file, a broken
+    symbolic link or a link loop, or the system refuses to look at it. Levels are walked as folder creation
+    meets them, so ``new/../file/x`` is refused while ``new`` is missing (it would be made a real folder,
+    and ``..`` leads back). ``path`` itself is not checked when ``file`` (writing through a dangling link
+    to a file works) nor when it is an existing file (the caller says what it expected)."""
+    level = Path(path.anchor)
+    parts = path.parts[1:] if path.anchor else path.parts
+    missing = False
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if part == ".." and missing:
+            level, missing = level.parent, False  # where ".." leads from the made folder: look afresh
+        else:
+            level = level / part
+        if missing or (last and file):
+            continue
+        try:
+            if level.is_symlink() and not level.exists():
+                raise under_file(name, path, level)
+            if not level.exists():
+                missing = True
+            elif not last and not level.is_dir():
+                raise under_file(name, path, level)
+        except OSError as err:
+            raise cannot_create(name, path, level, err) from None
 
 
 class Interrupted(KeyboardInterrupt):

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from mirai.errors import BusyError, under_file
+from mirai.errors import BusyError, cannot_create, under_file
 
 LOCK_FILE = ".lock"
 _held: dict[Path, int] = {}  # directories this process holds, with their nesting depth
@@ -26,7 +26,8 @@ def exclusive_dir(path: str | Path, what: str) -> Iterator[Path]:
 
     Re-entrant within a process (``train`` holds the run directory around ``Trainer.fit``,
     which holds it too). Raises ``BusyError`` naming the holder's pid when another process
-    holds it; ``ConfigError`` when a level of ``path`` is a file. A directory created here, with
+    holds it; ``ConfigError`` when a level of ``path`` is a file or a broken link, or the system refuses
+    to create it or the lock file (the reason named). A directory created here, with
     the parents created for it, is removed again when the block fails before anything but the
     lock was written in it (a refused start leaves nothing to clean up).
     """
@@ -40,7 +41,11 @@ def exclusive_dir(path: str | Path, what: str) -> Iterator[Path]:
         finally:
             _held[key] -= 1
         return
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:  # a folder without write permission, a read-only file system
+        _remove_empty(created)
+        raise cannot_create(what, path, path / LOCK_FILE, err) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -73,15 +78,17 @@ def _make_dirs(path: Path, what: str) -> list[Path]:
     level that is missing beforehand can name an existing folder once its parent exists."""
     created = []
     for level in reversed((path, *path.parents)):
-        if level.is_dir():
-            continue
         try:
-            level.mkdir()
-        except FileExistsError:  # a file, or a folder made meanwhile by another process
             if level.is_dir():
                 continue
+            level.mkdir()
+        except OSError as err:
+            if isinstance(err, FileExistsError) and level.is_dir():  # made meanwhile by another process
+                continue
+            error = (under_file(what, path, level) if isinstance(err, FileExistsError)  # a file or a link
+                     else cannot_create(what, path, level, err))
             _remove_empty(created[::-1])  # new/../file/x: "new" was made before the file was met
-            raise under_file(what, path, level) from None
+            raise error from None
         created.append(level)
     return created[::-1]
 

@@ -77,8 +77,7 @@ def _classes(text: str) -> list[int] | None:
 
 def _check_cli(args: argparse.Namespace) -> None:
     """The values only the command line has (the rest are checked by the sampling API)."""
-    from mirai.checkpoint import refuse_under_file
-    from mirai.errors import ConfigError
+    from mirai.errors import ConfigError, refuse_under_file
 
     if args.per_class < 1:
         raise ConfigError(f"--per-class must be at least 1, got {args.per_class}")
@@ -125,7 +124,7 @@ def _hold(out: Path, dist) -> Iterator[None]:
         error = None
         if dist.is_main:
             try:
-                stack.enter_context(exclusive_dir(out, "sample output folder"))
+                stack.enter_context(exclusive_dir(out, "--out"))
             except BusyError as err:
                 error = str(err)
         if dist.enabled:

@@ -13,8 +13,7 @@ from typing import Iterable
 
 import torch
 
-from mirai.checkpoint import refuse_under_file
-from mirai.errors import ConfigError, DataError
+from mirai.errors import ConfigError, DataError, refuse_under_file
 
 
 # The largest --image-size-eval: evaluation protocols resize to 256 or 512 px; beyond this a typo
@@ -137,7 +136,7 @@ def check_output_file(path: str | Path, name: str, inputs: Iterable[str | Path |
         if given is not None and _same_file(path, Path(given)):
             raise ConfigError(f"{name} {path} is also an input of this command; writing it would destroy "
                               "the input: choose another file name")
-    refuse_under_file(path, name)
+    refuse_under_file(path, name, file=True)
     if path.exists() and not overwrite:
         raise ConfigError(f"{name} {path} already exists; pass --overwrite to replace it or choose another name")
     return path

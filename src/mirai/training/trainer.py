@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mirai.checkpoint import CONFIG_FILE, recover_interrupted_writes, refuse_under_file
+from mirai.checkpoint import CONFIG_FILE, recover_interrupted_writes
 from mirai.config import read_yaml, save_yaml, to_dict
-from mirai.errors import ConfigError, Interrupted
+from mirai.errors import ConfigError, Interrupted, refuse_under_file
 from mirai.foresight import build_auxiliary_loss
 from mirai.foresight.base import Progress, SavedState
 from mirai.models import GPT, build_gpt
@@ -323,7 +323,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainResult:
         """Train to ``total_steps``, holding the run directory against other processes."""
-        with exclusive_dir(self.run_dir, "run directory") if self.dist.is_main else nullcontext():
+        with exclusive_dir(self.run_dir, "run_dir") if self.dist.is_main else nullcontext():
             return self._fit()
 
     def _fit(self) -> TrainResult:
@@ -424,7 +424,7 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
                           "directory; choose another run_dir")
     # Under torchrun every rank calls this: rank 0 alone holds the run directory (as in ``fit``).
     holds_dir = int(os.environ.get("RANK", "0")) == 0
-    with exclusive_dir(cfg.run_dir, "run directory") if holds_dir else nullcontext():
+    with exclusive_dir(cfg.run_dir, "run_dir") if holds_dir else nullcontext():
         has_checkpoints = run_state.has_step_checkpoints(cfg.run_dir)
         if resume == "auto":
             latest = run_state.latest_checkpoint(cfg.run_dir) if has_checkpoints else None
