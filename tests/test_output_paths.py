@@ -44,3 +44,7 @@ def test_output_paths_are_checked_before_anything_is_made(tmp_path):
         refuse_under_file(fine, "--out")  # an existing file itself is left to the caller
     refuse_under_file(tmp_path / "l1", "--out", file=True)  # writing a file through a dangling link works
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "l1", "l2"]
+    for too_long in (tmp_path / ("a" * 300), tmp_path / ("a" * 300) / "x"):  # both as folder and as file
+        for file in (False, True):
+            with pytest.raises(ConfigError, match=r"cannot create \S+ \(File name too long\)"):
+                refuse_under_file(too_long, "--out", file=file)

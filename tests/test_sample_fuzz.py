@@ -68,7 +68,8 @@ BAD_FILES = {
               # "new" is missing, so ".." leads back from the folder it would become: the check made before
               # loading (which names the level without "new/..") refuses it, not the one at lock time
               ("new/../notes.txt/s", r"notes.txt/s: (?!\S*new/\.\.)\S+notes.txt is a file"),
-              ("new/../dangling/s", r"dangling/s: (?!\S*new/\.\.)\S+dangling is a broken symbolic link")],
+              ("new/../dangling/s", r"dangling/s: (?!\S*new/\.\.)\S+dangling is a broken symbolic link"),
+              ("a" * 300, r"cannot create \S+ \(File name too long\)")],
               # all refused before any loading
 }
 

@@ -69,9 +69,12 @@ def refuse_under_file(path: Path, name: str, *, file: bool = False) -> None:
             level, missing = level.parent, False  # where ".." leads from the made folder: look afresh
         else:
             level = level / part
-        if missing or (last and file):
+        if missing:
             continue
         try:
+            if last and file:  # only a name the system cannot take (too long) is refused here
+                level.exists()
+                continue
             if level.is_symlink() and not level.exists():
                 raise under_file(name, path, level)
             if not level.exists():

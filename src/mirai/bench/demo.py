@@ -26,7 +26,7 @@ from mirai.config import check_distinct_overrides, from_dict, keys_overlap, pars
 from mirai.data.codes import CodeStore, extract
 from mirai.data.options import non_negative_int, positive_int
 from mirai.data.views import ViewSpec
-from mirai.errors import ConfigError, DataError
+from mirai.errors import ConfigError, DataError, refuse_under_file
 from mirai.models import VQModel
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "fashion"
@@ -79,6 +79,7 @@ class DemoSettings:
             key = ".".join(parse_override(text)[0])
             if key in DEMO_KEYS:
                 raise ConfigError(f"override {text!r}: the demo sets {key} itself; {DEMO_KEYS[key]}")
+        refuse_under_file(self.out, "out")
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"out {self.out} is a file; give a directory for the demo")
 

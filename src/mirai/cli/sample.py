@@ -86,9 +86,9 @@ def _check_cli(args: argparse.Namespace) -> None:
     for flag, value in (("--image-size", args.image_size), ("--image-size-eval", args.image_size_eval)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be a positive number of pixels, got {value}")
+    refuse_under_file(Path(args.out), "--out")  # before the checkpoints are loaded
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out} is a file, not a folder: choose a new output folder")
-    refuse_under_file(Path(args.out), "--out")  # before the checkpoints are loaded
     if args.device == "cuda":
         import torch
 

@@ -123,6 +123,7 @@ def check_output_file(path: str | Path, name: str, inputs: Iterable[str | Path |
     the file types, ``usual_suffix`` names the one the directory message suggests when they do
     not. Nothing is created: call this before any work."""
     path = Path(path)
+    refuse_under_file(path, name, file=True)  # first: a name too long for the system fails every check below
     allowed = None if suffixes is None else [s.lower() for s in suffixes]
     if path.is_dir():
         # The example must pass the suffix check below, or following the advice fails again.
@@ -136,7 +137,6 @@ def check_output_file(path: str | Path, name: str, inputs: Iterable[str | Path |
         if given is not None and _same_file(path, Path(given)):
             raise ConfigError(f"{name} {path} is also an input of this command; writing it would destroy "
                               "the input: choose another file name")
-    refuse_under_file(path, name, file=True)
     if path.exists() and not overwrite:
         raise ConfigError(f"{name} {path} already exists; pass --overwrite to replace it or choose another name")
     return path
