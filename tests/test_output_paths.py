@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from mirai.bench.demo import DemoSettings
 from mirai.errors import ConfigError, refuse_under_file
 from mirai.locks import LOCK_FILE, exclusive_dir
 
@@ -44,7 +45,9 @@ def test_output_paths_are_checked_before_anything_is_made(tmp_path):
         refuse_under_file(fine, "--out")  # an existing file itself is left to the caller
     refuse_under_file(tmp_path / "l1", "--out", file=True)  # writing a file through a dangling link works
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "l1", "l2"]
-    for too_long in (tmp_path / ("a" * 300), tmp_path / ("a" * 300) / "x"):  # both as folder and as file
+    for too_long in (tmp_path / ("a" * 300), tmp_path / ("a" * 300) / "x", tmp_path / "missing" / ("a" * 300)):
         for file in (False, True):
             with pytest.raises(ConfigError, match=r"cannot create \S+ \(File name too long\)"):
                 refuse_under_file(too_long, "--out", file=file)
+    with pytest.raises(ConfigError, match=r"out \S+: cannot create \S+ \(File name too long\)"):
+        DemoSettings(out=tmp_path / ("a" * 300)).validate()  # "mirai demo --out": a message, not a traceback

@@ -58,17 +58,21 @@ def refuse_under_file(path: Path, name: str, *, file: bool = False) -> None:
     """``ConfigError`` when a folder of output ``path`` could not be created: a level is a file, a broken
     symbolic link or a link loop, or the system refuses to look at it. Levels are walked as folder creation
     meets them, so ``new/../file/x`` is refused while ``new`` is missing (it would be made a real folder,
-    and ``..`` leads back). ``path`` itself is not checked when ``file`` (writing through a dangling link
-    to a file works) nor when it is an existing file (the caller says what it expected)."""
+    and ``..`` leads back). With ``file``, ``path`` itself is refused only for a name the
+    system cannot take (writing through a dangling link to a file works); an existing file at ``path`` is
+    left to the caller, which says what it expected."""
     level = Path(path.anchor)
     parts = path.parts[1:] if path.anchor else path.parts
     missing = False
+    name_max = os.pathconf(path.anchor or ".", "PC_NAME_MAX")
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if part == ".." and missing:
             level, missing = level.parent, False  # where ".." leads from the made folder: look afresh
         else:
             level = level / part
+        if len(os.fsencode(part)) > name_max:  # below a missing folder the system cannot say so yet
+            raise cannot_create(name, path, level, OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG)))
         if missing:
             continue
         try:
