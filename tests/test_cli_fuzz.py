@@ -85,7 +85,9 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
                              ("optim.batch_size=0", "batch_size"), ("ema.decay=inf", "ema.decay"),
                              ("model.name=GPT-Bogus", "GPT-Bogus"), ("device=tpu", "device"),
                              (f"data.codes={MISSING}", "missing"), (f"data.codes={W}/notes.txt", "notes.txt"),
-                             (f"data.codes={W}/vq", "vq")]}),
+                             (f"data.codes={W}/vq", "vq"),
+                             ("data.val_codes=''", "data.val_codes is an empty string; give a value")]}),
+        (with_option(TRAIN, "--config", ""), "--config is empty; give a value"),
         (TRAIN + ["--resume", f"{W}/empty"], "empty"),
         (TRAIN + ["--resume", f"{W}/notes.txt"], "notes.txt"),
         (TRAIN + ["--resume", f"{W}/vq"], "vq"),
@@ -149,7 +151,8 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
                              (f"reference_codes={MISSING}", "missing"),
                              (f"reference_codes={W}/codes_val", "scores 32×32 images"),
                              (f"train_overrides=[data.codes={W}/codes_train]", "different tokenizers"),
-                             (f"evaluator={W}/vq", "'vq' model"), (f"evaluator={MISSING}", "missing")]}),
+                             (f"evaluator={W}/vq", "'vq' model"), (f"evaluator={MISSING}", "missing"),
+                             ("reference_codes=' '", "reference_codes is an empty string")]}),
         (BENCH + ["--variant", "bogus"], "variant bogus is not in the bench config"),
         (BENCH + ["--seed", "7"], "seed 7 is not in the bench config"),
         (BENCH + ["--seed", "abc"], "invalid int"),
@@ -159,6 +162,7 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
         (["analyze", "curves", MISSING, "--out", f"{OUT}/c.png"], "run directory .*missing does not exist"),
         (["analyze", "curves", f"{W}/notes.txt", "--out", f"{OUT}/c.png"], "notes.txt is a file"),
         (["analyze", "curves", f"{W}/empty", "--out", f"{OUT}/c.png"], "no metrics.jsonl"),
+        (["analyze", "curves", "", "--out", f"{OUT}/c.png"], "RUN_DIR is empty"),  # not the current folder
         *table(CURVES, {"--smooth": [("1.5", r"smooth must lie in \[0, 1\)"), ("nan", "smooth"), ("-0.1", "smooth"),
                                      ("inf", "smooth"), ("abc", "invalid float")],
                         "--key": [("bogus", "no run logged 'bogus'")],
@@ -214,7 +218,7 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
                                  ("loss.adversarial_weight=-1", "adversarial_weight"),
                                  ("model.arch={bogus: 1}", "bogus"), ("bogus=1", "unknown key"),
                                  (f"data.root={MISSING}", "missing"),
-                                 (f"out_dir={W}/notes.txt", "notes.txt")]}),
+                                 (f"out_dir={W}/notes.txt", "notes.txt"), ("data.root=''", "data.root is an empty")]}),
         *table(TOK_EVAL, {"--tokenizer": [(MISSING, "does not exist"), (f"{W}/gpt", "'gpt' model"),
                                            (f"{W}/notes.txt", "notes.txt"), (f"{W}/empty", "config.json")],
                           "--limit": [("0", "--limit"), ("-1", "--limit"), ("abc", "invalid int")],
@@ -256,10 +260,14 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
                       "--variants": [("bogus", "bogus"), (",", "variant"), ("baseline,baseline", "baseline")],
                       "--device": [("tpu", "device")],
                       "--seed": [("-1", "seed")],
-                      "--out": [(f"{W}/notes.txt", "notes.txt")]}),
+                      "--out": [(f"{W}/notes.txt", "notes.txt"), ("", "--out is empty")]}),
         *table(DEMO, {"=": [("optim.lr=nan", "optim.lr"), ("bogus=1", "unknown key"),
                             ("steps=5", "use --steps"), ("model.name=GPT-Bogus", "GPT-Bogus"),
                             ("optim.batch_size=0", "batch_size")]}),
+    ],
+    "evaluate": [
+        (["evaluate", "", "--ref", f"{W}/notes.txt"], "samples is empty"),
+        (["evaluate", "make-ref", "--dataset", "fashion-mnist", "--out", ""], "--out is empty"),
     ],
 }
 
@@ -375,6 +383,41 @@ def test_every_subcommand_is_fuzzed():
                    "analyze tsne", "analyze classmap", "analyze foresight", "tokenizer train", "tokenizer eval", "encoder train-fashion",
                    "encoder probe", "encoder info", "demo --out"):
         assert action in words, action
+
+
+def _value_actions(parser: argparse.ArgumentParser):
+    """Every (sub)command parser under ``parser`` (``evaluate``'s own forms too), with each argument of
+    it that takes a value."""
+    from mirai.cli.evaluate import make_ref_parser, score_parser, train_parser
+
+    stack, found = [parser, make_ref_parser(), score_parser(), train_parser()], []
+    while stack:
+        p = stack.pop()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(set(action.choices.values()))
+            elif action.nargs != 0 and action.dest != "overrides" and action.nargs != argparse.REMAINDER:
+                found.append((p, action))
+    return found
+
+
+def test_no_argument_of_any_command_takes_an_empty_string(capsys):
+    """'' or blanks for any argument that takes a value, in every command, exit as argparse's own usage
+    errors do, naming the argument: as a path '' would silently mean the current folder."""
+    from mirai.cli.flags import refuse_blank
+    from mirai.cli.main import build_parser
+
+    checked = 0
+    for parser, action in _value_actions(build_parser()):
+        args = argparse.Namespace(**{a.dest: a.default for a in parser._actions})
+        setattr(args, action.dest, ["ok", " "] if action.nargs in ("*", "+") or action.default == [] else "")
+        with pytest.raises(SystemExit) as stop:
+            refuse_blank(parser, args)
+        first = next(a for a in parser._actions if a.dest == action.dest)  # a hidden alias names the canonical flag
+        name = first.option_strings[-1] if first.option_strings else first.metavar or first.dest
+        assert stop.value.code == 2 and f"{parser.prog}: error: {name} is empty" in capsys.readouterr().err
+        checked += 1
+    assert checked > 100  # every command's arguments, not a few
 
 
 def test_python_dash_m_mirai_is_the_mirai_command():

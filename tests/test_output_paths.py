@@ -41,8 +41,11 @@ def test_output_paths_are_checked_before_anything_is_made(tmp_path):
                           (tmp_path / "l1", "l1 is a broken symbolic link")]:
         with pytest.raises(ConfigError, match=message):
             refuse_under_file(path, "--out")
-    for fine in (tmp_path / "new" / ".." / "new" / "x", tmp_path / "file", tmp_path / "a" / "b"):
-        refuse_under_file(fine, "--out")  # an existing file itself is left to the caller
+    with pytest.raises(ConfigError, match=r"run_dir \S+file is a file, not a run directory; choose another"):
+        refuse_under_file(tmp_path / "file", "run_dir", folder="run directory")  # the folder itself, named
+    for fine in (tmp_path / "new" / ".." / "new" / "x", tmp_path / "a" / "b"):
+        refuse_under_file(fine, "--out")
+    refuse_under_file(tmp_path / "file", "--out", file=True)  # an output file may exist (the caller decides)
     refuse_under_file(tmp_path / "l1", "--out", file=True)  # writing a file through a dangling link works
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "l1", "l2"]
     for too_long in (tmp_path / ("a" * 300), tmp_path / ("a" * 300) / "x", tmp_path / "missing" / ("a" * 300)):

@@ -69,7 +69,9 @@ BAD_FILES = {
               # loading (which names the level without "new/..") refuses it, not the one at lock time
               ("new/../notes.txt/s", r"notes.txt/s: (?!\S*new/\.\.)\S+notes.txt is a file"),
               ("new/../dangling/s", r"dangling/s: (?!\S*new/\.\.)\S+dangling is a broken symbolic link"),
-              ("a" * 300, r"cannot create \S+ \(File name too long\)")],
+              ("a" * 300, r"cannot create \S+ \(File name too long\)"),
+              # a folder holding other things (here a checkpoint): samples would be mixed into it
+              ("gpt", r"--out \S+/gpt holds other files \(config.json, model.safetensors\); sample into a new")],
               # all refused before any loading
 }
 
@@ -129,6 +131,20 @@ def test_bad_files_are_refused_in_one_line(root, option, name, match):
     output = None if option == "--out" else out  # a refused --out FILE must not be touched either
     grid = {"--grid-size": "2"} if option == "--gpt" and name.endswith(".pt") else {}  # a .pt holds no grid
     assert_cli_refuses(command(root, out, **{option: root / name, **grid}), root, match=match, output=output)
+
+
+def test_out_may_be_a_samples_folder_but_not_one_holding_anything_else(root):
+    """The trainer's grids (RUN_DIR/samples, where the docs sample to) and an earlier run's outputs are
+    welcome; one file of the user's own makes the folder foreign, and nothing is written to it."""
+    out = root / "out_run_samples"
+    out.mkdir()
+    for name in ("final.png", "final.pdf", "step_0000500.png"):
+        (out / name).write_bytes(b"grid")
+    assert main(command(root, out)) == 0
+    assert main(command(root, out)) == 0  # the same settings again: reused
+    (out / "notes.md").write_text("mine\n")
+    assert_cli_refuses(command(root, out, **{"--seed": "1"}), root, match=r"holds other files \(notes.md\)")
+    assert_cli_refuses(command(root, root / "out_empty", **{"--out": ""}), root, match="--out is empty")
 
 
 def test_every_option_of_the_command_is_fuzzed():

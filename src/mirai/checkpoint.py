@@ -236,9 +236,7 @@ def check_output_dir(path: str | Path, name: str, *, holds: str = "checkpoint", 
         if path.resolve() == Path(given).resolve():
             raise ConfigError(f"{name} {path} is also the input; writing it would destroy the input: "
                               "choose another directory")
-    refuse_under_file(path, name)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{name} {path} is a file, not a {holds} directory; give a new directory")
+    refuse_under_file(path, name, folder=f"{holds} directory")
     if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
         raise ConfigError(f"{name} {path} is a folder that holds other files, not a {holds}; give a new directory")
     if (path / marker).is_file() and not overwrite:

@@ -179,6 +179,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return number
     if annotation is str:
+        if isinstance(value, str) and not value.strip():  # '' as a path would silently mean the current folder
+            raise ConfigError(f"{where} is an empty string; give a value")
         if isinstance(value, str):
             return value
         raise ConfigError(f"{where}: expected a string, got {value!r}")

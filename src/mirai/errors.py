@@ -54,13 +54,14 @@ def cannot_create(name: str, path: object, level: object, err: OSError) -> Confi
     return ConfigError(f"{name} {path}: cannot create {level} ({err.strerror or err}); choose another location")
 
 
-def refuse_under_file(path: Path, name: str, *, file: bool = False) -> None:
+def refuse_under_file(path: Path, name: str, *, file: bool = False, folder: str = "folder") -> None:
     """``ConfigError`` when a folder of output ``path`` could not be created: a level is a file, a broken
     symbolic link or a link loop, or the system refuses to look at it. Levels are walked as folder creation
     meets them, so ``new/../file/x`` is refused while ``new`` is missing (it would be made a real folder,
-    and ``..`` leads back). With ``file``, ``path`` itself is refused only for a name the
-    system cannot take (writing through a dangling link to a file works); an existing file at ``path`` is
-    left to the caller, which says what it expected."""
+    and ``..`` leads back). ``path`` itself is to be a folder (``folder`` says which kind, for the error
+    when it is a file); with ``file``, it is to be a file and is refused only for a name the system
+    cannot take (writing through a dangling link to a file works); an existing folder there is left to
+    the caller, which says what it expected."""
     level = Path(path.anchor)
     parts = path.parts[1:] if path.anchor else path.parts
     missing = False
@@ -83,7 +84,9 @@ def refuse_under_file(path: Path, name: str, *, file: bool = False) -> None:
                 raise under_file(name, path, level)
             if not level.exists():
                 missing = True
-            elif not last and not level.is_dir():
+            elif last and not level.is_dir():
+                raise ConfigError(f"{name} {path} is a file, not a {folder}; choose another location")
+            elif not level.is_dir():
                 raise under_file(name, path, level)
         except OSError as err:
             raise cannot_create(name, path, level, err) from None

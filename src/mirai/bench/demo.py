@@ -79,9 +79,7 @@ class DemoSettings:
             key = ".".join(parse_override(text)[0])
             if key in DEMO_KEYS:
                 raise ConfigError(f"override {text!r}: the demo sets {key} itself; {DEMO_KEYS[key]}")
-        refuse_under_file(self.out, "out")
-        if self.out.exists() and not self.out.is_dir():
-            raise ConfigError(f"out {self.out} is a file; give a directory for the demo")
+        refuse_under_file(self.out, "out", folder="directory for the demo")
 
 
 def codes_paths(settings: DemoSettings) -> dict[str, Path]:

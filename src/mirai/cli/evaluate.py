@@ -109,13 +109,21 @@ def train_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, words: list[str]) -> argparse.Namespace:
+    from mirai.cli.flags import refuse_blank
+
+    args = parser.parse_args(words)
+    refuse_blank(parser, args)
+    return args
+
+
 def run(args: argparse.Namespace) -> int:
     words = args.words
     if words and words[0] == "make-ref":
-        return make_ref(make_ref_parser().parse_args(words[1:]))
+        return make_ref(_parse(make_ref_parser(), words[1:]))
     if words and words[0] == "train-fashion-classifier":
-        return train(train_parser().parse_args(words[1:]))
-    return score(score_parser().parse_args(words))
+        return train(_parse(train_parser(), words[1:]))
+    return score(_parse(score_parser(), words))
 
 
 def score(args: argparse.Namespace) -> int:

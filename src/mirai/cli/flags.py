@@ -24,3 +24,17 @@ def add_flag(parser: argparse.ArgumentParser, name: str, aliases: tuple[str, ...
     hidden = {k: v for k, v in kwargs.items() if k not in ("help", "metavar")}
     for alias in aliases:
         group.add_argument(alias, dest=dest, help=argparse.SUPPRESS, **hidden)
+
+
+def refuse_blank(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit (status 2, argparse's usage error) when an argument of ``parser`` was given as an empty
+    string (``--out ''``): as a path it would silently mean the current folder, and no argument of
+    any command means anything as ''. ``key=value`` overrides and words handed on to another parser
+    (``nargs=REMAINDER``) are left to the config and that parser."""
+    for action in parser._actions:
+        if action.dest == "overrides" or action.nargs == argparse.REMAINDER:
+            continue
+        value = getattr(args, action.dest, None)
+        if any(isinstance(v, str) and not v.strip() for v in (value if isinstance(value, list) else [value])):
+            name = action.option_strings[-1] if action.option_strings else action.metavar or action.dest
+            parser.exit(2, f"{parser.prog}: error: {name} is empty; give a value (see {parser.prog} --help)\n")

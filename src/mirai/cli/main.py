@@ -13,6 +13,7 @@ import signal
 import sys
 
 from mirai import __version__
+from mirai.cli.flags import refuse_blank
 from mirai.errors import MiraiError
 
 # Subcommand modules, in the order ``mirai --help`` lists them.
@@ -69,6 +70,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     ``args.overrides`` in command-line order; anything else is refused, naming only those words.
     """
     args, extra = parser.parse_known_args(argv)
+    refuse_blank(_parser_of(parser, command_name(args)), args)
     if not extra:
         return args
     command = command_name(args)
@@ -82,6 +84,17 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
         parser.exit(2, f"{command}: error: unrecognized arguments: {' '.join(bad)}{hint} (see {command} --help)\n")
     args.overrides.extend(words)  # parse_known_args keeps command-line order
     return args
+
+
+def _parser_of(parser: argparse.ArgumentParser, prog: str) -> argparse.ArgumentParser:
+    """The (sub)command parser whose ``prog`` is ``prog`` (``parser`` itself if none is)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found = _parser_of(child, prog)
+                if found.prog == prog:
+                    return found
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -32,8 +33,9 @@ def add_parser(subparsers) -> None:
     add_flag(p, "--tokenizer", ("--vq",), required=True,
              help="VQ tokenizer: Mirai folder, asset name (fashion/vq8), LlamaGen .pt, hf://... or "
              "llamagen:vq_ds16_c2i")
-    p.add_argument("--out", required=True, help="output directory (locked while sampling; a rerun with the same "
-                   "checkpoints and settings resumes or reuses it, anything else is refused)")
+    p.add_argument("--out", required=True, help="output directory: new, empty or a samples folder (e.g. "
+                   "RUN_DIR/samples); locked while sampling; a rerun with the same checkpoints and settings resumes "
+                   "or reuses it, anything else is refused, as is a folder holding other files")
     p.add_argument("--classes", default="all", help="comma-separated class ids, or 'all' (default)")
     p.add_argument("--per-class", type=int, default=8, help="images per class in grid mode (default 8)")
     p.add_argument("--num-samples", type=int, help="evaluation mode: total number of samples")
@@ -77,7 +79,7 @@ def _classes(text: str) -> list[int] | None:
 
 def _check_cli(args: argparse.Namespace) -> None:
     """The values only the command line has (the rest are checked by the sampling API)."""
-    from mirai.errors import ConfigError, refuse_under_file
+    from mirai.errors import ConfigError
 
     if args.per_class < 1:
         raise ConfigError(f"--per-class must be at least 1, got {args.per_class}")
@@ -86,14 +88,35 @@ def _check_cli(args: argparse.Namespace) -> None:
     for flag, value in (("--image-size", args.image_size), ("--image-size-eval", args.image_size_eval)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be a positive number of pixels, got {value}")
-    refuse_under_file(Path(args.out), "--out")  # before the checkpoints are loaded
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ConfigError(f"--out {args.out} is a file, not a folder: choose a new output folder")
+    _check_out(Path(args.out))
     if args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda, but no CUDA device is available: use --device cpu or auto")
+
+
+# What ``mirai sample`` writes in --out (with the temporary names of its atomic writes), and the grids the
+# trainer draws in RUN_DIR/samples, where the docs put evaluation samples too.
+OUTPUT_NAMES = re.compile(r"^(\.lock|grid\.(png|pdf)|samples\.(npz|json)|samples\.npz\.(parts|tmp\.npz)"
+                          r"|\.samples\.json\.\d+\.tmp|(final|step_\d{7})\.(png|pdf))$")
+
+
+def _check_out(out: Path) -> None:
+    """Refuse (``ConfigError``) an --out that cannot be a folder, or a folder that holds anything but sample
+    outputs (a checkpoint folder, a home folder): the grid and samples would be mixed into it. Before the
+    checkpoints are loaded."""
+    from mirai.errors import ConfigError, refuse_under_file
+
+    refuse_under_file(out, "--out")
+    try:
+        foreign = sorted(p.name for p in out.iterdir() if not OUTPUT_NAMES.match(p.name)) if out.is_dir() else []
+    except OSError as err:  # a folder this user may not read
+        raise ConfigError(f"--out {out} cannot be read ({err.strerror}); choose another folder") from None
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ConfigError(f"--out {out} holds other files ({shown}); sample into a new or empty folder, or a "
+                          "samples folder (one mirai sample or a training run wrote)")
 
 
 def _grid_size(args: argparse.Namespace, vq) -> int | None:

@@ -416,9 +416,7 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
     in the message; ``Interrupted`` after SIGTERM/SIGINT, once the state is saved.
     """
     run_dir = Path(cfg.run_dir)
-    refuse_under_file(run_dir, "run_dir")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"run_dir {run_dir} is a file, not a run directory: choose another run_dir")
+    refuse_under_file(run_dir, "run_dir", folder="run directory")
     if (run_dir / CONFIG_FILE).is_file():  # a checkpoint or model folder; runs keep config.yaml
         raise ConfigError(f"run_dir {run_dir} holds {CONFIG_FILE}: it is a checkpoint or model folder, not a run "
                           "directory; choose another run_dir")
