@@ -52,5 +52,5 @@ def test_output_paths_are_checked_before_anything_is_made(tmp_path):
         for file in (False, True):
             with pytest.raises(ConfigError, match=r"cannot create \S+ \(File name too long\)"):
                 refuse_under_file(too_long, "--out", file=file)
-    with pytest.raises(ConfigError, match=r"out \S+: cannot create \S+ \(File name too long\)"):
+    with pytest.raises(ConfigError, match=r"out \(--out\) \S+: cannot create \S+ \(File name too long\)"):
         DemoSettings(out=tmp_path / ("a" * 300)).validate()  # "mirai demo --out": a message, not a traceback

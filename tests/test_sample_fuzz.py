@@ -71,7 +71,7 @@ BAD_FILES = {
               ("new/../dangling/s", r"dangling/s: (?!\S*new/\.\.)\S+dangling is a broken symbolic link"),
               ("a" * 300, r"cannot create \S+ \(File name too long\)"),
               # a folder holding other things (here a checkpoint): samples would be mixed into it
-              ("gpt", r"--out \S+/gpt holds other files \(config.json, model.safetensors\); sample into a new")],
+              ("gpt", r"--out \S+/gpt holds other files or folders \(config.json, model.safetensors\); sample into a new")],
               # all refused before any loading
 }
 
@@ -142,8 +142,11 @@ def test_out_may_be_a_samples_folder_but_not_one_holding_anything_else(root):
         (out / name).write_bytes(b"grid")
     assert main(command(root, out)) == 0
     assert main(command(root, out)) == 0  # the same settings again: reused
+    for name in ("samples.metrics.json", ".DS_Store"):  # mirai evaluate's scores beside them; a file browser's
+        (out / name).write_text("{}")
+    assert main(command(root, out)) == 0
     (out / "notes.md").write_text("mine\n")
-    assert_cli_refuses(command(root, out, **{"--seed": "1"}), root, match=r"holds other files \(notes.md\)")
+    assert_cli_refuses(command(root, out, **{"--seed": "1"}), root, match=r"holds other files or folders \(notes.md\)")
     assert_cli_refuses(command(root, root / "out_empty", **{"--out": ""}), root, match="--out is empty")
 
 

@@ -116,6 +116,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     args = typing.get_args(annotation)
     if annotation is Any:
         return value
+    if isinstance(value, str) and not value.strip():  # '' as a path would silently mean the current folder
+        raise ConfigError(f"{where} is empty ({value!r}); give a value")
     if value is None and not (origin in (Union, types.UnionType) and type(None) in args):
         raise ConfigError(f"{where} is empty (null); give {_describe(annotation)}")  # e.g. the override 'steps='
     if origin in (Union, types.UnionType):
@@ -179,8 +181,6 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return number
     if annotation is str:
-        if isinstance(value, str) and not value.strip():  # '' as a path would silently mean the current folder
-            raise ConfigError(f"{where} is an empty string; give a value")
         if isinstance(value, str):
             return value
         raise ConfigError(f"{where}: expected a string, got {value!r}")

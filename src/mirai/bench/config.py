@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 
 from mirai.config import apply_overrides, check_distinct_overrides, from_dict, parse_override, read_yaml
-from mirai.errors import ConfigError
+from mirai.errors import ConfigError, refuse_under_file
 from mirai.sampling.pipeline import SampleSettings
 from mirai.training.config import TrainConfig
 
@@ -62,6 +62,9 @@ class BenchConfig:
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first bad setting (called by ``from_dict``/``load_config``)."""
+        for name in ("out_dir", "runs_dir"):  # a file there would only be met once the first run starts
+            if getattr(self, name):
+                refuse_under_file(Path(getattr(self, name)), name, folder="bench output directory")
         if not self.variants:
             raise ConfigError("variants is empty: name at least one, e.g. variants: {baseline: []}")
         for name in self.variants:

@@ -79,7 +79,7 @@ class DemoSettings:
             key = ".".join(parse_override(text)[0])
             if key in DEMO_KEYS:
                 raise ConfigError(f"override {text!r}: the demo sets {key} itself; {DEMO_KEYS[key]}")
-        refuse_under_file(self.out, "out", folder="directory for the demo")
+        refuse_under_file(self.out, "out (--out)", folder="directory for the demo")
 
 
 def codes_paths(settings: DemoSettings) -> dict[str, Path]:

@@ -96,10 +96,11 @@ def _check_cli(args: argparse.Namespace) -> None:
             raise ConfigError("--device cuda, but no CUDA device is available: use --device cpu or auto")
 
 
-# What ``mirai sample`` writes in --out (with the temporary names of its atomic writes), and the grids the
-# trainer draws in RUN_DIR/samples, where the docs put evaluation samples too.
-OUTPUT_NAMES = re.compile(r"^(\.lock|grid\.(png|pdf)|samples\.(npz|json)|samples\.npz\.(parts|tmp\.npz)"
-                          r"|\.samples\.json\.\d+\.tmp|(final|step_\d{7})\.(png|pdf))$")
+# What ``mirai sample`` writes in --out, what ``mirai evaluate`` writes beside the samples, the grids the
+# trainer draws in RUN_DIR/samples (where the docs put evaluation samples too) and hidden names (the lock,
+# the temporary files of atomic writes, a file browser's .DS_Store).
+OUTPUT_NAMES = re.compile(r"^(\..*|grid\.(png|pdf)|samples\.(npz|json|metrics\.json)|samples\.npz\.(parts|tmp\.npz)"
+                          r"|(final|step_\d{7,})\.(png|pdf)|Thumbs\.db)$")
 
 
 def _check_out(out: Path) -> None:
@@ -114,8 +115,9 @@ def _check_out(out: Path) -> None:
     except OSError as err:  # a folder this user may not read
         raise ConfigError(f"--out {out} cannot be read ({err.strerror}); choose another folder") from None
     if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise ConfigError(f"--out {out} holds other files ({shown}); sample into a new or empty folder, or a "
+        names = [name if name.isprintable() else repr(name) for name in foreign]  # the error stays one line
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise ConfigError(f"--out {out} holds other files or folders ({shown}); sample into a new or empty folder, or a "
                           "samples folder (one mirai sample or a training run wrote)")
 
 

@@ -35,7 +35,7 @@ from mirai.builders.tokenizer.discriminator import PatchDiscriminator, generator
 from mirai.builders.tokenizer.evaluate import kmeans_baseline, reconstruction_report
 from mirai.config import save_yaml, to_dict
 from mirai.data.options import finite_float, non_negative_int, positive_float, positive_int, resolve_device
-from mirai.errors import ConfigError, TrainingError
+from mirai.errors import ConfigError, TrainingError, refuse_under_file
 from mirai.models.vq import VectorQuantizer, VQModel, build_vq, vq_args
 
 
@@ -142,9 +142,7 @@ class TokenizerTrainConfig:
         resolve_device(self.device)
         for section in (self.model, self.data, self.loss, self.optim):  # also when built without from_dict
             section.validate()
-        out = Path(self.out_dir)
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"out_dir {out} is a file; give a directory for the run")
+        refuse_under_file(Path(self.out_dir), "out_dir", folder="directory for the run")
 
 
 # ---------------------------------------------------------------------------- data
