@@ -194,7 +194,11 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {names}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    # A blank value for a required string (default "") is the setting left unset: its section's own
+    # check then names what to give (data.codes: "the code store from `mirai extract`").
+    required = {f.name for f in dataclasses.fields(cls) if f.default == ""}
+    kwargs = {k: "" if k in required and isinstance(v, str) and not v.strip() else _coerce(v, hints[k], f"{where}.{k}")
+              for k, v in data.items()}
     # A section left out takes its defaults, which must pass the same checks as given values (a
     # required setting, such as a training config's data.codes, has no usable default).
     for f in dataclasses.fields(cls):

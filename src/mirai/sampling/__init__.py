@@ -1,5 +1,5 @@
 """Sampling: KV-cache decoding with classifier-free guidance."""
 
-from mirai.sampling.generate import filter_logits, generate, guide, sample_logits
+from mirai.sampling.generate import draw_tokens, filter_logits, generate, guide, guided_probs, token_probs
 
-__all__ = ["generate", "filter_logits", "guide", "sample_logits"]
+__all__ = ["generate", "filter_logits", "guide", "guided_probs", "token_probs", "draw_tokens"]

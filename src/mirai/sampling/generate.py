@@ -35,18 +35,32 @@ def guide(logits: torch.Tensor, cfg_scale: float) -> torch.Tensor:
     return uncond + cfg_scale * (cond - uncond)
 
 
-def sample_logits(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """One token per row from (B, V) logits; temperature 0 means greedy."""
+def token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None) -> torch.Tensor:
+    """What a draw reads from (..., V) logits: probabilities after temperature and top-k/top-p
+    filtering, or the logits themselves for temperature 0 (greedy takes their argmax)."""
     if temperature == 0:
-        return logits.argmax(-1)
-    probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+        return logits
+    return filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+
+
+def draw_tokens(probs: torch.Tensor, temperature: float = 1.0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of (B, V) ``token_probs`` output: its argmax for temperature 0, else a draw."""
+    if temperature == 0:
+        return probs.argmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def guided_probs(logits: torch.Tensor, guide_now: torch.Tensor, cfg_scale: float, temperature: float,
+                 top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """``token_probs`` (B, W, V) of one decoding pass's logits (B', W, V): with guidance (cfg_scale != 1)
+    the B' = 2B rows are [cond; uncond], mixed by ``guide`` where the 0-dim bool ``guide_now`` is
+    True and the conditional rows taken as they are elsewhere (a tensor, so that a compiled pass
+    serves both sides of a guidance interval with one graph)."""
+    if cfg_scale != 1.0:
+        logits = torch.where(guide_now, guide(logits, cfg_scale), logits.chunk(2, dim=0)[0])
+    return token_probs(logits, temperature, top_k, top_p)
 
 
 def _in_interval(step: int, total: int, interval: Sequence[float] | None) -> bool:
@@ -85,8 +99,10 @@ def generate(
     The KV cache is static (``mirai.models.decoding``): every pass has the same shapes, so
     ``compile=True`` runs the passes through one ``torch.compile(fullgraph=True)`` graph, built on
     the first call for a model, batch size and dtype and reused after that (no recompilation per
-    step). Token sampling stays eager, so in fp32 the same ``generator`` draws the same tokens; under
-    bf16 autocast the compiled kernels round differently from eager ones, and draws can differ.
+    step). The graph takes each pass from its embeddings to the draw's probabilities (guidance,
+    temperature, top-k/top-p and softmax included); the draw itself stays eager, so in fp32 the same
+    ``generator`` draws the same tokens; under bf16 autocast the compiled kernels round differently
+    from eager ones, and draws can differ.
 
     Every value is checked first (``mirai.sampling.checks``): labels must be class ids in
     [0, num_classes) (a tensor keeps its device; a list goes to the model's), guidance needs a
@@ -110,27 +126,39 @@ def generate(
     model.eval()
     # Tokens in the model's own order (raster, or PAR's); a pass may sample several at once.
     sequence = torch.zeros(batch, n_tokens, dtype=torch.long, device=device)
+    guide_now = [torch.tensor(flag, device=device) for flag in (False, True)]
+
+    def cached_pass(h: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor,
+                    guided_here: torch.Tensor) -> torch.Tensor:
+        logits = model.decode_step(h, positions, slots, mask)
+        return guided_probs(logits, guided_here, cfg_scale, temperature, top_k, top_p)
+
     try:
         plan = model.setup_kv_cache(cond.size(0), dtype=dtype if dtype != torch.float32 else None) if use_kv_cache \
             else None
-        decode_step = torch.compile(model.decode_step, fullgraph=True, dynamic=False) if compile else model.decode_step
-        with autocast:
+        # The whole pass after the embedding lookup (transformer, guidance, temperature, filtering,
+        # softmax) is one graph; only the draw stays eager, so that the generator's draws are eager's.
+        run_pass = torch.compile(cached_pass, fullgraph=True, dynamic=False) if compile else cached_pass
+        with autocast, contextlib.ExitStack() as stance:
             for i, step in enumerate(model.decode_schedule()):
                 k = len(step.produce)
+                guided_here = guide_now[_in_interval(step.produce[0], n_tokens, guidance_interval)]
                 if plan is None:
                     context = sequence[:, : step.produce[0]]
                     logits = model.logits_at(context.repeat(2, 1) if guided else context, cond, step.produce)
+                    probs = guided_probs(logits, guided_here, cfg_scale, temperature, top_k, top_p)
                 else:
                     fed = sequence[:, list(step.feed)]
                     h = model.pass_inputs(step, fed.repeat(2, 1) if guided else fed, cond)
                     if h.size(1) < plan.width:  # the plan's padding rows lead
                         h = F.pad(h, (0, 0, plan.width - h.size(1), 0))
-                    logits = decode_step(h, plan.positions[i], plan.slots[i], plan.masks[i])[:, -k:]
-                logits = logits.float().reshape(cond.size(0) * k, -1)  # [cond; uncond] rows, k per image
-                if guided:
-                    in_interval = _in_interval(step.produce[0], n_tokens, guidance_interval)
-                    logits = guide(logits, cfg_scale) if in_interval else logits[: batch * k]
-                next_tokens = sample_logits(logits, temperature, top_k, top_p, generator)
+                    probs = run_pass(h, plan.positions[i], plan.slots[i], plan.masks[i], guided_here)[:, -k:]
+                    if compile and i == 0:
+                        # The first pass chose the graph; every later pass has the same shapes, dtypes and
+                        # module, so re-checking Dynamo's guards each pass (0.3 ms, about 5 % of a small
+                        # GPT's pass on CPU, benchmarks/RESULTS.md section 6) buys nothing.
+                        stance.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True))
+                next_tokens = draw_tokens(probs.reshape(batch * k, -1), temperature, generator)
                 sequence[:, list(step.produce)] = next_tokens.view(batch, k)
     finally:
         model.clear_kv_cache()
