@@ -41,17 +41,18 @@ def tiny(**kw):
 
 
 def draw(model, seed: int, **kw) -> torch.Tensor:
-    return generate(model, torch.tensor([0, 1, 2]), cfg_scale=1.5, top_k=20,
-                    generator=torch.Generator().manual_seed(seed), **kw)
+    return generate(model, torch.tensor([0, 1, 2]), generator=torch.Generator().manual_seed(seed),
+                    **{"cfg_scale": 1.5, "top_k": 20, **kw})
 
 
 @pytest.mark.parametrize("order", [{}, {"order": "par", "regions_per_side": 2}], ids=["raster", "par"])
 def test_compiled_decoding_draws_eager_tokens_from_one_graph(order, dynamo):
     model = tiny(**order)
-    # Guidance from a quarter of the sequence on: unguided and guided passes share the graph.
-    for seed in (3, 4):  # the second generation reuses the graph of the first
-        assert torch.equal(draw(model, seed, compile=True, guidance_interval=(0.25, 1.0)),
-                           draw(model, seed, guidance_interval=(0.25, 1.0)))
+    # Guidance from a quarter of the sequence on: unguided and guided passes share the graph. The
+    # second generation reuses the graph of the first, with another guidance scale and temperature.
+    for seed, cfg_scale, temperature in ((3, 1.5, 1.0), (4, 3.0, 0.7)):
+        kw = {"guidance_interval": (0.25, 1.0), "cfg_scale": cfg_scale, "temperature": temperature}
+        assert torch.equal(draw(model, seed, compile=True, **kw), draw(model, seed, **kw))
     assert dynamo["stats"]["unique_graphs"] == 1  # fullgraph=True: a graph break would have raised
 
 

@@ -35,30 +35,32 @@ def guide(logits: torch.Tensor, cfg_scale: float) -> torch.Tensor:
     return uncond + cfg_scale * (cond - uncond)
 
 
-def token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+Scalar = float | torch.Tensor  # a Python number, or a 0-dim tensor in a compiled pass (a new value, no new graph)
+
+
+def token_probs(logits: torch.Tensor, temperature: Scalar | None = 1.0, top_k: int | None = None,
                 top_p: float | None = None) -> torch.Tensor:
     """What a draw reads from (..., V) logits: probabilities after temperature and top-k/top-p
-    filtering, or the logits themselves for temperature 0 (greedy takes their argmax)."""
-    if temperature == 0:
+    filtering, or, for ``temperature=None`` (greedy), the logits themselves (the draw takes their argmax)."""
+    if temperature is None:
         return logits
     return filter_logits(logits / temperature, top_k, top_p).softmax(-1)
 
 
-def draw_tokens(probs: torch.Tensor, temperature: float = 1.0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row of (B, V) ``token_probs`` output: its argmax for temperature 0, else a draw."""
-    if temperature == 0:
+def draw_tokens(probs: torch.Tensor, greedy: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of (B, V) ``token_probs`` output: its argmax if ``greedy``, else a draw."""
+    if greedy:
         return probs.argmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def guided_probs(logits: torch.Tensor, guide_now: torch.Tensor, cfg_scale: float, temperature: float,
+def guided_probs(logits: torch.Tensor, guide_now: torch.Tensor, cfg_scale: Scalar | None, temperature: Scalar | None,
                  top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """``token_probs`` (B, W, V) of one decoding pass's logits (B', W, V): with guidance (cfg_scale != 1)
-    the B' = 2B rows are [cond; uncond], mixed by ``guide`` where the 0-dim bool ``guide_now`` is
+    """``token_probs`` (B, W, V) of one decoding pass's logits (B', W, V). With guidance (``cfg_scale`` not
+    None) the B' = 2B rows are [cond; uncond], mixed by ``guide`` where the 0-dim bool ``guide_now`` is
     True and the conditional rows taken as they are elsewhere (a tensor, so that a compiled pass
     serves both sides of a guidance interval with one graph)."""
-    if cfg_scale != 1.0:
+    if cfg_scale is not None:
         logits = torch.where(guide_now, guide(logits, cfg_scale), logits.chunk(2, dim=0)[0])
     return token_probs(logits, temperature, top_k, top_p)
 
@@ -98,8 +100,9 @@ def generate(
 
     The KV cache is static (``mirai.models.decoding``): every pass has the same shapes, so
     ``compile=True`` runs the passes through one ``torch.compile(fullgraph=True)`` graph, built on
-    the first call for a model, batch size and dtype and reused after that (no recompilation per
-    step). The graph takes each pass from its embeddings to the draw's probabilities (guidance,
+    the first call for a model, batch size, dtype, top-k and top-p and reused after that (no
+    recompilation per step, nor for a new guidance scale or temperature, which enter as tensors).
+    The graph takes each pass from its embeddings to the draw's probabilities (guidance,
     temperature, top-k/top-p and softmax included); the draw itself stays eager, so in fp32 the same
     ``generator`` draws the same tokens; under bf16 autocast the compiled kernels round differently
     from eager ones, and draws can differ.
@@ -127,11 +130,15 @@ def generate(
     # Tokens in the model's own order (raster, or PAR's); a pass may sample several at once.
     sequence = torch.zeros(batch, n_tokens, dtype=torch.long, device=device)
     guide_now = [torch.tensor(flag, device=device) for flag in (False, True)]
+    greedy = temperature == 0
+    scale, temp = (cfg_scale if guided else None), (None if greedy else temperature)
+    if compile:  # graph inputs, so that a new guidance scale or temperature reuses the graph
+        scale, temp = (None if x is None else torch.tensor(x, device=device) for x in (scale, temp))
 
     def cached_pass(h: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor,
-                    guided_here: torch.Tensor) -> torch.Tensor:
+                    guided_here: torch.Tensor, scale: Scalar | None, temp: Scalar | None) -> torch.Tensor:
         logits = model.decode_step(h, positions, slots, mask)
-        return guided_probs(logits, guided_here, cfg_scale, temperature, top_k, top_p)
+        return guided_probs(logits, guided_here, scale, temp, top_k, top_p)
 
     try:
         plan = model.setup_kv_cache(cond.size(0), dtype=dtype if dtype != torch.float32 else None) if use_kv_cache \
@@ -146,19 +153,20 @@ def generate(
                 if plan is None:
                     context = sequence[:, : step.produce[0]]
                     logits = model.logits_at(context.repeat(2, 1) if guided else context, cond, step.produce)
-                    probs = guided_probs(logits, guided_here, cfg_scale, temperature, top_k, top_p)
+                    probs = guided_probs(logits, guided_here, scale, temp, top_k, top_p)
                 else:
                     fed = sequence[:, list(step.feed)]
                     h = model.pass_inputs(step, fed.repeat(2, 1) if guided else fed, cond)
                     if h.size(1) < plan.width:  # the plan's padding rows lead
                         h = F.pad(h, (0, 0, plan.width - h.size(1), 0))
-                    probs = run_pass(h, plan.positions[i], plan.slots[i], plan.masks[i], guided_here)[:, -k:]
+                    probs = run_pass(h, plan.positions[i], plan.slots[i], plan.masks[i], guided_here,
+                                     scale, temp)[:, -k:]
                     if compile and i == 0:
-                        # The first pass chose the graph; every later pass has the same shapes, dtypes and
-                        # module, so re-checking Dynamo's guards each pass (0.3 ms, about 5 % of a small
+                        # The first pass chose the graph; every later pass of this call has the same shapes,
+                        # dtypes and module, so re-checking Dynamo's guards each pass (0.3 ms, about 5 % of a small
                         # GPT's pass on CPU, benchmarks/RESULTS.md section 6) buys nothing.
                         stance.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True))
-                next_tokens = draw_tokens(probs.reshape(batch * k, -1), temperature, generator)
+                next_tokens = draw_tokens(probs.reshape(batch * k, -1), greedy, generator)
                 sequence[:, list(step.produce)] = next_tokens.view(batch, k)
     finally:
         model.clear_kv_cache()
