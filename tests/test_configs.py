@@ -178,3 +178,18 @@ def test_yaml_merge_keys_still_load_and_a_base_is_never_read_from_the_working_di
     monkeypatch.chdir(tmp_path)
     data = read_yaml(tmp_path / "sub" / "mine.yaml")
     assert data["steps"] == 3 and data["foresight"]["source"] == "encoder" and data["data"]["codes"] != "DECOY"
+
+
+def test_the_named_grid16_mirai_e_config_trains_the_screen_s_best_variant(monkeypatch):
+    """configs/fashion/mirai_e_grid16.yaml is RESULTS.md 4.9's measured setting: the bench variant's training
+    config but for where it writes and how often it saves (what the bench sets for every run)."""
+    from mirai.config import flatten, to_dict
+
+    monkeypatch.chdir(CONFIGS.parent.parent.parent)
+    screen = load_config(BenchConfig, CONFIGS / "bench" / "fashion_grid16_mirai_e_screen.yaml")
+    measured = next(run.cfg for run in plan_runs(screen) if run.variant == "mirai_e_far_lambda1_teacher09")
+    named = load_config(TrainConfig, CONFIGS / "fashion" / "mirai_e_grid16.yaml")
+    a, b = (flatten(to_dict(cfg)) for cfg in (measured, named))
+    differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    assert differ <= {"run_dir", "save_every", "eval_every", "keep_last"}, differ
+    assert named.foresight.offsets == [(2, 0), (2, 1), (3, 0)] and named.foresight.teacher_decay == 0.9
