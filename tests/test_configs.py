@@ -191,5 +191,6 @@ def test_the_named_grid16_mirai_e_config_trains_the_screen_s_best_variant(monkey
     named = load_config(TrainConfig, CONFIGS / "fashion" / "mirai_e_grid16.yaml")
     a, b = (flatten(to_dict(cfg)) for cfg in (measured, named))
     differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
-    assert differ <= {"run_dir", "save_every", "eval_every", "keep_last"}, differ
+    assert differ <= {"run_dir", "save_every", "eval_every", "keep_last", "model.grid_size", "foresight.k"}, differ
+    assert named.model.grid_size == 16 and named.foresight.num_heads() == measured.foresight.num_heads() == 3
     assert named.foresight.offsets == [(2, 0), (2, 1), (3, 0)] and named.foresight.teacher_decay == 0.9

@@ -60,7 +60,7 @@ def test_explicit_offsets():
 @pytest.mark.parametrize("offsets, message", [
     ([(0, -1)], "points into the past"),          # Mirai-E: a teacher state the student has already passed
     ([(-1, 0), (1, 0)], "points into the past"),
-    ([(4, 0)], "off the grid"),                    # 4x4 grid: no cell four rows below
+    ([(4, 0)], "off the 4x4 grid"),                    # 4x4 grid: no cell four rows below
 ])
 def test_offsets_that_pair_nothing_are_refused(offsets, message):
     with pytest.raises(ConfigError, match=message):
@@ -70,7 +70,8 @@ def test_offsets_that_pair_nothing_are_refused(offsets, message):
 def test_future_offsets_pair_and_encoder_offsets_may_point_back_but_not_off_the_grid():
     assert len(head_pairs(4, "grid2d", "ema", offsets=[(1, 0), (1, 1), (2, 0)])) == 3  # §4.9's heads
     assert len(head_pairs(4, "grid2d", "encoder", offsets=[(0, -1)])) == 1
-    with pytest.raises(ConfigError, match=r"points off the grid; use offsets smaller than the grid$"):
+    with pytest.raises(ConfigError, match=r"points off the 4x4 grid; use offsets smaller than the grid's 4 rows "
+                                          r"and columns$"):
         head_pairs(4, "grid2d", "encoder", offsets=[(0, 4)])
 
 
@@ -145,7 +146,7 @@ def test_head_counts_are_checked_with_the_fix_named(settings, message):
 @pytest.mark.parametrize("offset", [(10**20, 0), (-(10**20), 0), (0, 10**30), (8, -8)])
 @pytest.mark.parametrize("source", ["ema", "encoder"])
 def test_an_offset_longer_than_the_grid_is_refused_not_overflowed(offset, source):
-    with pytest.raises(ConfigError, match=r"pairs no position: it points .*off the grid"):
+    with pytest.raises(ConfigError, match=r"pairs no position: it points .*off the 8x8 grid"):
         head_pairs(8, "grid2d", source, offsets=[offset])
 
 

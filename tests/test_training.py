@@ -303,3 +303,28 @@ def test_a_warmup_as_long_as_the_run_is_refused_by_the_config_alone(stores, tmp_
     with pytest.raises(ConfigError, match=f"foresight.warmup is {end:g} {unit}.*never start"):
         make_cfg(stores, tmp_path / "r", **run, **{"foresight.warmup": end})
     assert make_cfg(stores, tmp_path / "r", **run, **{"foresight.warmup": end - 1}).foresight.warmup == end - 1
+
+
+@pytest.mark.parametrize("vq_args, spec_size, differ", [
+    ({"codebook_size": 32, "codebook_dim": 4}, 8, "codebook size 32 vs 64"),
+    ({"codebook_size": 64, "codebook_dim": 4}, 16, "grid side 8 vs 4"),
+])
+def test_validation_codes_from_another_tokenizer_name_the_training_codes_tokenizer(stores, tmp_path, vq_args,
+                                                                                   spec_size, differ):
+    """The validation store follows the training store: the error says to re-extract it with data.codes's
+    tokenizer, not to change a model size that the training codes fix (one fix, not a back-and-forth)."""
+    from mirai.data.codes import extract
+    from mirai.data.folders import ImageFolder
+    from mirai.data.views import ViewSpec
+    from mirai.models import build_vq
+    from mirai.training.data import TrainingData
+
+    vq = build_vq("VQ-Tiny", **vq_args).eval()
+    extract(vq, ImageFolder.scan(stores / "val"), ViewSpec("ten_crop", spec_size), tmp_path / "val",
+            tokenizer_path=checkpoint.save(tmp_path / "vq", vq), progress=False)
+    cfg = make_cfg(stores, tmp_path / "run", **{"data.val_codes": str(tmp_path / "val")})
+    with pytest.raises(DataError, match=differ) as raised:
+        TrainingData(cfg)
+    message = str(raised.value)
+    assert f"--tokenizer {stores / 'vq'}" in message and "model." not in message, message
+    assert not (tmp_path / "run").exists()

@@ -52,7 +52,7 @@ def cell_states(gpt: GPT, tokens: torch.Tensor, classes: torch.Tensor, layer: in
     """
     args = gpt.args
     if not 1 <= layer <= args.n_layer:
-        raise ConfigError(f"layer {layer} is outside the model's blocks 1..{args.n_layer}")
+        raise ConfigError(f"layer {layer} is outside the model's blocks 1..{args.n_layer}: give a block in that range")
     if tokens.shape[1:] != (args.seq_len,):
         raise DataError(f"expected (B, {args.seq_len}) tokens of a {args.grid_size}x{args.grid_size} grid, "
                         f"got {tuple(tokens.shape)}")

@@ -180,7 +180,9 @@ class ForesightConfig:
     def resolve_layer(self, n_layer: int) -> int:
         layer = self.layer if self.layer is not None else default_layer(n_layer)
         if not 1 <= layer <= n_layer:
-            raise ConfigError(f"foresight.layer={layer} is outside the model's blocks 1..{n_layer}")
+            raise ConfigError(f"foresight.layer={layer} is outside the model's blocks 1..{n_layer}: give a block in "
+                              f"that range, or foresight.layer=null for the default, 2/3 of the depth "
+                              f"(block {default_layer(n_layer)})")
         return layer
 
     def validate(self) -> None:

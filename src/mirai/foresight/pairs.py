@@ -161,7 +161,7 @@ def head_pairs(
             valid &= read_at >= student
         s, t = student[valid], target[valid]
         if len(s) == 0 and offsets is not None:  # (the authors' fixed reference shifts may exceed a small grid)
-            where, fix = "off the grid", "offsets smaller than the grid"
+            where, fix = f"off the {g}x{g} grid", f"offsets smaller than the grid's {g} rows and columns"
             if future_only:
                 where, fix = "into the past or " + where, f"raster-future {fix} {RASTER_FUTURE}"
             raise ConfigError(f"foresight head {len(result)} (offset {shift}) pairs no position: it points {where}; "

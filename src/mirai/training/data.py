@@ -16,7 +16,7 @@ import torch
 
 from mirai.data.codes import CodeStore, epoch_views
 from mirai.data.transforms import to_unit_range
-from mirai.errors import ConfigError
+from mirai.errors import ConfigError, DataError
 from mirai.models.gpt import check_token_ids
 from mirai.training.config import TrainConfig
 from mirai.training.loader import StepLoader, resolve_workers
@@ -106,6 +106,23 @@ class StepRows:
         return [host_batch(self.store, indices, views, fields) for indices, views in self.rows(step)]
 
 
+def check_same_codes(val: CodeStore, train: CodeStore) -> None:
+    """``DataError`` if ``data.val_codes`` differ from ``data.codes`` in codebook size, grid or classes.
+
+    The validation store must follow the training store, never the other way round, so the message names
+    the training store's tokenizer to re-extract with (not a model setting, which the training codes fix)."""
+    sizes = {"codebook size": (val.vocab_size, train.vocab_size), "grid side": (val.grid_size, train.grid_size),
+             "classes": (val.num_classes, train.num_classes)}
+    differ = [f"{name} {v} vs {t}" for name, (v, t) in sizes.items() if v != t]
+    if differ:
+        tok, kind = train.manifest["tokenizer"], train.manifest["dataset"]["kind"]
+        root = " --data-root ROOT" if kind == "folder" else ""
+        raise DataError(
+            f"data.val_codes {val.path} does not match data.codes {train.path} ({'; '.join(differ)}): extract the "
+            f"validation split with the training codes' tokenizer, mirai extract --tokenizer {tok['path']} "
+            f"--dataset {kind}{root} --split test --out DIR, and give data.val_codes=DIR (or data.val_codes=null)")
+
+
 class TrainingData:
     """Training batches for one rank, validation batches, and the store's tokenizer."""
 
@@ -120,7 +137,8 @@ class TrainingData:
         self.val = None
         if cfg.data.val_codes:
             self.val = CodeStore.open(cfg.data.val_codes)
-            self.val.validate(vocab_size=self.vocab_size, grid_size=self.grid_size, num_classes=self.num_classes)
+            check_same_codes(self.val, self.store)
+            self.val.validate()
         batch, accum = cfg.optim.batch_size, cfg.optim.grad_accum
         if batch % (world_size * accum):
             raise ConfigError(
