@@ -60,7 +60,7 @@ def test_explicit_offsets():
 @pytest.mark.parametrize("offsets, message", [
     ([(0, -1)], "points into the past"),          # Mirai-E: a teacher state the student has already passed
     ([(-1, 0), (1, 0)], "points into the past"),
-    ([(4, 0)], "off the 4x4 grid"),                    # 4x4 grid: no cell four rows below
+    ([(4, 0)], "off the 4x4 grid"),                # 4x4 grid: no cell four rows below
 ])
 def test_offsets_that_pair_nothing_are_refused(offsets, message):
     with pytest.raises(ConfigError, match=message):
