@@ -194,3 +194,23 @@ def test_the_named_grid16_mirai_e_config_trains_the_screen_s_best_variant(monkey
     assert differ <= {"run_dir", "save_every", "eval_every", "keep_last", "model.grid_size", "foresight.k"}, differ
     assert named.model.grid_size == 16 and named.foresight.num_heads() == measured.foresight.num_heads() == 3
     assert named.foresight.offsets == [(2, 0), (2, 1), (3, 0)] and named.foresight.teacher_decay == 0.9
+
+
+def test_the_mirai_e_size_bench_differs_from_the_screen_only_in_the_model(monkeypatch):
+    """RESULTS.md 4.9 sets the size bench's GPT-Micro-S runs beside the screen's GPT-Micro runs of the same
+    variants: same scoring, same training but for the model's name (and where each run writes)."""
+    from mirai.bench.store import SCORING_KEYS
+    from mirai.config import flatten, to_dict
+
+    monkeypatch.chdir(CONFIGS.parent.parent.parent)
+    screen, size = (load_config(BenchConfig, CONFIGS / "bench" / name)
+                    for name in ("fashion_grid16_mirai_e_screen.yaml", "fashion_grid16_mirai_e_size.yaml"))
+    assert all(getattr(screen, key) == getattr(size, key) for key in SCORING_KEYS)
+    assert screen.steps == size.steps and set(size.variants) <= set(screen.variants)
+    for variant in size.variants:
+        a, b = (flatten(to_dict(next(run.cfg for run in plan_runs(bench) if run.variant == variant and run.seed == 0)))
+                for bench in (screen, size))
+        differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+        # the named config pins grid_size 16 and k null (test above); the screen's variant leaves them to the data
+        assert "model.name" in differ and differ <= {"model.name", "run_dir", "model.grid_size", "foresight.k"}, differ
+        assert (a["model.name"], b["model.name"]) == ("GPT-Micro", "GPT-Micro-S")
