@@ -214,3 +214,23 @@ def test_the_mirai_e_size_bench_differs_from_the_screen_only_in_the_model(monkey
         # the named config pins grid_size 16 and k null (test above); the screen's variant leaves them to the data
         assert "model.name" in differ and differ <= {"model.name", "run_dir", "model.grid_size", "foresight.k"}, differ
         assert (a["model.name"], b["model.name"]) == ("GPT-Micro", "GPT-Micro-S")
+
+
+def test_a_training_key_on_the_bench_command_line_names_train_overrides(monkeypatch):
+    """`mirai bench convergence ... optim.lr=2e-3` overrides the bench config, which has no `optim`: the error
+    says where a training key goes and what the bench's train_overrides hold, so the user keeps them."""
+    from mirai.bench.config import load_bench
+    from mirai.errors import ConfigError
+
+    monkeypatch.chdir(CONFIGS.parent.parent.parent)
+    path = CONFIGS / "bench" / "fashion_grid16_mirai_e_size.yaml"
+    with pytest.raises(ConfigError, match=r"'optim.lr=2e-3' sets the training config.*train_overrides, which "
+                       r"hold \['model.name=GPT-Micro-S', 'data.codes=.*replaces the whole list"):
+        load_bench(path, ["seeds=[0]", "optim.lr=2e-3"])
+    with pytest.raises(ConfigError, match=r"'model.name=GPT-Mini', 'foresight.layer=2' set the training config"):
+        load_bench(path, ["model.name=GPT-Mini", "foresight.layer=2"])
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['seed'\]; valid keys are \[.*'seeds'"):
+        load_bench(path, ["seed=1"])  # a key the bench sets per run: its own spelling is `seeds`
+    bench = load_bench(path, ["seeds=[1]", "train_overrides=[model.name=GPT-Micro, optim.lr=0.002]"])
+    assert bench.seeds == [1] and bench.train_overrides == ["model.name=GPT-Micro", "optim.lr=0.002"]
+    assert [run.cfg.optim.lr for run in plan_runs(bench)] == [0.002, 0.002]

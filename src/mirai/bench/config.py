@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 
-from mirai.config import apply_overrides, check_distinct_overrides, from_dict, parse_override, read_yaml
+from mirai.config import apply_overrides, check_distinct_overrides, from_dict, load_config, parse_override, read_yaml
 from mirai.errors import ConfigError, refuse_under_file
 from mirai.sampling.pipeline import SampleSettings
 from mirai.training.config import TrainConfig
@@ -163,6 +163,27 @@ class Run:
     @property
     def final_checkpoint(self) -> Path:
         return self.checkpoint(self.cfg.steps)
+
+
+def load_bench(path: str | Path, overrides: list[str] = ()) -> BenchConfig:
+    """Read a bench YAML with command-line ``key=value`` overrides of the bench config.
+
+    An override of a training key that the bench does not have (``lr=...``, ``model.name=...``) raises
+    ``ConfigError`` naming the bench's ``train_overrides`` (with the list it holds now) as the way to set it
+    for every variant, instead of a bare "unknown key"."""
+    overrides = list(overrides)
+    # the training keys a variant may set; the bench's own keys and those it sets per run stay unknown-key errors
+    settable = set(TrainConfig.__dataclass_fields__) - set(BenchConfig.__dataclass_fields__) - set(BENCH_KEYS)
+    training = [text for text in overrides if parse_override(text)[0][0] in settable]
+    if training:
+        listed = load_config(BenchConfig, path, [t for t in overrides if t not in training]).train_overrides
+        raise ConfigError(
+            f"{', '.join(map(repr, training))} set{'s' if len(training) == 1 else ''} the training config, and "
+            f"command-line overrides set the bench config ({path}); to change every variant's training, add "
+            f"{'it' if len(training) == 1 else 'them'} to the bench's train_overrides, which hold {listed} now: "
+            "in the YAML, or on the command line as 'train_overrides=[...]' with those entries too (an override "
+            "replaces the whole list)")
+    return load_config(BenchConfig, path, overrides)
 
 
 def _check_overrides(overrides: list[str], where: str) -> None:

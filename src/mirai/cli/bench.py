@@ -55,11 +55,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mirai.bench.config import BenchConfig
+    from mirai.bench.config import load_bench
     from mirai.bench.run import plan_share, report_stored, run_convergence
-    from mirai.config import load_config
 
-    bench = load_config(BenchConfig, args.config, args.overrides)
+    bench = load_bench(args.config, args.overrides)
     if args.dry_run:
         runs = plan_share(bench, args.variant, args.seed)  # the checks a real run makes, so a bad plan fails now
         print(f"{plural(len(runs), 'run')} x {plural(len(bench.schedule()), 'checkpoint')} {bench.schedule()} "
