@@ -229,8 +229,9 @@ def test_a_training_key_on_the_bench_command_line_names_train_overrides(monkeypa
         load_bench(path, ["seeds=[0]", "optim.lr=2e-3"])
     with pytest.raises(ConfigError, match=r"'model.name=GPT-Mini', 'foresight.layer=2' set the training config"):
         load_bench(path, ["model.name=GPT-Mini", "foresight.layer=2"])
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['seed'\]; valid keys are \[.*'seeds'"):
-        load_bench(path, ["seed=1"])  # a key the bench sets per run: its own spelling is `seeds`
+    with pytest.raises(ConfigError, match=r"'seed=1', 'save_every=10': the bench sets run_dir, seed, .* itself; "
+                       r"choose seeds with seeds=\[...\] or --seed"):
+        load_bench(path, ["seed=1", "save_every=10"])  # keys the bench sets per run: its own are seeds, eval_at
     bench = load_bench(path, ["seeds=[1]", "train_overrides=[model.name=GPT-Micro, optim.lr=0.002]"])
     assert bench.seeds == [1] and bench.train_overrides == ["model.name=GPT-Micro", "optim.lr=0.002"]
     assert [run.cfg.optim.lr for run in plan_runs(bench)] == [0.002, 0.002]

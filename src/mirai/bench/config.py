@@ -166,14 +166,22 @@ class Run:
 
 
 def load_bench(path: str | Path, overrides: list[str] = ()) -> BenchConfig:
-    """Read a bench YAML with command-line ``key=value`` overrides of the bench config.
+    """Read a bench YAML with command-line ``key=value`` overrides of the bench config (``ConfigError`` if bad).
 
     An override of a training key that the bench does not have (``lr=...``, ``model.name=...``) raises
     ``ConfigError`` naming the bench's ``train_overrides`` (with the list it holds now) as the way to set it
-    for every variant, instead of a bare "unknown key"."""
+    for every variant, and one of a key the bench sets per run (``seed=...``) names the bench's own way,
+    instead of a bare "unknown key". ``device``, ``sampling`` and ``steps`` are keys of both: here they are
+    the bench's (scoring device and sampling; every run's steps)."""
     overrides = list(overrides)
-    # the training keys a variant may set; the bench's own keys and those it sets per run stay unknown-key errors
-    settable = set(TrainConfig.__dataclass_fields__) - set(BenchConfig.__dataclass_fields__) - set(BENCH_KEYS)
+    own = set(BenchConfig.__dataclass_fields__)
+    per_run = [text for text in overrides if parse_override(text)[0][0] in set(BENCH_KEYS) - own]
+    if per_run:
+        raise ConfigError(
+            f"{', '.join(map(repr, per_run))}: the bench sets {', '.join(BENCH_KEYS)} of every run itself; choose "
+            "seeds with seeds=[...] or --seed, the budget with steps=..., the checkpoints with eval_at=[...], "
+            "the runs' folder with out_dir=... or runs_dir=...")
+    settable = set(TrainConfig.__dataclass_fields__) - own - set(BENCH_KEYS)
     training = [text for text in overrides if parse_override(text)[0][0] in settable]
     if training:
         listed = load_config(BenchConfig, path, [t for t in overrides if t not in training]).train_overrides
