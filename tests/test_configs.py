@@ -18,6 +18,19 @@ def shipped(folder: str) -> list[Path]:
     return paths
 
 
+def differing_keys(a: TrainConfig, b: TrainConfig) -> set[str]:
+    """The dotted keys whose values differ between two resolved training configs."""
+    from mirai.config import flatten, to_dict
+
+    a, b = flatten(to_dict(a)), flatten(to_dict(b))
+    return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+
+
+def run_config(bench: BenchConfig, variant: str, seed: int = 0) -> TrainConfig:
+    """The training config that ``bench`` gives one (variant, seed) run."""
+    return next(run.cfg for run in plan_runs(bench) if run.variant == variant and run.seed == seed)
+
+
 @pytest.mark.parametrize("path", shipped("fashion") + shipped("imagenet"), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_training_configs_validate(path, monkeypatch):
     monkeypatch.chdir(CONFIGS.parent.parent.parent)  # `base:` and asset paths are relative to the repository
@@ -42,16 +55,13 @@ def test_bench_configs_plan_every_run(path, monkeypatch):
 def test_the_long_grid16_baseline_differs_from_fashion_grid16_only_in_its_length(monkeypatch):
     """RESULTS.md 4.11 compares FIDs across these two benches: same scoring, same training but for the schedule."""
     from mirai.bench.store import SCORING_KEYS
-    from mirai.config import flatten, to_dict
 
     monkeypatch.chdir(CONFIGS.parent.parent.parent)
     short, long = (load_config(BenchConfig, CONFIGS / "bench" / name)
                    for name in ("fashion_grid16.yaml", "fashion_grid16_long.yaml"))
     assert all(getattr(short, key) == getattr(long, key) for key in SCORING_KEYS)
     assert long.steps == 2 * short.steps and short.steps in long.schedule()
-    a, b = (next(flatten(to_dict(run.cfg)) for run in plan_runs(bench) if run.variant == "baseline" and run.seed == 0)
-            for bench in (short, long))
-    differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    differ = differing_keys(run_config(short, "baseline"), run_config(long, "baseline"))
     assert "steps" in differ and differ <= {"steps", "run_dir", "save_every", "eval_every", "keep_last"}, differ
 
 
@@ -183,14 +193,11 @@ def test_yaml_merge_keys_still_load_and_a_base_is_never_read_from_the_working_di
 def test_the_named_grid16_mirai_e_config_trains_the_screen_s_best_variant(monkeypatch):
     """configs/fashion/mirai_e_grid16.yaml is RESULTS.md 4.9's measured setting: the bench variant's training
     config but for where it writes and how often it saves (what the bench sets for every run)."""
-    from mirai.config import flatten, to_dict
-
     monkeypatch.chdir(CONFIGS.parent.parent.parent)
     screen = load_config(BenchConfig, CONFIGS / "bench" / "fashion_grid16_mirai_e_screen.yaml")
-    measured = next(run.cfg for run in plan_runs(screen) if run.variant == "mirai_e_far_lambda1_teacher09")
+    measured = run_config(screen, "mirai_e_far_lambda1_teacher09")
     named = load_config(TrainConfig, CONFIGS / "fashion" / "mirai_e_grid16.yaml")
-    a, b = (flatten(to_dict(cfg)) for cfg in (measured, named))
-    differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    differ = differing_keys(measured, named)
     assert differ <= {"run_dir", "save_every", "eval_every", "keep_last", "model.grid_size", "foresight.k"}, differ
     assert named.model.grid_size == 16 and named.foresight.num_heads() == measured.foresight.num_heads() == 3
     assert named.foresight.offsets == [(2, 0), (2, 1), (3, 0)] and named.foresight.teacher_decay == 0.9
@@ -200,7 +207,6 @@ def test_the_mirai_e_size_bench_differs_from_the_screen_only_in_the_model(monkey
     """RESULTS.md 4.9 sets the size bench's GPT-Micro-S runs beside the screen's GPT-Micro runs of the same
     variants: same scoring, same training but for the model's name (and where each run writes)."""
     from mirai.bench.store import SCORING_KEYS
-    from mirai.config import flatten, to_dict
 
     monkeypatch.chdir(CONFIGS.parent.parent.parent)
     screen, size = (load_config(BenchConfig, CONFIGS / "bench" / name)
@@ -208,12 +214,11 @@ def test_the_mirai_e_size_bench_differs_from_the_screen_only_in_the_model(monkey
     assert [key for key in SCORING_KEYS if getattr(screen, key) != getattr(size, key)] == []
     assert screen.steps == size.steps and set(size.variants) <= set(screen.variants)
     for variant in size.variants:
-        a, b = (flatten(to_dict(next(run.cfg for run in plan_runs(bench) if run.variant == variant and run.seed == 0)))
-                for bench in (screen, size))
-        differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+        a, b = run_config(screen, variant), run_config(size, variant)
+        differ = differing_keys(a, b)
         # the named config pins grid_size 16 and k null (test above); the screen's variant leaves them to the data
         assert "model.name" in differ and differ <= {"model.name", "run_dir", "model.grid_size", "foresight.k"}, differ
-        assert (a["model.name"], b["model.name"]) == ("GPT-Micro", "GPT-Micro-S")
+        assert (a.model.name, b.model.name) == ("GPT-Micro", "GPT-Micro-S")
 
 
 def test_a_training_key_on_the_bench_command_line_names_train_overrides(monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 
 from mirai.config import apply_overrides, check_distinct_overrides, from_dict, load_config, parse_override, read_yaml
@@ -165,7 +165,7 @@ class Run:
         return self.checkpoint(self.cfg.steps)
 
 
-def load_bench(path: str | Path, overrides: list[str] = ()) -> BenchConfig:
+def load_bench(path: str | Path, overrides: Sequence[str] = ()) -> BenchConfig:
     """Read a bench YAML with command-line ``key=value`` overrides of the bench config (``ConfigError`` if bad).
 
     An override of a training key that the bench does not have (``lr=...``, ``model.name=...``) raises
@@ -174,15 +174,16 @@ def load_bench(path: str | Path, overrides: list[str] = ()) -> BenchConfig:
     instead of a bare "unknown key". ``device``, ``sampling`` and ``steps`` are keys of both: here they are
     the bench's (scoring device and sampling; every run's steps)."""
     overrides = list(overrides)
+    roots = [(text, parse_override(text)[0][0]) for text in overrides]
     own = set(BenchConfig.__dataclass_fields__)
-    per_run = [text for text in overrides if parse_override(text)[0][0] in set(BENCH_KEYS) - own]
+    per_run = [text for text, root in roots if root in BENCH_KEYS and root not in own]
     if per_run:
         raise ConfigError(
             f"{', '.join(map(repr, per_run))}: the bench sets {', '.join(BENCH_KEYS)} of every run itself; choose "
             "seeds with seeds=[...] or --seed, the budget with steps=..., the checkpoints with eval_at=[...], "
             "the runs' folder with out_dir=... or runs_dir=...")
     settable = set(TrainConfig.__dataclass_fields__) - own - set(BENCH_KEYS)
-    training = [text for text in overrides if parse_override(text)[0][0] in settable]
+    training = [text for text, root in roots if root in settable]
     if training:
         listed = load_config(BenchConfig, path, [t for t in overrides if t not in training]).train_overrides
         raise ConfigError(
