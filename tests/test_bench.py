@@ -17,15 +17,14 @@ from mirai import checkpoint
 from mirai.bench import run as bench_run
 from mirai.bench import scorer as bench_scorer
 from mirai.bench.config import BenchConfig, plan_runs, select_share
-from mirai.bench.report import format_table, paired_rows, summary_rows
 from mirai.bench.run import report_stored, run_convergence
-from mirai.bench.store import check_same_scoring, read_results, save_bench_config
+from mirai.bench.store import check_same_scoring, save_bench_config
 from mirai.cli.main import main
 from mirai.config import from_dict, load_config
 from mirai.data.codes import extract
 from mirai.data.folders import ImageFolder
 from mirai.data.views import ViewSpec
-from mirai.errors import ConfigError, DataError, Interrupted
+from mirai.errors import ConfigError, Interrupted
 from mirai.foresight.encoders import ASSETS
 from mirai.models import GPT, VQModel
 from mirai.training.state import checkpoint_step, has_step_checkpoints, latest_checkpoint
@@ -208,7 +207,7 @@ def test_compiled_sampling_is_kept_apart_where_it_changes_the_draws(setup, tmp_p
         if precision == "fp32":
             check_same_scoring(compiled, out)
         else:
-            with pytest.raises(ConfigError, match=r"scored with other compile_sampling \(compile_sampling: False\)"):
+            with pytest.raises(ConfigError, match=r"scored with other compile_sampling \(compile_sampling: False there, True now\)"):
                 check_same_scoring(compiled, out)
 
 
@@ -237,7 +236,7 @@ def test_bad_variants_fail_before_any_training(setup, tmp_path, monkeypatch):
     budget = bench_dict(setup, out, variants={"longer": ["steps=8"]})
     with pytest.raises(ConfigError, match=r"variant 'longer'.*'steps', which the bench controls"):
         run_convergence(from_dict(BenchConfig, budget))
-    with pytest.raises(ConfigError, match=r"eval_at \[9\] lie outside 1..steps=4"):
+    with pytest.raises(ConfigError, match=r"eval_at \[9\] lies outside 1..steps=4: score checkpoints within the run, or raise steps"):
         from_dict(BenchConfig, bench_dict(setup, out, eval_at=[9]))
     with pytest.raises(ConfigError, match="variants.x: unknown key"):
         from_dict(BenchConfig, bench_dict(setup, out, variants={"x": {"cfg": "a.yaml"}}))
@@ -314,8 +313,33 @@ def test_parallel_shares_merge_their_records_and_a_plain_run_writes_the_report(s
 
     with pytest.raises(ConfigError, match=r"variant mirai_e is not in the bench config \(it has baseline, mirai_i\)"):
         select_share(plan_runs(load_config(BenchConfig, config)), ["mirai_e"], None)
-    with pytest.raises(ConfigError, match=r"seed 5 is not in the bench config"):
+    with pytest.raises(ConfigError, match=r"seed 5 is not in the bench config \(it has 0\); to add a seed, "
+                                          r"extend the list too: 'seeds=\[0, 5\]'"):
         select_share(plan_runs(load_config(BenchConfig, config)), None, [5])
+
+
+@pytest.mark.parametrize("seeds, fault", [([], "is empty"), ([0, 1, 0], "repeats a seed"),
+                                          ([0, -1], "has a negative seed")])
+def test_a_bad_seed_list_names_its_fault(setup, tmp_path, seeds, fault):
+    with pytest.raises(ConfigError, match=rf"seeds {fault} \(.*\): give a non-empty list of non-negative seeds"):
+        from_dict(BenchConfig, bench_dict(setup, tmp_path / "b", seeds=seeds))
+
+
+def test_the_same_reference_store_spelt_another_way_scores_alike(setup, tmp_path, monkeypatch):
+    # The records' bench.yaml names the store relative to the working directory; a rerun that names it by its
+    # absolute path (or through a link) adds to them, and another store is refused naming both values.
+    monkeypatch.chdir(setup)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    save_bench_config(from_dict(BenchConfig, bench_dict(setup, out, reference_codes="codes_test")), out)
+    check_same_scoring(from_dict(BenchConfig, bench_dict(setup, out, reference_codes=str(setup / "codes_test"))), out)
+    (tmp_path / "link").symlink_to(setup / "codes_test")
+    check_same_scoring(from_dict(BenchConfig, bench_dict(setup, out, reference_codes=str(tmp_path / "link"))), out)
+    other = from_dict(BenchConfig, bench_dict(setup, out, reference_codes=str(tmp_path / "other")))
+    with pytest.raises(ConfigError, match=r"scored with other reference_codes \(reference_codes: 'codes_test' "
+                                          r"there, '.*other' now\); give the values it was scored with"):
+        check_same_scoring(other, out)
 
 
 def test_report_redraws_tsne_maps_that_lack_a_run(setup, tmp_path):
@@ -360,6 +384,9 @@ def test_report_only_draws_the_chosen_variants_from_stored_scores(setup, tmp_pat
     config.write_text(yaml.safe_dump(bench_dict(setup, out, steps=2, eval_at=[])))
     assert main(["bench", "convergence", "--config", str(config), "--report"]) != 0
     assert "holds no scores yet (no reference.json): run the bench before" in capsys.readouterr().err
+    # A misspelt name is named before the missing scores, which it would otherwise hide.
+    assert main(["bench", "convergence", "--config", str(config), "--report", "--variant", "basline"]) != 0
+    assert "variant basline is not in the bench config" in capsys.readouterr().err
     run_convergence(load_config(BenchConfig, config))
     (out / "results.md").unlink()
     # A variant added to the config later, never run: the report of the others needs no training.
@@ -375,62 +402,11 @@ def test_report_only_draws_the_chosen_variants_from_stored_scores(setup, tmp_pat
     table = (out / "results.md").read_text()
     assert "| baseline@2 |" in table and "| mirai_i@2 |" in table and "mirai_e" not in table
     assert trained.calls == []
-
-
-@pytest.mark.parametrize("content, problem", [
-    ("[1, 2]", "holds a list, not variant -> records"),
-    ('{"baseline": 5}', "the records of 'baseline' are not a list of objects"),
-    ('{"baseline": [{"seed": 0, "step": 3}]}', "a record of 'baseline' lacks fid"),
-])
-def test_a_results_file_of_the_wrong_shape_is_refused_before_any_work(tmp_path, content, problem):
-    (tmp_path / "results.json").write_text(content)
-    with pytest.raises(DataError, match=problem + ".*restore it, or delete it to score every checkpoint again"):
-        read_results(tmp_path)
-    assert (tmp_path / "results.json").read_text() == content  # nothing saved is touched
-
-
-FLOORS = {"num_images": 12, "reference_codes": "x",
-          "tokenizer_floor": {"fid": 1.0, "precision": 0.9, "recall": 0.9, "inception_score": 3.0,
-                              "class_accuracy": 0.95, "num_images": 12},
-          "noise_floor": {"fid": 0.5, "precision": 0.8, "recall": 0.8, "inception_score": 3.5, "class_accuracy": 0.9,
-                          "num_images": 6, "num_reference": 6, "capped": True}}
-
-
-def test_table_reports_mean_and_spread_over_seeds(setup, tmp_path):
-    bench = from_dict(BenchConfig, bench_dict(setup, tmp_path, seeds=[0, 1], steps=6, eval_at=[2, 4],
-                                              average_last=2, variants={"a": []}))
-
-    def record(seed, step, fid):
-        return {"seed": seed, "step": step, "fid": fid, "fid_recon": fid / 2, "inception_score": 2.0,
-                "precision": 0.5, "recall": 0.25, "class_accuracy": 0.9, "val_nll": None}
-
-    results = {"a": [record(0, 2, 30.0), record(0, 4, 20.0), record(0, 6, 10.0),
-                     record(1, 2, 34.0), record(1, 4, 24.0), record(1, 6, 14.0)]}
-    rows = dict(summary_rows(bench, results))
-    assert [r["fid"] for r in rows["a@6"]] == [10.0, 14.0]
-    assert [r["fid"] for r in rows["a@last2"]] == [15.0, 19.0]  # each seed over steps 4 and 6
-    table = format_table(bench, results, FLOORS)
-    assert "| a@2 | 32 ± 2.8 | 16 ± 1.4 | 2 ± 0 |" in table
-    assert "| a@last2 | 17 ± 2.8 |" in table
-    assert table.count("| – |") == 4 + 2 * 2  # val NLL unknown in every row; the floors: no FID vs recon, no seeds
-    assert "| noise floor (6 real) | 0.5 | – | 3.5 | 0.8 | 0.8 | 0.9 | – | – |" in table
-
-
-def test_paired_table_compares_each_seed_with_the_baseline(setup, tmp_path):
-    bench = from_dict(BenchConfig, bench_dict(setup, tmp_path, seeds=[0, 1, 2], steps=4, eval_at=[],
-                                              variants={"baseline": [], "b": []}))
-
-    def record(seed, fid, acc):
-        return {"seed": seed, "step": 4, "fid": fid, "fid_recon": fid / 2, "inception_score": 2.0,
-                "precision": 0.5, "recall": 0.25, "class_accuracy": acc, "val_nll": None}
-
-    results = {"baseline": [record(0, 100.0, 0.5), record(1, 200.0, 0.6), record(2, 300.0, 0.7)],
-               "b": [record(0, 90.0, 0.6), record(1, 190.0, 0.7), record(2, 330.0, 0.6)]}
-    (name, diffs, relative), = paired_rows(bench, results)
-    assert name == "b@4" and diffs["fid"] == [-10.0, -10.0, 30.0] and diffs["val_nll"] == []
-    assert relative == pytest.approx([-10.0, -5.0, 10.0])
-    table = format_table(bench, results, FLOORS)
-    assert "| b@4 | 3.333 ± 23 (2/3) | 1.667 ± 12 (2/3) |" in table and "| – | -1.667 ± 10 |" in table
+    assert "the t-SNE maps and curves of the 2 run(s) on disk" in capsys.readouterr().out
+    # Scores merged from elsewhere, no run folder here: the report says it drew no maps or curves.
+    shutil.rmtree(out / "runs")
+    assert main(["bench", "convergence", "--config", str(config), "--report", "--variant", "baseline"]) == 0
+    assert "no t-SNE maps or curves (no run folder on disk" in capsys.readouterr().out
 
 
 def test_par_variants_run_beside_raster_ones(setup, tmp_path):
@@ -447,11 +423,3 @@ def test_par_variants_run_beside_raster_ones(setup, tmp_path):
     maps = json.loads((tmp_path / "bench" / "tsne_maps.json").read_text())
     assert list(maps["maps"]) == ["baseline", "par", "par_mirai_e"]  # PAR maps drawn on the grid cells too
     assert "| par@2 |" in (tmp_path / "bench" / "results.md").read_text()
-
-
-def test_every_shipped_bench_config_draws_fid_curves_of_at_least_five_checkpoints():
-    shipped = sorted((Path(ASSETS).parent.parent / "configs" / "bench").glob("*.yaml"))
-    assert len(shipped) >= 5
-    for path in shipped:
-        bench = load_config(BenchConfig, path)
-        assert len(bench.schedule()) >= 5, f"{path.name} scores only steps {bench.schedule()}"

@@ -166,6 +166,21 @@ def test_fid_figure_has_one_quantity_per_panel_with_seed_bands_and_floors(tmp_pa
     assert labels[:2] == ["baseline", "mirai_i"] and "noise floor (12 real images)" in labels
 
 
+def test_a_figure_redrawn_from_the_same_data_is_the_same_file(tmp_path):
+    # A report rerun on the same records must not show every committed PDF as changed (no date stamped in).
+    import matplotlib.pyplot as plt
+
+    contents = []
+    for attempt in ("first", "second"):
+        fig, ax = plt.subplots()
+        ax.plot([0, 1, 2], [3, 1, 2])
+        paths = figures.save_figure(fig, tmp_path / attempt / "fig.png")
+        plt.close(fig)
+        contents.append([path.read_bytes() for path in paths])
+    assert contents[0] == contents[1]
+    assert b"CreationDate" not in contents[0][1]
+
+
 def test_noise_floor_is_taken_at_the_sample_count():
     rng = np.random.default_rng(0)
     ref = FeatureSet.from_features({"pool": rng.normal(size=(4000, 16)).astype(np.float32)})

@@ -33,6 +33,10 @@ def check_figure_path(out: str | Path) -> Path:
     return check_output_file(out, "out", suffixes=list(suffixes))
 
 
+# No date stamped into the file: a figure redrawn from the same records is the same file (PNG carries none).
+_NO_DATE = {".pdf": {"CreationDate": None}, ".svg": {"Date": None}}
+
+
 def figure_paths(out: str | Path) -> list[Path]:
     """The files ``save_figure`` writes for ``out``: ``out`` itself and, unless it is one, a PDF beside it."""
     out = Path(out)
@@ -44,7 +48,7 @@ def save_figure(fig: Figure, out: str | Path, dpi: int = DPI) -> list[Path]:
     paths = figure_paths(out)
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     for path in paths:
-        fig.savefig(path, dpi=dpi)
+        fig.savefig(path, dpi=dpi, metadata=_NO_DATE.get(path.suffix.lower()))
     return paths
 
 

@@ -71,14 +71,18 @@ class BenchConfig:
             if not name or "/" in name or name.startswith("."):
                 raise ConfigError(f"variant name {name!r} must be a plain folder name")
         self.variant_specs()
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
-            raise ConfigError(f"seeds must be a non-empty list of non-negative seeds without repeats, got {self.seeds}")
+        fault = ("is empty" if not self.seeds else "repeats a seed" if len(set(self.seeds)) != len(self.seeds)
+                 else "has a negative seed" if min(self.seeds) < 0 else None)
+        if fault:
+            raise ConfigError(f"seeds {fault} ({self.seeds}): give a non-empty list of non-negative seeds without "
+                              "repeats, e.g. seeds=[0,1,2]")
         self._check_run_layout()
         if self.steps < 1:
             raise ConfigError("steps must be positive: every variant trains for the same number of steps")
         bad = [s for s in self.eval_at if not 1 <= s <= self.steps]
         if bad:
-            raise ConfigError(f"eval_at {bad} lie outside 1..steps={self.steps}")
+            raise ConfigError(f"eval_at {bad} {'lies' if len(bad) == 1 else 'lie'} outside 1..steps={self.steps}: "
+                              "score checkpoints within the run, or raise steps")
         if self.num_samples < 2:
             raise ConfigError(f"num_samples must be at least 2 (FID needs two samples), got {self.num_samples}")
         for name in ("sample_batch_size", "eval_batch_size"):
@@ -239,8 +243,10 @@ def select_share(runs: list[Run], variants: list[str] | None, seeds: list[int] |
     for kind, chosen, known in (("variant", variants, known_variants), ("seed", seeds, known_seeds)):
         unknown = sorted(set(chosen or []) - known, key=str)
         if unknown:
+            hint = (f"; to add a seed, extend the list too: 'seeds=[{', '.join(map(str, sorted(known | set(unknown))))}]'"
+                    if kind == "seed" else "")
             raise ConfigError(f"{kind} {', '.join(map(str, unknown))} is not in the bench config "
-                              f"(it has {', '.join(map(str, sorted(known, key=str)))})")
+                              f"(it has {', '.join(map(str, sorted(known, key=str)))}){hint}")
     return [r for r in runs if (variants is None or r.variant in variants) and (seeds is None or r.seed in seeds)]
 
 

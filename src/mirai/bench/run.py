@@ -130,15 +130,17 @@ def run_convergence(bench: BenchConfig, variants: list[str] | None = None,
     return results
 
 
-def report_stored(bench: BenchConfig, variants: list[str] | None = None, seeds: list[int] | None = None) -> None:
+def report_stored(bench: BenchConfig, variants: list[str] | None = None, seeds: list[int] | None = None) -> int:
     """Write the report (``write_report``) from the records already in ``OUT``, for the chosen variants and
     seeds only (None: all); trains and scores nothing. For comparing some variants of a bench whose other
-    variants were never run. ``ConfigError`` if a chosen run has no stored score, naming how to get one."""
+    variants were never run. Returns how many chosen runs have their folder on disk (the ones the curves and
+    t-SNE maps can show). ``ConfigError`` for a variant or seed the bench lacks, or a chosen run with no stored
+    score, naming how to get one."""
     out = Path(bench.out_dir)
+    runs = select_share(plan_runs(bench), variants, seeds)  # a misspelt name first: it is the likelier fault
     results, floors = read_results(out), out / "reference.json"
     if not floors.is_file():
         raise ConfigError(f"{out} holds no scores yet (no reference.json): run the bench before asking for its report")
-    runs = select_share(plan_runs(bench), variants, seeds)
     unscored = [f"{r.variant} seed {r.seed}" for r in runs
                 if not any(record["seed"] == r.seed for record in results.get(r.variant, []))]
     if unscored:
@@ -152,7 +154,9 @@ def report_stored(bench: BenchConfig, variants: list[str] | None = None, seeds: 
     chosen = {r.variant for r in runs}
     shown = replace(bench, variants={k: v for k, v in bench.variants.items() if k in chosen},
                     seeds=[s for s in bench.seeds if s in {r.seed for r in runs}])
-    _say_gone(write_report(shown, runs, results, json.loads(floors.read_text())))
+    gone = write_report(shown, runs, results, json.loads(floors.read_text()))
+    _say_gone(gone)
+    return len(runs) - len(gone)
 
 
 def _say_gone(gone: list[Run]) -> None:

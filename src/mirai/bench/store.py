@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from mirai.sampling.record import compile_changes_draws
 RECORD_KEYS = ("seed", "step", "fid")  # what every record has; the report reads them
 SCORING_KEYS = ("num_samples", "class_sampling", "sample_seed", "sample_batch_size", "sampling",
                 "reference_codes", "evaluator")
+PATH_KEYS = ("reference_codes", "evaluator")  # compared as the files they name: ./codes and /abs/codes are one store
 # Training keys the bench derives from eval_at alone (plan_runs): they change which checkpoints exist, not the weights.
 CHECKPOINT_KEYS = {"save_every", "eval_every", "keep_last"}
 
@@ -78,15 +80,24 @@ def check_same_scoring(bench: BenchConfig, out_dir: Path) -> None:
     if not previous.is_file() or not any(p.exists() for p in scored):
         return
     old, new = read_yaml(previous), to_dict(bench)
-    changed = [k for k in SCORING_KEYS if old.get(k) != new[k]]
+    changed = [k for k in SCORING_KEYS if _setting(k, old.get(k)) != _setting(k, new[k])]
     switched = bool(old.get("compile_sampling")) != new["compile_sampling"]
     if switched and compile_changes_draws(new["sampling"]["precision"]):
         changed.append("compile_sampling")
     if changed:
         raise ConfigError(f"{out_dir} holds results scored with other {', '.join(changed)} "
-                          f"({', '.join(f'{k}: {old.get(k)!r}' for k in changed)}); use another out_dir, or "
-                          "delete results.json, reference.json, reference/ and grid_*.png/.pdf there to rescore "
-                          "everything (the training runs are kept)")
+                          f"({'; '.join(f'{k}: {old.get(k)!r} there, {new[k]!r} now' for k in changed)}); give "
+                          "the values it was scored with, use another out_dir, or delete results.json, "
+                          "reference.json, reference/ and grid_*.png/.pdf there to rescore everything (the "
+                          "training runs are kept)")
+
+
+def _setting(key: str, value: Any) -> Any:
+    """What a scoring setting means: a path key's string as the file it names (relative to the working
+    directory, as the bench reads it), so another spelling of the same store is the same setting."""
+    if key in PATH_KEYS and isinstance(value, str) and value.strip():
+        return os.path.realpath(value)
+    return value
 
 
 def check_same_training(run: Run, schedule: list[int]) -> Run:

@@ -76,9 +76,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {'':<{name_width}}  warning: {warning}")
         return 0
     if args.report:
-        report_stored(bench, variants=args.variant, seeds=args.seed)
-        print(f"wrote {bench.out_dir}/results.md and fid_vs_steps from the stored scores, and the t-SNE maps and "
-              "curves of the runs on disk (each .png and .pdf)")
+        on_disk = report_stored(bench, variants=args.variant, seeds=args.seed)
+        figures = (f"the t-SNE maps and curves of the {on_disk} run(s) on disk where they were missing or out of date"
+                   if on_disk else "no t-SNE maps or curves (no run folder on disk; any already drawn are kept)")
+        print(f"wrote {bench.out_dir}/results.md and fid_vs_steps from the stored scores, and {figures} "
+              "(each figure .png and .pdf)")
         return 0
     run_convergence(bench, variants=args.variant, seeds=args.seed)
     if args.variant or args.seed:

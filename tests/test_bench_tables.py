@@ -1,0 +1,85 @@
+"""The convergence bench's stored records and tables: the results file's shape, the summary and paired
+tables over seeds, and the shipped bench configs' checkpoint schedules (no training, no stores)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mirai.bench.config import BenchConfig
+from mirai.bench.report import format_table, paired_rows, summary_rows
+from mirai.bench.store import read_results
+from mirai.config import from_dict, load_config
+from mirai.errors import DataError
+from mirai.foresight.encoders import ASSETS
+
+
+def bench_dict(**changes) -> dict:
+    """A bench config that needs no files: the tables read only its variants, seeds and schedule."""
+    return {"train_config": "base.yaml", "reference_codes": "codes_test", "variants": {"baseline": []},
+            "seeds": [0], "steps": 4, "eval_at": [2], **changes}
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("[1, 2]", "holds a list, not variant -> records"),
+    ('{"baseline": 5}', "the records of 'baseline' are not a list of objects"),
+    ('{"baseline": [{"seed": 0, "step": 3}]}', "a record of 'baseline' lacks fid"),
+])
+def test_a_results_file_of_the_wrong_shape_is_refused_before_any_work(tmp_path, content, problem):
+    (tmp_path / "results.json").write_text(content)
+    with pytest.raises(DataError, match=problem + ".*restore it, or delete it to score every checkpoint again"):
+        read_results(tmp_path)
+    assert (tmp_path / "results.json").read_text() == content  # nothing saved is touched
+
+
+FLOORS = {"num_images": 12, "reference_codes": "x",
+          "tokenizer_floor": {"fid": 1.0, "precision": 0.9, "recall": 0.9, "inception_score": 3.0,
+                              "class_accuracy": 0.95, "num_images": 12},
+          "noise_floor": {"fid": 0.5, "precision": 0.8, "recall": 0.8, "inception_score": 3.5, "class_accuracy": 0.9,
+                          "num_images": 6, "num_reference": 6, "capped": True}}
+
+
+def test_table_reports_mean_and_spread_over_seeds():
+    bench = from_dict(BenchConfig, bench_dict(seeds=[0, 1], steps=6, eval_at=[2, 4],
+                                              average_last=2, variants={"a": []}))
+
+    def record(seed, step, fid):
+        return {"seed": seed, "step": step, "fid": fid, "fid_recon": fid / 2, "inception_score": 2.0,
+                "precision": 0.5, "recall": 0.25, "class_accuracy": 0.9, "val_nll": None}
+
+    results = {"a": [record(0, 2, 30.0), record(0, 4, 20.0), record(0, 6, 10.0),
+                     record(1, 2, 34.0), record(1, 4, 24.0), record(1, 6, 14.0)]}
+    rows = dict(summary_rows(bench, results))
+    assert [r["fid"] for r in rows["a@6"]] == [10.0, 14.0]
+    assert [r["fid"] for r in rows["a@last2"]] == [15.0, 19.0]  # each seed over steps 4 and 6
+    table = format_table(bench, results, FLOORS)
+    assert "| a@2 | 32 ± 2.8 | 16 ± 1.4 | 2 ± 0 |" in table
+    assert "| a@last2 | 17 ± 2.8 |" in table
+    assert table.count("| – |") == 4 + 2 * 2  # val NLL unknown in every row; the floors: no FID vs recon, no seeds
+    assert "| noise floor (6 real) | 0.5 | – | 3.5 | 0.8 | 0.8 | 0.9 | – | – |" in table
+
+
+def test_paired_table_compares_each_seed_with_the_baseline():
+    bench = from_dict(BenchConfig, bench_dict(seeds=[0, 1, 2], steps=4, eval_at=[],
+                                              variants={"baseline": [], "b": []}))
+
+    def record(seed, fid, acc):
+        return {"seed": seed, "step": 4, "fid": fid, "fid_recon": fid / 2, "inception_score": 2.0,
+                "precision": 0.5, "recall": 0.25, "class_accuracy": acc, "val_nll": None}
+
+    results = {"baseline": [record(0, 100.0, 0.5), record(1, 200.0, 0.6), record(2, 300.0, 0.7)],
+               "b": [record(0, 90.0, 0.6), record(1, 190.0, 0.7), record(2, 330.0, 0.6)]}
+    (name, diffs, relative), = paired_rows(bench, results)
+    assert name == "b@4" and diffs["fid"] == [-10.0, -10.0, 30.0] and diffs["val_nll"] == []
+    assert relative == pytest.approx([-10.0, -5.0, 10.0])
+    table = format_table(bench, results, FLOORS)
+    assert "| b@4 | 3.333 ± 23 (2/3) | 1.667 ± 12 (2/3) |" in table and "| – | -1.667 ± 10 |" in table
+
+
+def test_every_shipped_bench_config_draws_fid_curves_of_at_least_five_checkpoints():
+    shipped = sorted((Path(ASSETS).parent.parent / "configs" / "bench").glob("*.yaml"))
+    assert len(shipped) >= 5
+    for path in shipped:
+        bench = load_config(BenchConfig, path)
+        assert len(bench.schedule()) >= 5, f"{path.name} scores only steps {bench.schedule()}"
