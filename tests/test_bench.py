@@ -25,6 +25,7 @@ from mirai.data.codes import extract
 from mirai.data.folders import ImageFolder
 from mirai.data.views import ViewSpec
 from mirai.errors import ConfigError, Interrupted
+from mirai.evaluation.fashion_classifier import default_evaluator_path
 from mirai.foresight.encoders import ASSETS
 from mirai.models import GPT, VQModel
 from mirai.training.state import checkpoint_step, has_step_checkpoints, latest_checkpoint
@@ -340,6 +341,15 @@ def test_the_same_reference_store_spelt_another_way_scores_alike(setup, tmp_path
     with pytest.raises(ConfigError, match=r"scored with other reference_codes \(reference_codes: 'codes_test' "
                                           r"there, '.*other' now\); give the values it was scored with"):
         check_same_scoring(other, out)
+    # A committed evaluator named by its asset name or by its folder is one evaluator.
+    save_bench_config(from_dict(BenchConfig, bench_dict(setup, out, reference_codes="codes_test",
+                                                        evaluator="fashion/evaluator")), out)
+    check_same_scoring(from_dict(BenchConfig, bench_dict(setup, out, reference_codes="codes_test",
+                                                         evaluator=str(default_evaluator_path()))), out)
+    with pytest.raises(ConfigError, match=r"scored with other evaluator \(evaluator: 'fashion/evaluator' there, "
+                                          r"'hf://me/evaluator' now\)"):
+        check_same_scoring(from_dict(BenchConfig, bench_dict(setup, out, reference_codes="codes_test",
+                                                             evaluator="hf://me/evaluator")), out)
 
 
 def test_report_redraws_tsne_maps_that_lack_a_run(setup, tmp_path):

@@ -12,13 +12,14 @@ from typing import Any
 from mirai.bench.config import BenchConfig, Run
 from mirai.config import flatten, read_yaml, save_yaml, to_dict, write_text_atomic
 from mirai.errors import ConfigError, DataError
+from mirai.hub.resolve import HF_SCHEME, RELEASED_PREFIXES, resolve
 from mirai.sampling.record import compile_changes_draws
 
 # Bench keys that change what a stored record means; a rerun must not mix records made differently.
 RECORD_KEYS = ("seed", "step", "fid")  # what every record has; the report reads them
 SCORING_KEYS = ("num_samples", "class_sampling", "sample_seed", "sample_batch_size", "sampling",
                 "reference_codes", "evaluator")
-PATH_KEYS = ("reference_codes", "evaluator")  # compared as the files they name: ./codes and /abs/codes are one store
+PATH_KEYS = ("reference_codes", "evaluator")  # compared as the files they name (_setting)
 # Training keys the bench derives from eval_at alone (plan_runs): they change which checkpoints exist, not the weights.
 CHECKPOINT_KEYS = {"save_every", "eval_every", "keep_last"}
 
@@ -93,10 +94,12 @@ def check_same_scoring(bench: BenchConfig, out_dir: Path) -> None:
 
 
 def _setting(key: str, value: Any) -> Any:
-    """What a scoring setting means: a path key's string as the file it names (relative to the working
-    directory, as the bench reads it), so another spelling of the same store is the same setting."""
-    if key in PATH_KEYS and isinstance(value, str) and value.strip():
-        return os.path.realpath(value)
+    """What a scoring setting means: a path key's string as the local file it names (through the resolver
+    the scorer uses, so a committed asset's name is its folder), so another spelling of the same store is the
+    same setting. Hub addresses stay text: a check must not download."""
+    if key in PATH_KEYS and isinstance(value, str) and value.strip() \
+            and not value.startswith((HF_SCHEME, *RELEASED_PREFIXES)):
+        return os.path.realpath(resolve(value, key))
     return value
 
 
