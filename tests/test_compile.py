@@ -12,7 +12,7 @@ from helpers import MIRAI_E, encoder_overrides, make_cfg
 
 from mirai.errors import ConfigError
 from mirai.models import build_gpt
-from mirai.sampling.generate import generate
+from mirai.sampling.generate import filter_logits, generate
 from mirai.training.trainer import Trainer
 
 
@@ -49,11 +49,21 @@ def draw(model, seed: int, **kw) -> torch.Tensor:
 def test_compiled_decoding_draws_eager_tokens_from_one_graph(order, dynamo):
     model = tiny(**order)
     # Guidance from a quarter of the sequence on: unguided and guided passes share the graph. The
-    # second generation reuses the graph of the first, with another guidance scale and temperature.
-    for seed, cfg_scale, temperature in ((3, 1.5, 1.0), (4, 3.0, 0.7)):
-        kw = {"guidance_interval": (0.25, 1.0), "cfg_scale": cfg_scale, "temperature": temperature}
+    # second generation reuses the graph of the first, with another guidance scale, temperature and top-p.
+    for seed, cfg_scale, temperature, top_p in ((3, 1.5, 1.0, 0.9), (4, 3.0, 0.7, 0.6)):
+        kw = {"guidance_interval": (0.25, 1.0), "cfg_scale": cfg_scale, "temperature": temperature, "top_p": top_p}
         assert torch.equal(draw(model, seed, compile=True, **kw), draw(model, seed, **kw))
     assert dynamo["stats"]["unique_graphs"] == 1  # fullgraph=True: a graph break would have raised
+
+
+def test_top_p_as_a_tensor_filters_as_the_number_does():
+    # A compiled pass takes top-p as a 0-dim tensor; the most likely token always stays.
+    logits = torch.tensor([[0.1, 3.0, 2.0, -1.0, 2.0, 2.5], [1.0, 1.0, 1.0, 0.0, -2.0, 5.0]])
+    for top_k, top_p in ((None, 1e-6), (None, 0.3), (None, 0.95), (2, 0.8), (4, 0.99)):
+        expect = filter_logits(logits, top_k, top_p)
+        assert torch.equal(filter_logits(logits, top_k, torch.tensor(top_p)), expect), (top_k, top_p)
+    assert torch.isfinite(filter_logits(logits, None, torch.tensor(0.9))).tolist() == [
+        [False, True, True, False, True, True], [False, False, False, False, False, True]]
 
 
 def test_compiled_decoding_runs_under_bf16_autocast(dynamo, monkeypatch):

@@ -13,13 +13,19 @@ from mirai.models.gpt import GPT
 from mirai.sampling.checks import as_labels, check_guidance, check_sampling
 
 
-def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-    """Set to -inf every logit outside the top-k, and outside the smallest set whose probability
-    reaches top-p (the most likely token is always kept)."""
+Scalar = float | torch.Tensor  # a Python number, or a 0-dim tensor in a compiled pass (a new value, no new graph)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: Scalar | None = None) -> torch.Tensor:
+    """Set to -inf every logit of (..., V) ``logits`` outside the top-k, and outside the smallest set whose
+    probability reaches top-p (the most likely token is always kept). A ``top_k`` outside (0, V) or a Python
+    ``top_p`` outside (0, 1) filters nothing; a 0-dim tensor ``top_p`` (a compiled pass's input) must lie inside."""
     if top_k is not None and 0 < top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0.0 < top_p < 1.0:
+    if isinstance(top_p, (int, float)) and not 0.0 < top_p < 1.0:
+        top_p = None
+    if top_p is not None:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
         # Drop a token when the tokens ranked above it already hold top_p of the mass.
@@ -35,11 +41,8 @@ def guide(logits: torch.Tensor, cfg_scale: float) -> torch.Tensor:
     return uncond + cfg_scale * (cond - uncond)
 
 
-Scalar = float | torch.Tensor  # a Python number, or a 0-dim tensor in a compiled pass (a new value, no new graph)
-
-
 def token_probs(logits: torch.Tensor, temperature: Scalar | None = 1.0, top_k: int | None = None,
-                top_p: float | None = None) -> torch.Tensor:
+                top_p: Scalar | None = None) -> torch.Tensor:
     """What a draw reads from (..., V) logits: probabilities after temperature and top-k/top-p
     filtering, or, for ``temperature=None`` (greedy), the logits themselves (the draw takes their argmax)."""
     if temperature is None:
@@ -55,7 +58,7 @@ def draw_tokens(probs: torch.Tensor, greedy: bool = False, generator: torch.Gene
 
 
 def guided_probs(logits: torch.Tensor, guide_now: torch.Tensor, cfg_scale: Scalar | None, temperature: Scalar | None,
-                 top_k: int | None, top_p: float | None) -> torch.Tensor:
+                 top_k: int | None, top_p: Scalar | None) -> torch.Tensor:
     """``token_probs`` (B, W, V) of one decoding pass's logits (B', W, V). With guidance (``cfg_scale`` not
     None) the B' = 2B rows are [cond; uncond], mixed by ``guide`` where the 0-dim bool ``guide_now`` is
     True and the conditional rows taken as they are elsewhere (a tensor, so that a compiled pass
@@ -100,8 +103,8 @@ def generate(
 
     The KV cache is static (``mirai.models.decoding``): every pass has the same shapes, so
     ``compile=True`` runs the passes through one ``torch.compile(fullgraph=True)`` graph, built on
-    the first call for a model, batch size, dtype, top-k and top-p and reused after that (no
-    recompilation per step, nor for a new guidance scale or temperature, which enter as tensors).
+    the first call for a model, batch size, dtype, top-k and use of top-p, and reused after that: no
+    recompilation per step, nor for a new guidance scale, temperature or top-p, which enter as tensors.
     The graph takes each pass from its embeddings to the draw's probabilities (guidance,
     temperature, top-k/top-p and softmax included); the draw itself stays eager, so in fp32 the same
     ``generator`` draws the same tokens; under bf16 autocast the compiled kernels round differently
@@ -131,12 +134,17 @@ def generate(
     sequence = torch.zeros(batch, n_tokens, dtype=torch.long, device=device)
     guide_now = [torch.tensor(flag, device=device) for flag in (False, True)]
     greedy = temperature == 0
-    scale, temp = (cfg_scale if guided else None), (None if greedy else temperature)
-    if compile:  # graph inputs, so that a new guidance scale or temperature reuses the graph
-        scale, temp = (None if x is None else torch.tensor(x, device=device) for x in (scale, temp))
+    # Guidance scale, temperature and top-p, None where off: whether each is on shapes the graph, its value
+    # need not. top-k stays a Python int, a constant of the graph: torch.topk takes no tensor k, and the full
+    # sort that would read a tensor one costs 4-9x topk's time per pass on CPU (vocabularies of 256-16 384).
+    scale, temp, nucleus = (cfg_scale if guided else None), (None if greedy else temperature), \
+        (top_p if top_p is not None and top_p < 1 else None)
+    if compile:  # graph inputs, so that a new guidance scale, temperature or top-p reuses the graph
+        scale, temp, nucleus = (None if x is None else torch.tensor(x, device=device) for x in (scale, temp, nucleus))
 
     def cached_pass(h: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor,
-                    guided_here: torch.Tensor, scale: Scalar | None, temp: Scalar | None) -> torch.Tensor:
+                    guided_here: torch.Tensor, scale: Scalar | None, temp: Scalar | None,
+                    top_p: Scalar | None) -> torch.Tensor:
         logits = model.decode_step(h, positions, slots, mask)
         return guided_probs(logits, guided_here, scale, temp, top_k, top_p)
 
@@ -153,14 +161,14 @@ def generate(
                 if plan is None:
                     context = sequence[:, : step.produce[0]]
                     logits = model.logits_at(context.repeat(2, 1) if guided else context, cond, step.produce)
-                    probs = guided_probs(logits, guided_here, scale, temp, top_k, top_p)
+                    probs = guided_probs(logits, guided_here, scale, temp, top_k, nucleus)
                 else:
                     fed = sequence[:, list(step.feed)]
                     h = model.pass_inputs(step, fed.repeat(2, 1) if guided else fed, cond)
                     if h.size(1) < plan.width:  # the plan's padding rows lead
                         h = F.pad(h, (0, 0, plan.width - h.size(1), 0))
-                    probs = run_pass(h, plan.positions[i], plan.slots[i], plan.masks[i], guided_here,
-                                     scale, temp)[:, -k:]
+                    probs = run_pass(h, plan.positions[i], plan.slots[i], plan.masks[i], guided_here, scale, temp,
+                                     nucleus)[:, -k:]
                     if compile and i == 0:
                         # The first pass chose the graph; every later pass of this call has the same shapes,
                         # dtypes and module, so re-checking Dynamo's guards each pass (0.3 ms, about 5 % of a small
