@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
 import torch
 import torch._dynamo
@@ -62,6 +63,8 @@ def test_top_p_as_a_tensor_filters_as_the_number_does():
     for top_k, top_p in ((None, 1e-6), (None, 0.3), (None, 0.95), (2, 0.8), (4, 0.99)):
         expect = filter_logits(logits, top_k, top_p)
         assert torch.equal(filter_logits(logits, top_k, torch.tensor(top_p)), expect), (top_k, top_p)
+    for off in (1, 1.0, np.float32(1.0), np.float64(0.0)):  # any number type outside (0, 1) filters nothing
+        assert torch.equal(filter_logits(logits, None, off), logits), off
     assert torch.isfinite(filter_logits(logits, None, torch.tensor(0.9))).tolist() == [
         [False, True, True, False, True, True], [False, False, False, False, False, True]]
 

@@ -23,7 +23,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: Scalar 
     if top_k is not None and 0 < top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if isinstance(top_p, (int, float)) and not 0.0 < top_p < 1.0:
+    if top_p is not None and not isinstance(top_p, torch.Tensor) and not 0.0 < top_p < 1.0:
         top_p = None
     if top_p is not None:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
@@ -103,8 +103,9 @@ def generate(
 
     The KV cache is static (``mirai.models.decoding``): every pass has the same shapes, so
     ``compile=True`` runs the passes through one ``torch.compile(fullgraph=True)`` graph, built on
-    the first call for a model, batch size, dtype, top-k and use of top-p, and reused after that: no
-    recompilation per step, nor for a new guidance scale, temperature or top-p, which enter as tensors.
+    the first call for a model, batch size, dtype and top-k, and for which of guidance, greedy decoding
+    and top-p are on, and reused after that: no recompilation per step, nor for a new guidance scale,
+    temperature or top-p, which enter as tensors.
     The graph takes each pass from its embeddings to the draw's probabilities (guidance,
     temperature, top-k/top-p and softmax included); the draw itself stays eager, so in fp32 the same
     ``generator`` draws the same tokens; under bf16 autocast the compiled kernels round differently
@@ -134,19 +135,20 @@ def generate(
     sequence = torch.zeros(batch, n_tokens, dtype=torch.long, device=device)
     guide_now = [torch.tensor(flag, device=device) for flag in (False, True)]
     greedy = temperature == 0
-    # Guidance scale, temperature and top-p, None where off: whether each is on shapes the graph, its value
-    # need not. top-k stays a Python int, a constant of the graph: torch.topk takes no tensor k, and the full
-    # sort that would read a tensor one costs 4-9x topk's time per pass on CPU (vocabularies of 256-16 384).
-    scale, temp, nucleus = (cfg_scale if guided else None), (None if greedy else temperature), \
-        (top_p if top_p is not None and top_p < 1 else None)
+    # Guidance scale, temperature and top-p, None where off: whether each is on shapes the graph; a new value
+    # does not. top-k stays a Python int, a constant of the graph: torch.topk takes no tensor k, and the full
+    # sort that could read a tensor one takes several times topk's time per pass on CPU.
+    scale = cfg_scale if guided else None
+    temp = None if greedy else temperature
+    nucleus = top_p if top_p is not None and top_p < 1 else None
     if compile:  # graph inputs, so that a new guidance scale, temperature or top-p reuses the graph
         scale, temp, nucleus = (None if x is None else torch.tensor(x, device=device) for x in (scale, temp, nucleus))
 
     def cached_pass(h: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor,
                     guided_here: torch.Tensor, scale: Scalar | None, temp: Scalar | None,
-                    top_p: Scalar | None) -> torch.Tensor:
+                    nucleus: Scalar | None) -> torch.Tensor:
         logits = model.decode_step(h, positions, slots, mask)
-        return guided_probs(logits, guided_here, scale, temp, top_k, top_p)
+        return guided_probs(logits, guided_here, scale, temp, top_k, nucleus)
 
     try:
         plan = model.setup_kv_cache(cond.size(0), dtype=dtype if dtype != torch.float32 else None) if use_kv_cache \
