@@ -241,6 +241,9 @@ def test_bad_variants_fail_before_any_training(setup, tmp_path, monkeypatch):
         from_dict(BenchConfig, bench_dict(setup, out, eval_at=[9]))
     with pytest.raises(ConfigError, match="variants.x: unknown key"):
         from_dict(BenchConfig, bench_dict(setup, out, variants={"x": {"cfg": "a.yaml"}}))
+    top_k = bench_dict(setup, out, sampling={"top_k": 999})  # scoring samples with it: refused before training
+    with pytest.raises(ConfigError, match=r"bench's sampling: top_k .* between 1 and \d+, got 999; .* has \d+ codes"):
+        run_convergence(from_dict(BenchConfig, top_k))
     assert not out.exists()
 
 

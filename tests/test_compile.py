@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 
 import numpy as np
 import pytest
@@ -75,6 +76,20 @@ def test_compiled_decoding_runs_under_bf16_autocast(dynamo, monkeypatch):
     tokens = draw(model, 5, compile=True, dtype=torch.bfloat16)
     assert torch.equal(tokens, draw(model, 5, dtype=torch.bfloat16))
     assert dynamo["stats"]["unique_graphs"] == 1
+
+
+def test_a_sweep_may_build_more_graphs_than_dynamos_default_and_is_told_at_the_project_limit(monkeypatch):
+    use_backend(monkeypatch, "aot_eager")
+    # the module (mirai.sampling re-exports the function under the same name)
+    monkeypatch.setattr(importlib.import_module("mirai.sampling.generate"), "GRAPH_LIMIT", 3)
+    torch._dynamo.reset()
+    model = tiny()
+    with torch._dynamo.config.patch(recompile_limit=2):  # Dynamo's own limit (8 by default) is raised to ours
+        for top_k in (1, 2, 3):  # a constant of the graph: one graph each
+            draw(model, 0, compile=True, top_k=top_k)
+        with pytest.raises(ConfigError, match=r"built 3 graphs in this process .* torch.compiler.reset\(\)"):
+            draw(model, 0, compile=True, top_k=4)
+    torch._dynamo.reset()
 
 
 def test_compile_needs_the_kv_cache():

@@ -16,6 +16,7 @@ from mirai.bench.scorer import Scorer
 from mirai.bench.store import (
     check_same_scoring, check_same_training, read_results, save_bench_config, store_record, write_json,
 )
+from mirai.data.codes import CodeStore
 from mirai.errors import CheckpointError, ConfigError, Interrupted, MiraiError
 from mirai.figures import figure_paths
 from mirai.training.metrics import read_metrics
@@ -54,7 +55,16 @@ def plan_share(bench: BenchConfig, variants: list[str] | None = None, seeds: lis
     """The share's runs, checked against the records and runs already in ``OUT`` (``ConfigError`` before any
     work); what ``train_and_score`` will train and score, and what ``--dry-run`` prints."""
     check_same_scoring(bench, Path(bench.out_dir))
-    return [check_same_training(run, bench.schedule()) for run in select_share(plan_runs(bench), variants, seeds)]
+    runs = [check_same_training(run, bench.schedule()) for run in select_share(plan_runs(bench), variants, seeds)]
+    # Scoring samples every run with the bench's top-k: it must fit each store's vocabulary (a store not
+    # there yet, as under --dry-run before extraction, is named by training instead).
+    for codes in dict.fromkeys(run.cfg.data.codes for run in runs if Path(run.cfg.data.codes).exists()):
+        vocab_size = CodeStore.open(codes).vocab_size
+        try:
+            bench.sampling.validate(vocab_size=vocab_size)
+        except ConfigError as err:
+            raise ConfigError(f"the bench's sampling: {err}; {codes} has {vocab_size} codes") from None
+    return runs
 
 
 def train_and_score(bench: BenchConfig, variants: list[str] | None = None,

@@ -13,6 +13,7 @@ from mirai.models.gpt import GPT
 from mirai.sampling.checks import as_labels, check_guidance, check_sampling
 
 
+GRAPH_LIMIT = 64  # compiled decoding graphs kept per process (Dynamo's recompile_limit while generate runs)
 Scalar = float | torch.Tensor  # a Python number, or a 0-dim tensor in a compiled pass (a new value, no new graph)
 
 
@@ -66,6 +67,15 @@ def guided_probs(logits: torch.Tensor, guide_now: torch.Tensor, cfg_scale: Scala
     if cfg_scale is not None:
         logits = torch.where(guide_now, guide(logits, cfg_scale), logits.chunk(2, dim=0)[0])
     return token_probs(logits, temperature, top_k, top_p)
+
+
+def _not_finite(cfg_scale: float, temperature: float, dtype: torch.dtype) -> ConfigError:
+    """The error for a draw whose probabilities overflowed: finite but extreme values (a temperature near 0
+    divides the logits past the float range, a huge guidance scale multiplies them past it)."""
+    return ConfigError(
+        f"the sampling values gave non-finite token probabilities (cfg_scale {cfg_scale:g}, temperature "
+        f"{temperature:g}, {str(dtype).removeprefix('torch.')}): the logits left the float range; use a temperature "
+        "of 0 (greedy) or at least 1e-3, and a guidance scale below 1e3")
 
 
 def _in_interval(step: int, total: int, interval: Sequence[float] | None) -> bool:
@@ -157,6 +167,9 @@ def generate(
         # softmax) is one graph; only the draw stays eager, so that the generator's draws are eager's.
         run_pass = torch.compile(cached_pass, fullgraph=True, dynamic=False) if compile else cached_pass
         with autocast, contextlib.ExitStack() as stance:
+            if compile:  # Dynamo's default of 8 graphs per function would end a sweep over top-k or batch sizes
+                limit = max(torch._dynamo.config.recompile_limit, GRAPH_LIMIT)
+                stance.enter_context(torch._dynamo.config.patch(recompile_limit=limit))
             for i, step in enumerate(model.decode_schedule()):
                 k = len(step.produce)
                 guided_here = guide_now[_in_interval(step.produce[0], n_tokens, guidance_interval)]
@@ -169,14 +182,27 @@ def generate(
                     h = model.pass_inputs(step, fed.repeat(2, 1) if guided else fed, cond)
                     if h.size(1) < plan.width:  # the plan's padding rows lead
                         h = F.pad(h, (0, 0, plan.width - h.size(1), 0))
-                    probs = run_pass(h, plan.positions[i], plan.slots[i], plan.masks[i], guided_here, scale, temp,
-                                     nucleus)[:, -k:]
+                    try:
+                        probs = run_pass(h, plan.positions[i], plan.slots[i], plan.masks[i], guided_here, scale, temp,
+                                         nucleus)[:, -k:]
+                    except torch._dynamo.exc.FailOnRecompileLimitHit:
+                        raise ConfigError(
+                            f"compiled decoding has built {limit} graphs in this process (one per model, batch "
+                            "size, dtype, top-k and choice of guidance, greedy decoding and top-p): call "
+                            "torch.compiler.reset() between sweeps, or sample without compile") from None
                     if compile and i == 0:
                         # The first pass chose the graph; every later pass of this call has the same shapes,
                         # dtypes and module, so re-checking Dynamo's guards each pass (0.3 ms, about 5 % of a small
                         # GPT's pass on CPU, benchmarks/RESULTS.md section 6) buys nothing.
                         stance.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True))
-                next_tokens = draw_tokens(probs.reshape(batch * k, -1), greedy, generator)
+                if i == 0 and not bool(torch.isfinite(probs).all()):  # one host read, before CUDA's draw asserts
+                    raise _not_finite(cfg_scale, temperature, dtype)
+                try:
+                    next_tokens = draw_tokens(probs.reshape(batch * k, -1), greedy, generator)
+                except RuntimeError as err:  # a later pass's overflow: CPU's multinomial refuses inf/NaN
+                    if "probability tensor" not in str(err):
+                        raise
+                    raise _not_finite(cfg_scale, temperature, dtype) from None
                 sequence[:, list(step.produce)] = next_tokens.view(batch, k)
     finally:
         model.clear_kv_cache()

@@ -120,6 +120,11 @@ class Trainer:
         torch.manual_seed(cfg.seed)
 
         self.data = TrainingData(cfg, rank=self.dist.rank, world_size=self.dist.world_size)
+        try:  # here, before any step: the first sample grid would otherwise end the run hours in
+            cfg.sampling.validate(vocab_size=self.data.vocab_size)
+        except ConfigError as err:
+            raise ConfigError(f"sampling (the run's sample grids): {err}; the code store has "
+                              f"{self.data.vocab_size} codes") from None
         m = cfg.model
         # Without dropout, class dropout is off too: the null-class row stays in the architecture
         # (null_class) but is never trained, and the saved args say so (class_dropout_prob 0), so
