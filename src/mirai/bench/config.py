@@ -46,7 +46,7 @@ class BenchConfig:
     sample_seed: int = 0  # the same labels and noise for every checkpoint: variants differ only by weights
     sample_batch_size: int = 250
     # Decode through torch.compile (static KV cache): in fp32 the same tokens as eager (tests/test_compile.py),
-    # 1.07-1.31x the tokens/s on CPU after a one-off compile per batch size (benchmarks/RESULTS.md section 6);
+    # 1.10-1.38x the tokens/s on a free CPU core after a one-off compile per batch size (benchmarks/RESULTS.md 6);
     # in bf16/fp16 other draws (check_same_scoring keeps the two apart).
     compile_sampling: bool = False
     sampling: SampleSettings = field(default_factory=SampleSettings)
