@@ -5,11 +5,14 @@ import warnings
 
 import pytest
 import torch
+from helpers import assert_cli_refuses
 
 from mirai import checkpoint
 from mirai.convert import gpt_from_llamagen_state, load_module, read_llamagen
-from mirai.errors import CheckpointError
+from mirai.errors import CheckpointError, ConfigError
 from mirai.models import GPT, VQModel, build_gpt, gpt_args
+from mirai.models.fashion_classifier import FashionClassifier
+from mirai.models.fashion_encoder import FashionEncoderArgs, FashionEncoderNet
 from mirai.models.vq import vq_args
 
 
@@ -136,6 +139,10 @@ def test_llamagen_containers_load_strictly(tmp_path, container):
     assert same_weights(ckpt.build(GPT), model)
     assert (ckpt.ema is not None) == (container == "compiled")
     assert same_weights(load_module(tmp_path / "c2i.pt", "gpt", grid_size=4), model)
+    # LlamaGen's released files hold "model" only: what was loaded is said, not what was preferred
+    assert load_module(tmp_path / "c2i.pt", "gpt", grid_size=4).loaded_weights == (
+        "EMA" if container == "compiled" else "raw")
+    assert load_module(tmp_path / "c2i.pt", "gpt", prefer_ema=False, grid_size=4).loaded_weights == "raw"
 
 
 def test_llamagen_gpt_b_shapes_infer_the_config():
@@ -208,3 +215,55 @@ def test_a_pt_without_the_gpt_keys_is_named_in_the_error(tmp_path):
     named = f"{tmp_path / 'g.pt'}: not a LlamaGen .* 'tok_embeddings.weight' is missing"
     with pytest.raises(CheckpointError, match=named):
         read_llamagen(tmp_path / "g.pt", kind="gpt", grid_size=2)
+
+
+STORED = {"gpt": (GPT, nano), "vq": (VQModel, lambda: VQModel(vq_args("VQ-Tiny", codebook_size=16))),
+          "fashion_encoder": (FashionEncoderNet, lambda: FashionEncoderNet(FashionEncoderArgs(dim=32, width=16))),
+          "fashion_classifier": (FashionClassifier, lambda: FashionClassifier(widths=(4, 8, 8), feature_dim=8))}
+
+
+@pytest.mark.parametrize("kind", sorted(STORED))
+@pytest.mark.parametrize("edit, named", [
+    (lambda args: {f"{k}_typo" if i == 0 else k: v for i, (k, v) in enumerate(args.items())},
+     r"args: unknown key\(s\) \['\w+_typo'\]; valid keys are \["),
+    (lambda args: {**args, next(k for k, v in args.items() if type(v) is int): "four"},
+     r"args\.\w+: expected an integer, got 'four'"),
+    (lambda args: [args], r"args: expected a mapping of model settings"),
+])
+def test_a_bad_key_or_value_in_a_stored_config_is_a_config_error_naming_the_file(tmp_path, kind, edit, named):
+    """A config.json from another Mirai version, or edited by hand, raised a bare TypeError from the args class."""
+    cls, make = STORED[kind]
+    path = checkpoint.save(tmp_path / "ck", make())
+    config = json.loads((path / "config.json").read_text())
+    config["args"] = edit(config["args"])
+    (path / "config.json").write_text(json.dumps(config))  # config.json records no checksum of itself
+    error = f"{path / 'config.json'}: {named}.*written by another version of Mirai.*or the file was edited"
+    with pytest.raises(ConfigError, match=error):
+        checkpoint.load(path, cls)
+    if kind in ("gpt", "vq"):
+        with pytest.raises(ConfigError, match=error):
+            load_module(path, kind)
+
+
+def test_an_inconsistent_stored_config_is_a_config_error_naming_the_file(tmp_path):
+    path = checkpoint.save(tmp_path / "ck", nano())
+    config = json.loads((path / "config.json").read_text())
+    config["args"]["n_layer"] = 0  # well typed, refused by GPTArgs' own check (a ValueError)
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=f"{path / 'config.json'}: n_layer must be positive, got 0. The checkpoint"):
+        load_module(path, "gpt")
+    assert_cli_refuses(["sample", "--gpt", str(path), "--tokenizer", "fashion/vq8", "--out", str(tmp_path / "out")],
+                       tmp_path, match="config.json: n_layer must be positive")
+
+
+@pytest.mark.parametrize("name", ["ema.safetensors", "model.safetensors", "config.json"])
+def test_a_file_of_a_mirai_checkpoint_is_refused_naming_its_folder(tmp_path, name):
+    """It was read as a LlamaGen .pt, and the user told to pass --grid-size."""
+    path = checkpoint.save(tmp_path / "ck", nano(), ema=nano())
+    folder = f"{path / name} is a file of the Mirai checkpoint {path}: give that folder instead"
+    for load in (lambda: load_module(path / name, "gpt"), lambda: load_module(path / name, "gpt", grid_size=4),
+                 lambda: read_llamagen(path / name), lambda: checkpoint.load(path / name, GPT)):
+        with pytest.raises(CheckpointError, match=folder):
+            load()
+    assert_cli_refuses(["sample", "--gpt", str(path / name), "--tokenizer", "fashion/vq8",
+                        "--out", str(tmp_path / "out")], tmp_path, match=folder)

@@ -144,3 +144,14 @@ def test_a_training_store_out_of_reach_is_named_with_where_its_path_comes_from(f
     assert_cli_refuses(["analyze", "foresight", "--gpt", str(moved), "--codes", str(stores / "codes_val"),
                         "--out", str(tmp_path / "o.json")], tmp_path,
                        match=r"runs/codes/elsewhere.*data.codes in .*train_config.yaml.*run it from the folder")
+
+
+def test_a_bad_key_in_the_saved_training_config_names_the_file(foresight_run, stores, tmp_path):
+    """The training config a checkpoint saved is read back with the config checks; the error names that file."""
+    _, ckpt = foresight_run
+    moved = shutil.copytree(ckpt, tmp_path / "ckpt")
+    config = moved / "train_config.yaml"
+    config.write_text(config.read_text().replace("\nmodel:\n", "\nmodel:\n  n_layr: 4\n", 1))
+    assert_cli_refuses(["analyze", "foresight", "--gpt", str(moved), "--codes", str(stores / "codes_val"),
+                        "--out", str(tmp_path / "o.json")], tmp_path,
+                       match=rf"{config}: config.model: unknown key\(s\) \['n_layr'\].*another version of Mirai")

@@ -110,6 +110,26 @@ def test_a_raw_pt_without_a_known_grid_is_refused(tmp_path):
     assert load_module(tmp_path / "mine.pt", "gpt", grid_size=2).args.grid_size == 2
 
 
+def test_the_grid_names_the_weights_sampled_when_a_pt_holds_no_ema(tmp_path, monkeypatch, capsys):
+    """A .pt with "model" only (LlamaGen's released layout) was titled "EMA weights" though raw ones were sampled."""
+    import mirai.sampling.grid
+
+    titles = []
+    monkeypatch.setattr(mirai.sampling.grid, "write_sample_grid",
+                        lambda images, labels, out, what, *args, **kwargs: titles.append(what) or [out])
+    torch.save({"model": tiny_gpt().state_dict()}, tmp_path / "mine.pt")
+    checkpoint.save(tmp_path / "vq", tiny_vq())
+    checkpoint.save(tmp_path / "ck", tiny_gpt(), ema=tiny_gpt(seed=1))
+    common = ["--tokenizer", str(tmp_path / "vq"), "--classes", "0", "--per-class", "1", "--device", "cpu"]
+    for gpt, extra, weights in ((tmp_path / "mine.pt", ["--grid-size", "2"], "raw"), (tmp_path / "ck", [], "EMA"),
+                                (tmp_path / "ck", ["--raw-weights"], "raw")):
+        out = tmp_path / f"out{len(titles)}"
+        assert main(["sample", "--gpt", str(gpt), "--out", str(out), *common, *extra]) == 0
+        assert titles[-1] == f"{gpt.name} ({weights} weights, seed 0)"
+        note = "holds no EMA weights, so its raw weights are sampled" in capsys.readouterr().out
+        assert note == (gpt.suffix == ".pt")  # said only when the EMA weights were asked for and are not there
+
+
 def test_from_pretrained_reads_a_hub_repo_and_push_uploads_the_same_folder(hub_cache, tmp_path, monkeypatch):
     gpt, vq = tiny_gpt(), tiny_vq()
     mirai_repo(hub_cache, tmp_path, "someone/tiny-gpt", gpt)

@@ -36,8 +36,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mirai.config import saved_config_error
 from mirai.errors import CheckpointError, ConfigError, MiraiError, refuse_under_file
-from mirai.hub.resolve import missing_message, resolve
+from mirai.hub.resolve import missing_message, refuse_a_file_of_a_checkpoint, resolve
 
 FORMAT_VERSION = 1
 CONFIG_FILE, MODEL_FILE, EMA_FILE = "config.json", "model.safetensors", "ema.safetensors"
@@ -51,7 +52,8 @@ class Checkpointable(Protocol):
 
     ``checkpoint_kind`` names the family in the file (``"gpt"``, ``"vq"``, ...);
     ``checkpoint_config()`` returns ``(name, args)`` with JSON-able args, and the class method
-    ``from_checkpoint_config(name, args)`` builds an untrained module from them.
+    ``from_checkpoint_config(name, args)`` builds an untrained module from them, checking ``args`` with
+    ``mirai.config.from_dict`` (a bad key or value is a ``ValueError``, reported naming the file).
     """
 
     checkpoint_kind: ClassVar[str]
@@ -72,6 +74,7 @@ class Checkpoint:
     model: dict[str, torch.Tensor]
     ema: dict[str, torch.Tensor] | None = None
     meta: dict = field(default_factory=dict)
+    config_file: Path | None = None  # the config.json it was read from (None: made in memory)
 
     def build(self, cls: type[M], use_ema: bool = False, strict: bool = True) -> M:
         """Rebuild ``cls`` (which must be of this checkpoint's kind) and load the (EMA) weights."""
@@ -80,7 +83,12 @@ class Checkpoint:
                 f"this checkpoint holds a {self.kind!r} model, but a {cls.checkpoint_kind!r} one "
                 f"({cls.__name__}) is needed here"
             )
-        module = cls.from_checkpoint_config(self.name, self.args)
+        try:  # the class checks its stored args (from_dict): unknown keys, ill-typed or inconsistent values
+            if not isinstance(self.args, dict):
+                raise ConfigError(f"args: expected a mapping of model settings, got {self.args!r:.80}")
+            module = cls.from_checkpoint_config(self.name, self.args)
+        except ValueError as err:  # ConfigError, or a plain ValueError from the args' own checks
+            raise saved_config_error(self.config_file or CONFIG_FILE, err) from None
         state = self.ema if use_ema else self.model
         if use_ema and state is None:
             raise CheckpointError("this checkpoint has no EMA weights; load its raw weights instead (--raw-weights "
@@ -402,6 +410,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if not path.exists():
         raise CheckpointError(missing_message(path))
     if path.is_file():
+        refuse_a_file_of_a_checkpoint(path)
         raise CheckpointError(
             f"{path} is a file, not a Mirai checkpoint directory; convert a LlamaGen .pt first with "
             "`mirai convert llamagen`"
@@ -421,7 +430,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if model is None:
         raise CheckpointError(f"{path} has no {MODEL_FILE}")
     return Checkpoint(config["kind"], config.get("name", ""), config.get("args", {}), model,
-                      tensors(EMA_FILE), config.get("meta", {}))
+                      tensors(EMA_FILE), config.get("meta", {}), path / CONFIG_FILE)
 
 
 def load(path: str | Path, cls: type[M], use_ema: bool = False) -> M:

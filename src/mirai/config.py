@@ -349,6 +349,14 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
     return from_dict(cls, apply_overrides(data, overrides))
 
 
+def saved_config_error(path: str | Path, err: Exception) -> ConfigError:
+    """The error for a config that a checkpoint saved (``path``: its ``config.json`` or ``train_config.yaml``)
+    and this Mirai cannot rebuild; ``err`` names the bad key or value (``from_dict``'s checks). The file
+    was not written by hand, so the fix is the version that wrote it, or an unedited copy."""
+    return ConfigError(f"{path}: {err}. The checkpoint was written by another version of Mirai (load it with that "
+                       "version) or the file was edited (restore it from the checkpoint's source)")
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write a text file through a temporary name and a rename: a reader, or another process
     writing the same file, never sees half of it (the temporary name is per process)."""

@@ -19,7 +19,7 @@ from mirai.checkpoint import (
     Checkpoint, llamagen_state_dicts, load_state_dict_checked, read_checkpoint, read_torch_file,
 )
 from mirai.errors import CheckpointError, MiraiError
-from mirai.hub.resolve import ReleasedFile, released_file, resolve
+from mirai.hub.resolve import ReleasedFile, refuse_a_file_of_a_checkpoint, released_file, resolve
 from mirai.models.gpt import GPT
 from mirai.models.registry import GPT_CONFIGS, gpt_args, infer_gpt_name
 from mirai.models.vq import VQ_CONFIGS, VQModel, vq_from_llamagen_state
@@ -123,8 +123,10 @@ def read_llamagen(path: str | Path, kind: str | None = None, name: str | None = 
     ``path``: a file or a name ``mirai.hub.resolve`` knows (``llamagen:c2i_B_256``, ``hf://...``).
     ``grid_size``: the GPT's token grid; None takes it from the table of released files and raises
     ``CheckpointError`` (asking for --grid-size/--image-size) for a GPT file the table does not know."""
+    local = resolve(path, "weights file")
+    refuse_a_file_of_a_checkpoint(local)
     grid_size = released_grid(path, grid_size)
-    model_state, ema_state = llamagen_state_dicts(read_torch_file(path), path)
+    model_state, ema_state = llamagen_state_dicts(read_torch_file(local), path)
     kind = kind or detect_kind(model_state)
     if kind not in MODEL_KINDS:
         raise CheckpointError(f"unknown kind {kind!r}: use one of {sorted(MODEL_KINDS)}")
@@ -155,17 +157,20 @@ def load_module(
     path: str | Path, kind: str, prefer_ema: bool = True, name: str | None = None, grid_size: int | None = None
 ) -> torch.nn.Module:
     """A GPT or VQ in eval mode from a Mirai directory or a LlamaGen ``.pt`` (EMA weights when
-    the file has them and ``prefer_ema``). ``path`` may be any name ``mirai.hub.resolve`` knows;
-    ``grid_size`` matters for a GPT ``.pt`` only (see ``read_llamagen``)."""
+    the file has them and ``prefer_ema``; its ``loaded_weights`` attribute, "EMA" or "raw", says which
+    were loaded). ``path`` may be any name ``mirai.hub.resolve`` knows; ``grid_size`` matters for a GPT
+    ``.pt`` only (see ``read_llamagen``)."""
     if kind not in MODEL_KINDS:
         raise CheckpointError(f"unknown kind {kind!r}: use one of {sorted(MODEL_KINDS)}")
     grid_size = released_grid(path, grid_size)
     path = resolve(path)
     ckpt = read_llamagen(path, kind=kind, name=name, grid_size=grid_size) if path.is_file() else read_checkpoint(path)
+    use_ema = prefer_ema and ckpt.ema is not None  # LlamaGen's released .pt files hold raw weights only
     try:
-        module = ckpt.build(MODEL_KINDS[kind], use_ema=prefer_ema and ckpt.ema is not None).eval()
+        module = ckpt.build(MODEL_KINDS[kind], use_ema=use_ema).eval()
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
+    module.loaded_weights = "EMA" if use_ema else "raw"  # for titles and records: not what was preferred
     # A Mirai checkpoint records its model: a size or grid given for a .pt must not pass unnoticed here.
     stored = getattr(getattr(module, "args", None), "grid_size", None)
     if kind == "gpt" and not path.is_file() and grid_size is not None and stored != grid_size:

@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from mirai import checkpoint
-from mirai.config import load_config, write_text_atomic
+from mirai.config import load_config, saved_config_error, write_text_atomic
 from mirai.data.codes import CodeStore
 from mirai.data.options import check_output_file, positive_int, resolve_device, whole_number
 from mirai.errors import CheckpointError, ConfigError, DataError
@@ -97,7 +97,10 @@ def load_foresight_run(ckpt: Path, device: str = "cpu") -> tuple[TrainConfig, GP
         if not (ckpt / name).is_file():
             raise CheckpointError(f"{ckpt} has no {name}: give a training checkpoint of a foresight run "
                                   "(RUN/checkpoints/step_NNNNNNN or RUN/checkpoints/best)")
-    cfg = load_config(TrainConfig, ckpt / CONFIG_FILE, ["foresight.cache_features=false"])
+    try:
+        cfg = load_config(TrainConfig, ckpt / CONFIG_FILE, ["foresight.cache_features=false"])
+    except ConfigError as err:  # from_dict names the key ("config.model"), not the file the run saved
+        raise (err if str(ckpt / CONFIG_FILE) in str(err) else saved_config_error(ckpt / CONFIG_FILE, err)) from None
     if not cfg.foresight.enabled or cfg.foresight.output_diagnostic:
         raise ConfigError(f"{ckpt} was trained without a foresight loss on hidden states (foresight.source="
                           f"{cfg.foresight.source}, output_diagnostic={cfg.foresight.output_diagnostic}); "

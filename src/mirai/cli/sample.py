@@ -41,17 +41,24 @@ def add_parser(subparsers) -> None:
     p.add_argument("--num-samples", type=int, help="evaluation mode: total number of samples")
     p.add_argument("--class-sampling", choices=["balanced", "uniform"], default="balanced",
                    help="evaluation mode: equal counts per class, or uniformly drawn labels as in LlamaGen")
-    p.add_argument("--cfg-scale", type=float, default=2.0, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--guidance-interval", type=_float_pair, help="apply guidance only on this fraction of tokens")
+    p.add_argument("--cfg-scale", type=float, default=2.0, help="classifier-free guidance scale (default 2.0, "
+                   "LlamaGen-B's; 1 = off)")
+    p.add_argument("--guidance-interval", type=_float_pair, help="START,END: apply guidance only on this "
+                   "fraction of the tokens, e.g. 0,0.5 (default: all)")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1; 0 = greedy)")
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    p.add_argument("--compile", action="store_true", help="decode through torch.compile: one graph for every pass, "
-                   "compiled on the first batch (worth it for many batches; in fp32 the same draws, not recorded; "
-                   "in bf16/fp16 other draws, recorded)")
+    p.add_argument("--top-k", type=int, help="draw only from the k most likely tokens, 1..vocabulary size "
+                   "(default: off)")
+    p.add_argument("--top-p", type=float, help="draw only from the smallest set of tokens holding this probability, "
+                   "in (0, 1] (default: off; 1 = off)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed in [0, 2**32) (default 0): the same seed, "
+                   "checkpoint and settings draw the same images")
+    p.add_argument("--batch-size", type=int, default=64, help="images decoded at once (default 64; guidance "
+                   "doubles the rows)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="fp32 (default), or bf16/fp16 autocast")
+    p.add_argument("--compile", action="store_true", help="decode through torch.compile: one graph for every pass "
+                   "of a batch size, compiled on the first batch (and once more for a smaller last batch); worth it "
+                   "for many batches; in fp32 the same draws, not recorded; in bf16/fp16 other draws, recorded")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--model", help="GPT config name for a LlamaGen .pt (default: inferred from depth and width)")
@@ -199,6 +206,8 @@ def run(args: argparse.Namespace) -> int:
     if dist.is_main:
         a = gpt.args
         order = f"PAR, {a.regions_per_side}x{a.regions_per_side} regions" if gpt.parallel else "raster order"
+        if gpt.loaded_weights == "raw" and not args.raw_weights:
+            print(f"note: {args.gpt} holds no EMA weights, so its raw weights are sampled")
         print(f"decoding {a.grid_size}x{a.grid_size} tokens in {len(gpt.decode_schedule())} forward passes per "
               f"batch ({order})")
     try:
@@ -211,8 +220,7 @@ def run(args: argparse.Namespace) -> int:
                 with NpzArchive(path, "sample batch") as data:
                     images, drawn = data.array("arr_0"), data.array("labels")
                 step, names = checkpoint_details(resolve(args.gpt))
-                weights = "raw" if args.raw_weights else "EMA"
-                what = f"{checkpoint_label(args.gpt)} ({weights} weights, seed {args.seed})"
+                what = f"{checkpoint_label(args.gpt)} ({gpt.loaded_weights} weights, seed {args.seed})"
                 grid = write_sample_grid(images, drawn, out / "grid.png", what, step, settings, names,
                                          per_row=args.per_class if args.num_samples is None else 10)
                 print(f"wrote {len(images)} samples to {path} (settings in {path.with_suffix('.json')}) "

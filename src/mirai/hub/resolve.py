@@ -19,6 +19,7 @@ unchanged, so the caller's own "does not exist" error (with ``NAME_HINT``) names
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -185,3 +186,16 @@ def resolve(spec: str | Path, what: str = "checkpoint") -> Path:
 def missing_message(spec: str | Path, what: str = "checkpoint") -> str:
     """The error text for a ``spec`` that resolved to nothing: what was given and what may be given."""
     return f"{what} {spec} does not exist; {NAME_HINT}; committed assets: {', '.join(asset_names())}"
+
+
+def refuse_a_file_of_a_checkpoint(path: Path) -> None:
+    """``CheckpointError`` naming the folder when ``path`` is a file of a Mirai checkpoint (its weights or
+    config.json, a common slip for the folder). Read as a LlamaGen/PAR file instead, its weights would be
+    taken for a foreign model's and the user asked for the grid that config.json records."""
+    try:
+        beside = json.loads((path.parent / "config.json").read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return  # no Mirai config beside it: a file of its own, such as a LlamaGen .pt
+    if isinstance(beside, dict) and beside.get("format") == "mirai":
+        raise CheckpointError(f"{path} is a file of the Mirai checkpoint {path.parent}: give that folder instead "
+                              "(its config.json says how to rebuild the model, which the file alone does not)")

@@ -23,10 +23,13 @@ trains them (``mirai evaluate train-fashion-classifier --out DIR``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
 
+from mirai.config import from_dict
 from mirai.data.transforms import FLOAT_TO_UINT8, as_pixel_tensor
 
 IMAGE_SIZE = 32
@@ -34,6 +37,17 @@ NUM_CLASSES = 10
 # Mean and std of the padded 32×32 Fashion-MNIST training images, in [0, 1] units; fixed
 # constants so that preprocessing never depends on the data at hand.
 PIXEL_MEAN, PIXEL_STD = 0.2191, 0.3318
+
+
+@dataclass
+class FashionClassifierArgs:
+    """The arguments ``FashionClassifier.checkpoint_config`` stores, all required: the types that
+    ``from_dict`` checks a ``config.json`` against before a network is built from it."""
+
+    widths: tuple[int, ...]
+    feature_dim: int
+    num_classes: int
+    dropout: float
 
 
 class FashionClassifier(nn.Module):
@@ -66,8 +80,8 @@ class FashionClassifier(nn.Module):
     @classmethod
     def from_checkpoint_config(cls, name: str, args: dict) -> FashionClassifier:
         """An untrained network of the architecture ``checkpoint_config`` stored."""
-        return cls(widths=tuple(args["widths"]), feature_dim=args["feature_dim"],
-                   num_classes=args["num_classes"], dropout=args["dropout"])
+        stored = from_dict(FashionClassifierArgs, args, "args")
+        return cls(stored.widths, stored.feature_dim, stored.num_classes, stored.dropout)
 
     @staticmethod
     def preprocess(images: torch.Tensor | np.ndarray) -> torch.Tensor:

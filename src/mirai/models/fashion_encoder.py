@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mirai.config import from_dict
 from mirai.errors import ConfigError
 
 INPUT_SIZE = 32  # the project's padded Fashion-MNIST size
@@ -107,7 +108,7 @@ class FashionEncoderNet(nn.Module):
     @classmethod
     def from_checkpoint_config(cls, name: str, args: dict) -> FashionEncoderNet:
         """An untrained network of the architecture ``checkpoint_config`` stored (the name is informative only)."""
-        return cls(FashionEncoderArgs(**args))
+        return cls(from_dict(FashionEncoderArgs, args, "args"))
 
     def forward(self, images01: Tensor) -> Tensor:
         if images01.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):

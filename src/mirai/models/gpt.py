@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mirai.config import from_dict
 from mirai.hub.pretrained import PretrainedMixin
 from mirai.models.decoding import DecodePlan, KVCache, decode_plan
 from mirai.models.par import (
@@ -269,7 +270,7 @@ class GPT(PretrainedMixin, nn.Module):
 
     @classmethod
     def from_checkpoint_config(cls, name: str, args: dict) -> GPT:
-        return cls(GPTArgs(**args), name=name)
+        return cls(from_dict(GPTArgs, args, "args"), name=name)  # a stored key or value is checked, not trusted
 
     def _apply(self, fn, recurse=True):
         # A bf16/fp16 cast of the model leaves the RoPE table in fp32 with its fp32 values (LlamaGen keeps it as a

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mirai.checkpoint import load_state_dict_checked
+from mirai.config import from_dict
 from mirai.errors import CheckpointError
 from mirai.hub.pretrained import PretrainedMixin
 from mirai.models.registry import named_args
@@ -316,7 +317,7 @@ class VQModel(PretrainedMixin, nn.Module):
 
     @classmethod
     def from_checkpoint_config(cls, name: str, args: dict) -> VQModel:
-        return cls(VQArgs(**args), name=name)
+        return cls(from_dict(VQArgs, args, "args"), name=name)
 
     @property
     def downsample_factor(self) -> int:
