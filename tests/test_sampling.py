@@ -97,11 +97,16 @@ def test_guidance_interval_switches_guidance_off():
     model = random_model()
     labels = torch.tensor([0, 1])
     off = generate(model, labels, cfg_scale=1.0, generator=torch.Generator().manual_seed(2))
-    # An empty interval means plain conditional logits everywhere, although the batch is doubled.
-    empty = generate(model, labels, cfg_scale=4.0, guidance_interval=(0.0, 0.0),
-                     generator=torch.Generator().manual_seed(2))
+    # Guidance from the last token on: every earlier draw is the unguided one.
+    last = generate(model, labels, cfg_scale=4.0, guidance_interval=(15 / 16, 1.0),
+                    generator=torch.Generator().manual_seed(2))
     full = generate(model, labels, cfg_scale=4.0, generator=torch.Generator().manual_seed(2))
-    assert torch.equal(off, empty) and not torch.equal(off, full)
+    assert torch.equal(off[:, :-1], last[:, :-1]) and not torch.equal(off, full)
+    # An interval that holds no pass would guide nothing at twice the cost: refused, empty or between positions.
+    for interval in ((0.0, 0.0), (0.5, 0.5), (0.51, 0.55), (0.95, 1.0)):
+        with pytest.raises(ConfigError, match=r"holds none of this model's decoding passes .* i/16"):
+            generate(model, labels, cfg_scale=4.0, guidance_interval=interval)
+    generate(model, labels, cfg_scale=1.0, guidance_interval=(0.5, 0.5))  # no guidance: nothing to hold
 
 
 def test_top_k_mask():

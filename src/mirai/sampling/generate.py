@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from mirai.errors import ConfigError
 from mirai.models.gpt import GPT
-from mirai.sampling.checks import as_labels, check_guidance, check_sampling
+from mirai.sampling.checks import as_labels, check_guidance, check_sampling, in_guidance_interval
 
 
 GRAPH_LIMIT = 64  # compiled decoding graphs kept per process (Dynamo's recompile_limit while generate runs)
@@ -78,13 +78,6 @@ def _not_finite(cfg_scale: float, temperature: float, dtype: torch.dtype) -> Con
         "of 0 (greedy) or at least 1e-3, and a guidance scale below 1e3")
 
 
-def _in_interval(step: int, total: int, interval: Sequence[float] | None) -> bool:
-    if interval is None:
-        return True
-    start, end = interval
-    return start <= step / total < end
-
-
 @torch.no_grad()
 def generate(
     model: GPT,
@@ -127,7 +120,7 @@ def generate(
     """
     args = model.args
     check_sampling(cfg_scale, temperature, top_k, top_p, guidance_interval, vocab_size=args.vocab_size)
-    check_guidance(args, cfg_scale)
+    check_guidance(model, cfg_scale, guidance_interval)
     if compile and not use_kv_cache:
         raise ConfigError("compile=True compiles the KV-cache decoding pass; it needs use_kv_cache=True")
     device = labels.device if isinstance(labels, torch.Tensor) else next(model.parameters()).device
@@ -172,7 +165,7 @@ def generate(
                 stance.enter_context(torch._dynamo.config.patch(recompile_limit=limit))
             for i, step in enumerate(model.decode_schedule()):
                 k = len(step.produce)
-                guided_here = guide_now[_in_interval(step.produce[0], n_tokens, guidance_interval)]
+                guided_here = guide_now[in_guidance_interval(step.produce[0], n_tokens, guidance_interval)]
                 if plan is None:
                     context = sequence[:, : step.produce[0]]
                     logits = model.logits_at(context.repeat(2, 1) if guided else context, cond, step.produce)

@@ -112,7 +112,7 @@ def check_request(
     written; returns the labels as an int64 array. Raises ``ConfigError``."""
     check_pair(gpt, vq)
     settings.validate(vocab_size=gpt.args.vocab_size)
-    check_guidance(gpt.args, settings.cfg_scale)
+    check_guidance(gpt, settings.cfg_scale, settings.guidance_interval)
     check_seed(seed)
     check_int("batch_size", batch_size, 1)
     return as_labels(labels, gpt.args.num_classes).numpy()
