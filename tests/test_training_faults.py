@@ -195,9 +195,11 @@ def test_a_refused_start_leaves_no_directory_behind(stores, tmp_path):
     with pytest.raises(ConfigError, match="foresight.layer=99 is outside"):
         train(cfg)
     assert not (tmp_path / "new").exists()  # nor the parent folder created for it
-    with pytest.raises(ConfigError, match=r"sampling \(the run's sample grids\): top_k .* got 999; the code store has"):
-        train(make_cfg(stores, tmp_path / "new" / "run", **{"sampling.top_k": 999}))  # known once the store is read
-    assert not (tmp_path / "new").exists()
+    for key, value, message in (("top_k", 999, r"top_k .* between 1 and \d+, got 999"),  # the store's vocabulary
+                                ("guidance_interval", "[0.5, 0.5]", r"guidance_interval \(0.5, 0.5\) holds none")):
+        with pytest.raises(ConfigError, match=r"sampling \(the run's sample grids\): " + message):
+            train(make_cfg(stores, tmp_path / "new" / "run", **{f"sampling.{key}": value}))
+        assert not (tmp_path / "new").exists()
     (tmp_path / "kept").mkdir()  # a directory that was there before, or that got other files, stays
     with pytest.raises(ValueError), exclusive_dir(tmp_path / "kept", "test"):
         raise ValueError

@@ -31,6 +31,7 @@ from mirai.foresight import build_auxiliary_loss
 from mirai.foresight.base import Progress, SavedState
 from mirai.models import GPT, build_gpt
 from mirai.models.ema import ema_decay, update_ema
+from mirai.sampling.checks import check_guidance
 from mirai.training import state as run_state
 from mirai.locks import exclusive_dir
 from mirai.training.config import TrainConfig, resume_changes
@@ -120,11 +121,6 @@ class Trainer:
         torch.manual_seed(cfg.seed)
 
         self.data = TrainingData(cfg, rank=self.dist.rank, world_size=self.dist.world_size)
-        try:  # here, before any step: the first sample grid would otherwise end the run hours in
-            cfg.sampling.validate(vocab_size=self.data.vocab_size)
-        except ConfigError as err:
-            raise ConfigError(f"sampling (the run's sample grids): {err}; the code store has "
-                              f"{self.data.vocab_size} codes") from None
         m = cfg.model
         # Without dropout, class dropout is off too: the null-class row stays in the architecture
         # (null_class) but is never trained, and the saved args say so (class_dropout_prob 0), so
@@ -137,6 +133,12 @@ class Trainer:
             m.name, vocab_size=self.data.vocab_size, grid_size=self.data.grid_size,
             num_classes=self.data.num_classes, **{**m.overrides, **dropout_off},
         ).to(self.device)
+        try:  # the sample grids draw with these: checked now, not at the first grid, hours in
+            cfg.sampling.validate(vocab_size=self.gpt.args.vocab_size)
+            if self.gpt.args.class_dropout_prob > 0:  # else the grids draw unguided (sample_grid)
+                check_guidance(self.gpt, cfg.sampling.cfg_scale, cfg.sampling.guidance_interval)
+        except ConfigError as err:
+            raise ConfigError(f"sampling (the run's sample grids): {err}") from None
         self.ema = copy.deepcopy(self.gpt).eval().requires_grad_(False)
         auxiliary = build_auxiliary_loss(cfg.foresight, self.gpt, self.ema, ema_warmup=cfg.ema.warmup,
                                          store=self.data.store)
