@@ -140,9 +140,11 @@ def test_llamagen_containers_load_strictly(tmp_path, container):
     assert (ckpt.ema is not None) == (container == "compiled")
     assert same_weights(load_module(tmp_path / "c2i.pt", "gpt", grid_size=4), model)
     # LlamaGen's released files hold "model" only: what was loaded is said, not what was preferred
-    assert load_module(tmp_path / "c2i.pt", "gpt", grid_size=4).loaded_weights == (
-        "EMA" if container == "compiled" else "raw")
-    assert load_module(tmp_path / "c2i.pt", "gpt", prefer_ema=False, grid_size=4).loaded_weights == "raw"
+    # (a bare state dict does not say which it holds)
+    which = "EMA" if container == "compiled" else "unlabelled" if container == "bare" else "raw"
+    assert load_module(tmp_path / "c2i.pt", "gpt", grid_size=4).loaded_weights == which
+    assert load_module(tmp_path / "c2i.pt", "gpt", prefer_ema=False, grid_size=4).loaded_weights == (
+        "unlabelled" if container == "bare" else "raw")
 
 
 def test_llamagen_gpt_b_shapes_infer_the_config():
@@ -245,13 +247,17 @@ def test_a_bad_key_or_value_in_a_stored_config_is_a_config_error_naming_the_file
             load_module(path, kind)
 
 
-def test_an_inconsistent_stored_config_is_a_config_error_naming_the_file(tmp_path):
+@pytest.mark.parametrize("key, value", [("n_layer", 0), ("n_head", 0), ("dim", -128), ("n_kv_head", 0),
+                                        ("norm_eps", -1.0), ("rope_base", 0.0)])
+def test_an_inconsistent_stored_config_is_a_config_error_naming_the_file(tmp_path, key, value):
     path = checkpoint.save(tmp_path / "ck", nano())
     config = json.loads((path / "config.json").read_text())
-    config["args"]["n_layer"] = 0  # well typed, refused by GPTArgs' own check (a ValueError)
+    config["args"][key] = value  # well typed, refused by GPTArgs' own check (before anything divides by it)
     (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ConfigError, match=f"{path / 'config.json'}: n_layer must be positive, got 0. The checkpoint"):
+    with pytest.raises(ConfigError, match=f"{path / 'config.json'}: {key} must be positive, got {value}. The"):
         load_module(path, "gpt")
+    if key != "n_layer":
+        return
     assert_cli_refuses(["sample", "--gpt", str(path), "--tokenizer", "fashion/vq8", "--out", str(tmp_path / "out")],
                        tmp_path, match="config.json: n_layer must be positive")
 

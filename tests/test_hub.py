@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from huggingface_hub import constants
+from safetensors.torch import save_file
 from test_sampling import tiny_gpt, tiny_vq
 
 from mirai import checkpoint
@@ -118,16 +119,21 @@ def test_the_grid_names_the_weights_sampled_when_a_pt_holds_no_ema(tmp_path, mon
     monkeypatch.setattr(mirai.sampling.grid, "write_sample_grid",
                         lambda images, labels, out, what, *args, **kwargs: titles.append(what) or [out])
     torch.save({"model": tiny_gpt().state_dict()}, tmp_path / "mine.pt")
+    save_file(tiny_gpt().state_dict(), tmp_path / "lone.safetensors")  # e.g. a checkpoint's EMA file copied alone
     checkpoint.save(tmp_path / "vq", tiny_vq())
     checkpoint.save(tmp_path / "ck", tiny_gpt(), ema=tiny_gpt(seed=1))
     common = ["--tokenizer", str(tmp_path / "vq"), "--classes", "0", "--per-class", "1", "--device", "cpu"]
     for gpt, extra, weights in ((tmp_path / "mine.pt", ["--grid-size", "2"], "raw"), (tmp_path / "ck", [], "EMA"),
-                                (tmp_path / "ck", ["--raw-weights"], "raw")):
+                                (tmp_path / "ck", ["--raw-weights"], "raw"),
+                                (tmp_path / "lone.safetensors", ["--grid-size", "2"], "unlabelled")):
         out = tmp_path / f"out{len(titles)}"
         assert main(["sample", "--gpt", str(gpt), "--out", str(out), *common, *extra]) == 0
         assert titles[-1] == f"{gpt.name} ({weights} weights, seed 0)"
-        note = "holds no EMA weights, so its raw weights are sampled" in capsys.readouterr().out
+        printed = capsys.readouterr().out
+        note = "holds no EMA weights, so its raw weights are sampled" in printed
         assert note == (gpt.suffix == ".pt")  # said only when the EMA weights were asked for and are not there
+        bare_note = "bare state dict, which does not say whether it holds EMA or raw" in printed
+        assert bare_note == (weights == "unlabelled")
 
 
 def test_from_pretrained_reads_a_hub_repo_and_push_uploads_the_same_folder(hub_cache, tmp_path, monkeypatch):

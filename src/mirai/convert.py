@@ -126,7 +126,10 @@ def read_llamagen(path: str | Path, kind: str | None = None, name: str | None = 
     local = resolve(path, "weights file")
     refuse_a_file_of_a_checkpoint(local)
     grid_size = released_grid(path, grid_size)
-    model_state, ema_state = llamagen_state_dicts(read_torch_file(local), path)
+    raw = read_torch_file(local)
+    model_state, ema_state = llamagen_state_dicts(raw, path)
+    # A bare state dict (no 'model'/'ema' container) does not say whether its weights are the EMA's.
+    bare = isinstance(raw, dict) and not any(isinstance(raw.get(k), dict) for k in ("model", "module", "state_dict"))
     kind = kind or detect_kind(model_state)
     if kind not in MODEL_KINDS:
         raise CheckpointError(f"unknown kind {kind!r}: use one of {sorted(MODEL_KINDS)}")
@@ -149,7 +152,7 @@ def read_llamagen(path: str | Path, kind: str | None = None, name: str | None = 
     model_state = {k: v for k, v in model_state.items() if k != "freqs_cis"}
     if ema_state is not None:
         ema_state = {k: v for k, v in ema_state.items() if k != "freqs_cis"}
-    meta = {"source": str(path), "converted_from": "llamagen"}
+    meta = {"source": str(path), "converted_from": "llamagen", **({"bare_state_dict": True} if bare else {})}
     return Checkpoint(module.checkpoint_kind, name, args, model_state, ema_state, meta)
 
 
@@ -157,9 +160,9 @@ def load_module(
     path: str | Path, kind: str, prefer_ema: bool = True, name: str | None = None, grid_size: int | None = None
 ) -> torch.nn.Module:
     """A GPT or VQ in eval mode from a Mirai directory or a LlamaGen ``.pt`` (EMA weights when
-    the file has them and ``prefer_ema``; its ``loaded_weights`` attribute, "EMA" or "raw", says which
-    were loaded). ``path`` may be any name ``mirai.hub.resolve`` knows; ``grid_size`` matters for a GPT
-    ``.pt`` only (see ``read_llamagen``)."""
+    the file has them and ``prefer_ema``; its ``loaded_weights`` attribute says which were loaded: "EMA",
+    "raw", or "unlabelled" for a bare state dict, which does not say). ``path`` may be any name
+    ``mirai.hub.resolve`` knows; ``grid_size`` matters for a GPT ``.pt`` only (see ``read_llamagen``)."""
     if kind not in MODEL_KINDS:
         raise CheckpointError(f"unknown kind {kind!r}: use one of {sorted(MODEL_KINDS)}")
     grid_size = released_grid(path, grid_size)
@@ -170,7 +173,8 @@ def load_module(
         module = ckpt.build(MODEL_KINDS[kind], use_ema=use_ema).eval()
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
-    module.loaded_weights = "EMA" if use_ema else "raw"  # for titles and records: not what was preferred
+    # For titles and records, what was loaded, not what was preferred.
+    module.loaded_weights = "EMA" if use_ema else "unlabelled" if ckpt.meta.get("bare_state_dict") else "raw"
     # A Mirai checkpoint records its model: a size or grid given for a .pt must not pass unnoticed here.
     stored = getattr(getattr(module, "args", None), "grid_size", None)
     if kind == "gpt" and not path.is_file() and grid_size is not None and stored != grid_size:

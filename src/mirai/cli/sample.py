@@ -208,6 +208,9 @@ def run(args: argparse.Namespace) -> int:
         order = f"PAR, {a.regions_per_side}x{a.regions_per_side} regions" if gpt.parallel else "raster order"
         if gpt.loaded_weights == "raw" and not args.raw_weights:
             print(f"note: {args.gpt} holds no EMA weights, so its raw weights are sampled")
+        elif gpt.loaded_weights == "unlabelled":
+            print(f"note: {args.gpt} is a bare state dict, which does not say whether it holds EMA or raw weights; "
+                  "sampled as they are")
         print(f"decoding {a.grid_size}x{a.grid_size} tokens in {len(gpt.decode_schedule())} forward passes per "
               f"batch ({order})")
     try:

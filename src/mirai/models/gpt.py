@@ -60,6 +60,14 @@ class GPTArgs:
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
+        # Sizes first: the checks below divide by them (a stored config may have been edited by hand).
+        for name in ("dim", "n_layer", "n_head", "n_kv_head", "multiple_of", "vocab_size", "num_classes", "grid_size",
+                     "cls_token_num"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("norm_eps", "rope_base"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.null_class is None:
             self.null_class = self.class_dropout_prob > 0
         if self.class_dropout_prob > 0 and not self.null_class:
@@ -76,9 +84,6 @@ class GPTArgs:
             raise ValueError(f"head dim {self.dim // self.n_head} must be a multiple of 4 for 2-D RoPE")
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
-        for name in ("vocab_size", "num_classes", "grid_size", "n_layer"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
     @property
     def head_dim(self) -> int:
