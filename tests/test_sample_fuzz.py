@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import assert_cli_refuses
-from test_sampling import save_with_nan, tiny_gpt, tiny_vq
+from test_sampling import BASE, LABELS, interrupted_run, save_with_nan, tiny_gpt, tiny_vq
 
 from mirai import checkpoint
 from mirai.cli.main import main
@@ -198,3 +198,13 @@ def test_combinations_of_two_bad_values_are_refused(root):
             continue
         out = root / f"out_pair_{o1.strip('-')}_{o2.strip('-')}"
         assert_cli_refuses(command(root, out, **{o1: v1, o2: v2}), root, output=out)
+
+
+def test_a_run_stopped_before_its_first_batch_does_not_block_the_corrected_one(tmp_path, monkeypatch):
+    # e.g. ended by a value that overflowed on the first pass: its parts folder holds a record and no samples
+    from mirai.sampling.pipeline import SampleSettings, sample_to_npz
+
+    gpt, vq, out = tiny_gpt(), tiny_vq(), tmp_path / "samples.npz"
+    interrupted_run(monkeypatch, gpt, vq, out, batches=0, settings=SampleSettings(cfg_scale=1.0, temperature=0.5))
+    assert sample_to_npz(gpt, vq, LABELS, out, **BASE) == out
+    assert json.loads(out.with_suffix(".json").read_text())["settings"]["temperature"] == 1.0

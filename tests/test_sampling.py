@@ -389,11 +389,16 @@ def test_cli_resume_with_another_guidance_scale_is_refused(tmp_path, monkeypatch
             "--batch-size", "4"]
     argv = [str(a) for a in argv]
 
-    def ctrl_c(*args, **kwargs):
-        raise KeyboardInterrupt
+    real, calls = pipeline.sample_batch, []
 
-    monkeypatch.setattr(pipeline, "sample_batch", ctrl_c)
-    assert main(argv + ["--cfg-scale", "1"]) == 130  # stopped before a batch was done; the record is kept
+    def ctrl_c_after_one(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "sample_batch", ctrl_c_after_one)
+    assert main(argv + ["--cfg-scale", "1"]) == 130  # stopped after one batch: it and the record are kept
     monkeypatch.undo()
     assert_cli_refuses(argv + ["--cfg-scale", "2"], tmp_path, match="cfg_scale: 1.0 -> 2.0.*new --out", output=out)
     assert main(argv + ["--cfg-scale", "1"]) == 0

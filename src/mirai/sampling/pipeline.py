@@ -158,14 +158,17 @@ def _load_part(path: Path, expected: np.ndarray) -> dict[str, np.ndarray]:
     return part
 
 
-def _claim_parts(parts: Path, record: dict) -> None:
+def _claim_parts(parts: Path, record: dict, locked: bool) -> None:
     """Make ``parts`` this run's: refuse parts made differently or without a record, else record
     ``record`` there (the parts are listed before the record is read, so ranks that write
-    the record before any part never mistake each other's parts for strays)."""
+    the record before any part never mistake each other's parts for strays). A folder this process
+    holds ``locked`` with a record but no part yet holds nothing to keep: a run stopped before its first
+    batch (by a bad value, say) does not block the corrected one. Unlocked (several ranks), such a record
+    may be another rank's, so it must match."""
     existing = [p.name for p in parts.iterdir() if PART_NAME.match(p.name)]
     saved = read_record(parts / "record.json")
     fix = f"use a new --out (output path), or delete {parts} to start over"
-    if saved is not None or existing:
+    if existing or (saved is not None and not locked):
         check_same(saved, record, f"the unfinished samples in {parts}", fix)
     else:
         write_record(parts / "record.json", record)
@@ -224,7 +227,7 @@ def sample_to_npz(
         if out.exists():  # another process finished it while this one waited for the lock
             shutil.rmtree(parts, ignore_errors=True)
             return _finished(out, record, rank)
-        _claim_parts(parts, record)
+        _claim_parts(parts, record, locked=world_size == 1)
         n_batches = math.ceil(len(labels) / batch_size)
         chunks = [labels[b * batch_size : (b + 1) * batch_size] for b in range(n_batches)]
         files = [parts / f"{b:06d}.npz" for b in range(n_batches)]
