@@ -330,12 +330,15 @@ def read_torch_file(path: str | Path) -> dict:
         ) from None
 
 
+CONTAINER_KEYS = ("model", "module", "state_dict")  # where LlamaGen-style files keep the (raw) state dict
+
+
 def llamagen_state_dicts(raw: dict, path: str | Path = "") -> tuple[dict, dict | None]:
     """(weights, ema weights or None) from any LlamaGen container layout."""
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected a state dict or a dict of state dicts, got {type(raw).__name__}")
     ema = raw.get("ema") if isinstance(raw.get("ema"), dict) else None
-    for key in ("model", "module", "state_dict"):
+    for key in CONTAINER_KEYS:
         if isinstance(raw.get(key), dict):
             model = raw[key]
             break

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from mirai.checkpoint import (
-    Checkpoint, llamagen_state_dicts, load_state_dict_checked, read_checkpoint, read_torch_file,
+    CONTAINER_KEYS, Checkpoint, llamagen_state_dicts, load_state_dict_checked, read_checkpoint, read_torch_file,
 )
 from mirai.errors import CheckpointError, MiraiError
 from mirai.hub.resolve import ReleasedFile, refuse_a_file_of_a_checkpoint, released_file, resolve
@@ -129,7 +129,7 @@ def read_llamagen(path: str | Path, kind: str | None = None, name: str | None = 
     raw = read_torch_file(local)
     model_state, ema_state = llamagen_state_dicts(raw, path)
     # A bare state dict (no 'model'/'ema' container) does not say whether its weights are the EMA's.
-    bare = isinstance(raw, dict) and not any(isinstance(raw.get(k), dict) for k in ("model", "module", "state_dict"))
+    bare = isinstance(raw, dict) and not any(isinstance(raw.get(k), dict) for k in CONTAINER_KEYS)
     kind = kind or detect_kind(model_state)
     if kind not in MODEL_KINDS:
         raise CheckpointError(f"unknown kind {kind!r}: use one of {sorted(MODEL_KINDS)}")

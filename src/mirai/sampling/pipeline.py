@@ -62,6 +62,12 @@ class SampleSettings:
             check_int("image_size_eval (--image-size-eval)", self.image_size_eval, 1, IMAGE_SIZE_EVAL_MAX)
         check_sampling(self.cfg_scale, self.temperature, self.top_k, self.top_p, self.guidance_interval, vocab_size)
 
+    def check_for(self, gpt: GPT) -> None:
+        """``validate`` against ``gpt``'s vocabulary, and its guidance against what ``gpt`` can do
+        (``mirai.sampling.checks.check_guidance``): every check ``generate`` would make. ``ConfigError``."""
+        self.validate(vocab_size=gpt.args.vocab_size)
+        check_guidance(gpt, self.cfg_scale, self.guidance_interval)
+
 
 def load_for_sampling(path: str | Path, kind: str, name: str | None = None, **kwargs) -> torch.nn.Module:
     """``mirai.convert.load_module(path, kind, name=name, **kwargs)``, refused (``CheckpointError``
@@ -111,8 +117,7 @@ def check_request(
     """Everything ``sample_to_npz`` will be asked, checked against the models before anything is
     written; returns the labels as an int64 array. Raises ``ConfigError``."""
     check_pair(gpt, vq)
-    settings.validate(vocab_size=gpt.args.vocab_size)
-    check_guidance(gpt, settings.cfg_scale, settings.guidance_interval)
+    settings.check_for(gpt)
     check_seed(seed)
     check_int("batch_size", batch_size, 1)
     return as_labels(labels, gpt.args.num_classes).numpy()

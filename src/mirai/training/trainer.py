@@ -31,7 +31,7 @@ from mirai.foresight import build_auxiliary_loss
 from mirai.foresight.base import Progress, SavedState
 from mirai.models import GPT, build_gpt
 from mirai.models.ema import ema_decay, update_ema
-from mirai.sampling.checks import check_guidance
+from mirai.sampling.pipeline import SampleSettings
 from mirai.training import state as run_state
 from mirai.locks import exclusive_dir
 from mirai.training.config import TrainConfig, resume_changes
@@ -134,9 +134,7 @@ class Trainer:
             num_classes=self.data.num_classes, **{**m.overrides, **dropout_off},
         ).to(self.device)
         try:  # the sample grids draw with these: checked now, not at the first grid, hours in
-            cfg.sampling.validate(vocab_size=self.gpt.args.vocab_size)
-            if self.gpt.args.class_dropout_prob > 0:  # else the grids draw unguided (sample_grid)
-                check_guidance(self.gpt, cfg.sampling.cfg_scale, cfg.sampling.guidance_interval)
+            self.grid_settings().check_for(self.gpt)
         except ConfigError as err:
             raise ConfigError(f"sampling (the run's sample grids): {err}") from None
         self.ema = copy.deepcopy(self.gpt).eval().requires_grad_(False)
@@ -257,6 +255,11 @@ class Trainer:
         model.train(was_training)
         return (sums[0] / sums[1]).item()
 
+    def grid_settings(self) -> SampleSettings:
+        """``cfg.sampling``, unguided when the run trained no null class (guidance would be meaningless)."""
+        unguided = self.gpt.args.class_dropout_prob == 0
+        return dataclasses.replace(self.cfg.sampling, cfg_scale=1.0) if unguided else self.cfg.sampling
+
     def sample_grid(self, name: str) -> Path | None:
         """A grid from the EMA weights, one row per class (at most 10 classes, 10 each); without
         guidance when the run trained no null class (``dropout: false``). Every rank calls it; rank 0 draws."""
@@ -269,9 +272,7 @@ class Trainer:
             return None
         classes = min(10, self.data.num_classes)
         labels = torch.arange(classes, device=self.device).repeat_interleave(10)
-        settings = self.cfg.sampling
-        if self.gpt.args.class_dropout_prob == 0:  # no trained null class: guidance would be meaningless
-            settings = dataclasses.replace(settings, cfg_scale=1.0)
+        settings = self.grid_settings()
         images, _ = sample_batch(ema, vq, labels, settings, seed=self.cfg.seed)
         path = self.run_dir / "samples" / f"{name}.png"  # and a PDF beside it
         run = "/".join(self.run_dir.parts[-2:])  # VARIANT/seed_S for a bench run
