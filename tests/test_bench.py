@@ -242,8 +242,15 @@ def test_bad_variants_fail_before_any_training(setup, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="variants.x: unknown key"):
         from_dict(BenchConfig, bench_dict(setup, out, variants={"x": {"cfg": "a.yaml"}}))
     top_k = bench_dict(setup, out, sampling={"top_k": 999})  # scoring samples with it: refused before training
-    with pytest.raises(ConfigError, match=r"bench's sampling: top_k .* between 1 and \d+, got 999; .* has \d+ codes"):
+    with pytest.raises(ConfigError, match=r"bench's sampling, for variant '\w+' .* \d+ codes.*: top_k .* between 1 and \d+, got 999"):
         run_convergence(from_dict(BenchConfig, top_k))
+    # Guidance the runs cannot give: an interval between two decoding passes, or a model without class dropout.
+    interval = bench_dict(setup, out, sampling={"guidance_interval": [0.51, 0.511]})
+    with pytest.raises(ConfigError, match=r"bench's sampling, for variant .*guidance_interval \(0.51, 0.511\) holds none"):
+        run_convergence(from_dict(BenchConfig, interval))
+    no_null = bench_dict(setup, out, variants={"baseline": [], "plain": ["dropout=false"]})
+    with pytest.raises(ConfigError, match=r"bench's sampling, for variant 'plain'.*without class dropout"):
+        run_convergence(from_dict(BenchConfig, no_null))
     assert not out.exists()
 
 
@@ -353,6 +360,11 @@ def test_the_same_reference_store_spelt_another_way_scores_alike(setup, tmp_path
                                           r"'hf://me/evaluator' now\)"):
         check_same_scoring(from_dict(BenchConfig, bench_dict(setup, out, reference_codes="codes_test",
                                                              evaluator="hf://me/evaluator")), out)
+    # Sampling spelt another way that draws the same (top-p 1 is no top-p) adds to the records; top-p 0.9 does not.
+    save_bench_config(from_dict(BenchConfig, bench_dict(setup, out, sampling={"top_p": 1.0})), out)
+    check_same_scoring(from_dict(BenchConfig, bench_dict(setup, out, sampling={"top_p": None})), out)
+    with pytest.raises(ConfigError, match=r"scored with other sampling .*'top_p': 1.0.*'top_p': 0.9"):
+        check_same_scoring(from_dict(BenchConfig, bench_dict(setup, out, sampling={"top_p": 0.9})), out)
 
 
 def test_report_redraws_tsne_maps_that_lack_a_run(setup, tmp_path):

@@ -83,6 +83,9 @@ def _worker(rank: int, world: int, port: int, cfgs: dict, out: str) -> None:
                 isinstance(p, torch.distributed.tensor.DTensor) for p in encoder.parameters())
         if rank == 0:
             torch.save(result, out)
+        # Both ranks leave together, their pending gloo work done: a rank that tore its group down while
+        # the other still saved was seen to abort at exit under load ("terminate called ...").
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 

@@ -56,14 +56,17 @@ def plan_share(bench: BenchConfig, variants: list[str] | None = None, seeds: lis
     work); what ``train_and_score`` will train and score, and what ``--dry-run`` prints."""
     check_same_scoring(bench, Path(bench.out_dir))
     runs = [check_same_training(run, bench.schedule()) for run in select_share(plan_runs(bench), variants, seeds)]
-    # Scoring samples every run with the bench's top-k: it must fit each store's vocabulary (a store not
-    # there yet, as under --dry-run before extraction, is named by training instead).
-    for codes in dict.fromkeys(run.cfg.data.codes for run in runs if Path(run.cfg.data.codes).exists()):
-        vocab_size = CodeStore.open(codes).vocab_size
-        try:
-            bench.sampling.validate(vocab_size=vocab_size)
-        except ConfigError as err:
-            raise ConfigError(f"the bench's sampling: {err}; {codes} has {vocab_size} codes") from None
+    # Scoring samples every run with the bench's sampling: its top-k must fit the run's vocabulary, its
+    # guidance the run's null class and decoding passes, checked now rather than after hours of training (a
+    # store not there yet, as under --dry-run before extraction, is named by training instead).
+    for run in runs:
+        if Path(run.cfg.data.codes).exists():
+            store = CodeStore.open(run.cfg.data.codes)
+            try:
+                bench.sampling.check_for(run.cfg.model_args(store.vocab_size, store.grid_size, store.num_classes))
+            except ConfigError as err:
+                raise ConfigError(f"the bench's sampling, for variant {run.variant!r} ({run.cfg.data.codes}: "
+                                  f"{store.vocab_size} codes, {store.grid_size}x{store.grid_size} grid): {err}") from None
     return runs
 
 

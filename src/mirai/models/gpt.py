@@ -99,6 +99,10 @@ class GPTArgs:
         """n: tokens decoded per parallel pass (PAR's M^2; 1 for raster order)."""
         return self.regions_per_side**2 if self.order == "par" else 1
 
+    def decode_schedule(self) -> list[DecodePass]:
+        """The forward passes that generate one image in this order (``mirai.models.par``)."""
+        return decode_schedule(self.grid_size, self.regions_per_side)
+
     @property
     def max_len(self) -> int:
         """Positions of the longest sequence: class tokens, N - 1 inputs, n - 1 learnable tokens (PAR)."""
@@ -392,8 +396,8 @@ class GPT(PretrainedMixin, nn.Module):
             layer.attention.kv_cache = None
 
     def decode_schedule(self) -> list[DecodePass]:
-        """The forward passes that generate one image in this model's order (``mirai.models.par``)."""
-        return decode_schedule(self.args.grid_size, self.args.regions_per_side if self.parallel else 1)
+        """The forward passes that generate one image in this model's order (``GPTArgs.decode_schedule``)."""
+        return self.args.decode_schedule()
 
     def pass_inputs(self, step: DecodePass, fed: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Embeddings (B, T, dim) that decoding pass ``step`` feeds: the class token for the prefill,

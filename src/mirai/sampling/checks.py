@@ -16,7 +16,7 @@ import torch
 
 from mirai.checkpoint import nonfinite_keys
 from mirai.errors import CheckpointError, ConfigError
-from mirai.models.gpt import GPT
+from mirai.models.gpt import GPTArgs
 
 SEED_LIMIT = 2**32  # seeds are mixed with batch indices into a 64-bit generator seed
 
@@ -81,20 +81,21 @@ def in_guidance_interval(position: int, n_tokens: int, interval: Sequence[float]
     return interval is None or interval[0] <= position / n_tokens < interval[1]
 
 
-def check_guidance(model: GPT, cfg_scale: float, interval: Sequence[float] | None = None) -> None:
+def check_guidance(args: GPTArgs, cfg_scale: float, interval: Sequence[float] | None = None) -> None:
     """Guidance (``cfg_scale`` != 1) needs a null class that training taught (class dropout > 0), and a
-    ``guidance_interval`` must hold one of the model's decoding passes (pass start i / N in [start, end)):
-    one that holds none would guide nothing at twice the cost, under a record that says guided."""
+    ``guidance_interval`` must hold one of the decoding passes of a GPT with ``args`` (pass start i / N in
+    [start, end)): one that holds none would guide nothing at twice the cost, under a record that says guided.
+    Takes the architecture, not the weights, so a bench checks its runs' guidance before training them."""
     if cfg_scale == 1:
         return
-    if not model.args.class_dropout_prob > 0:
+    if not args.class_dropout_prob > 0:
         raise ConfigError(
             f"cfg_scale {cfg_scale} needs classifier-free guidance, but this GPT was trained without class dropout "
             "(class_dropout_prob 0), so its null class was never learned: sample with cfg_scale=1 (--cfg-scale 1), "
             "or train with class dropout"
         )
-    n = model.args.seq_len
-    if not any(in_guidance_interval(step.produce[0], n, interval) for step in model.decode_schedule()):
+    n = args.seq_len
+    if not any(in_guidance_interval(step.produce[0], n, interval) for step in args.decode_schedule()):
         raise ConfigError(
             f"guidance_interval {tuple(interval)} holds none of this model's decoding passes (each starts at a "
             f"token fraction i/{n}), so nothing would be guided: widen it, or sample with cfg_scale 1"

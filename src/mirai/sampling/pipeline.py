@@ -27,7 +27,7 @@ from mirai.data.options import IMAGE_SIZE_EVAL_MAX
 from mirai.data.transforms import to_uint8_hwc
 from mirai.errors import ConfigError, DataError
 from mirai.locks import exclusive_dir
-from mirai.models.gpt import GPT
+from mirai.models.gpt import GPT, GPTArgs
 from mirai.models.registry import GPT_CONFIGS
 from mirai.sampling.checks import as_labels, check_finite_weights, check_guidance, check_int, check_sampling, check_seed
 from mirai.sampling.generate import generate
@@ -62,11 +62,11 @@ class SampleSettings:
             check_int("image_size_eval (--image-size-eval)", self.image_size_eval, 1, IMAGE_SIZE_EVAL_MAX)
         check_sampling(self.cfg_scale, self.temperature, self.top_k, self.top_p, self.guidance_interval, vocab_size)
 
-    def check_for(self, gpt: GPT) -> None:
-        """``validate`` against ``gpt``'s vocabulary, and its guidance against what ``gpt`` can do
-        (``mirai.sampling.checks.check_guidance``): every check ``generate`` would make. ``ConfigError``."""
-        self.validate(vocab_size=gpt.args.vocab_size)
-        check_guidance(gpt, self.cfg_scale, self.guidance_interval)
+    def check_for(self, args: GPTArgs) -> None:
+        """``validate`` against the vocabulary of a GPT with ``args``, and its guidance against what that GPT
+        can do (``mirai.sampling.checks.check_guidance``): every check ``generate`` would make. ``ConfigError``."""
+        self.validate(vocab_size=args.vocab_size)
+        check_guidance(args, self.cfg_scale, self.guidance_interval)
 
 
 def load_for_sampling(path: str | Path, kind: str, name: str | None = None, **kwargs) -> torch.nn.Module:
@@ -117,7 +117,7 @@ def check_request(
     """Everything ``sample_to_npz`` will be asked, checked against the models before anything is
     written; returns the labels as an int64 array. Raises ``ConfigError``."""
     check_pair(gpt, vq)
-    settings.check_for(gpt)
+    settings.check_for(gpt.args)
     check_seed(seed)
     check_int("batch_size", batch_size, 1)
     return as_labels(labels, gpt.args.num_classes).numpy()

@@ -64,8 +64,25 @@ def sample_record(
     return json.loads(json.dumps(record))  # tuples -> lists, as they read back
 
 
+def draws_as(settings: dict) -> dict:
+    """Sampling settings (``SampleSettings`` as a dict) with each value that draws exactly like another
+    written one way, so that records compare by what they draw: ``top_p`` 1 (no nucleus filtering) as
+    None, and a ``guidance_interval`` as None where it changes nothing: without guidance (``cfg_scale`` 1)
+    or when it spans every pass ([0, 1])."""
+    settings = dict(settings)
+    if settings.get("top_p") == 1:
+        settings["top_p"] = None
+    interval = settings.get("guidance_interval")
+    if interval is not None and (settings.get("cfg_scale") == 1 or list(interval) == [0, 1]):
+        settings["guidance_interval"] = None
+    return settings
+
+
 def _leaves(data: dict) -> dict[str, Any]:
-    """Dotted leaves of a record, without the checkpoint paths (recorded for people only)."""
+    """Dotted leaves of a record, without the checkpoint paths (recorded for people only), its settings
+    as they draw (``draws_as``)."""
+    if isinstance(data.get("settings"), dict):
+        data = {**data, "settings": draws_as(data["settings"])}
     return {k: v for k, v in flatten(data).items() if k.rpartition(".")[2] != PATH_KEY}
 
 

@@ -156,6 +156,16 @@ class TrainConfig:
     foresight: ForesightConfig = field(default_factory=ForesightConfig)
     sampling: SampleSettings = field(default_factory=SampleSettings)
 
+    def model_args(self, vocab_size: int, grid_size: int, num_classes: int) -> GPTArgs:
+        """The GPT this run trains on a code store with this codebook, grid side and classes. Without
+        dropout, class dropout is off too: the null-class row stays in the architecture (``null_class``) but
+        is never trained, and the saved args say so (``class_dropout_prob`` 0), so nothing samples with
+        guidance from it. ``ConfigError`` for values the store contradicts or the architecture refuses."""
+        off = {} if self.dropout else dict(token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0,
+                                           attn_dropout_p=0.0, class_dropout_prob=0.0, null_class=True)
+        return gpt_args(self.model.name, **{**self.model.overrides, "vocab_size": vocab_size, "grid_size": grid_size,
+                                            "num_classes": num_classes, **off})
+
     def validate(self) -> None:
         self.foresight.check_order(self.model.args().order)
         if self.steps < 0 or self.epochs < 0:

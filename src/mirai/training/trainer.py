@@ -29,7 +29,7 @@ from mirai.config import read_yaml, save_yaml, to_dict
 from mirai.errors import ConfigError, Interrupted, refuse_under_file
 from mirai.foresight import build_auxiliary_loss
 from mirai.foresight.base import Progress, SavedState
-from mirai.models import GPT, build_gpt
+from mirai.models import GPT
 from mirai.models.ema import ema_decay, update_ema
 from mirai.sampling.pipeline import SampleSettings
 from mirai.training import state as run_state
@@ -121,20 +121,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)
 
         self.data = TrainingData(cfg, rank=self.dist.rank, world_size=self.dist.world_size)
-        m = cfg.model
-        # Without dropout, class dropout is off too: the null-class row stays in the architecture
-        # (null_class) but is never trained, and the saved args say so (class_dropout_prob 0), so
-        # nothing samples with guidance from it.
-        dropout_off = {} if cfg.dropout else dict(
-            token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0, attn_dropout_p=0.0,
-            class_dropout_prob=0.0, null_class=True,
-        )
-        self.gpt = build_gpt(
-            m.name, vocab_size=self.data.vocab_size, grid_size=self.data.grid_size,
-            num_classes=self.data.num_classes, **{**m.overrides, **dropout_off},
-        ).to(self.device)
+        args = cfg.model_args(self.data.vocab_size, self.data.grid_size, self.data.num_classes)
+        self.gpt = GPT(args, name=cfg.model.name).to(self.device)
         try:  # the sample grids draw with these: checked now, not at the first grid, hours in
-            self.grid_settings().check_for(self.gpt)
+            self.grid_settings().check_for(args)
         except ConfigError as err:
             raise ConfigError(f"sampling (the run's sample grids): {err}") from None
         self.ema = copy.deepcopy(self.gpt).eval().requires_grad_(False)

@@ -1,0 +1,41 @@
+"""Sample records compare by what the settings draw: settings spelt another way that draw the same tokens
+(top-p 1 is no nucleus filtering; a guidance interval spanning every pass, or any interval without
+guidance, is no interval) reuse a finished set; settings that draw otherwise are still refused."""
+
+import pytest
+import torch
+from test_sampling import BASE, LABELS, tiny_gpt, tiny_vq
+
+from mirai.sampling import generate, pipeline
+from mirai.sampling.pipeline import SampleSettings, sample_to_npz
+from mirai.sampling.record import differences, draws_as
+
+SAME = [  # (settings of the saved set, settings of the rerun): each pair draws the same tokens
+    (dict(cfg_scale=1.5, top_p=1.0), dict(cfg_scale=1.5, top_p=None)),
+    (dict(cfg_scale=1.5, guidance_interval=(0.0, 1.0)), dict(cfg_scale=1.5)),
+    (dict(cfg_scale=1.0, guidance_interval=(0.2, 0.5)), dict(cfg_scale=1.0)),
+]
+
+
+@pytest.mark.parametrize("saved, now", SAME)
+def test_settings_that_draw_alike_draw_the_same_tokens(saved, now):
+    gpt = tiny_gpt()
+    labels = torch.tensor([0, 1, 2, 1])
+    tokens = [generate(gpt, labels, generator=torch.Generator().manual_seed(3), **kw) for kw in (saved, now)]
+    assert torch.equal(*tokens)
+    assert draws_as(vars(SampleSettings(**saved))) == draws_as(vars(SampleSettings(**now)))
+
+
+@pytest.mark.parametrize("saved, now", SAME)
+def test_a_finished_set_is_reused_under_settings_that_draw_alike(tmp_path, monkeypatch, saved, now):
+    gpt, vq = tiny_gpt(), tiny_vq()
+    out = sample_to_npz(gpt, vq, LABELS, tmp_path / "s.npz", **{**BASE, "settings": SampleSettings(**saved)})
+    monkeypatch.setattr(pipeline, "sample_batch", lambda *a, **k: pytest.fail("sampled again"))
+    assert sample_to_npz(gpt, vq, LABELS, out, **{**BASE, "settings": SampleSettings(**now)}) == out
+
+
+def test_settings_that_draw_otherwise_still_differ():
+    base = vars(SampleSettings(cfg_scale=1.5))
+    assert differences({"settings": base}, {"settings": {**base, "top_p": 0.9}}) == ["settings.top_p: None -> 0.9"]
+    guided = {"settings": {**base, "guidance_interval": [0.0, 0.5]}}
+    assert differences({"settings": base}, guided) == ["settings.guidance_interval: None -> [0.0, 0.5]"]
