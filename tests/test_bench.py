@@ -242,14 +242,17 @@ def test_bad_variants_fail_before_any_training(setup, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="variants.x: unknown key"):
         from_dict(BenchConfig, bench_dict(setup, out, variants={"x": {"cfg": "a.yaml"}}))
     top_k = bench_dict(setup, out, sampling={"top_k": 999})  # scoring samples with it: refused before training
-    with pytest.raises(ConfigError, match=r"bench's sampling, for variant '\w+' .* \d+ codes.*: top_k .* between 1 and \d+, got 999"):
+    with pytest.raises(ConfigError, match=r"bench's sampling \(sampling\.\* of the bench config\), for variant '\w+' .* \d+ codes.*: top_k .* between 1 and \d+, got 999"):
         run_convergence(from_dict(BenchConfig, top_k))
     # Guidance the runs cannot give: an interval between two decoding passes, or a model without class dropout.
     interval = bench_dict(setup, out, sampling={"guidance_interval": [0.51, 0.511]})
-    with pytest.raises(ConfigError, match=r"bench's sampling, for variant .*guidance_interval \(0.51, 0.511\) holds none"):
+    with pytest.raises(ConfigError, match=r"bench's sampling \(sampling\.\* of the bench config\), for variant .*guidance_interval \(0.51, 0.511\) holds none"):
         run_convergence(from_dict(BenchConfig, interval))
+    own = bench_dict(setup, out, variants={"baseline": [], "own": ["sampling.guidance_interval=[0.51,0.511]"]})
+    with pytest.raises(ConfigError, match=r"the run's own sampling \(its sample grids\), for variant 'own'.*holds none"):
+        run_convergence(from_dict(BenchConfig, own))
     no_null = bench_dict(setup, out, variants={"baseline": [], "plain": ["dropout=false"]})
-    with pytest.raises(ConfigError, match=r"bench's sampling, for variant 'plain'.*without class dropout"):
+    with pytest.raises(ConfigError, match=r"bench's sampling \(sampling\.\* of the bench config\), for variant 'plain'.*without class dropout"):
         run_convergence(from_dict(BenchConfig, no_null))
     assert not out.exists()
 

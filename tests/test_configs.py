@@ -77,6 +77,15 @@ def test_ill_typed_values_are_named_in_words():
             load_config(TrainConfig, CONFIGS / "fashion" / "mirai_i.yaml", base + [override])
 
 
+@pytest.mark.parametrize("key", ["vocab_size", "grid_size", "num_classes"])
+def test_model_overrides_of_what_the_code_store_fixes_are_refused(key):
+    # The store's value would silently win; model.<key> is the field that is checked against the store.
+    from mirai.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"model.overrides sets {key}, which the code store fixes: set model.{key}"):
+        load_config(TrainConfig, CONFIGS / "fashion" / "baseline.yaml", ["data.codes=codes", f"model.overrides={{{key}: 8}}"])
+
+
 @pytest.mark.parametrize("overrides, match", [
     (["optim.lr=1e-3", "optim.lr=2e-3"], r"optim.lr is set twice \('optim.lr=1e-3' and 'optim.lr=2e-3'\); keep the one you mean"),
     (["foresight.lambda_=1", "foresight=null"], "foresight is set both whole and inside it"),

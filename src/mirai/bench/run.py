@@ -59,14 +59,22 @@ def plan_share(bench: BenchConfig, variants: list[str] | None = None, seeds: lis
     # Scoring samples every run with the bench's sampling: its top-k must fit the run's vocabulary, its
     # guidance the run's null class and decoding passes, checked now rather than after hours of training (a
     # store not there yet, as under --dry-run before extraction, is named by training instead).
+    # The run's own sample grids (its training config's sampling) are checked the same way.
     for run in runs:
         if Path(run.cfg.data.codes).exists():
             store = CodeStore.open(run.cfg.data.codes)
             try:
-                bench.sampling.check_for(run.cfg.model_args(store.vocab_size, store.grid_size, store.num_classes))
+                args = run.cfg.model_args(store.vocab_size, store.grid_size, store.num_classes)
             except ConfigError as err:
-                raise ConfigError(f"the bench's sampling, for variant {run.variant!r} ({run.cfg.data.codes}: "
-                                  f"{store.vocab_size} codes, {store.grid_size}x{store.grid_size} grid): {err}") from None
+                raise ConfigError(f"variant {run.variant!r}, model on {run.cfg.data.codes}: {err}") from None
+            where = f"for variant {run.variant!r} ({run.cfg.data.codes}: {store.vocab_size} codes, " \
+                    f"{store.grid_size}x{store.grid_size} grid)"
+            for settings, what in ((bench.sampling, "the bench's sampling (sampling.* of the bench config)"),
+                                   (run.cfg.grid_settings(args), "the run's own sampling (its sample grids)")):
+                try:
+                    settings.check_for(args)
+                except ConfigError as err:
+                    raise ConfigError(f"{what}, {where}: {err}") from None
     return runs
 
 

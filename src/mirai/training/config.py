@@ -6,7 +6,7 @@ The paper's recipe (LlamaGen's, docs/method.md §6) is the default: AdamW lr 1e-
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from mirai.config import flatten, to_dict
@@ -15,6 +15,9 @@ from mirai.foresight.config import ForesightConfig, unread_on_resume
 from mirai.models.gpt import GPTArgs
 from mirai.models.registry import gpt_args
 from mirai.sampling.pipeline import SampleSettings
+
+
+STORE_FIELDS = {"vocab_size", "grid_size", "num_classes"}  # GPT arguments that come from the code store
 
 
 @dataclass
@@ -40,6 +43,11 @@ class ModelConfig:
 
     def validate(self) -> None:
         """The name, override keys and values, checked where the config is read (before any data work)."""
+        fixed = sorted(STORE_FIELDS & set(self.overrides))
+        if fixed:  # the code store fixes these; its own fields are checked against it (TrainingData)
+            raise ConfigError(f"model.overrides sets {', '.join(fixed)}, which the code store fixes: set "
+                              f"{', '.join('model.' + k for k in fixed)} instead (checked against the store), or leave "
+                              "them out to take the store's")
         self.args()
 
 
@@ -165,6 +173,11 @@ class TrainConfig:
                                            attn_dropout_p=0.0, class_dropout_prob=0.0, null_class=True)
         return gpt_args(self.model.name, **{**self.model.overrides, "vocab_size": vocab_size, "grid_size": grid_size,
                                             "num_classes": num_classes, **off})
+
+    def grid_settings(self, args: GPTArgs) -> SampleSettings:
+        """How the run's sample grids draw from a GPT with ``args``: ``sampling``, unguided when the run
+        trained no null class (guidance would be meaningless)."""
+        return replace(self.sampling, cfg_scale=1.0) if args.class_dropout_prob == 0 else self.sampling
 
     def validate(self) -> None:
         self.foresight.check_order(self.model.args().order)

@@ -9,7 +9,6 @@ checkpoint — which also restores optimizer, EMA, heads and RNG state — conti
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import os
@@ -246,9 +245,8 @@ class Trainer:
         return (sums[0] / sums[1]).item()
 
     def grid_settings(self) -> SampleSettings:
-        """``cfg.sampling``, unguided when the run trained no null class (guidance would be meaningless)."""
-        unguided = self.gpt.args.class_dropout_prob == 0
-        return dataclasses.replace(self.cfg.sampling, cfg_scale=1.0) if unguided else self.cfg.sampling
+        """``cfg.sampling``, unguided when the run trained no null class (``TrainConfig.grid_settings``)."""
+        return self.cfg.grid_settings(self.gpt.args)
 
     def sample_grid(self, name: str) -> Path | None:
         """A grid from the EMA weights, one row per class (at most 10 classes, 10 each); without
