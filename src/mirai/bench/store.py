@@ -87,10 +87,19 @@ def check_same_scoring(bench: BenchConfig, out_dir: Path) -> None:
         changed.append("compile_sampling")
     if changed:
         raise ConfigError(f"{out_dir} holds results scored with other {', '.join(changed)} "
-                          f"({'; '.join(f'{k}: {old.get(k)!r} there, {new[k]!r} now' for k in changed)}); give "
+                          f"({'; '.join(_difference(k, old.get(k), new[k]) for k in changed)}); give "
                           "the values it was scored with, use another out_dir, or delete results.json, "
                           "reference.json, reference/ and grid_*.png/.pdf there to rescore everything (the "
                           "training runs are kept)")
+
+
+def _difference(key: str, old: Any, new: Any) -> str:
+    """``key: old there, new now``; for a section (sampling), only its keys that draw differently."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        old, new = _setting(key, old), _setting(key, new)
+        return "; ".join(f"{key}.{k}: {old.get(k)!r} there, {new.get(k)!r} now"
+                         for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k))
+    return f"{key}: {old!r} there, {new!r} now"
 
 
 def _setting(key: str, value: Any) -> Any:
