@@ -168,7 +168,8 @@ class TrainConfig:
         """The GPT this run trains on a code store with this codebook, grid side and classes. Without
         dropout, class dropout is off too: the null-class row stays in the architecture (``null_class``) but
         is never trained, and the saved args say so (``class_dropout_prob`` 0), so nothing samples with
-        guidance from it. ``ConfigError`` for values the store contradicts or the architecture refuses."""
+        guidance from it. ``ConfigError`` for an architecture the GPT refuses (e.g. PAR regions that do not
+        divide the store's grid); the store's own fields are checked against ``model`` by ``TrainingData``."""
         off = {} if self.dropout else dict(token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0,
                                            attn_dropout_p=0.0, class_dropout_prob=0.0, null_class=True)
         return gpt_args(self.model.name, **{**self.model.overrides, "vocab_size": vocab_size, "grid_size": grid_size,
