@@ -363,3 +363,15 @@ def test_mirai_convert_reads_m_from_a_par_file_and_refuses_a_wrong_one(tmp_path,
                         "--regions-per-side", "4"], tmp_path, match="2 regions per side", output=tmp_path / "bad")
     assert_cli_refuses(["convert", "llamagen", tmp_path / "par.pt", tmp_path / "bad", "--grid-size", "5"],
                        tmp_path, match="cannot be split into 2x2", output=tmp_path / "bad")
+
+
+def test_a_guidance_interval_between_par_passes_is_refused_naming_where_they_start():
+    # PAR (2x2 regions, 8x8 grid) starts passes at tokens 0..4, 8, 12, ...: 5/64 lies in [0.078, 0.09)
+    # but starts no pass, so the refusal names the starts rather than every i/64.
+    from mirai.models.registry import gpt_args
+    from mirai.sampling.checks import check_guidance
+
+    args = gpt_args("GPT-Nano", vocab_size=32, grid_size=8, num_classes=3, order="par", regions_per_side=2)
+    with pytest.raises(ConfigError, match=r"holds none .* token fractions i/64, i = 0, 1, 2, 3, 4, 8, 12, 16, \.\.\."):
+        check_guidance(args, 2.0, (0.078, 0.09))
+    check_guidance(args, 2.0, (0.06, 0.07))  # holds the pass that starts at token 4 (0.0625)

@@ -95,10 +95,14 @@ def check_guidance(args: GPTArgs, cfg_scale: float, interval: Sequence[float] | 
             "or train with class dropout"
         )
     n = args.seq_len
-    if not any(in_guidance_interval(step.produce[0], n, interval) for step in args.decode_schedule()):
+    starts = [step.produce[0] for step in args.decode_schedule()]
+    if not any(in_guidance_interval(i, n, interval) for i in starts):
+        # PAR's passes start only at some tokens: name them, so that a fraction i/N that lies inside the
+        # interval but starts no pass does not read as a contradiction.
+        which = "every i" if len(starts) == n else f"i = {', '.join(map(str, starts[:8]))}{', ...' * (len(starts) > 8)}"
         raise ConfigError(
-            f"guidance_interval {tuple(interval)} holds none of this model's decoding passes (each starts at a "
-            f"token fraction i/{n}), so nothing would be guided: widen it, or sample with cfg_scale 1"
+            f"guidance_interval {tuple(interval)} holds none of this model's decoding passes (they start at "
+            f"token fractions i/{n}, {which}), so nothing would be guided: widen it, or sample with cfg_scale 1"
         )
 
 
