@@ -60,9 +60,10 @@ def plan_share(bench: BenchConfig, variants: list[str] | None = None, seeds: lis
     # guidance the run's null class and decoding passes, checked now rather than after hours of training (a
     # store not there yet, as under --dry-run before extraction, is named by training instead).
     # The run's own sample grids (its training config's sampling) are checked the same way.
+    open_store = cache(CodeStore.open)  # the runs of a bench mostly share one store: open it once
     for run in runs:
         if Path(run.cfg.data.codes).exists():
-            store = CodeStore.open(run.cfg.data.codes)
+            store = open_store(run.cfg.data.codes)
             try:
                 args = run.cfg.model_args(store.vocab_size, store.grid_size, store.num_classes)
             except ConfigError as err:

@@ -120,7 +120,7 @@ def generate(
     """
     args = model.args
     check_sampling(cfg_scale, temperature, top_k, top_p, guidance_interval, vocab_size=args.vocab_size)
-    check_guidance(model.args, cfg_scale, guidance_interval)
+    check_guidance(args, cfg_scale, guidance_interval)
     if compile and not use_kv_cache:
         raise ConfigError("compile=True compiles the KV-cache decoding pass; it needs use_kv_cache=True")
     device = labels.device if isinstance(labels, torch.Tensor) else next(model.parameters()).device
