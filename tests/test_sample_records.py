@@ -6,6 +6,8 @@ import pytest
 import torch
 from test_sampling import BASE, LABELS, tiny_gpt, tiny_vq
 
+from mirai import checkpoint
+from mirai.cli.main import main
 from mirai.sampling import generate, pipeline
 from mirai.sampling.pipeline import SampleSettings, sample_to_npz
 from mirai.sampling.record import differences, draws_as
@@ -39,3 +41,19 @@ def test_settings_that_draw_otherwise_still_differ():
     assert differences({"settings": base}, {"settings": {**base, "top_p": 0.9}}) == ["settings.top_p: None -> 0.9"]
     guided = {"settings": {**base, "guidance_interval": [0.0, 0.5]}}
     assert differences({"settings": base}, guided) == ["settings.guidance_interval: None -> [0.0, 0.5]"]
+    # Compared as they draw, shown as written: a saved top-p of 1 is 1.0 in the refusal, not None.
+    assert differences({"settings": {**base, "top_p": 1.0}}, {"settings": {**base, "top_p": 0.9}}) == \
+        ["settings.top_p: 1.0 -> 0.9"]
+
+
+def test_cli_rerun_says_it_reuses_the_set_and_prints_no_decoding_plan(tmp_path, monkeypatch, capsys):
+    gpt, vq = checkpoint.save(tmp_path / "gpt", tiny_gpt()), checkpoint.save(tmp_path / "vq", tiny_vq())
+    argv = [str(a) for a in ["sample", "--gpt", gpt, "--tokenizer", vq, "--out", tmp_path / "out", "--device", "cpu",
+                             "--num-samples", "6", "--cfg-scale", "1.5"]]
+    assert main(argv + ["--top-p", "1"]) == 0
+    first = capsys.readouterr().out
+    assert "decoding 2x2 tokens in 4 forward passes" in first and "wrote 6 samples" in first
+    monkeypatch.setattr(pipeline, "sample_batch", lambda *a, **k: pytest.fail("sampled again"))
+    assert main(argv) == 0  # no --top-p draws as --top-p 1
+    again = capsys.readouterr().out
+    assert "decoding" not in again and "reused the 6 samples in" in again

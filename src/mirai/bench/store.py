@@ -94,11 +94,12 @@ def check_same_scoring(bench: BenchConfig, out_dir: Path) -> None:
 
 
 def _difference(key: str, old: Any, new: Any) -> str:
-    """``key: old there, new now``; for a section (sampling), only its keys that draw differently."""
+    """``key: old there, new now``; for a section (sampling), only its keys that draw differently, each
+    shown as written."""
     if isinstance(old, dict) and isinstance(new, dict):
-        old, new = _setting(key, old), _setting(key, new)
+        old_means, new_means = _setting(key, old), _setting(key, new)
         return "; ".join(f"{key}.{k}: {old.get(k)!r} there, {new.get(k)!r} now"
-                         for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k))
+                         for k in sorted(old_means.keys() | new_means.keys()) if old_means.get(k) != new_means.get(k))
     return f"{key}: {old!r} there, {new!r} now"
 
 

@@ -84,6 +84,26 @@ def _classes(text: str) -> list[int] | None:
         raise ConfigError(f"--classes {text!r}: give comma-separated class ids such as 0,3,7, or 'all'") from None
 
 
+# The sampling API's names for the values these flags give: its refusals (shared with Python callers and
+# the bench's YAML) are reworded to name the flag the user typed.
+FLAGS = {name: "--" + name.replace("_", "-") for name in (
+    "cfg_scale", "temperature", "top_k", "top_p", "guidance_interval", "precision", "image_size_eval", "seed",
+    "batch_size", "num_samples")}
+_API_NAME = re.compile(r"(?<![\w./-])(?:config\.)?(" + "|".join(FLAGS) + r")\b")
+
+
+@contextlib.contextmanager
+def _as_flags() -> Iterator[None]:
+    """Re-raise a ``ConfigError`` whose message names sampling values by their API names (``top_p``,
+    ``config.temperature``) with the flags instead (``--top-p``)."""
+    from mirai.errors import ConfigError
+
+    try:
+        yield
+    except ConfigError as err:
+        raise ConfigError(_API_NAME.sub(lambda m: FLAGS[m.group(1)], str(err))) from None
+
+
 def _check_cli(args: argparse.Namespace) -> None:
     """The values only the command line has (the rest are checked by the sampling API)."""
     from mirai.errors import ConfigError
@@ -171,6 +191,8 @@ def _hold(out: Path, dist) -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
     import numpy as np
 
     from mirai.config import from_dict
@@ -182,20 +204,18 @@ def run(args: argparse.Namespace) -> int:
 
     _check_cli(args)
     classes = _classes(args.classes)
-    settings = from_dict(SampleSettings, {
-        "cfg_scale": args.cfg_scale, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-        "guidance_interval": args.guidance_interval, "precision": args.precision,
-        "image_size_eval": args.image_size_eval,
-    })
+    with _as_flags():
+        settings = from_dict(SampleSettings, {f.name: getattr(args, f.name) for f in fields(SampleSettings)})
     vq = load_for_sampling(args.tokenizer, "vq")
     gpt = load_for_sampling(args.gpt, "gpt", prefer_ema=not args.raw_weights, name=args.model,
                             grid_size=_grid_size(args, vq))
     n_classes = gpt.args.num_classes
-    if args.num_samples is not None:
-        labels = class_labels(n_classes, args.num_samples, args.class_sampling, seed=args.seed)
-    else:
-        labels = np.repeat(list(range(n_classes)) if classes is None else classes, args.per_class)
-    check_request(gpt, vq, labels, settings, args.seed, args.batch_size)  # before the output folder is made
+    with _as_flags():  # all before the output folder is made
+        if args.num_samples is not None:
+            labels = class_labels(n_classes, args.num_samples, args.class_sampling, seed=args.seed)
+        else:
+            labels = np.repeat(list(range(n_classes)) if classes is None else classes, args.per_class)
+        check_request(gpt, vq, labels, settings, args.seed, args.batch_size)
     dist = init_distributed(args.device)
     gpt.to(dist.device)
     vq.to(dist.device)
@@ -203,16 +223,18 @@ def run(args: argparse.Namespace) -> int:
     npz = dict(out=out / "samples.npz", settings=settings, seed=args.seed, batch_size=args.batch_size,
                compile=args.compile,
                sources={"gpt": str(resolve(args.gpt).resolve()), "vq": str(resolve(args.tokenizer).resolve())})
+    reuse = (out / "samples.npz").exists()  # sampled before: reused if made the same way, else refused
     if dist.is_main:
-        a = gpt.args
-        order = f"PAR, {a.regions_per_side}x{a.regions_per_side} regions" if gpt.parallel else "raster order"
         if gpt.loaded_weights == "raw" and not args.raw_weights:
             print(f"note: {args.gpt} holds no EMA weights, so its raw weights are sampled")
         elif gpt.loaded_weights == "unlabelled":
             print(f"note: {args.gpt} is a bare state dict, which does not say whether it holds EMA or raw weights; "
                   "sampled as they are")
-        print(f"decoding {a.grid_size}x{a.grid_size} tokens in {len(gpt.decode_schedule())} forward passes per "
-              f"batch ({order})")
+        if not reuse:
+            a = gpt.args
+            order = f"PAR, {a.regions_per_side}x{a.regions_per_side} regions" if gpt.parallel else "raster order"
+            print(f"decoding {a.grid_size}x{a.grid_size} tokens in {len(gpt.decode_schedule())} forward passes per "
+                  f"batch ({order})")
     try:
         with _hold(out, dist):
             path = sample_to_npz(gpt, vq, labels, rank=dist.rank, world_size=dist.world_size, **npz)
@@ -226,8 +248,9 @@ def run(args: argparse.Namespace) -> int:
                 what = f"{checkpoint_label(args.gpt)} ({gpt.loaded_weights} weights, seed {args.seed})"
                 grid = write_sample_grid(images, drawn, out / "grid.png", what, step, settings, names,
                                          per_row=args.per_class if args.num_samples is None else 10)
-                print(f"wrote {len(images)} samples to {path} (settings in {path.with_suffix('.json')}) "
-                      f"and a grid of them by class to {' and '.join(map(str, grid))}")
+                done = "reused the" if reuse else "wrote"
+                print(f"{done} {len(images)} samples {'in' if reuse else 'to'} {path} (settings in "
+                      f"{path.with_suffix('.json')}) and a grid of them by class to {' and '.join(map(str, grid))}")
     finally:
         shutdown()
     return 0

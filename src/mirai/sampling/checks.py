@@ -91,7 +91,7 @@ def check_guidance(args: GPTArgs, cfg_scale: float, interval: Sequence[float] | 
     if not args.class_dropout_prob > 0:
         raise ConfigError(
             f"cfg_scale {cfg_scale} needs classifier-free guidance, but this GPT was trained without class dropout "
-            "(class_dropout_prob 0), so its null class was never learned: sample with cfg_scale=1 (--cfg-scale 1), "
+            "(class_dropout_prob 0), so its null class was never learned: sample with cfg_scale 1, "
             "or train with class dropout"
         )
     n = args.seq_len

@@ -59,7 +59,7 @@ class SampleSettings:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r}: choose one of {sorted(PRECISIONS)}")
         if self.image_size_eval is not None:
-            check_int("image_size_eval (--image-size-eval)", self.image_size_eval, 1, IMAGE_SIZE_EVAL_MAX)
+            check_int("image_size_eval", self.image_size_eval, 1, IMAGE_SIZE_EVAL_MAX)
         check_sampling(self.cfg_scale, self.temperature, self.top_k, self.top_p, self.guidance_interval, vocab_size)
 
     def check_for(self, args: GPTArgs) -> None:

@@ -78,10 +78,10 @@ def draws_as(settings: dict) -> dict:
     return settings
 
 
-def _leaves(data: dict) -> dict[str, Any]:
-    """Dotted leaves of a record, without the checkpoint paths (recorded for people only), its settings
-    as they draw (``draws_as``)."""
-    if isinstance(data.get("settings"), dict):
+def _leaves(data: dict, as_drawn: bool) -> dict[str, Any]:
+    """Dotted leaves of a record, without the checkpoint paths (recorded for people only); with
+    ``as_drawn``, its settings as they draw (``draws_as``)."""
+    if as_drawn and isinstance(data.get("settings"), dict):
         data = {**data, "settings": draws_as(data["settings"])}
     return {k: v for k, v in flatten(data).items() if k.rpartition(".")[2] != PATH_KEY}
 
@@ -91,9 +91,11 @@ def _short(value: Any) -> str:
 
 
 def differences(saved: dict, current: dict) -> list[str]:
-    """``key: saved -> current`` for every compared value that differs (checkpoint paths are not compared)."""
-    old, new = _leaves(saved), _leaves(current)
-    return [f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}" for k in sorted(old.keys() | new.keys())
+    """``key: saved -> current`` for every value that draws differently (checkpoint paths are not compared),
+    each shown as written (a saved ``top_p: 1.0`` as 1.0, though it compares as None)."""
+    old, new = _leaves(saved, True), _leaves(current, True)
+    shown_old, shown_new = _leaves(saved, False), _leaves(current, False)
+    return [f"{k}: {_short(shown_old.get(k))} -> {_short(shown_new.get(k))}" for k in sorted(old.keys() | new.keys())
             if old.get(k) != new.get(k)]
 
 
