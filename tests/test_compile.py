@@ -70,6 +70,17 @@ def test_top_p_as_a_tensor_filters_as_the_number_does():
         [False, True, True, False, True, True], [False, False, False, False, False, True]]
 
 
+def test_a_top_p_that_rounds_to_zero_keeps_the_most_likely_token():
+    # 1e-300 passes the (0, 1] check but is 0 at the logits' float32 precision: it must draw greedily, not
+    # drop every token (which ended in a non-finite-probabilities error blaming the guidance scale).
+    logits = torch.tensor([[0.1, 3.0, 2.0, -1.0], [1.0, 1.0, 0.0, 5.0]])
+    for top_p in (1e-300, torch.tensor(1e-300)):
+        assert torch.isfinite(filter_logits(logits, None, top_p)).tolist() == [
+            [False, True, False, False], [False, False, False, True]]
+    model = tiny()
+    assert torch.equal(draw(model, 1, top_p=1e-300), draw(model, 1, temperature=0))
+
+
 def test_compiled_decoding_runs_under_bf16_autocast(dynamo, monkeypatch):
     use_backend(monkeypatch, "aot_eager")
     model = tiny(order="par", regions_per_side=2)

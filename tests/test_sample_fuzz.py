@@ -22,9 +22,12 @@ NAN, INF = "nan", "inf"
 
 # option -> [(bad value, regex the error line must match)]
 BAD = {
-    "--num-samples": [("0", "--num-samples must be an integer at least 1"), ("-5", "--num-samples"),
-                      (NAN, "invalid int"), ("2.5", "invalid int"), ("abc", "invalid int")],
-    "--per-class": [("0", "--per-class must be at least 1"), ("-1", "--per-class"), ("x", "invalid int")],
+    "--num-samples": [("0", "--num-samples must be an integer between 1 and"), ("-5", "--num-samples"),
+                      (NAN, "invalid int"), ("2.5", "invalid int"), ("abc", "invalid int"),
+                      ("1000000000000", "--num-samples must be an integer between 1 and 1000000")],  # no 8-TB labels
+    "--per-class": [("0", "--per-class must be at least 1"), ("-1", "--per-class"), ("x", "invalid int"),
+                    ("400000", r"number of images \(--classes x --per-class\) must be an integer between 1 and 1000000, "
+                               "got 1200000")],
     "--batch-size": [("0", "--batch-size must be an integer at least 1"), ("-3", "--batch-size"),
                      ("1.5", "invalid int")],
     "--top-k": [("-3", "--top-k must be an integer at least 1"), ("0", "--top-k"), ("17", "--top-k .* between 1 and 16"),
@@ -208,3 +211,10 @@ def test_a_run_stopped_before_its_first_batch_does_not_block_the_corrected_one(t
     interrupted_run(monkeypatch, gpt, vq, out, batches=0, settings=SampleSettings(cfg_scale=1.0, temperature=0.5))
     assert sample_to_npz(gpt, vq, LABELS, out, **BASE) == out
     assert json.loads(out.with_suffix(".json").read_text())["settings"]["temperature"] == 1.0
+
+
+def test_classes_with_num_samples_is_refused_not_ignored(root):
+    # Evaluation mode draws labels from every class; a --classes beside it used to be dropped in silence.
+    out = root / "out_classes_eval"
+    assert_cli_refuses(command(root, out, **{"--num-samples": "4", "--classes": "1"}), root, output=out,
+                       match="--classes 1 chooses the rows of a grid; --num-samples draws its labels from every class")

@@ -4,6 +4,7 @@ guidance, is no interval) reuse a finished set; settings that draw otherwise are
 
 import pytest
 import torch
+from helpers import assert_cli_refuses
 from test_sampling import BASE, LABELS, tiny_gpt, tiny_vq
 
 from mirai import checkpoint
@@ -57,3 +58,14 @@ def test_cli_rerun_says_it_reuses_the_set_and_prints_no_decoding_plan(tmp_path, 
     assert main(argv) == 0  # no --top-p draws as --top-p 1
     again = capsys.readouterr().out
     assert "decoding" not in again and "reused the 6 samples in" in again
+
+
+def test_cli_rerun_refusals_name_the_flags_that_differ(tmp_path):
+    gpt, vq = checkpoint.save(tmp_path / "gpt", tiny_gpt()), checkpoint.save(tmp_path / "vq", tiny_vq())
+    out = tmp_path / "out"
+    argv = [str(a) for a in ["sample", "--gpt", gpt, "--tokenizer", vq, "--out", out, "--device", "cpu"]]
+    assert main(argv + ["--per-class", "1", "--top-p", "1"]) == 0
+    # Grid mode: the count is classes x --per-class, not a --num-samples the user never gave; digests are words.
+    assert_cli_refuses(argv + ["--per-class", "2", "--top-p", "0.9", "--seed", "1"], tmp_path, output=out, match=(
+        r"sampled differently \(the class labels differ; number of images \(--classes x --per-class\): 3 -> 6; "
+        r"--seed: 0 -> 1; --top-p: 1.0 -> 0.9\): use a new --out"))

@@ -222,7 +222,7 @@ def test_nan_weights_are_refused_at_load_naming_the_checkpoint(tmp_path, kind, l
 def test_sample_counts_seeds_and_batch_sizes_are_checked(tmp_path):
     gpt, vq = tiny_gpt(), tiny_vq()
     for num in (0, -5):
-        with pytest.raises(ConfigError, match="num_samples must be an integer at least 1"):
+        with pytest.raises(ConfigError, match="num_samples must be an integer between 1 and 1000000"):
             class_labels(3, num)
     with pytest.raises(ConfigError, match="seed"):
         class_labels(3, 4, seed=-1)
@@ -274,12 +274,12 @@ def test_interrupted_sampling_resumes_to_the_one_go_result_and_records_its_setti
 
 
 CHANGES = {
-    "checkpoint": ({"gpt": "other"}, "gpt.sha256"),
+    "checkpoint": ({"gpt": "other"}, "the GPT's weights differ"),
     "cfg_scale": ({"settings": SampleSettings(cfg_scale=2.0)}, "settings.cfg_scale: 1.0 -> 2.0"),
     "temperature": ({"settings": SampleSettings(cfg_scale=1.0, temperature=0.5)}, "settings.temperature"),
     "batch_size": ({"batch_size": 5}, "batch_size: 4 -> 5"),
     "seed": ({"seed": 1}, "seed: 0 -> 1"),
-    "labels": ({"labels": class_labels(3, 12, seed=1)}, "labels_sha256"),
+    "labels": ({"labels": class_labels(3, 12, seed=1)}, "the class labels differ"),
     "count": ({"labels": class_labels(3, 16, seed=0)}, "num_samples: 12 -> 16"),
 }
 
@@ -316,7 +316,7 @@ def test_resuming_with_anything_changed_is_refused_and_keeps_the_parts(tmp_path,
     interrupted_run(monkeypatch, gpt, vq, out)
     before = kept_files(tmp_path)
     change, diff = CHANGES[name]
-    with pytest.raises(ConfigError, match=rf"unfinished samples .* sampled differently \(.*{diff}.*new --out.*delete"):
+    with pytest.raises(ConfigError, match=rf"unfinished sample set .* sampled differently \(.*{diff}.*new --out.*delete"):
         rerun(gpt, vq, out, change)
     assert kept_files(tmp_path) == before and not out.exists()
 
@@ -400,7 +400,7 @@ def test_cli_resume_with_another_guidance_scale_is_refused(tmp_path, monkeypatch
     monkeypatch.setattr(pipeline, "sample_batch", ctrl_c_after_one)
     assert main(argv + ["--cfg-scale", "1"]) == 130  # stopped after one batch: it and the record are kept
     monkeypatch.undo()
-    assert_cli_refuses(argv + ["--cfg-scale", "2"], tmp_path, match="cfg_scale: 1.0 -> 2.0.*new --out", output=out)
+    assert_cli_refuses(argv + ["--cfg-scale", "2"], tmp_path, match="--cfg-scale: 1.0 -> 2.0.*new --out", output=out)
     assert main(argv + ["--cfg-scale", "1"]) == 0
     assert json.loads((out / "samples.json").read_text())["settings"]["cfg_scale"] == 1.0
     assert len(np.load(out / "samples.npz")["arr_0"]) == 12

@@ -85,23 +85,25 @@ def _classes(text: str) -> list[int] | None:
 
 
 # The sampling API's names for the values these flags give: its refusals (shared with Python callers and
-# the bench's YAML) are reworded to name the flag the user typed.
+# the bench's YAML) and a sample record's differences are reworded to name the flag the user typed.
 FLAGS = {name: "--" + name.replace("_", "-") for name in (
     "cfg_scale", "temperature", "top_k", "top_p", "guidance_interval", "precision", "image_size_eval", "seed",
-    "batch_size", "num_samples")}
-_API_NAME = re.compile(r"(?<![\w./-])(?:config\.)?(" + "|".join(FLAGS) + r")\b")
+    "batch_size", "num_samples")} | {"compiled_decoding": "--compile"}
+_API_NAME = re.compile(r"(?<![\w./-])(?:config\.|settings\.)?(" + "|".join(FLAGS) + r")\b(?![/.]\w)")
 
 
 @contextlib.contextmanager
-def _as_flags() -> Iterator[None]:
+def _as_flags(grid_mode: bool = False) -> Iterator[None]:
     """Re-raise a ``ConfigError`` whose message names sampling values by their API names (``top_p``,
-    ``config.temperature``) with the flags instead (``--top-p``)."""
+    ``config.temperature``, a record's ``settings.top_p``) with the flags instead (``--top-p``). In grid
+    mode the number of samples is the classes times --per-class, not --num-samples."""
     from mirai.errors import ConfigError
 
+    flags = {**FLAGS, "num_samples": "number of images (--classes x --per-class)"} if grid_mode else FLAGS
     try:
         yield
     except ConfigError as err:
-        raise ConfigError(_API_NAME.sub(lambda m: FLAGS[m.group(1)], str(err))) from None
+        raise ConfigError(_API_NAME.sub(lambda m: flags[m.group(1)], str(err))) from None
 
 
 def _check_cli(args: argparse.Namespace) -> None:
@@ -110,6 +112,9 @@ def _check_cli(args: argparse.Namespace) -> None:
 
     if args.per_class < 1:
         raise ConfigError(f"--per-class must be at least 1, got {args.per_class}")
+    if args.num_samples is not None and args.classes.strip() != "all":
+        raise ConfigError(f"--classes {args.classes} chooses the rows of a grid; --num-samples draws its labels from "
+                          "every class (--class-sampling): leave out one of them")
     if args.grid_size is not None and args.grid_size < 1:
         raise ConfigError(f"--grid-size must be at least 1 (16 for 256 px, 24 for 384 px), got {args.grid_size}")
     for flag, value in (("--image-size", args.image_size), ("--image-size-eval", args.image_size_eval)):
@@ -199,7 +204,9 @@ def run(args: argparse.Namespace) -> int:
     from mirai.evaluation.npz import NpzArchive
     from mirai.hub.resolve import resolve
     from mirai.sampling.grid import checkpoint_details, checkpoint_label, write_sample_grid
-    from mirai.sampling.pipeline import SampleSettings, check_request, class_labels, load_for_sampling, sample_to_npz
+    from mirai.sampling.checks import check_int
+    from mirai.sampling.pipeline import (MAX_SAMPLES, SampleSettings, check_request, class_labels, load_for_sampling,
+                                         sample_to_npz)
     from mirai.training.distributed import barrier, init_distributed, shutdown
 
     _check_cli(args)
@@ -214,7 +221,9 @@ def run(args: argparse.Namespace) -> int:
         if args.num_samples is not None:
             labels = class_labels(n_classes, args.num_samples, args.class_sampling, seed=args.seed)
         else:
-            labels = np.repeat(list(range(n_classes)) if classes is None else classes, args.per_class)
+            ids = list(range(n_classes)) if classes is None else classes
+            check_int("number of images (--classes x --per-class)", len(ids) * args.per_class, 1, MAX_SAMPLES)
+            labels = np.repeat(ids, args.per_class)
         check_request(gpt, vq, labels, settings, args.seed, args.batch_size)
     dist = init_distributed(args.device)
     gpt.to(dist.device)
@@ -236,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"decoding {a.grid_size}x{a.grid_size} tokens in {len(gpt.decode_schedule())} forward passes per "
                   f"batch ({order})")
     try:
-        with _hold(out, dist):
+        with _as_flags(grid_mode=args.num_samples is None), _hold(out, dist):
             path = sample_to_npz(gpt, vq, labels, rank=dist.rank, world_size=dist.world_size, **npz)
             barrier()
             if dist.is_main and path is None:  # other ranks finished after rank 0 looked: merge now

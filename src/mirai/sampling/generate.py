@@ -29,8 +29,10 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: Scalar 
     if top_p is not None:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
-        # Drop a token when the tokens ranked above it already hold top_p of the mass.
+        # Drop a token when the tokens ranked above it already hold top_p of the mass. The first is never
+        # dropped: a top_p that rounds to 0 at the logits' precision (1e-300 in float32) would drop them all.
         drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        drop_sorted[..., 0] = False
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits

@@ -34,6 +34,9 @@ from mirai.sampling.generate import generate
 from mirai.sampling.record import check_same, read_record, sample_record, write_record
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# The largest sample set: 20x the 50 000 of ADM's evaluation protocol. A set is merged in memory (a million
+# 256-px images are about 200 GB), so a typo of 1e12 is refused at once rather than as a failed allocation.
+MAX_SAMPLES = 1_000_000
 
 
 @dataclass
@@ -120,7 +123,9 @@ def check_request(
     settings.check_for(gpt.args)
     check_seed(seed)
     check_int("batch_size", batch_size, 1)
-    return as_labels(labels, gpt.args.num_classes).numpy()
+    labels = as_labels(labels, gpt.args.num_classes).numpy()
+    check_int("num_samples", len(labels), 1, MAX_SAMPLES)
+    return labels
 
 
 def class_labels(
@@ -129,7 +134,7 @@ def class_labels(
     """Labels for an evaluation set: ``balanced`` (each class equally often, shuffled) or
     ``uniform`` (drawn independently, as LlamaGen's sample_ddp does)."""
     check_int("num_classes", num_classes, 1)
-    check_int("num_samples", num_samples, 1)
+    check_int("num_samples", num_samples, 1, MAX_SAMPLES)
     rng = np.random.default_rng(check_seed(seed))
     if mode == "balanced":
         labels = np.arange(num_samples) % num_classes
@@ -174,14 +179,14 @@ def _claim_parts(parts: Path, record: dict, locked: bool) -> None:
     saved = read_record(parts / "record.json")
     fix = f"use a new --out (output path), or delete {parts} to start over"
     if existing or (saved is not None and not locked):
-        check_same(saved, record, f"the unfinished samples in {parts}", fix)
+        check_same(saved, record, f"the unfinished sample set in {parts}", fix)
     else:
         write_record(parts / "record.json", record)
 
 
 def _finished(out: Path, record: dict, rank: int) -> Path | None:
     """A sample file made before: returned untouched (on rank 0) when made the same way, else refused."""
-    check_same(read_record(out.with_suffix(".json")), record, f"{out}",
+    check_same(read_record(out.with_suffix(".json")), record, f"the sample set {out}",
                f"use a new --out (output path), or delete {out} to sample again")
     return out if rank == 0 else None
 

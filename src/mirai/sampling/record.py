@@ -86,17 +86,19 @@ def _leaves(data: dict, as_drawn: bool) -> dict[str, Any]:
     return {k: v for k, v in flatten(data).items() if k.rpartition(".")[2] != PATH_KEY}
 
 
-def _short(value: Any) -> str:
-    return f"{value[:12]}..." if isinstance(value, str) and len(value) == 64 else repr(value)
+# Values compared by their SHA-256: a difference names what differs, not two digests.
+DIGESTS = {"gpt.sha256": "the GPT's weights", "vq.sha256": "the tokenizer's weights",
+           "labels_sha256": "the class labels"}
 
 
 def differences(saved: dict, current: dict) -> list[str]:
     """``key: saved -> current`` for every value that draws differently (checkpoint paths are not compared),
-    each shown as written (a saved ``top_p: 1.0`` as 1.0, though it compares as None)."""
+    each shown as written (a saved ``top_p: 1.0`` as 1.0, though it compares as None); a digest as
+    "the class labels differ"."""
     old, new = _leaves(saved, True), _leaves(current, True)
     shown_old, shown_new = _leaves(saved, False), _leaves(current, False)
-    return [f"{k}: {_short(shown_old.get(k))} -> {_short(shown_new.get(k))}" for k in sorted(old.keys() | new.keys())
-            if old.get(k) != new.get(k)]
+    return [f"{DIGESTS[k]} differ" if k in DIGESTS else f"{k}: {shown_old.get(k)!r} -> {shown_new.get(k)!r}"
+            for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
 
 
 def read_record(path: Path) -> dict | None:
