@@ -38,7 +38,8 @@ def add_parser(subparsers) -> None:
                    "or reuses it, anything else is refused, as is a folder holding other files")
     p.add_argument("--classes", default="all", help="comma-separated class ids, or 'all' (default)")
     p.add_argument("--per-class", type=int, default=8, help="images per class in grid mode (default 8)")
-    p.add_argument("--num-samples", type=int, help="evaluation mode: total number of samples")
+    p.add_argument("--num-samples", type=int, help="evaluation mode: total number of samples (at most 1e6), labels "
+                   "drawn from every class (so not with --classes)")
     p.add_argument("--class-sampling", choices=["balanced", "uniform"], default="balanced",
                    help="evaluation mode: equal counts per class, or uniformly drawn labels as in LlamaGen")
     p.add_argument("--cfg-scale", type=float, default=2.0, help="classifier-free guidance scale (default 2.0, "
