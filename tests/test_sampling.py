@@ -380,7 +380,7 @@ def test_cli_refuses_an_output_folder_another_sampler_holds(tmp_path):
     assert not (out / "samples.npz").exists() and not (out / "samples.npz.parts").exists()
 
 
-def test_cli_resume_with_another_guidance_scale_is_refused(tmp_path, monkeypatch):
+def test_cli_resume_with_another_guidance_scale_is_refused(tmp_path, monkeypatch, capsys):
     from mirai.cli.main import main
 
     gpt, vq = checkpoint.save(tmp_path / "gpt", tiny_gpt()), checkpoint.save(tmp_path / "vq", tiny_vq())
@@ -398,8 +398,8 @@ def test_cli_resume_with_another_guidance_scale_is_refused(tmp_path, monkeypatch
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "sample_batch", ctrl_c_after_one)
-    assert main(argv + ["--cfg-scale", "1"]) == 130  # stopped after one batch: it and the record are kept
-    monkeypatch.undo()
+    assert main(argv + ["--cfg-scale", "1"]) == 130 and "the same command resumes" in capsys.readouterr().err
+    monkeypatch.undo()  # stopped after one batch: it and the record are kept
     assert_cli_refuses(argv + ["--cfg-scale", "2"], tmp_path, match="--cfg-scale: 1.0 -> 2.0.*new --out", output=out)
     assert main(argv + ["--cfg-scale", "1"]) == 0
     assert json.loads((out / "samples.json").read_text())["settings"]["cfg_scale"] == 1.0

@@ -197,11 +197,13 @@ def _hold(out: Path, dist) -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import signal
     from dataclasses import fields
 
     import numpy as np
 
     from mirai.config import from_dict
+    from mirai.errors import Interrupted
     from mirai.evaluation.npz import NpzArchive
     from mirai.hub.resolve import resolve
     from mirai.sampling.grid import checkpoint_details, checkpoint_label, write_sample_grid
@@ -261,6 +263,12 @@ def run(args: argparse.Namespace) -> int:
                 done = "reused the" if reuse else "wrote"
                 print(f"{done} {len(images)} samples {'in' if reuse else 'to'} {path} (settings in "
                       f"{path.with_suffix('.json')}) and a grid of them by class to {' and '.join(map(str, grid))}")
+    except KeyboardInterrupt as err:
+        parts = out / "samples.npz.parts"
+        if isinstance(err, Interrupted) or not parts.is_dir():
+            raise
+        raise Interrupted(signal.SIGINT, f"the finished batches are kept in {parts}; the same command resumes "
+                          "from them") from None
     finally:
         shutdown()
     return 0
