@@ -17,6 +17,7 @@ SAME = [  # (settings of the saved set, settings of the rerun): each pair draws 
     (dict(cfg_scale=1.5, top_p=1.0), dict(cfg_scale=1.5, top_p=None)),
     (dict(cfg_scale=1.5, guidance_interval=(0.0, 1.0)), dict(cfg_scale=1.5)),
     (dict(cfg_scale=1.0, guidance_interval=(0.2, 0.5)), dict(cfg_scale=1.0)),
+    (dict(cfg_scale=1.5, top_k=16), dict(cfg_scale=1.5)),  # the whole vocabulary of tiny_gpt
 ]
 
 
@@ -26,7 +27,7 @@ def test_settings_that_draw_alike_draw_the_same_tokens(saved, now):
     labels = torch.tensor([0, 1, 2, 1])
     tokens = [generate(gpt, labels, generator=torch.Generator().manual_seed(3), **kw) for kw in (saved, now)]
     assert torch.equal(*tokens)
-    assert draws_as(vars(SampleSettings(**saved))) == draws_as(vars(SampleSettings(**now)))
+    assert draws_as(vars(SampleSettings(**saved)), 16) == draws_as(vars(SampleSettings(**now)), 16)
 
 
 @pytest.mark.parametrize("saved, now", SAME)
@@ -40,6 +41,7 @@ def test_a_finished_set_is_reused_under_settings_that_draw_alike(tmp_path, monke
 def test_settings_that_draw_otherwise_still_differ():
     base = vars(SampleSettings(cfg_scale=1.5))
     assert differences({"settings": base}, {"settings": {**base, "top_p": 0.9}}) == ["settings.top_p: None -> 0.9"]
+    assert differences({"settings": base}, {"settings": {**base, "top_k": 15}}, 16) == ["settings.top_k: None -> 15"]
     guided = {"settings": {**base, "guidance_interval": [0.0, 0.5]}}
     assert differences({"settings": base}, guided) == ["settings.guidance_interval: None -> [0.0, 0.5]"]
     # Compared as they draw, shown as written: a saved top-p of 1 is 1.0 in the refusal, not None.

@@ -168,26 +168,26 @@ def _load_part(path: Path, expected: np.ndarray) -> dict[str, np.ndarray]:
     return part
 
 
-def _claim_parts(parts: Path, record: dict, locked: bool) -> None:
+def _claim_parts(parts: Path, record: dict, locked: bool, vocab_size: int) -> None:
     """Make ``parts`` this run's: refuse parts made differently or without a record, else record
     ``record`` there (the parts are listed before the record is read, so ranks that write
     the record before any part never mistake each other's parts for strays). A folder this process
     holds ``locked`` with a record but no part yet holds nothing to keep: a run stopped before its first
     batch (by a bad value, say) does not block the corrected one. Unlocked (several ranks), such a record
-    may be another rank's, so it must match."""
+    may be another rank's, so it must match. ``vocab_size``: the GPT's (a top-k of all of it filters nothing)."""
     existing = [p.name for p in parts.iterdir() if PART_NAME.match(p.name)]
     saved = read_record(parts / "record.json")
     fix = f"use a new --out (output path), or delete {parts} to start over"
     if existing or (saved is not None and not locked):
-        check_same(saved, record, f"the unfinished sample set in {parts}", fix)
+        check_same(saved, record, f"the unfinished sample set in {parts}", fix, vocab_size)
     else:
         write_record(parts / "record.json", record)
 
 
-def _finished(out: Path, record: dict, rank: int) -> Path | None:
+def _finished(out: Path, record: dict, rank: int, vocab_size: int) -> Path | None:
     """A sample file made before: returned untouched (on rank 0) when made the same way, else refused."""
     check_same(read_record(out.with_suffix(".json")), record, f"the sample set {out}",
-               f"use a new --out (output path), or delete {out} to sample again")
+               f"use a new --out (output path), or delete {out} to sample again", vocab_size)
     return out if rank == 0 else None
 
 
@@ -230,14 +230,14 @@ def sample_to_npz(
     record = sample_record(gpt, vq, labels, settings, seed, batch_size, sources, compile)
     parts = out.with_name(out.name + ".parts")
     if out.exists():
-        return _finished(out, record, rank)
+        return _finished(out, record, rank, gpt.args.vocab_size)
     parts.mkdir(parents=True, exist_ok=True)
     lock = exclusive_dir(parts, "sample parts folder") if world_size == 1 else contextlib.nullcontext()
     with lock:
         if out.exists():  # another process finished it while this one waited for the lock
             shutil.rmtree(parts, ignore_errors=True)
-            return _finished(out, record, rank)
-        _claim_parts(parts, record, locked=world_size == 1)
+            return _finished(out, record, rank, gpt.args.vocab_size)
+        _claim_parts(parts, record, locked=world_size == 1, vocab_size=gpt.args.vocab_size)
         n_batches = math.ceil(len(labels) / batch_size)
         chunks = [labels[b * batch_size : (b + 1) * batch_size] for b in range(n_batches)]
         files = [parts / f"{b:06d}.npz" for b in range(n_batches)]

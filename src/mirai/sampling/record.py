@@ -64,25 +64,27 @@ def sample_record(
     return json.loads(json.dumps(record))  # tuples -> lists, as they read back
 
 
-def draws_as(settings: dict) -> dict:
+def draws_as(settings: dict, vocab_size: int | None = None) -> dict:
     """Sampling settings (``SampleSettings`` as a dict) with each value that draws exactly like another
     written one way, so that records compare by what they draw: ``top_p`` 1 (no nucleus filtering) as
-    None, and a ``guidance_interval`` as None where it changes nothing: without guidance (``cfg_scale`` 1)
-    or when it spans every pass ([0, 1])."""
+    None, ``top_k`` equal to the model's ``vocab_size`` (when given) as None, and a ``guidance_interval``
+    as None where it changes nothing: without guidance (``cfg_scale`` 1) or when it spans every pass ([0, 1])."""
     settings = dict(settings)
     if settings.get("top_p") == 1:
         settings["top_p"] = None
+    if vocab_size is not None and settings.get("top_k") == vocab_size:
+        settings["top_k"] = None
     interval = settings.get("guidance_interval")
     if interval is not None and (settings.get("cfg_scale") == 1 or list(interval) == [0, 1]):
         settings["guidance_interval"] = None
     return settings
 
 
-def _leaves(data: dict, as_drawn: bool) -> dict[str, Any]:
+def _leaves(data: dict, as_drawn: bool, vocab_size: int | None = None) -> dict[str, Any]:
     """Dotted leaves of a record, without the checkpoint paths (recorded for people only); with
     ``as_drawn``, its settings as they draw (``draws_as``)."""
     if as_drawn and isinstance(data.get("settings"), dict):
-        data = {**data, "settings": draws_as(data["settings"])}
+        data = {**data, "settings": draws_as(data["settings"], vocab_size)}
     return {k: v for k, v in flatten(data).items() if k.rpartition(".")[2] != PATH_KEY}
 
 
@@ -91,11 +93,11 @@ DIGESTS = {"gpt.sha256": "the GPT's weights", "vq.sha256": "the tokenizer's weig
            "labels_sha256": "the class labels"}
 
 
-def differences(saved: dict, current: dict) -> list[str]:
-    """``key: saved -> current`` for every value that draws differently (checkpoint paths are not compared),
-    each shown as written (a saved ``top_p: 1.0`` as 1.0, though it compares as None); a digest as
-    "the class labels differ"."""
-    old, new = _leaves(saved, True), _leaves(current, True)
+def differences(saved: dict, current: dict, vocab_size: int | None = None) -> list[str]:
+    """``key: saved -> current`` for every value that draws differently (checkpoint paths are not compared;
+    ``vocab_size``: the GPT's, which both records name by its weights), each shown as written (a saved
+    ``top_p: 1.0`` as 1.0, though it compares as None); a digest as "the class labels differ"."""
+    old, new = _leaves(saved, True, vocab_size), _leaves(current, True, vocab_size)
     shown_old, shown_new = _leaves(saved, False), _leaves(current, False)
     return [f"{DIGESTS[k]} differ" if k in DIGESTS else f"{k}: {shown_old.get(k)!r} -> {shown_new.get(k)!r}"
             for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
@@ -114,11 +116,11 @@ def read_record(path: Path) -> dict | None:
     return record
 
 
-def check_same(saved: dict | None, current: dict, what: str, fix: str) -> None:
+def check_same(saved: dict | None, current: dict, what: str, fix: str, vocab_size: int | None = None) -> None:
     """``ConfigError`` saying how ``what`` was made differently (or without a record) and ``fix``."""
     if saved is None:
         raise ConfigError(f"{what} has no record of how it was sampled, so it cannot be trusted to match: {fix}")
-    diff = differences(saved, current)
+    diff = differences(saved, current, vocab_size)
     if diff:
         raise ConfigError(f"{what} was sampled differently ({'; '.join(diff[:6])}): {fix}")
 
