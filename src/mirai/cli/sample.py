@@ -220,8 +220,9 @@ def run(args: argparse.Namespace) -> int:
     gpt = load_for_sampling(args.gpt, "gpt", prefer_ema=not args.raw_weights, name=args.model,
                             grid_size=_grid_size(args, vq))
     n_classes = gpt.args.num_classes
-    with _as_flags():  # all before the output folder is made
-        if args.num_samples is not None:
+    grid_mode = args.num_samples is None
+    with _as_flags(grid_mode):  # all before the output folder is made
+        if not grid_mode:
             labels = class_labels(n_classes, args.num_samples, args.class_sampling, seed=args.seed)
         else:
             ids = list(range(n_classes)) if classes is None else classes
@@ -248,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"decoding {a.grid_size}x{a.grid_size} tokens in {len(gpt.decode_schedule())} forward passes per "
                   f"batch ({order})")
     try:
-        with _as_flags(grid_mode=args.num_samples is None), _hold(out, dist):
+        with _as_flags(grid_mode), _hold(out, dist):
             path = sample_to_npz(gpt, vq, labels, rank=dist.rank, world_size=dist.world_size, **npz)
             barrier()
             if dist.is_main and path is None:  # other ranks finished after rank 0 looked: merge now
@@ -259,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
                 step, names = checkpoint_details(resolve(args.gpt))
                 what = f"{checkpoint_label(args.gpt)} ({gpt.loaded_weights} weights, seed {args.seed})"
                 grid = write_sample_grid(images, drawn, out / "grid.png", what, step, settings, names,
-                                         per_row=args.per_class if args.num_samples is None else 10)
+                                         per_row=args.per_class if grid_mode else 10)
                 done = "reused the" if reuse else "wrote"
                 print(f"{done} {len(images)} samples {'in' if reuse else 'to'} {path} (settings in "
                       f"{path.with_suffix('.json')}) and a grid of them by class to {' and '.join(map(str, grid))}")
