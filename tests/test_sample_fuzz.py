@@ -105,8 +105,9 @@ def root(tmp_path_factory):
 
 def command(root, out, **options):
     """``mirai sample`` on the good tiny pair, with ``options`` (``--top-k="0"`` style) replacing the defaults."""
-    base = {"--gpt": root / "gpt", "--tokenizer": root / "vq", "--out": out, "--device": "cpu", "--per-class": "1",
-            "--batch-size": "2"}
+    base = {"--gpt": root / "gpt", "--tokenizer": root / "vq", "--out": out, "--device": "cpu", "--batch-size": "2"}
+    if "--num-samples" not in options:  # a grid's flag, refused beside --num-samples
+        base["--per-class"] = "1"
     return ["sample"] + [f"{k}={v}" for k, v in {**base, **options}.items()]
 
 
@@ -213,8 +214,13 @@ def test_a_run_stopped_before_its_first_batch_does_not_block_the_corrected_one(t
     assert json.loads(out.with_suffix(".json").read_text())["settings"]["temperature"] == 1.0
 
 
-def test_classes_with_num_samples_is_refused_not_ignored(root):
-    # Evaluation mode draws labels from every class; a --classes beside it used to be dropped in silence.
-    out = root / "out_classes_eval"
-    assert_cli_refuses(command(root, out, **{"--num-samples": "4", "--classes": "1"}), root, output=out,
-                       match="--classes 1 chooses the rows of a grid; --num-samples draws its labels from every class")
+@pytest.mark.parametrize("options, match", [
+    ({"--num-samples": "4", "--classes": "1"}, "--classes shape a grid .*; --num-samples draws its labels from every"),
+    ({"--num-samples": "4", "--per-class": "3"}, "--per-class shape a grid"),
+    ({"--class-sampling": "uniform"}, "--class-sampling sets how --num-samples draws its labels; a grid .* leave it out"),
+])
+def test_a_flag_of_the_other_mode_is_refused_not_ignored(root, options, match):
+    # Grid mode (--classes, --per-class) and evaluation mode (--num-samples, --class-sampling) each ignored the
+    # other's flags in silence.
+    out = root / f"out_mode_{'_'.join(options)}"
+    assert_cli_refuses(command(root, out, **options), root, output=out, match=match)

@@ -71,3 +71,6 @@ def test_cli_rerun_refusals_name_the_flags_that_differ(tmp_path):
     assert_cli_refuses(argv + ["--per-class", "2", "--top-p", "0.9", "--seed", "1"], tmp_path, output=out, match=(
         r"sampled differently \(the class labels differ; number of images \(--classes x --per-class\): 3 -> 6; "
         r"--seed: 0 -> 1; --top-p: 1.0 -> 0.9\): use a new --out"))
+    # A flag left out reads as off, not as Python's None.
+    assert_cli_refuses(argv + ["--per-class", "1", "--top-k", "5"], tmp_path, output=out,
+                       match=r"sampled differently \(--top-k: off -> 5\)")

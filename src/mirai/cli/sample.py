@@ -37,11 +37,11 @@ def add_parser(subparsers) -> None:
                    "RUN_DIR/samples); locked while sampling; a rerun with the same checkpoints and settings resumes "
                    "or reuses it, anything else is refused, as is a folder holding other files")
     p.add_argument("--classes", default="all", help="comma-separated class ids, or 'all' (default)")
-    p.add_argument("--per-class", type=int, default=8, help="images per class in grid mode (default 8)")
+    p.add_argument("--per-class", type=int, help="grid mode: images per class (default 8)")
     p.add_argument("--num-samples", type=int, help="evaluation mode: total number of samples (at most 1e6), labels "
                    "drawn from every class (so not with --classes)")
-    p.add_argument("--class-sampling", choices=["balanced", "uniform"], default="balanced",
-                   help="evaluation mode: equal counts per class, or uniformly drawn labels as in LlamaGen")
+    p.add_argument("--class-sampling", choices=["balanced", "uniform"],
+                   help="evaluation mode: equal counts per class (default), or uniformly drawn labels as in LlamaGen")
     p.add_argument("--cfg-scale", type=float, default=2.0, help="classifier-free guidance scale (default 2.0, "
                    "LlamaGen-B's; 1 = off)")
     p.add_argument("--guidance-interval", type=_float_pair, help="START,END: apply guidance only on this "
@@ -90,6 +90,7 @@ def _classes(text: str) -> list[int] | None:
 FLAGS = {name: "--" + name.replace("_", "-") for name in (
     "cfg_scale", "temperature", "top_k", "top_p", "guidance_interval", "precision", "image_size_eval", "seed",
     "batch_size", "num_samples")} | {"compiled_decoding": "--compile"}
+_UNSET = re.compile(r"(?<=: )None(?= -> )|(?<= -> )None\b")  # a flag left out, in a record's "--top-k: None -> 20"
 _API_NAME = re.compile(r"(?<![\w./-])(?:config\.|settings\.)?(" + "|".join(FLAGS) + r")\b(?![/.]\w)")
 
 
@@ -104,18 +105,29 @@ def _as_flags(grid_mode: bool = False) -> Iterator[None]:
     try:
         yield
     except ConfigError as err:
-        raise ConfigError(_API_NAME.sub(lambda m: flags[m.group(1)], str(err))) from None
+        message = _API_NAME.sub(lambda m: flags[m.group(1)], str(err))
+        raise ConfigError(_UNSET.sub("off", message)) from None
 
 
 def _check_cli(args: argparse.Namespace) -> None:
     """The values only the command line has (the rest are checked by the sampling API)."""
     from mirai.errors import ConfigError
 
-    if args.per_class < 1:
-        raise ConfigError(f"--per-class must be at least 1, got {args.per_class}")
-    if args.num_samples is not None and args.classes.strip() != "all":
-        raise ConfigError(f"--classes {args.classes} chooses the rows of a grid; --num-samples draws its labels from "
-                          "every class (--class-sampling): leave out one of them")
+    # Each mode's own flags: one given to the other mode would be ignored in silence.
+    if args.num_samples is not None:
+        given = [flag for flag, value in (("--classes", args.classes.strip() != "all"),
+                                          ("--per-class", args.per_class is not None)) if value]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} shape a grid (one row per class); --num-samples draws its "
+                              "labels from every class (--class-sampling): leave out one or the other")
+        args.class_sampling = args.class_sampling or "balanced"
+    elif args.class_sampling is not None:
+        raise ConfigError("--class-sampling sets how --num-samples draws its labels; a grid (no --num-samples) "
+                          "takes --per-class images of each of --classes: leave it out, or give --num-samples")
+    else:
+        args.per_class = 8 if args.per_class is None else args.per_class
+        if args.per_class < 1:
+            raise ConfigError(f"--per-class must be at least 1, got {args.per_class}")
     if args.grid_size is not None and args.grid_size < 1:
         raise ConfigError(f"--grid-size must be at least 1 (16 for 256 px, 24 for 384 px), got {args.grid_size}")
     for flag, value in (("--image-size", args.image_size), ("--image-size-eval", args.image_size_eval)):
