@@ -110,7 +110,9 @@ def _as_flags(grid_mode: bool = False) -> Iterator[None]:
 
 
 def _check_cli(args: argparse.Namespace) -> None:
-    """The values only the command line has (the rest are checked by the sampling API)."""
+    """The values only the command line has (the rest are checked by the sampling API); fills in the
+    defaults of the mode chosen (--per-class 8, --class-sampling balanced), left None so that a flag of the other
+    mode can be told from its default."""
     from mirai.errors import ConfigError
 
     # Each mode's own flags: one given to the other mode would be ignored in silence.
