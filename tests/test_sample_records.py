@@ -74,3 +74,27 @@ def test_cli_rerun_refusals_name_the_flags_that_differ(tmp_path):
     # A flag left out reads as off, not as Python's None.
     assert_cli_refuses(argv + ["--per-class", "1", "--top-k", "5"], tmp_path, output=out,
                        match=r"sampled differently \(--top-k: off -> 5\)")
+
+
+def test_cli_announces_a_resume_and_says_nothing_of_decoding_before_a_refusal(tmp_path, monkeypatch, capsys):
+    gpt, vq = checkpoint.save(tmp_path / "gpt", tiny_gpt()), checkpoint.save(tmp_path / "vq", tiny_vq())
+    argv = [str(a) for a in ["sample", "--gpt", gpt, "--tokenizer", vq, "--out", tmp_path / "out", "--device", "cpu",
+                             "--num-samples", "12", "--batch-size", "4"]]
+    real = pipeline.sample_batch
+
+    def ctrl_c_once_a_batch_is_kept(*args, **kwargs):
+        if list((tmp_path / "out/samples.npz.parts").glob("0*.npz")):
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "sample_batch", ctrl_c_once_a_batch_is_kept)
+    assert main(argv + ["--cfg-scale", "1"]) == 130  # Ctrl-C once the first of 3 batches is kept
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(argv + ["--cfg-scale", "2"]) != 0
+    refused = capsys.readouterr()
+    assert "--cfg-scale: 1.0 -> 2.0" in refused.err and "decoding" not in refused.out
+    assert main(argv + ["--cfg-scale", "1"]) == 0
+    resumed = capsys.readouterr().out
+    assert "decoding 2x2 tokens in 4 forward passes" in resumed
+    assert "resuming: 1 of 3 batches were finished by an earlier run" in resumed and "wrote 12 samples" in resumed

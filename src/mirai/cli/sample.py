@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import re
 from pathlib import Path
 from typing import Iterator
@@ -210,6 +211,16 @@ def _hold(out: Path, dist) -> Iterator[None]:
         yield
 
 
+def _announce(gpt, parts: Path, n_batches: int, n_done: int) -> None:
+    """Say how the batches are decoded and, on a resume, how many an earlier run finished."""
+    a = gpt.args
+    order = f"PAR, {a.regions_per_side}x{a.regions_per_side} regions" if gpt.parallel else "raster order"
+    print(f"decoding {a.grid_size}x{a.grid_size} tokens in {len(gpt.decode_schedule())} forward passes per batch "
+          f"({order})")
+    if n_done:
+        print(f"resuming: {n_done} of {n_batches} batches were finished by an earlier run (kept in {parts})")
+
+
 def run(args: argparse.Namespace) -> int:
     import signal
     from dataclasses import fields
@@ -257,14 +268,10 @@ def run(args: argparse.Namespace) -> int:
         elif gpt.loaded_weights == "unlabelled":
             print(f"note: {args.gpt} is a bare state dict, which does not say whether it holds EMA or raw weights; "
                   "sampled as they are")
-        if not reuse:
-            a = gpt.args
-            order = f"PAR, {a.regions_per_side}x{a.regions_per_side} regions" if gpt.parallel else "raster order"
-            print(f"decoding {a.grid_size}x{a.grid_size} tokens in {len(gpt.decode_schedule())} forward passes per "
-                  f"batch ({order})")
     try:
         with _as_flags(grid_mode), _hold(out, dist):
-            path = sample_to_npz(gpt, vq, labels, rank=dist.rank, world_size=dist.world_size, **npz)
+            path = sample_to_npz(gpt, vq, labels, rank=dist.rank, world_size=dist.world_size,
+                                 on_start=functools.partial(_announce, gpt, out / "samples.npz.parts"), **npz)
             barrier()
             if dist.is_main and path is None:  # other ranks finished after rank 0 looked: merge now
                 path = sample_to_npz(gpt, vq, labels, progress=False, **npz)

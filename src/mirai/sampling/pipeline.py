@@ -16,7 +16,7 @@ import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -204,6 +204,7 @@ def sample_to_npz(
     progress: bool = True,
     sources: dict[str, str] | None = None,
     compile: bool = False,
+    on_start: Callable[[int, int], None] | None = None,
 ) -> Path | None:
     """Sample one image per label into ADM-format ``out`` (``arr_0``, ``labels``, ``tokens``).
 
@@ -221,6 +222,10 @@ def sample_to_npz(
     ``compile``: decode through ``torch.compile`` (one graph per batch size, compiled on the first
     batch). In fp32 it draws the same tokens faster and is not recorded; in bf16/fp16 its kernels round
     differently, so it is recorded and a set is not resumed or reused across the switch.
+
+    ``on_start(n_batches, n_done)``: called on rank 0 once the parts folder is claimed, before the first batch
+    is drawn (``n_done``: batches an earlier run already finished there); not called when ``out`` is reused or
+    refused, so a caller's announcement never precedes a refusal.
     """
     out = Path(out)
     labels = check_request(gpt, vq, labels, settings, seed, batch_size)
@@ -242,6 +247,8 @@ def sample_to_npz(
         chunks = [labels[b * batch_size : (b + 1) * batch_size] for b in range(n_batches)]
         files = [parts / f"{b:06d}.npz" for b in range(n_batches)]
         mine = [b for b in range(rank, n_batches, world_size) if not files[b].exists()]
+        if on_start is not None and rank == 0:
+            on_start(n_batches, sum(f.exists() for f in files))
         device = next(gpt.parameters()).device
         for b in tqdm(mine, desc="sampling", unit="batch", disable=None if progress and rank == 0 else True):
             chunk = torch.from_numpy(chunks[b])
