@@ -31,11 +31,6 @@ from mirai.evaluation.reference import FeatureSet, NpzImages, Reference, read_la
 EVALUATORS = ("inception", "fashion")
 
 
-def default_device() -> str:
-    """The device evaluation uses when none is given: CUDA if present, else CPU."""
-    return resolve_device(None)
-
-
 def _check_evaluator(evaluator: str, allowed: tuple[str, ...]) -> str:
     if evaluator not in allowed:
         raise ConfigError(f"unknown evaluator {evaluator!r}; choose one of {list(allowed)}")
