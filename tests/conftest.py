@@ -23,3 +23,11 @@ def stores(tmp_path_factory):
     from helpers import build_stores
 
     return build_stores(tmp_path_factory.mktemp("stores"))
+
+
+@pytest.fixture(scope="session")
+def bench_stores(tmp_path_factory):
+    """Stores of 32 px images tokenized by the committed 8x8 VQ and a base config (``bench_helpers``)."""
+    from bench_helpers import build_bench_stores
+
+    return build_bench_stores(tmp_path_factory.mktemp("bench"))

@@ -6,105 +6,33 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from bench_helpers import Counter, TrainingCounter, bench_dict
 from PIL import Image
 
 from mirai import checkpoint
 from mirai.bench import run as bench_run
 from mirai.bench import scorer as bench_scorer
 from mirai.bench.config import BenchConfig, plan_runs, select_share
-from mirai.bench.run import report_stored, run_convergence
+from mirai.bench.run import run_convergence
 from mirai.bench.store import check_same_scoring, save_bench_config
 from mirai.cli.main import main
 from mirai.config import from_dict, load_config
-from mirai.data.codes import extract
-from mirai.data.folders import ImageFolder
-from mirai.data.views import ViewSpec
 from mirai.errors import ConfigError, Interrupted
 from mirai.evaluation.fashion_classifier import default_evaluator_path
-from mirai.foresight.encoders import ASSETS
-from mirai.models import GPT, VQModel
-from mirai.training.state import checkpoint_step, has_step_checkpoints, latest_checkpoint
+from mirai.models import GPT
 
 RECORD_KEYS = {"seed", "step", "fid", "precision", "recall", "inception_score", "class_accuracy", "val_nll",
                "fid_recon", "precision_recon", "recall_recon", "num_samples"}
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> Path:
-    """Train/test stores of 32 px images (3 classes) tokenized by the committed 8x8 VQ, and a base config."""
-    root = tmp_path_factory.mktemp("bench")
-    rng = np.random.default_rng(0)
-    for split, per_class in (("train", 4), ("test", 4)):
-        for c in range(3):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                pixels = np.clip(rng.normal(50 + 80 * c, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    vq_dir = ASSETS / "vq8"
-    vq = checkpoint.load(vq_dir, VQModel)
-    for split in ("train", "test"):
-        extract(vq, ImageFolder.scan(root / split), ViewSpec("flip", 32), root / f"codes_{split}",
-                tokenizer_path=vq_dir, progress=False)
-    base = {
-        "device": "cpu", "precision": "fp32", "log_every": 1, "steps": 1000, "run_dir": "ignored",
-        "model": {"name": "GPT-Nano"},
-        "data": {"codes": str(root / "codes_train"), "val_codes": str(root / "codes_test"), "val_images": 0},
-        "optim": {"lr": 3e-3, "batch_size": 4},
-        "ema": {"decay": 0.9, "warmup": True},
-    }
-    (root / "base.yaml").write_text(yaml.safe_dump(base))
-    return root
-
-
-def bench_dict(setup: Path, out: Path, **changes) -> dict:
-    bench = {
-        "out_dir": str(out), "train_config": str(setup / "base.yaml"),
-        "variants": {
-            "baseline": [],
-            "mirai_i": ["foresight.source=encoder", "foresight.encoder=fashion8",
-                        "foresight.lambdas=[{kind: const, values: [0.5]}]"],
-        },
-        "seeds": [0], "steps": 4, "eval_at": [2], "num_samples": 12, "sample_batch_size": 6,
-        "sampling": {"cfg_scale": 1.5}, "reference_codes": str(setup / "codes_test"), "device": "cpu",
-        "eval_batch_size": 64,
-    }
-    bench.update(changes)
-    return bench
-
-
-class Counter:
-    """Wraps a function and counts its calls (and remembers their keyword arguments)."""
-
-    def __init__(self, fn):
-        self.fn, self.calls = fn, []
-
-    def __call__(self, *args, **kwargs):
-        self.calls.append(kwargs)
-        return self.fn(*args, **kwargs)
-
-
-class TrainingCounter(Counter):
-    """Wraps ``train`` and records the calls that trained, each as ``{"resume": whether it continued a
-    checkpoint}``: ``train(resume="auto")`` returns at once for a run that already reached its last step."""
-
-    def __call__(self, cfg, **kwargs):
-        before = checkpoint_step(latest_checkpoint(cfg.run_dir)) if has_step_checkpoints(cfg.run_dir) else 0
-        result = self.fn(cfg, **kwargs)
-        if result.step > before:
-            self.calls.append({"resume": before > 0})
-        return result
-
-
-def test_bench_writes_results_and_resumes_without_redoing_work(setup, tmp_path, monkeypatch, capsys):
+def test_bench_writes_results_and_resumes_without_redoing_work(bench_stores, tmp_path, monkeypatch, capsys):
     out = tmp_path / "bench"
     config = tmp_path / "bench.yaml"
-    config.write_text(yaml.safe_dump(bench_dict(setup, out)))
+    config.write_text(yaml.safe_dump(bench_dict(bench_stores, out)))
     trained = TrainingCounter(bench_run.train)
     sampled = Counter(bench_scorer.sample_to_npz)
     monkeypatch.setattr(bench_run, "train", trained)
@@ -151,7 +79,7 @@ def test_bench_writes_results_and_resumes_without_redoing_work(setup, tmp_path, 
     assert {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps
     # Compiled decoding draws the same tokens as eager (tests/test_compile.py), so switching it on is not a
     # change of scoring: accepted, and nothing is sampled again.
-    run_convergence(from_dict(BenchConfig, bench_dict(setup, out, compile_sampling=True)))
+    run_convergence(from_dict(BenchConfig, bench_dict(bench_stores, out, compile_sampling=True)))
     assert len(sampled.calls) == 4 and {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps
 
     # Interrupted after step 2: the run resumes from its checkpoint and reproduces step 4 exactly.
@@ -169,33 +97,33 @@ def test_bench_writes_results_and_resumes_without_redoing_work(setup, tmp_path, 
 
     # Records scored one way are never mixed with records scored another way.
     with pytest.raises(ConfigError, match="num_samples"):
-        run_convergence(from_dict(BenchConfig, bench_dict(setup, out, num_samples=20)))
+        run_convergence(from_dict(BenchConfig, bench_dict(bench_stores, out, num_samples=20)))
     # A changed training config is caught before the old run is mistaken for it.
-    changed = bench_dict(setup, out, train_overrides=["optim.lr=1e-3"])
+    changed = bench_dict(bench_stores, out, train_overrides=["optim.lr=1e-3"])
     with pytest.raises(ConfigError, match="optim.lr"):
         run_convergence(from_dict(BenchConfig, changed))
     # A new eval_at that asks for checkpoints the runs never saved is refused, naming an eval_at they did save,
     # by the run, by --dry-run and by --report (which would otherwise draw empty rows over the report).
     never_saved = r"saves a checkpoint every 2 steps .*so steps 1, 3 of this eval_at were never saved; .*'eval_at=\[2\]'"
     with pytest.raises(ConfigError, match=never_saved):
-        run_convergence(from_dict(BenchConfig, bench_dict(setup, out, eval_at=[1, 2, 3])))
+        run_convergence(from_dict(BenchConfig, bench_dict(bench_stores, out, eval_at=[1, 2, 3])))
     assert main(["bench", "convergence", "--config", str(config), "--dry-run", "eval_at=[1,2,3]"]) == 1
     assert re.search(never_saved, capsys.readouterr().err)
     assert main(["bench", "convergence", "--config", str(config), "--report", "eval_at=[3]"]) == 1
     assert "no chosen run was scored at step 3; the stored scores are at steps [2, 4]" in capsys.readouterr().err
     # One whose steps the runs did save (here only the last) is accepted, and nothing is trained or sampled again.
-    run_convergence(from_dict(BenchConfig, bench_dict(setup, out, eval_at=[])))
+    run_convergence(from_dict(BenchConfig, bench_dict(bench_stores, out, eval_at=[])))
     assert len(trained.calls) == 3 and len(sampled.calls) == 5
 
     # Another bench rescores the same runs with more samples, without training them again.
     rescored = run_convergence(from_dict(BenchConfig, bench_dict(
-        setup, tmp_path / "rescored", num_samples=20, runs_dir=str(out / "runs"))))
+        bench_stores, tmp_path / "rescored", num_samples=20, runs_dir=str(out / "runs"))))
     assert len(trained.calls) == 3 and len(sampled.calls) == 9
     assert {r["num_samples"] for records in rescored.values() for r in records} == {20}
     assert not (tmp_path / "rescored" / "runs").exists()
 
 
-def test_compiled_sampling_is_kept_apart_where_it_changes_the_draws(setup, tmp_path):
+def test_compiled_sampling_is_kept_apart_where_it_changes_the_draws(bench_stores, tmp_path):
     # fp32: compiled decoding draws eager's tokens, so scores with and without it may share an out_dir;
     # bf16: it rounds differently and draws other samples, so it is a scoring setting like num_samples.
     out = tmp_path / "out"
@@ -203,8 +131,8 @@ def test_compiled_sampling_is_kept_apart_where_it_changes_the_draws(setup, tmp_p
     (out / "results.json").write_text("{}")
     for precision in ("fp32", "bf16"):
         settings = {"cfg_scale": 1.5, "precision": precision}
-        save_bench_config(from_dict(BenchConfig, bench_dict(setup, out, sampling=settings)), out)
-        compiled = from_dict(BenchConfig, bench_dict(setup, out, sampling=settings, compile_sampling=True))
+        save_bench_config(from_dict(BenchConfig, bench_dict(bench_stores, out, sampling=settings)), out)
+        compiled = from_dict(BenchConfig, bench_dict(bench_stores, out, sampling=settings, compile_sampling=True))
         if precision == "fp32":
             check_same_scoring(compiled, out)
         else:
@@ -212,12 +140,12 @@ def test_compiled_sampling_is_kept_apart_where_it_changes_the_draws(setup, tmp_p
                 check_same_scoring(compiled, out)
 
 
-def test_a_run_stopped_by_a_signal_says_how_a_bench_continues(setup, tmp_path, monkeypatch):
+def test_a_run_stopped_by_a_signal_says_how_a_bench_continues(bench_stores, tmp_path, monkeypatch):
     def stopped(cfg, **kwargs):
         raise Interrupted(15, "saved CKPT at step 3", hint="continue with --resume")
 
     monkeypatch.setattr(bench_run, "train", stopped)
-    run = plan_runs(from_dict(BenchConfig, bench_dict(setup, tmp_path / "b")))[0]
+    run = plan_runs(from_dict(BenchConfig, bench_dict(bench_stores, tmp_path / "b")))[0]
     with pytest.raises(Interrupted) as info:
         bench_run.ensure_trained(run)
     assert info.value.signum == 15
@@ -225,40 +153,40 @@ def test_a_run_stopped_by_a_signal_says_how_a_bench_continues(setup, tmp_path, m
                                "run the same bench command again to continue")
 
 
-def test_bad_variants_fail_before_any_training(setup, tmp_path, monkeypatch):
+def test_bad_variants_fail_before_any_training(bench_stores, tmp_path, monkeypatch):
     monkeypatch.setattr(bench_run, "train", lambda *a, **k: pytest.fail("trained despite a bad config"))
     out = tmp_path / "bench"
-    bad_key = bench_dict(setup, out, variants={"baseline": [], "broken": ["foresight.nope=1"]})
+    bad_key = bench_dict(bench_stores, out, variants={"baseline": [], "broken": ["foresight.nope=1"]})
     with pytest.raises(ConfigError, match=r"variant 'broken'.*nope.*valid keys"):
         run_convergence(from_dict(BenchConfig, bad_key))
-    bad_value = bench_dict(setup, out, variants={"broken": ["foresight.source=dino"]})
+    bad_value = bench_dict(bench_stores, out, variants={"broken": ["foresight.source=dino"]})
     with pytest.raises(ConfigError, match=r"variant 'broken'.*'dino' is not one of"):
         run_convergence(from_dict(BenchConfig, bad_value))
-    budget = bench_dict(setup, out, variants={"longer": ["steps=8"]})
+    budget = bench_dict(bench_stores, out, variants={"longer": ["steps=8"]})
     with pytest.raises(ConfigError, match=r"variant 'longer'.*'steps', which the bench controls"):
         run_convergence(from_dict(BenchConfig, budget))
     with pytest.raises(ConfigError, match=r"eval_at \[9\] lies outside 1..steps=4: score checkpoints within the run, or raise steps"):
-        from_dict(BenchConfig, bench_dict(setup, out, eval_at=[9]))
+        from_dict(BenchConfig, bench_dict(bench_stores, out, eval_at=[9]))
     with pytest.raises(ConfigError, match="variants.x: unknown key"):
-        from_dict(BenchConfig, bench_dict(setup, out, variants={"x": {"cfg": "a.yaml"}}))
-    top_k = bench_dict(setup, out, sampling={"top_k": 999})  # scoring samples with it: refused before training
+        from_dict(BenchConfig, bench_dict(bench_stores, out, variants={"x": {"cfg": "a.yaml"}}))
+    top_k = bench_dict(bench_stores, out, sampling={"top_k": 999})  # scoring samples with it: refused before training
     with pytest.raises(ConfigError, match=r"bench's sampling \(sampling\.\* of the bench config\), for variant '\w+' .* \d+ codes.*: top_k .* between 1 and \d+, got 999"):
         run_convergence(from_dict(BenchConfig, top_k))
     # Guidance the runs cannot give: an interval between two decoding passes, or a model without class dropout.
-    interval = bench_dict(setup, out, sampling={"guidance_interval": [0.51, 0.511]})
+    interval = bench_dict(bench_stores, out, sampling={"guidance_interval": [0.51, 0.511]})
     with pytest.raises(ConfigError, match=r"bench's sampling \(sampling\.\* of the bench config\), for variant .*guidance_interval \(0.51, 0.511\) holds none"):
         run_convergence(from_dict(BenchConfig, interval))
-    own = bench_dict(setup, out, variants={"baseline": [], "own": ["sampling.guidance_interval=[0.51,0.511]"]})
+    own = bench_dict(bench_stores, out, variants={"baseline": [], "own": ["sampling.guidance_interval=[0.51,0.511]"]})
     with pytest.raises(ConfigError, match=r"the run's own sampling \(its sample grids\), for variant 'own'.*holds none"):
         run_convergence(from_dict(BenchConfig, own))
-    no_null = bench_dict(setup, out, variants={"baseline": [], "plain": ["dropout=false"]})
+    no_null = bench_dict(bench_stores, out, variants={"baseline": [], "plain": ["dropout=false"]})
     with pytest.raises(ConfigError, match=r"bench's sampling \(sampling\.\* of the bench config\), for variant 'plain'.*without class dropout"):
         run_convergence(from_dict(BenchConfig, no_null))
     assert not out.exists()
 
 
-def test_plan_shares_budget_and_checkpoint_schedule(setup, tmp_path, capsys):
-    bench = from_dict(BenchConfig, bench_dict(setup, tmp_path / "b", seeds=[1, 2], steps=12, eval_at=[4, 8]))
+def test_plan_shares_budget_and_checkpoint_schedule(bench_stores, tmp_path, capsys):
+    bench = from_dict(BenchConfig, bench_dict(bench_stores, tmp_path / "b", seeds=[1, 2], steps=12, eval_at=[4, 8]))
     runs = plan_runs(bench)
     # Seed-major: a bench stopped early has compared every variant on the seeds it finished.
     assert [(r.variant, r.seed) for r in runs] == [("baseline", 1), ("mirai_i", 1), ("baseline", 2), ("mirai_i", 2)]
@@ -267,7 +195,7 @@ def test_plan_shares_budget_and_checkpoint_schedule(setup, tmp_path, capsys):
         assert r.run_dir == tmp_path / "b" / "runs" / r.variant / f"seed_{r.seed}"
     assert runs[1].cfg.foresight.source == "encoder" and runs[0].cfg.foresight.source == "none"
     config = tmp_path / "bench.yaml"
-    config.write_text(yaml.safe_dump(bench_dict(setup, tmp_path / "b")))
+    config.write_text(yaml.safe_dump(bench_dict(bench_stores, tmp_path / "b")))
     assert main(["bench", "convergence", "--config", str(config), "--dry-run", "seeds=[3]"]) == 0
     assert "2 runs x 2 checkpoints [2, 4] -> " in (plan := capsys.readouterr().out)
     assert "each run saves and validates every 2 steps" in plan and "warning" not in plan
@@ -290,10 +218,10 @@ def test_plan_shares_budget_and_checkpoint_schedule(setup, tmp_path, capsys):
     assert plan.count("warning: foresight.teacher_decay is set but") == 2  # baseline (none) and Mirai-I
 
 
-def test_parallel_shares_merge_their_records_and_a_plain_run_writes_the_report(setup, tmp_path, monkeypatch, capsys):
+def test_parallel_shares_merge_their_records_and_a_plain_run_writes_the_report(bench_stores, tmp_path, monkeypatch, capsys):
     out = tmp_path / "bench"
     config = tmp_path / "bench.yaml"
-    config.write_text(yaml.safe_dump(bench_dict(setup, out, steps=2, eval_at=[])))
+    config.write_text(yaml.safe_dump(bench_dict(bench_stores, out, steps=2, eval_at=[])))
     trained = TrainingCounter(bench_run.train)
     sampled = Counter(bench_scorer.sample_to_npz)
     monkeypatch.setattr(bench_run, "train", trained)
@@ -334,113 +262,46 @@ def test_parallel_shares_merge_their_records_and_a_plain_run_writes_the_report(s
 
 @pytest.mark.parametrize("seeds, fault", [([], "is empty"), ([0, 1, 0], "repeats a seed"),
                                           ([0, -1], "has a negative seed")])
-def test_a_bad_seed_list_names_its_fault(setup, tmp_path, seeds, fault):
+def test_a_bad_seed_list_names_its_fault(bench_stores, tmp_path, seeds, fault):
     with pytest.raises(ConfigError, match=rf"seeds {fault} \(.*\): give a non-empty list of non-negative seeds"):
-        from_dict(BenchConfig, bench_dict(setup, tmp_path / "b", seeds=seeds))
+        from_dict(BenchConfig, bench_dict(bench_stores, tmp_path / "b", seeds=seeds))
 
 
-def test_the_same_reference_store_spelt_another_way_scores_alike(setup, tmp_path, monkeypatch):
+def test_the_same_reference_store_spelt_another_way_scores_alike(bench_stores, tmp_path, monkeypatch):
     # The records' bench.yaml names the store relative to the working directory; a rerun that names it by its
     # absolute path (or through a link) adds to them, and another store is refused naming both values.
-    monkeypatch.chdir(setup)
+    monkeypatch.chdir(bench_stores)
     out = tmp_path / "out"
     out.mkdir()
     (out / "results.json").write_text("{}")
-    save_bench_config(from_dict(BenchConfig, bench_dict(setup, out, reference_codes="codes_test")), out)
-    check_same_scoring(from_dict(BenchConfig, bench_dict(setup, out, reference_codes=str(setup / "codes_test"))), out)
-    (tmp_path / "link").symlink_to(setup / "codes_test")
-    check_same_scoring(from_dict(BenchConfig, bench_dict(setup, out, reference_codes=str(tmp_path / "link"))), out)
-    other = from_dict(BenchConfig, bench_dict(setup, out, reference_codes=str(tmp_path / "other")))
+    save_bench_config(from_dict(BenchConfig, bench_dict(bench_stores, out, reference_codes="codes_test")), out)
+    check_same_scoring(from_dict(BenchConfig, bench_dict(bench_stores, out, reference_codes=str(bench_stores / "codes_test"))), out)
+    (tmp_path / "link").symlink_to(bench_stores / "codes_test")
+    check_same_scoring(from_dict(BenchConfig, bench_dict(bench_stores, out, reference_codes=str(tmp_path / "link"))), out)
+    other = from_dict(BenchConfig, bench_dict(bench_stores, out, reference_codes=str(tmp_path / "other")))
     with pytest.raises(ConfigError, match=r"scored with other reference_codes \(reference_codes: 'codes_test' "
                                           r"there, '.*other' now\); give the values it was scored with"):
         check_same_scoring(other, out)
     # A committed evaluator named by its asset name or by its folder is one evaluator.
-    save_bench_config(from_dict(BenchConfig, bench_dict(setup, out, reference_codes="codes_test",
+    save_bench_config(from_dict(BenchConfig, bench_dict(bench_stores, out, reference_codes="codes_test",
                                                         evaluator="fashion/evaluator")), out)
-    check_same_scoring(from_dict(BenchConfig, bench_dict(setup, out, reference_codes="codes_test",
+    check_same_scoring(from_dict(BenchConfig, bench_dict(bench_stores, out, reference_codes="codes_test",
                                                          evaluator=str(default_evaluator_path()))), out)
     with pytest.raises(ConfigError, match=r"scored with other evaluator \(evaluator: 'fashion/evaluator' there, "
                                           r"'hf://me/evaluator' now\)"):
-        check_same_scoring(from_dict(BenchConfig, bench_dict(setup, out, reference_codes="codes_test",
+        check_same_scoring(from_dict(BenchConfig, bench_dict(bench_stores, out, reference_codes="codes_test",
                                                              evaluator="hf://me/evaluator")), out)
     # Sampling spelt another way that draws the same (top-p 1 is no top-p) adds to the records; top-p 0.9 does not.
-    save_bench_config(from_dict(BenchConfig, bench_dict(setup, out, sampling={"top_p": 1.0})), out)
-    check_same_scoring(from_dict(BenchConfig, bench_dict(setup, out, sampling={"top_p": None})), out)
+    save_bench_config(from_dict(BenchConfig, bench_dict(bench_stores, out, sampling={"top_p": 1.0})), out)
+    check_same_scoring(from_dict(BenchConfig, bench_dict(bench_stores, out, sampling={"top_p": None})), out)
     # The refusal shows the saved value as written (1.0), though it compares as None.
     with pytest.raises(ConfigError, match=r"scored with other sampling \(sampling.top_p: 1.0 there, 0.9 now\); give"):
-        check_same_scoring(from_dict(BenchConfig, bench_dict(setup, out, sampling={"top_p": 0.9})), out)
+        check_same_scoring(from_dict(BenchConfig, bench_dict(bench_stores, out, sampling={"top_p": 0.9})), out)
 
 
-def test_report_redraws_tsne_maps_that_lack_a_run(setup, tmp_path):
-    """A report of fewer variants draws their maps only; a later report, with another run on disk, redraws them."""
-    out = tmp_path / "bench"
-    bench = from_dict(BenchConfig, bench_dict(setup, out, steps=2, eval_at=[]))
-    run_convergence(bench, ["baseline"])
-    report_stored(bench, ["baseline"])
-    assert list(json.loads((out / "tsne_maps.json").read_text())["maps"]) == ["baseline"]
-    run_convergence(bench)
-    assert list(json.loads((out / "tsne_maps.json").read_text())["maps"]) == ["baseline", "mirai_i"]
-
-
-def test_report_keeps_the_scores_of_runs_whose_folders_are_gone(setup, tmp_path, monkeypatch, capsys):
-    """Records merged from another machine (no run folder here) still fill the table and the FID figure;
-    curves and t-SNE maps are drawn from the runs on disk, and the command names the runs left out."""
-    out = tmp_path / "bench"
-    bench = from_dict(BenchConfig, bench_dict(setup, out, steps=2, eval_at=[]))
-    run_convergence(bench)
-    baseline_dir = next(run.run_dir for run in plan_runs(bench) if run.variant == "baseline")
-    for name in ("results.md", "tsne_maps.png", "tsne_maps.json", "curves.png"):
-        (out / name).unlink()
-    shutil.rmtree(baseline_dir)
-    trained = TrainingCounter(bench_run.train)
-    monkeypatch.setattr(bench_run, "train", trained)
-    capsys.readouterr()
-    run_convergence(bench)
-    assert trained.calls == []  # scored records mean done: nothing retrained
-    assert "| baseline@2 |" in (out / "results.md").read_text()
-    assert list(json.loads((out / "tsne_maps.json").read_text())["maps"]) == ["mirai_i"]
-    assert (out / "curves.png").is_file()
-    assert "1 run folder is gone (baseline seed 0)" in capsys.readouterr().out
-    # A curves figure already there is not replaced by one lacking the gone runs.
-    (out / "curves.png").write_bytes(b"drawn while every run was on disk")
-    run_convergence(bench)
-    assert (out / "curves.png").read_bytes() == b"drawn while every run was on disk"
-
-
-def test_report_only_draws_the_chosen_variants_from_stored_scores(setup, tmp_path, monkeypatch, capsys):
-    out = tmp_path / "bench"
-    config = tmp_path / "bench.yaml"
-    config.write_text(yaml.safe_dump(bench_dict(setup, out, steps=2, eval_at=[])))
-    assert main(["bench", "convergence", "--config", str(config), "--report"]) != 0
-    assert "holds no scores yet (no reference.json): run the bench before" in capsys.readouterr().err
-    # A misspelt name is named before the missing scores, which it would otherwise hide.
-    assert main(["bench", "convergence", "--config", str(config), "--report", "--variant", "basline"]) != 0
-    assert "variant basline is not in the bench config" in capsys.readouterr().err
-    run_convergence(load_config(BenchConfig, config))
-    (out / "results.md").unlink()
-    # A variant added to the config later, never run: the report of the others needs no training.
-    grown = bench_dict(setup, out, steps=2, eval_at=[])
-    grown["variants"]["mirai_e"] = ["foresight.source=ema", "foresight.warmup=0"]
-    config.write_text(yaml.safe_dump(grown))
-    trained = TrainingCounter(bench_run.train)
-    monkeypatch.setattr(bench_run, "train", trained)
-    assert main(["bench", "convergence", "--config", str(config), "--report"]) != 0
-    assert "no scores for mirai_e seed 0: run the bench for them first" in capsys.readouterr().err
-    assert main(["bench", "convergence", "--config", str(config), "--report", "--variant", "baseline",
-                 "--variant", "mirai_i"]) == 0
-    table = (out / "results.md").read_text()
-    assert "| baseline@2 |" in table and "| mirai_i@2 |" in table and "mirai_e" not in table
-    assert trained.calls == []
-    assert "the t-SNE maps and curves of the 2 run(s) on disk" in capsys.readouterr().out
-    # Scores merged from elsewhere, no run folder here: the report says it drew no maps or curves.
-    shutil.rmtree(out / "runs")
-    assert main(["bench", "convergence", "--config", str(config), "--report", "--variant", "baseline"]) == 0
-    assert "no t-SNE maps or curves (no run folder on disk" in capsys.readouterr().out
-
-
-def test_par_variants_run_beside_raster_ones(setup, tmp_path):
+def test_par_variants_run_beside_raster_ones(bench_stores, tmp_path):
     par = ['model.overrides={order: par, regions_per_side: 2}']
-    bench = from_dict(BenchConfig, bench_dict(setup, tmp_path / "bench", steps=2, eval_at=[],
+    bench = from_dict(BenchConfig, bench_dict(bench_stores, tmp_path / "bench", steps=2, eval_at=[],
                                               variants={"baseline": [], "par": par,
                                                         "par_mirai_e": [*par, "foresight.source=ema",
                                                                         "foresight.warmup=0"]}))

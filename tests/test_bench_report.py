@@ -1,0 +1,83 @@
+"""The convergence bench's report from stored scores: t-SNE maps redrawn when a run joins, scores kept when
+run folders are gone (records merged from another machine), and ``--report`` for chosen variants only."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import yaml
+from bench_helpers import TrainingCounter, bench_dict
+
+from mirai.bench import run as bench_run
+from mirai.bench.config import BenchConfig, plan_runs
+from mirai.bench.run import report_stored, run_convergence
+from mirai.cli.main import main
+from mirai.config import from_dict, load_config
+
+
+def test_report_redraws_tsne_maps_that_lack_a_run(bench_stores, tmp_path):
+    """A report of fewer variants draws their maps only; a later report, with another run on disk, redraws them."""
+    out = tmp_path / "bench"
+    bench = from_dict(BenchConfig, bench_dict(bench_stores, out, steps=2, eval_at=[]))
+    run_convergence(bench, ["baseline"])
+    report_stored(bench, ["baseline"])
+    assert list(json.loads((out / "tsne_maps.json").read_text())["maps"]) == ["baseline"]
+    run_convergence(bench)
+    assert list(json.loads((out / "tsne_maps.json").read_text())["maps"]) == ["baseline", "mirai_i"]
+
+
+def test_report_keeps_the_scores_of_runs_whose_folders_are_gone(bench_stores, tmp_path, monkeypatch, capsys):
+    """Records merged from another machine (no run folder here) still fill the table and the FID figure;
+    curves and t-SNE maps are drawn from the runs on disk, and the command names the runs left out."""
+    out = tmp_path / "bench"
+    bench = from_dict(BenchConfig, bench_dict(bench_stores, out, steps=2, eval_at=[]))
+    run_convergence(bench)
+    baseline_dir = next(run.run_dir for run in plan_runs(bench) if run.variant == "baseline")
+    for name in ("results.md", "tsne_maps.png", "tsne_maps.json", "curves.png"):
+        (out / name).unlink()
+    shutil.rmtree(baseline_dir)
+    trained = TrainingCounter(bench_run.train)
+    monkeypatch.setattr(bench_run, "train", trained)
+    capsys.readouterr()
+    run_convergence(bench)
+    assert trained.calls == []  # scored records mean done: nothing retrained
+    assert "| baseline@2 |" in (out / "results.md").read_text()
+    assert list(json.loads((out / "tsne_maps.json").read_text())["maps"]) == ["mirai_i"]
+    assert (out / "curves.png").is_file()
+    assert "1 run folder is gone (baseline seed 0)" in capsys.readouterr().out
+    # A curves figure already there is not replaced by one lacking the gone runs.
+    (out / "curves.png").write_bytes(b"drawn while every run was on disk")
+    run_convergence(bench)
+    assert (out / "curves.png").read_bytes() == b"drawn while every run was on disk"
+
+
+def test_report_only_draws_the_chosen_variants_from_stored_scores(bench_stores, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bench"
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump(bench_dict(bench_stores, out, steps=2, eval_at=[])))
+    assert main(["bench", "convergence", "--config", str(config), "--report"]) != 0
+    assert "holds no scores yet (no reference.json): run the bench before" in capsys.readouterr().err
+    # A misspelt name is named before the missing scores, which it would otherwise hide.
+    assert main(["bench", "convergence", "--config", str(config), "--report", "--variant", "basline"]) != 0
+    assert "variant basline is not in the bench config" in capsys.readouterr().err
+    run_convergence(load_config(BenchConfig, config))
+    (out / "results.md").unlink()
+    # A variant added to the config later, never run: the report of the others needs no training.
+    grown = bench_dict(bench_stores, out, steps=2, eval_at=[])
+    grown["variants"]["mirai_e"] = ["foresight.source=ema", "foresight.warmup=0"]
+    config.write_text(yaml.safe_dump(grown))
+    trained = TrainingCounter(bench_run.train)
+    monkeypatch.setattr(bench_run, "train", trained)
+    assert main(["bench", "convergence", "--config", str(config), "--report"]) != 0
+    assert "no scores for mirai_e seed 0: run the bench for them first" in capsys.readouterr().err
+    assert main(["bench", "convergence", "--config", str(config), "--report", "--variant", "baseline",
+                 "--variant", "mirai_i"]) == 0
+    table = (out / "results.md").read_text()
+    assert "| baseline@2 |" in table and "| mirai_i@2 |" in table and "mirai_e" not in table
+    assert trained.calls == []
+    assert "the t-SNE maps and curves of the 2 run(s) on disk" in capsys.readouterr().out
+    # Scores merged from elsewhere, no run folder here: the report says it drew no maps or curves.
+    shutil.rmtree(out / "runs")
+    assert main(["bench", "convergence", "--config", str(config), "--report", "--variant", "baseline"]) == 0
+    assert "no t-SNE maps or curves (no run folder on disk" in capsys.readouterr().out
