@@ -124,6 +124,8 @@ def test_real_fashion_mnist():
     first_bag = np.flatnonzero(labels == 8)[0]
     assert np.array_equal(subset.images[subset.labels == 8][0], images[first_bag])
     assert subset.image(0).shape == (32, 32, 3)
+    with pytest.raises(DataError, match="--per-class 1001 is more than the 1000 images of each class.*at most 1000"):
+        fm.FashionMNIST("test", per_class=1001)
 
 
 # ------------------------------------------------------------------------------------ class folders
@@ -255,6 +257,23 @@ def test_code_store_round_trip(folder_store, tiny_vq):
         assert np.array_equal(pixels, render_views(source.image(i), spec)[v])
         again = tiny_vq.encode_to_indices(to_model_range(pixels))[0]
         assert np.array_equal(again.numpy(), reopened.tokens(i, v))
+
+
+def test_extract_replaces_only_a_code_store_and_only_when_asked(folder_store, tiny_vq, tmp_path):
+    store, source, spec = folder_store
+    run = tmp_path / "run"  # a folder of other work, e.g. a training run
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("notes")
+    with pytest.raises(ConfigError, match="holds other files, not a code store; give a new directory"):
+        extract(tiny_vq, source, spec, run, progress=False)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]
+    codes = store.path / "codes.npy"
+    before = codes.read_bytes()
+    with pytest.raises(ConfigError, match="already holds a code store; pass --overwrite \\(Python: overwrite=True\\)"):
+        extract(tiny_vq, source, ViewSpec("flip", 8), store.path, progress=False)
+    assert codes.read_bytes() == before
+    replaced = extract(tiny_vq, source, ViewSpec("flip", 8), store.path, progress=False, overwrite=True)
+    assert replaced.num_views == 2
 
 
 def test_store_validation_and_damage(folder_store):

@@ -248,8 +248,8 @@ def check_output_dir(path: str | Path, name: str, *, holds: str = "checkpoint", 
     if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
         raise ConfigError(f"{name} {path} is a folder that holds other files, not a {holds}; give a new directory")
     if (path / marker).is_file() and not overwrite:
-        raise ConfigError(f"{name} {path} already holds a {holds}; pass --overwrite to replace it "
-                          "or choose another directory")
+        raise ConfigError(f"{name} {path} already holds a {holds}; pass --overwrite (Python: overwrite=True) to "
+                          "replace it or choose another directory")
     return path
 
 

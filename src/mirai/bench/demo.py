@@ -100,7 +100,7 @@ def ensure_codes(split: str, out: Path, device: str, per_class: int | None = Non
         pass  # missing or incomplete: (re)extract
     vq = checkpoint.load(TOKENIZER, VQModel)
     extract(vq, FashionMNIST(split, per_class=per_class), ViewSpec("flip", 32), out, tokenizer_path=TOKENIZER,
-            batch_size=256, device=device)
+            batch_size=256, device=device, overwrite=True)  # a damaged store of the demo's own is replaced
     return out
 
 

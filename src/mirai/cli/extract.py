@@ -76,11 +76,12 @@ def run(args: argparse.Namespace) -> int:
         from mirai.data.folders import ImageFolder
 
         if args.root is None:
-            raise DataError("--dataset folder needs --root, the directory whose sub-folders are the classes")
+            raise DataError("--dataset folder needs --data-root, the directory whose sub-folders are the classes")
         source = ImageFolder.scan(args.root, args.num_classes, args.per_class, args.subset_seed)
     vq = load_vq(args.tokenizer, args.ema)
     store = extract(vq, source, spec, out, tokenizer_path=args.tokenizer, tokenizer_ema=args.ema,
-                    batch_size=args.batch_size, num_workers=args.workers, device=args.device or "auto")
+                    batch_size=args.batch_size, num_workers=args.workers, device=args.device or "auto",
+                    overwrite=args.overwrite)
     g = store.grid_size
     print(f"wrote {len(store)} images x {store.num_views} views of {g}x{g} codes "
           f"({store.vocab_size}-code tokenizer, {store.num_classes} classes) to {out}")

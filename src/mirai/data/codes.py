@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mirai.checkpoint import atomic_write_dir, read_manifest
+from mirai.checkpoint import atomic_write_dir, check_output_dir, read_manifest
 from mirai.data.options import non_negative_int, positive_int, resolve_device
 from mirai.data.transforms import to_model_range, to_unit_range
 from mirai.data.view_order import epoch_views, random_view
@@ -162,13 +162,15 @@ def extract(
     num_workers: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    overwrite: bool = False,
 ) -> "CodeStore":
     """Tokenize every view of every image of ``source`` with ``vq`` into a store at ``out``.
 
     ``tokenizer_path``/``tokenizer_ema`` only go into the manifest, so that ``mirai data check``
     can reload the same tokenizer. ``batch_size`` counts images (each contributes
-    ``spec.num_views`` crops to the batch). The store appears at ``out`` only once complete;
-    an existing store there is replaced.
+    ``spec.num_views`` crops to the batch). The store appears at ``out`` only once complete.
+    ``ConfigError`` (before any work) if ``out`` is a file, a folder holding anything but a code store, or a
+    code store and ``overwrite`` is false; with ``overwrite``, a code store there is replaced.
     """
     from tqdm import tqdm
 
@@ -176,6 +178,7 @@ def extract(
     num_workers = non_negative_int(num_workers, "num_workers (--workers)")
     device = resolve_device(str(device))
     spec.validate()
+    check_output_dir(out, "out (--out)", holds="code store", marker=MANIFEST, overwrite=overwrite)
     _check_not_inside_dataset(Path(out), source)
     factor = vq.downsample_factor
     if spec.image_size % factor:

@@ -213,7 +213,7 @@ class FashionMNIST:
     """One split as a dataset of 32×32 RGB images (see ``mirai.data.transforms``).
 
     ``per_class=K`` keeps the first K images of each class in file order, like the class-folder
-    datasets' low-resource subset.
+    datasets' low-resource subset; ``DataError`` if a class has fewer (6 000 in train, 1 000 in test).
     """
 
     def __init__(self, split: Literal["train", "test"], root: str | Path | None = None,
@@ -222,6 +222,10 @@ class FashionMNIST:
             positive_int(per_class, "per_class (--per-class)")
         images, labels = load_fashion_mnist(split, root)
         if per_class is not None:
+            fewest = int(np.bincount(labels, minlength=len(CLASS_NAMES)).min())
+            if per_class > fewest:
+                raise DataError(f"--per-class {per_class} is more than the {fewest} images of each class in "
+                                f"Fashion-MNIST's {split} split: give at most {fewest}, or leave it out for all")
             keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(len(CLASS_NAMES))]))
             images, labels = images[keep], labels[keep]
         self.split, self.root, self.per_class = split, root, per_class

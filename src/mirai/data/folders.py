@@ -94,7 +94,7 @@ class ImageFolder:
         if num_classes is not None and len(class_names) != num_classes:
             raise DataError(
                 f"{root} has {len(class_names)} class folders but {num_classes} classes are expected; "
-                "point --root at the folder whose sub-folders are the classes, or fix num_classes"
+                "point --data-root at the folder whose sub-folders are the classes, or fix num_classes"
             )
         files: list[str] = []
         labels: list[int] = []
