@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 from pathlib import Path
@@ -93,6 +94,23 @@ def test_existing_run_needs_resume(stores, tmp_path):
         train(cfg)
     result = train(make_cfg(stores, tmp_path / "run", steps=4), resume=True)
     assert result.step == 4
+
+
+def test_a_new_run_is_refused_in_a_folder_of_other_work(stores, tmp_path):
+    notes, codes = tmp_path / "notes", stores / "codes_train"
+    notes.mkdir()
+    (notes / "config.yaml").write_text("my precious notes\n")
+    listing = sorted(p.name for p in codes.iterdir())
+    for run_dir, shown in [(notes, "config.yaml, which is not a training config"), (codes, "codes.npy, files.txt")]:
+        with pytest.raises(ConfigError, match=f"holds files a training run does not write \\({shown}.*new or empty"):
+            train(make_cfg(stores, run_dir, steps=2))
+    assert (notes / "config.yaml").read_text() == "my precious notes\n"
+    assert sorted(p.name for p in codes.iterdir()) == listing
+    # A run stopped before its first checkpoint leaves only what a run writes: a new run starts it over.
+    stopped = tmp_path / "stopped"
+    train(make_cfg(stores, stopped, steps=1))
+    shutil.rmtree(stopped / "checkpoints")  # config.yaml, log.txt, metrics.jsonl, samples/ are left
+    assert train(make_cfg(stores, stopped, steps=1)).step == 1
 
 
 def test_sigterm_saves_a_checkpoint_then_stops(stores, tmp_path, monkeypatch):

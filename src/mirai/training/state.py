@@ -34,8 +34,8 @@ from mirai.checkpoint import (
     Checkpoint, check_finite, load_state_dict_checked, read_checkpoint, read_torch_file, read_weights, verify_file,
     write_checkpoint,
 )
-from mirai.config import to_dict
-from mirai.errors import CheckpointError
+from mirai.config import load_config, to_dict
+from mirai.errors import CheckpointError, ConfigError, MiraiError
 from mirai.foresight.base import SavedState
 from mirai.models.gpt import GPT
 from mirai.training.config import TrainConfig
@@ -125,6 +125,32 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
     if not dirs:
         raise CheckpointError(f"no checkpoint to resume from in {Path(run_dir) / 'checkpoints'}")
     return dirs[-1]
+
+
+# Everything a run writes into its directory: the trainer, its console and metrics logger, the sample grids,
+# the directory lock, and the demo's scores. A folder holding only these is a run stopped before its first checkpoint.
+RUN_ENTRIES = frozenset({".lock", "config.yaml", "config_changes.jsonl", "log.txt", "metrics.jsonl", "checkpoints",
+                         "samples", "tensorboard", "wandb", "evaluation.json"})
+
+
+def check_new_run_dir(run_dir: str | Path) -> None:
+    """Refuse (``ConfigError``) to start a run in a folder of other work (a code store, notes, another tool's
+    output), whose files the run would overwrite or mix with its own. A new or empty folder, or one left by a
+    run stopped before its first checkpoint (only what a run writes, its ``config.yaml`` a training config),
+    is fine: the run starts it over."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    others = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_ENTRIES)
+    if not others and (run_dir / "config.yaml").is_file():
+        try:
+            load_config(TrainConfig, run_dir / "config.yaml")
+        except MiraiError:
+            others = ["config.yaml, which is not a training config"]
+    if others:
+        shown = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
+        raise ConfigError(f"run_dir {run_dir} holds files a training run does not write ({shown}); a new run "
+                          "would overwrite them or mix its own with them: choose a new or empty run_dir")
 
 
 def load_saved_states(path: Path, states: dict[str, SavedState]) -> None:

@@ -416,6 +416,8 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
     if (run_dir / CONFIG_FILE).is_file():  # a checkpoint or model folder; runs keep config.yaml
         raise ConfigError(f"run_dir {run_dir} holds {CONFIG_FILE}: it is a checkpoint or model folder, not a run "
                           "directory; choose another run_dir")
+    if resume in (None, False, "auto") and not run_state.has_step_checkpoints(run_dir):
+        run_state.check_new_run_dir(run_dir)  # before the lock file, which must not land in a folder of other work
     # Under torchrun every rank calls this: rank 0 alone holds the run directory (as in ``fit``).
     holds_dir = int(os.environ.get("RANK", "0")) == 0
     with exclusive_dir(cfg.run_dir, "run_dir") if holds_dir else nullcontext():
