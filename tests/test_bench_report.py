@@ -63,6 +63,12 @@ def test_report_only_draws_the_chosen_variants_from_stored_scores(bench_stores, 
     assert "variant basline is not in the bench config" in capsys.readouterr().err
     run_convergence(load_config(BenchConfig, config))
     (out / "results.md").unlink()
+    # The report's header states the scoring settings: other ones than the scores' are refused, not printed.
+    for override, shown in [("num_samples=60", "num_samples: 12 there, 60 now"),
+                            ("sampling.cfg_scale=3.0", "sampling.cfg_scale: 1.5 there, 3.0 now")]:
+        assert main(["bench", "convergence", "--config", str(config), "--report", override]) != 0
+        assert f"scored with other {override.split('=')[0].split('.')[0]} ({shown})" in capsys.readouterr().err
+    assert not (out / "results.md").exists()
     # A variant added to the config later, never run: the report of the others needs no training.
     grown = bench_dict(bench_stores, out, steps=2, eval_at=[])
     grown["variants"]["mirai_e"] = ["foresight.source=ema", "foresight.warmup=0"]

@@ -156,13 +156,14 @@ def report_stored(bench: BenchConfig, variants: list[str] | None = None, seeds: 
     """Write the report (``write_report``) from the records already in ``OUT``, for the chosen variants and
     seeds only (None: all); trains and scores nothing. For comparing some variants of a bench whose other
     variants were never run. Returns how many chosen runs have their folder on disk (the ones the curves and
-    t-SNE maps can show). ``ConfigError`` for a variant or seed the bench lacks, or a chosen run with no stored
-    score, naming how to get one."""
+    t-SNE maps can show). ``ConfigError`` for a variant or seed the bench lacks, a chosen run with no stored
+    score (naming how to get one), or scoring settings other than the stored scores' (``check_same_scoring``)."""
     out = Path(bench.out_dir)
     runs = select_share(plan_runs(bench), variants, seeds)  # a misspelt name first: it is the likelier fault
     results, floors = read_results(out), out / "reference.json"
     if not floors.is_file():
         raise ConfigError(f"{out} holds no scores yet (no reference.json): run the bench before asking for its report")
+    check_same_scoring(bench, out)  # the report's header states these settings: they must be the scores' own
     unscored = [f"{r.variant} seed {r.seed}" for r in runs
                 if not any(record["seed"] == r.seed for record in results.get(r.variant, []))]
     if unscored:
