@@ -113,6 +113,18 @@ def test_a_new_run_is_refused_in_a_folder_of_other_work(stores, tmp_path):
     assert train(make_cfg(stores, stopped, steps=1)).step == 1
 
 
+def test_code_ids_changed_after_extraction_are_a_data_error_when_read(stores, tmp_path):
+    """The store's recorded range is trusted at start-up (no scan of a large codes.npy); a batch that reads
+    ids outside the vocabulary names the file and the fix instead of failing in the model."""
+    codes = shutil.copytree(stores / "codes_train", tmp_path / "codes")
+    array = np.load(codes / "codes.npy", mmap_mode="r+")
+    array[:, :, 0, 0] = 70  # the tokenizer has 64 codes
+    array.flush()
+    with pytest.raises(DataError, match=r"codes.npy holds code ids \d+..70 \(images \d+.*outside the vocabulary "
+                                        r"0..63 that its extraction recorded.*re-run mirai extract"):
+        train(make_cfg(stores, tmp_path / "run", steps=1, **{"data.codes": str(codes)}))
+
+
 def test_sigterm_saves_a_checkpoint_then_stops(stores, tmp_path, monkeypatch):
     step = Trainer.train_step
 

@@ -40,10 +40,17 @@ def check_fields(fields: frozenset[str]) -> None:
 def host_batch(store: CodeStore, indices: np.ndarray, views: np.ndarray, fields: frozenset[str] = frozenset()) -> dict:
     """Host tensors of rows ``indices`` (views ``views``): tokens int64 (B, g*g), labels, image and
     view indices int64 (B,), and with ``"images"`` in ``fields`` the exact pixels of each row's
-    view, uint8 (B, H, W, 3) (``to_device`` makes them floats on the device). ``ValueError`` for
+    view, uint8 (B, H, W, 3) (``to_device`` makes them floats on the device). ``DataError`` for
     code ids outside the store's vocabulary."""
     codes = store.codes[indices, views].reshape(len(indices), -1)
-    check_token_ids(codes, store.vocab_size)  # here, on the host: the model no longer checks (no GPU sync)
+    try:  # here, on the host: the model no longer checks (no GPU sync)
+        check_token_ids(codes, store.vocab_size)
+    except ValueError:  # the store was checked by the range extraction recorded: codes.npy was changed since
+        bad = sorted(set(indices[((codes < 0) | (codes >= store.vocab_size)).any(axis=1)].tolist()))
+        raise DataError(f"{store.path / 'codes.npy'} holds code ids {codes.min()}..{codes.max()} (images "
+                        f"{', '.join(map(str, bad[:4]))}{', ...' if len(bad) > 4 else ''}), outside the "
+                        f"vocabulary 0..{store.vocab_size - 1} that its extraction recorded: the file was changed "
+                        f"since; re-run mirai extract (mirai data check {store.path} rescans it)") from None
     batch = {
         "tokens": torch.from_numpy(codes.astype(np.int64)),
         "labels": torch.from_numpy(store.labels[indices].astype(np.int64)),
