@@ -2,6 +2,9 @@
 (top-p 1 is no nucleus filtering; a guidance interval spanning every pass, or any interval without
 guidance, is no interval) reuse a finished set; settings that draw otherwise are still refused."""
 
+import os
+import signal
+
 import pytest
 import torch
 from helpers import assert_cli_refuses
@@ -76,21 +79,22 @@ def test_cli_rerun_refusals_name_the_flags_that_differ(tmp_path):
                        match=r"sampled differently \(--top-k: off -> 5\)")
 
 
-def test_cli_announces_a_resume_and_says_nothing_of_decoding_before_a_refusal(tmp_path, monkeypatch, capsys):
+def test_cli_stopped_by_sigterm_announces_the_resume_and_no_decoding_before_a_refusal(tmp_path, monkeypatch, capsys):
     gpt, vq = checkpoint.save(tmp_path / "gpt", tiny_gpt()), checkpoint.save(tmp_path / "vq", tiny_vq())
     argv = [str(a) for a in ["sample", "--gpt", gpt, "--tokenizer", vq, "--out", tmp_path / "out", "--device", "cpu",
                              "--num-samples", "12", "--batch-size", "4"]]
     real = pipeline.sample_batch
 
-    def ctrl_c_once_a_batch_is_kept(*args, **kwargs):
+    def sigterm_once_a_batch_is_kept(*args, **kwargs):  # as a job scheduler stops a job
         if list((tmp_path / "out/samples.npz.parts").glob("0*.npz")):
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "sample_batch", ctrl_c_once_a_batch_is_kept)
-    assert main(argv + ["--cfg-scale", "1"]) == 130  # Ctrl-C once the first of 3 batches is kept
+    monkeypatch.setattr(pipeline, "sample_batch", sigterm_once_a_batch_is_kept)
+    assert main(argv + ["--cfg-scale", "1"]) == 143
+    assert "stopped by SIGTERM: the 1 finished batch is kept in" in capsys.readouterr().err
     monkeypatch.undo()
-    capsys.readouterr()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was only the command's
     assert main(argv + ["--cfg-scale", "2"]) != 0
     refused = capsys.readouterr()
     assert "--cfg-scale: 1.0 -> 2.0" in refused.err and "decoding" not in refused.out
@@ -98,3 +102,26 @@ def test_cli_announces_a_resume_and_says_nothing_of_decoding_before_a_refusal(tm
     resumed = capsys.readouterr().out
     assert "decoding 2x2 tokens in 4 forward passes" in resumed
     assert "resuming: 1 of 3 batches were finished by an earlier run" in resumed and "wrote 12 samples" in resumed
+
+
+def test_a_full_disk_is_a_one_line_error_and_the_finished_batches_resume(tmp_path, monkeypatch, capsys):
+    import errno
+
+    gpt, vq = checkpoint.save(tmp_path / "gpt", tiny_gpt()), checkpoint.save(tmp_path / "vq", tiny_vq())
+    argv = [str(a) for a in ["sample", "--gpt", gpt, "--tokenizer", vq, "--out", tmp_path / "out", "--device", "cpu",
+                             "--num-samples", "8", "--batch-size", "4", "--cfg-scale", "1.5"]]
+    real = pipeline._save_part
+
+    def disk_full_after_one_batch(path, **arrays):
+        if list(path.parent.glob("0*.npz")):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, **arrays)
+
+    monkeypatch.setattr(pipeline, "_save_part", disk_full_after_one_batch)
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert err.startswith("mirai sample: error: No space left on device while writing ") and "000001.npz" in err
+    monkeypatch.undo()
+    assert main(argv) == 0
+    assert "resuming: 1 of 2 batches were finished by an earlier run" in capsys.readouterr().out

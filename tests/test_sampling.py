@@ -398,7 +398,7 @@ def test_cli_resume_with_another_guidance_scale_is_refused(tmp_path, monkeypatch
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "sample_batch", ctrl_c_after_one)
-    assert main(argv + ["--cfg-scale", "1"]) == 130 and "the same command resumes" in capsys.readouterr().err
+    assert main(argv + ["--cfg-scale", "1"]) == 130 and "the 1 finished batch is kept in" in capsys.readouterr().err
     monkeypatch.undo()  # stopped after one batch: it and the record are kept
     assert_cli_refuses(argv + ["--cfg-scale", "2"], tmp_path, match="--cfg-scale: 1.0 -> 2.0.*new --out", output=out)
     assert main(argv + ["--cfg-scale", "1"]) == 0

@@ -8,7 +8,9 @@ their heavy dependencies inside ``func`` so that ``mirai --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import signal
 import sys
 
@@ -114,6 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     except MiraiError as err:
         print(f"{command}: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Every write is atomic (checkpoints, sample batches, stores), so what was finished before is intact.
+        where = f" while writing {err.filename}" if err.filename else ""
+        print(f"{command}: error: {os.strerror(err.errno)}{where}: free some space or choose another output "
+              "folder, then run the command again (what was finished is kept: checkpoints, with --resume for "
+              "mirai train, and sample batches)", file=sys.stderr)
+        return 1
+
 
 if __name__ == "__main__":
     sys.exit(main())

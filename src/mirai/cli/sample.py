@@ -211,6 +211,12 @@ def _hold(out: Path, dist) -> Iterator[None]:
         yield
 
 
+def _stop(signum: int, frame) -> None:
+    from mirai.errors import Interrupted
+
+    raise Interrupted(signum)
+
+
 def _announce(gpt, parts: Path, n_batches: int, n_done: int) -> None:
     """Say how the batches are decoded and, on a resume, how many an earlier run finished."""
     a = gpt.args
@@ -233,8 +239,8 @@ def run(args: argparse.Namespace) -> int:
     from mirai.hub.resolve import resolve
     from mirai.sampling.grid import checkpoint_details, checkpoint_label, write_sample_grid
     from mirai.sampling.checks import check_int
-    from mirai.sampling.pipeline import (MAX_SAMPLES, SampleSettings, check_request, class_labels, load_for_sampling,
-                                         sample_to_npz)
+    from mirai.sampling.pipeline import (MAX_SAMPLES, PART_NAME, SampleSettings, check_request, class_labels,
+                                         load_for_sampling, sample_to_npz)
     from mirai.training.distributed import barrier, init_distributed, shutdown
 
     _check_cli(args)
@@ -268,6 +274,7 @@ def run(args: argparse.Namespace) -> int:
         elif gpt.loaded_weights == "unlabelled":
             print(f"note: {args.gpt} is a bare state dict, which does not say whether it holds EMA or raw weights; "
                   "sampled as they are")
+    previous = signal.signal(signal.SIGTERM, _stop)  # a scheduler's SIGTERM says where the batches are, as Ctrl-C
     try:
         with _as_flags(grid_mode), _hold(out, dist):
             path = sample_to_npz(gpt, vq, labels, rank=dist.rank, world_size=dist.world_size,
@@ -287,10 +294,12 @@ def run(args: argparse.Namespace) -> int:
                       f"{path.with_suffix('.json')}) and a grid of them by class to {' and '.join(map(str, grid))}")
     except KeyboardInterrupt as err:
         parts = out / "samples.npz.parts"
-        if isinstance(err, Interrupted) or not parts.is_dir():
+        if (isinstance(err, Interrupted) and err.message) or not parts.is_dir():
             raise
-        raise Interrupted(signal.SIGINT, f"the finished batches are kept in {parts}; the same command resumes "
-                          "from them") from None
+        kept = len([p for p in parts.iterdir() if PART_NAME.match(p.name)])
+        raise Interrupted(getattr(err, "signum", signal.SIGINT), f"the {kept} finished "
+                          f"batch{'es are' if kept != 1 else ' is'} kept in {parts}; the same command resumes from them") from None
     finally:
+        signal.signal(signal.SIGTERM, previous)
         shutdown()
     return 0
