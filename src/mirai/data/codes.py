@@ -33,11 +33,12 @@ from mirai.data.options import non_negative_int, positive_int, resolve_device
 from mirai.data.transforms import to_model_range, to_unit_range
 from mirai.data.view_order import epoch_views, random_view
 from mirai.data.views import ViewSpec, render_view, render_views
+from mirai.data.workers import reraised_one_line
 from mirai.errors import CheckpointError, DataError
 from mirai.hub.resolve import resolve
 
 __all__ = ["CodeStore", "ImageSource", "code_dtype", "describe_tokenizer", "epoch_views", "extract", "load_vq",
-           "open_source", "random_view", "reraised_one_line", "state_hash"]
+           "open_source", "random_view", "state_hash"]
 
 FORMAT, VERSION = "mirai-codes", 1
 MANIFEST, CODES, LABELS, FILES = "manifest.json", "codes.npy", "labels.npy", "files.txt"
@@ -117,24 +118,6 @@ def _check_not_inside_dataset(out: Path, source: ImageSource) -> None:
     if root is not None and (out.resolve() == Path(root).resolve() or Path(root).resolve() in out.resolve().parents):
         raise DataError(f"the store {out} would be written inside the dataset folder {root}; "
                         "choose an --out outside it")
-
-
-def reraised_one_line(loader: DataLoader):
-    """The loader's batches; a ``DataError`` raised in a worker process comes back with the
-    worker's traceback in its message, so keep only the original one-line message. Closing the
-    generator stops the worker processes."""
-    batches = iter(loader)
-    try:
-        yield from batches
-    except DataError as err:
-        text = str(err)
-        if "Traceback" in text:
-            text = text.strip().splitlines()[-1].split("DataError: ", 1)[-1]
-        raise DataError(text) from None
-    finally:
-        shutdown = getattr(batches, "_shutdown_workers", None)
-        if shutdown is not None:  # stop worker processes now, not whenever garbage collection gets to them
-            shutdown()
 
 
 class _Views(Dataset):

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mirai.data.codes import reraised_one_line
+from mirai.data.workers import reraised_one_line
 from mirai.errors import ConfigError
 
 # More workers than this per GPU process rarely helps Mirai-I (each renders its share of one step
