@@ -94,6 +94,7 @@ EXTRACT_CASES = [
     ("--image-size", "0", "image_size.*positive"), ("--image-size", "-8", "positive"),
     ("--image-size", "inf", "invalid"), ("--image-size", "7", "multiple of the tokenizer"),
     ("--crop-ratio", "nan", "finite"), ("--crop-ratio", "inf", "finite"), ("--crop-ratio", "-1", "at least 1.0"),
+    ("--crop-ratio", "1e6", "at most 2.0"), ("--image-size", "100000", "at most 4096 pixels"),
     ("--crop-ratio", "wide", "invalid float"), ("--per-class", "0", "at least 1"), ("--per-class", "-2", "at least 1"),
     ("--per-class", "99", "holds 8 images, fewer than per_class=99"), ("--subset-seed", "3", "give per_class"),
     ("--subset-seed", "x", "invalid int"),

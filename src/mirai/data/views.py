@@ -31,7 +31,12 @@ from PIL import Image
 
 from mirai.config import from_dict, to_dict
 from mirai.data.decode import to_rgb
+from mirai.data.options import IMAGE_SIZE_EVAL_MAX
 from mirai.errors import ConfigError
+
+
+# At 2, each corner crop already covers only a quarter of the centre square.
+MAX_CROP_RATIO = 2.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,13 @@ class ViewSpec:
         if self.kind == "ten_crop" and self.crop_ratio < 1.0:
             raise ConfigError(f"views: crop_ratio (--crop-ratio) must be at least 1.0 (got {self.crop_ratio}); "
                               "the corner crops are cut from a square larger than the image size")
+        # Upper bounds: a typo (1e6) would otherwise resize every image to millions of pixels and hang.
+        if self.image_size > IMAGE_SIZE_EVAL_MAX:
+            raise ConfigError(f"views: image_size (--image-size) must be at most {IMAGE_SIZE_EVAL_MAX} pixels "
+                              f"(LlamaGen trains at 256 or 384), got {self.image_size}")
+        if self.kind == "ten_crop" and self.crop_ratio > MAX_CROP_RATIO:
+            raise ConfigError(f"views: crop_ratio (--crop-ratio) must be at most {MAX_CROP_RATIO} (ADM and LlamaGen "
+                              f"use 1.1), got {self.crop_ratio}")
 
     @property
     def num_views(self) -> int:
