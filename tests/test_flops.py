@@ -93,6 +93,14 @@ def test_cli_flags_and_config(tmp_path, capsys):
     config.write_text("foresight:\n  source: ema\n  k: 0\n")
     assert main(["flops", "--config", str(config)]) == 1
     assert "foresight.k must be between 1 and 64" in capsys.readouterr().err
+    # Another tool's YAML (a bench config, a tokenizer's) is named as such, not counted as GPT-B's FLOPs.
+    config.write_text("out_dir: runs/bench\nseeds: [0]\nmodel:\n  name: GPT-Nano\n")
+    assert main(["flops", "--config", str(config)]) == 1
+    assert "is not a training config (it has out_dir, seeds); give one such as" in capsys.readouterr().err
+    # A config without model.name is counted as the model training builds from it (GPT-Micro), not GPT-B.
+    config.write_text("foresight:\n  source: ema\n")
+    assert main(["flops", "--config", str(config), "--grid", "4", "--vocab", "48", "--classes", "7"]) == 0
+    assert capsys.readouterr().out.startswith("GPT-Micro: 4 layers")
 
 
 def test_cli_reads_grid_vocabulary_and_classes_from_the_configs_code_store(stores, tmp_path, capsys):

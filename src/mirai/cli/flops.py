@@ -60,6 +60,8 @@ def _pick(flag, configured, default):
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
     from mirai.analysis.flops import Convention, measure_encoder, training_flops, vit_shape
     from mirai.config import from_dict, read_yaml
     from mirai.errors import ConfigError
@@ -70,9 +72,19 @@ def run(args: argparse.Namespace) -> int:
     model = data.get("model") or {}
     if not isinstance(model, dict):
         raise ConfigError(f"{args.config}: the model section must be a mapping")
+    default_name = "GPT-B"  # the paper's Table 15 model, without a config
+    if args.config:  # a training config, possibly partial: its model, data and foresight sections are read below
+        from mirai.training.config import ModelConfig, TrainConfig
+
+        unknown = sorted(set(data) - {f.name for f in fields(TrainConfig)})
+        if unknown:
+            raise ConfigError(f"--config {args.config} is not a training config (it has {', '.join(unknown)}); "
+                              "give one such as configs/fashion/mirai_i.yaml")
+        default_name = from_dict(ModelConfig, model, "model").name  # what training builds without a model.name
     stored = _store_sizes(data, args, model) if args.config else {}
+    model_name = _pick(args.model, model.get("name"), default_name)
     gpt = gpt_args(
-        _pick(args.model, model.get("name"), "GPT-B"),
+        model_name,
         vocab_size=_pick(args.vocab, model.get("vocab_size") or stored.get("vocab_size"), 16384),
         grid_size=_pick(args.grid, model.get("grid_size") or stored.get("grid_size"), 16),
         num_classes=_pick(args.classes, model.get("num_classes") or stored.get("num_classes"), 1000),
@@ -125,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append((f"+ Mirai-I incl. {shape.name} forward at {res} px",
                      training_flops(gpt, cfg, shape, res, conv)))
 
-    print(f"{_pick(args.model, model.get('name'), 'GPT-B')}: {gpt.n_layer} layers, width {gpt.dim}, "
+    print(f"{model_name}: {gpt.n_layer} layers, width {gpt.dim}, "
           f"{gpt.grid_size}x{gpt.grid_size} tokens, vocabulary {gpt.vocab_size}")
     print(f"{'':58s} {'FLOPs/image':>12s} {'overhead':>9s}  parts")
     for label, parts in rows:
