@@ -92,6 +92,10 @@ def test_existing_run_needs_resume(stores, tmp_path):
     train(cfg)
     with pytest.raises(ConfigError, match="--resume"):
         train(cfg)
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    again = train(cfg, resume=True)  # the run ended at step 2: no second final validation, checkpoint or grid
+    assert again.step == 2 and again.checkpoint.name == "step_0000002"
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
     result = train(make_cfg(stores, tmp_path / "run", steps=4), resume=True)
     assert result.step == 4
 

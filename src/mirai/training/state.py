@@ -14,6 +14,7 @@ any number of ranks (DCP re-shards on load).
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 import warnings
@@ -64,14 +65,17 @@ def _gather(obj):
 def save_training_checkpoint(
     path: Path, *, cfg: TrainConfig, step: int, best_val: float, val_nll: float | None, model: GPT, ema: GPT,
     optimizer: torch.optim.Optimizer, states: dict[str, SavedState], is_main: bool, objective: nn.Module | None = None,
+    finished: bool = False,
 ) -> Path:
     """Collective: every rank calls it (RNG states are gathered); rank 0 writes ``path`` atomically
     and prunes step checkpoints beyond ``cfg.keep_last`` (see ``_prune``). With ``strategy: fsdp`` the training
-    state is sharded (``objective``: the module the optimizer trains; see the module docstring)."""
+    state is sharded (``objective``: the module the optimizer trains; see the module docstring). ``finished``: the
+    end-of-run save, after the final validation (a resume from it has nothing left to do)."""
     rng = _gather(_rng_state(next(model.parameters()).device))
     if cfg.distributed.strategy == "fsdp":
-        return _save_sharded(path, cfg=cfg, step=step, best_val=best_val, val_nll=val_nll, rng=rng, model=model,
-                             ema=ema, objective=objective, optimizer=optimizer, states=states, is_main=is_main)
+        return _save_sharded(path, cfg=cfg, step=step, best_val=best_val, rng=rng, model=model, ema=ema,
+                             objective=objective, optimizer=optimizer, states=states, is_main=is_main,
+                             meta=_meta(cfg, step, val_nll, finished))
     if not is_main:
         return path
     buffer = io.BytesIO()
@@ -81,12 +85,22 @@ def save_training_checkpoint(
         tensors = {k: v.contiguous().cpu() for k, v in state.module.state_dict().items()}
         check_finite(tensors, f"{path} ({name})")
         extra[f"{name}.safetensors"] = save(tensors)
-    meta = {"step": step, "val_nll": val_nll, "seed": cfg.seed, "run_dir": str(Path(cfg.run_dir))}
     name, args = model.checkpoint_config()
-    write_checkpoint(path, Checkpoint(model.checkpoint_kind, name, args, model.state_dict(), ema.state_dict(), meta),
+    write_checkpoint(path, Checkpoint(model.checkpoint_kind, name, args, model.state_dict(), ema.state_dict(),
+                                      _meta(cfg, step, val_nll, finished)),
                      extra_files=extra)
     _prune(path.parent, cfg.keep_last, cfg.save_every)
     return path
+
+
+def checkpoint_meta(path: Path) -> dict:
+    """The run facts a training checkpoint's ``config.json`` records (step, val_nll, seed, finished), unread weights."""
+    return json.loads((Path(path) / "config.json").read_text()).get("meta", {})
+
+
+def _meta(cfg: TrainConfig, step: int, val_nll: float | None, finished: bool) -> dict:
+    """What ``config.json`` records of the run beside the architecture."""
+    return {"step": step, "val_nll": val_nll, "seed": cfg.seed, "run_dir": str(Path(cfg.run_dir)), "finished": finished}
 
 
 def _step_dirs(folder: Path) -> list[Path]:
@@ -212,9 +226,9 @@ def _sharded_state(objective: nn.Module, ema: GPT, optimizer: torch.optim.Optimi
     return out
 
 
-def _save_sharded(path: Path, *, cfg: TrainConfig, step: int, best_val: float, val_nll: float | None, rng: list,
-                  model: GPT, ema: GPT, objective: nn.Module, optimizer: torch.optim.Optimizer,
-                  states: dict[str, SavedState], is_main: bool) -> Path:
+def _save_sharded(path: Path, *, cfg: TrainConfig, step: int, best_val: float, rng: list, model: GPT, ema: GPT,
+                  objective: nn.Module, optimizer: torch.optim.Optimizer, states: dict[str, SavedState],
+                  is_main: bool, meta: dict) -> Path:
     # Every rank writes its shards into a staging folder that ``recover_interrupted_writes`` tidies
     # if a rank dies; rank 0 then moves them into the atomically published checkpoint directory.
     stage = path.with_name(f".{path.name}.tmp-shards")
@@ -230,7 +244,6 @@ def _save_sharded(path: Path, *, cfg: TrainConfig, step: int, best_val: float, v
             STATE_FILE: buffer.getvalue(), CONFIG_FILE: yaml.safe_dump(to_dict(cfg), sort_keys=False).encode(),
             **{f.name: f for f in stage.iterdir()},
         }
-        meta = {"step": step, "val_nll": val_nll, "seed": cfg.seed, "run_dir": str(Path(cfg.run_dir))}
         name, args = model.checkpoint_config()
         write_checkpoint(path, Checkpoint(model.checkpoint_kind, name, args, model_state, ema_state, meta),
                          extra_files=extra)

@@ -273,13 +273,13 @@ class Trainer:
         """What the auxiliary loss asks the checkpoint to keep besides model, EMA and optimizer."""
         return self.objective.auxiliary.saved_states() if self.objective.auxiliary is not None else {}
 
-    def save(self, val_nll: float | None = None) -> Path:
+    def save(self, val_nll: float | None = None, finished: bool = False) -> Path:
         """Collective (all ranks call it); rank 0 writes ``checkpoints/step_N`` (and ``best``).
-        ``TrainingError`` instead when the run went non-finite (``check_finite``)."""
+        ``TrainingError`` instead when the run went non-finite (``check_finite``). ``finished``: the end-of-run save."""
         self.check_finite()
         components = dict(cfg=self.cfg, step=self.step, val_nll=val_nll, model=self.gpt, ema=self.ema,
                           optimizer=self.optimizer, states=self.saved_states(), is_main=self.dist.is_main,
-                          objective=self.objective)
+                          objective=self.objective, finished=finished)
         folder = self.run_dir / "checkpoints"
         path = run_state.save_training_checkpoint(folder / f"step_{self.step:07d}", best_val=self.best_val,
                                                   **components)
@@ -288,8 +288,8 @@ class Trainer:
             run_state.save_training_checkpoint(folder / "best", best_val=self.best_val, **components)
         return path
 
-    def resume(self, path: str | Path | None = None) -> None:
-        """Continue from ``path`` (default: the run's latest step checkpoint), exactly. Settings
+    def resume(self, path: str | Path | None = None) -> Path:
+        """Continue from ``path`` (default: the run's latest step checkpoint), exactly, and return it. Settings
         that may change on resume (``RESUMABLE_KEYS``) are recorded by ``fit``; others are refused."""
         path = Path(path) if path else run_state.latest_checkpoint(self.run_dir)
         saved = path / run_state.CONFIG_FILE
@@ -301,6 +301,7 @@ class Trainer:
         if self.step > self.total_steps:
             raise ConfigError(f"{path} is at step {self.step}, past this run's {self.total_steps} steps; set "
                               f"steps to at least {self.step} to continue it")
+        return path
 
     def _claim_run_dir(self) -> None:
         """Main rank, under the run-directory lock, before training: tidy interrupted checkpoint
@@ -369,7 +370,7 @@ class Trainer:
             if self.data.val is not None:
                 say("final validation (EMA and raw weights)...")
             val_nll = self._evaluate(logger)
-            last_ckpt = self.save(val_nll)
+            last_ckpt = self.save(val_nll, finished=True)
             say(f"step {self.step} | checkpoint {last_ckpt}")
             say("drawing the final sample grid from the EMA weights...")
             samples = self.sample_grid("final")
@@ -406,7 +407,8 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
     ``resume``: ``None``/``False`` starts a new run (refused if ``run_dir`` already holds
     checkpoints); ``True`` continues from the run's latest checkpoint; a path continues from
     that checkpoint; ``"auto"`` does whichever applies: nothing when the latest checkpoint
-    already reached ``cfg.steps``, a resume when one exists, else a fresh start. The run
+    already reached ``cfg.steps``, a resume when one exists, else a fresh start. A resume from the checkpoint
+    a run saved when it ended, with ``steps`` unchanged, does nothing either. The run
     directory is held against other processes throughout (``BusyError``). Raises
     ``ConfigError`` (e.g. a resume that changes the seed) and ``CheckpointError`` with the fix
     in the message; ``Interrupted`` after SIGTERM/SIGINT, once the state is saved.
@@ -425,7 +427,7 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
         if resume == "auto":
             latest = run_state.latest_checkpoint(cfg.run_dir) if has_checkpoints else None
             if latest is not None and cfg.steps and run_state.checkpoint_step(latest) >= cfg.steps:
-                meta = json.loads((latest / "config.json").read_text()).get("meta", {})
+                meta = run_state.checkpoint_meta(latest)
                 return TrainResult(Path(cfg.run_dir), run_state.checkpoint_step(latest), meta.get("val_nll"), latest)
             resume = latest is not None
         if not resume and has_checkpoints:
@@ -434,5 +436,9 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
             )
         trainer = Trainer(cfg)
         if resume:
-            trainer.resume(None if resume is True else resume)
+            path = trainer.resume(None if resume is True else resume)
+            meta = run_state.checkpoint_meta(path)
+            if meta.get("finished") and trainer.step == trainer.total_steps:  # not even the end-of-run work is left
+                trainer.console.say(f"{path} ended this run at step {trainer.step}: nothing to do (raise steps to go on)")
+                return TrainResult(Path(cfg.run_dir), trainer.step, meta.get("val_nll"), path)
         return trainer.fit()
