@@ -258,6 +258,8 @@ def test_parallel_shares_merge_their_records_and_a_plain_run_writes_the_report(b
     with pytest.raises(ConfigError, match=r"seed 5 is not in the bench config \(it has 0\); to add a seed, "
                                           r"extend the list too: 'seeds=\[0, 5\]'"):
         select_share(plan_runs(load_config(BenchConfig, config)), None, [5])
+    with pytest.raises(ConfigError, match=r"seed -1 is not in the bench config \(it has 0\); seeds are integers from 0$"):
+        select_share(plan_runs(load_config(BenchConfig, config)), None, [-1])
 
 
 @pytest.mark.parametrize("seeds, fault", [([], "is empty"), ([0, 1, 0], "repeats a seed"),

@@ -40,7 +40,7 @@ BAD = {
     "--cfg-scale": [("-1", "--cfg-scale must be a finite number >= 0"), (NAN, "--cfg-scale"), (INF, "--cfg-scale"),
                     ("-inf", "--cfg-scale"), ("x", "invalid float"), ("1e300", "non-finite token probabilities")],
     "--classes": [("abc", "--classes 'abc': give comma-separated class ids"), ("", "--classes"),
-                  ("1,,2", "--classes"), ("3", r"\[3\] are outside this model's 3 classes.*0..2"),
+                  ("1,,2", "--classes"), ("1,2,1", "--classes '1,2,1' repeats 1: give each class once"), ("3", r"\[3\] are outside this model's 3 classes.*0..2"),
                   ("-1", r"\[-1\] are outside"), ("0,7", r"\[7\]")],
     "--guidance-interval": [("-0.1,0.5", "--guidance-interval must be"), ("0,1.5", "--guidance-interval"),
                             ("0.6,0.2", "--guidance-interval"), ("nan,1", "--guidance-interval"),

@@ -243,8 +243,9 @@ def select_share(runs: list[Run], variants: list[str] | None, seeds: list[int] |
     for kind, chosen, known in (("variant", variants, known_variants), ("seed", seeds, known_seeds)):
         unknown = sorted(set(chosen or []) - known, key=str)
         if unknown:
+            negative = kind == "seed" and any(not isinstance(u, int) or u < 0 for u in unknown)
             hint = (f"; to add a seed, extend the list too: 'seeds=[{', '.join(map(str, sorted(known | set(unknown))))}]'"
-                    if kind == "seed" else "")
+                    if kind == "seed" and not negative else "; seeds are integers from 0" if negative else "")
             raise ConfigError(f"{kind} {', '.join(map(str, unknown))} is not in the bench config "
                               f"(it has {', '.join(map(str, sorted(known, key=str)))}){hint}")
     return [r for r in runs if (variants is None or r.variant in variants) and (seeds is None or r.seed in seeds)]

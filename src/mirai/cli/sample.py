@@ -81,9 +81,13 @@ def _classes(text: str) -> list[int] | None:
     if text.strip() == "all":
         return None
     try:
-        return [int(c) for c in text.split(",")]
+        ids = [int(c) for c in text.split(",")]
     except ValueError:
         raise ConfigError(f"--classes {text!r}: give comma-separated class ids such as 0,3,7, or 'all'") from None
+    repeated = sorted({c for c in ids if ids.count(c) > 1})
+    if repeated:  # a typo, most likely: the grid would show those rows twice
+        raise ConfigError(f"--classes {text!r} repeats {', '.join(map(str, repeated))}: give each class once")
+    return ids
 
 
 # The sampling API's names for the values these flags give: its refusals (shared with Python callers and

@@ -432,7 +432,7 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
             resume = latest is not None
         if not resume and has_checkpoints:
             raise ConfigError(
-                f"{cfg.run_dir} already holds checkpoints: pass --resume to continue it, or choose another run_dir"
+                f"{cfg.run_dir} already holds checkpoints: pass --resume (Python: resume=True) to continue it, or choose another run_dir"
             )
         trainer = Trainer(cfg)
         if resume:
