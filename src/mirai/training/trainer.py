@@ -431,9 +431,8 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
                 return TrainResult(Path(cfg.run_dir), run_state.checkpoint_step(latest), meta.get("val_nll"), latest)
             resume = latest is not None
         if not resume and has_checkpoints:
-            raise ConfigError(
-                f"{cfg.run_dir} already holds checkpoints: pass --resume (Python: resume=True) to continue it, or choose another run_dir"
-            )
+            raise ConfigError(f"{cfg.run_dir} already holds checkpoints: pass --resume (Python: resume=True) to "
+                              "continue it, or choose another run_dir")
         trainer = Trainer(cfg)
         if resume:
             path = trainer.resume(None if resume is True else resume)
