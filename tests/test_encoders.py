@@ -316,3 +316,21 @@ def test_misspelt_and_unservable_encoders_are_refused_with_the_fix(capsys):
     for name in ("fashion8_ssl", "fashion/encoder8_ssl"):  # a short name reports its asset's own grid too
         assert main(["encoder", "info", name]) == 0
         assert "grid 8×8" in capsys.readouterr().out
+
+
+def test_pretrained_weights_that_cannot_be_fetched_name_the_fixes(monkeypatch):
+    """Offline (or a Hub error), a timm encoder's refusal says how to pass local weights and, for
+    Fashion-MNIST users, which committed encoder needs no download."""
+    import timm
+
+    real = timm.create_model
+
+    def offline(name, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("We cannot find the requested files in the local cache.")
+        return real(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(CheckpointError, match=r"could not fetch the pretrained weights of vit_small_patch14_dinov2"
+                                              r".*'weights': '/path/to/file.safetensors'.*foresight.encoder=fashion8_ssl"):
+        build_encoder("dinov2_vits14", 2)

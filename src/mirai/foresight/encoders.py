@@ -163,7 +163,8 @@ class TimmEncoder(FrozenEncoder):
             raise CheckpointError(
                 f"could not fetch the pretrained weights of {timm_name} ({type(err).__name__}: "
                 f"{str(err).splitlines()[0] if str(err) else ''}); when offline, download them once where "
-                f"you are online, or pass {{'name': {name!r}, 'weights': '/path/to/file.safetensors'}}"
+                f"you are online, or pass {{'name': {name!r}, 'weights': '/path/to/file.safetensors'}} (on "
+                "Fashion-MNIST, the committed label-free encoder needs no download: foresight.encoder=fashion8_ssl)"
             ) from None
         if weights is not None:
             _load_timm_weights(model, Path(weights))
