@@ -42,6 +42,11 @@ def test_training_learns_and_writes_a_complete_run(stores, tmp_path):
     # keep_last=2 step checkpoints plus the best one; the final one is what the result names.
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "step_0000020", "step_0000030"]
     assert result.checkpoint == run / "checkpoints" / "step_0000030"
+    # best is the lowest validation's step checkpoint, of hard links (no second copy), and that step's own
+    # training state already counts its validation as the best (a resume from it must not lose that).
+    best_step = run / "checkpoints" / f"step_{10 * (1 + int(np.argmin(vals))):07d}"
+    assert all((run / "checkpoints" / "best" / f.name).samefile(f) for f in best_step.iterdir())
+    assert torch.load(best_step / "training_state.pt", weights_only=True)["best_val"] == min(vals)
     assert (run / "samples" / "final.png").is_file()
     # The saved config rebuilds the run's config exactly; the checkpoint holds it too.
     assert from_dict(TrainConfig, read_yaml(run / "config.yaml")) == cfg

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 import warnings
@@ -32,8 +33,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from mirai.checkpoint import (
-    Checkpoint, check_finite, load_state_dict_checked, read_checkpoint, read_torch_file, read_weights, verify_file,
-    write_checkpoint,
+    Checkpoint, atomic_write_dir, check_finite, load_state_dict_checked, read_checkpoint, read_torch_file,
+    read_weights, verify_file, write_checkpoint,
 )
 from mirai.config import load_config, to_dict
 from mirai.errors import CheckpointError, ConfigError, MiraiError
@@ -91,6 +92,20 @@ def save_training_checkpoint(
                      extra_files=extra)
     _prune(path.parent, cfg.keep_last, cfg.save_every)
     return path
+
+
+def link_checkpoint(source: Path, path: Path) -> Path:
+    """Publish ``path`` (atomically) as the same checkpoint as ``source``, of hard links to its files: the run's
+    ``best`` costs no second copy of weights and optimizer state (copies where the filesystem cannot link).
+    Safe because checkpoint files are never changed in place: a rewrite publishes a new directory."""
+    def write(tmp: Path) -> None:
+        for f in sorted(source.iterdir()):
+            try:
+                os.link(f, tmp / f.name)
+            except OSError:
+                shutil.copy2(f, tmp / f.name)
+
+    return atomic_write_dir(path, write)
 
 
 def checkpoint_meta(path: Path) -> dict:

@@ -281,11 +281,13 @@ class Trainer:
                           optimizer=self.optimizer, states=self.saved_states(), is_main=self.dist.is_main,
                           objective=self.objective, finished=finished)
         folder = self.run_dir / "checkpoints"
+        improved = val_nll is not None and val_nll < self.best_val
+        if improved:  # first, so that a resume from this step knows its own validation is the best so far
+            self.best_val = val_nll
         path = run_state.save_training_checkpoint(folder / f"step_{self.step:07d}", best_val=self.best_val,
                                                   **components)
-        if val_nll is not None and val_nll < self.best_val:
-            self.best_val = val_nll
-            run_state.save_training_checkpoint(folder / "best", best_val=self.best_val, **components)
+        if improved and self.dist.is_main:
+            run_state.link_checkpoint(path, folder / "best")
         return path
 
     def resume(self, path: str | Path | None = None) -> Path:
