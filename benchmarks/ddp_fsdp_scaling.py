@@ -48,7 +48,8 @@ from mirai.models.ema import update_ema
 from mirai.training.config import DistributedConfig
 from mirai.training.distributed import DistInfo, wrap_for_training
 from mirai.training.fsdp import shard_training
-from mirai.training.trainer import Objective, param_groups
+from mirai.training.objective import Objective
+from mirai.training.optim import param_groups
 
 VARIANTS = {"1 process": (1, None), "2 x DDP": (2, "ddp"), "2 x FSDP2": (2, "fsdp"),
             "1 x DDP": (1, "ddp"), "1 x FSDP2": (1, "fsdp")}

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/foresight_overhead.py --device cuda --batch 32 [--compile]   # paper scale
 
 One GPT (default GPT-B, 16x16 tokens, V=16384, 1000 classes: LlamaGen-B at 256 px) is
-trained on random tokens with ``mirai.training.trainer.Objective`` (next-token loss plus the
+trained on random tokens with ``mirai.training.objective.Objective`` (next-token loss plus the
 auxiliary loss from ``mirai.foresight.build_auxiliary_loss``), one step per call:
 
 * ``baseline``: next-token prediction only;
@@ -66,7 +66,7 @@ from mirai.foresight.encoders import build_encoder
 from mirai.models import build_gpt
 from mirai.models.ema import update_ema
 from mirai.training.optim import param_groups
-from mirai.training.trainer import Objective
+from mirai.training.objective import Objective
 
 PAPER_FLOPS = {"baseline": 1.70e11, "mirai_i": 1.81e11, "mirai_e": 2.35e11}  # Table 15, GPT-B, 256 px
 EXECUTED = Convention(embedding=False, attention_scores=True)

@@ -44,7 +44,7 @@ from mirai.models import build_gpt
 from mirai.models.gpt import GPTArgs
 from mirai.models.ema import update_ema
 from mirai.training.optim import adamw_kernel, param_groups
-from mirai.training.trainer import Objective
+from mirai.training.objective import Objective
 
 
 def random_batch(args, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

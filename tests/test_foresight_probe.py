@@ -22,7 +22,8 @@ from mirai.cli.main import main
 from mirai.data.codes import CodeStore
 from mirai.errors import ConfigError
 from mirai.models import GPT
-from mirai.training.trainer import Objective, ntp_loss, train
+from mirai.training.objective import Objective, ntp_loss
+from mirai.training.trainer import train
 
 
 def test_probe_accuracy_finds_a_linear_code_and_not_noise():

@@ -21,7 +21,7 @@ from mirai.cli.main import main
 from mirai.config import from_dict, read_yaml
 from mirai.errors import CheckpointError, ConfigError, DataError, TrainingError
 from mirai.models import GPT
-from mirai.training import trainer as trainer_module
+from mirai.training import objective as objective_module
 from mirai.training.config import TrainConfig
 from mirai.training.metrics import read_metrics
 from mirai.training.trainer import Trainer, train
@@ -92,36 +92,6 @@ def test_resume_continues_exactly(stores, tmp_path, source):
     assert_same(whole.optimizer.state_dict()["state"][0], second.optimizer.state_dict()["state"][0])
 
 
-def test_existing_run_needs_resume(stores, tmp_path):
-    cfg = make_cfg(stores, tmp_path / "run", steps=2)
-    train(cfg)
-    with pytest.raises(ConfigError, match="--resume"):
-        train(cfg)
-    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
-    again = train(cfg, resume=True)  # the run ended at step 2: no second final validation, checkpoint or grid
-    assert again.step == 2 and again.checkpoint.name == "step_0000002"
-    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
-    result = train(make_cfg(stores, tmp_path / "run", steps=4), resume=True)
-    assert result.step == 4
-
-
-def test_a_new_run_is_refused_in_a_folder_of_other_work(stores, tmp_path):
-    notes, codes = tmp_path / "notes", stores / "codes_train"
-    notes.mkdir()
-    (notes / "config.yaml").write_text("my precious notes\n")
-    listing = sorted(p.name for p in codes.iterdir())
-    for run_dir, shown in [(notes, "config.yaml, which is not a training config"), (codes, "codes.npy, files.txt")]:
-        with pytest.raises(ConfigError, match=f"holds files a training run does not write \\({shown}.*new or empty"):
-            train(make_cfg(stores, run_dir, steps=2))
-    assert (notes / "config.yaml").read_text() == "my precious notes\n"
-    assert sorted(p.name for p in codes.iterdir()) == listing
-    # A run stopped before its first checkpoint leaves only what a run writes: a new run starts it over.
-    stopped = tmp_path / "stopped"
-    train(make_cfg(stores, stopped, steps=1))
-    shutil.rmtree(stopped / "checkpoints")  # config.yaml, log.txt, metrics.jsonl, samples/ are left
-    assert train(make_cfg(stores, stopped, steps=1)).step == 1
-
-
 def test_code_ids_changed_after_extraction_are_a_data_error_when_read(stores, tmp_path):
     """The store's recorded range is trusted at start-up (no scan of a large codes.npy); a batch that reads
     ids outside the vocabulary names the file and the fix instead of failing in the model."""
@@ -159,7 +129,7 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(stores, tmp_path, 
     train(cfg)
     saved = tmp_path / "run" / "checkpoints" / "step_0000004"
     before = load_file(str(saved / "model.safetensors"))
-    ntp = trainer_module.ntp_loss
+    ntp = objective_module.ntp_loss
     calls = {"n": 0}
 
     def poisoned(logits, tokens):
@@ -167,7 +137,7 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(stores, tmp_path, 
         loss = ntp(logits, tokens)
         return loss * float("nan") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr(trainer_module, "ntp_loss", poisoned)
+    monkeypatch.setattr(objective_module, "ntp_loss", poisoned)
     with pytest.raises(TrainingError, match=r"loss became nan in step 6.*last checkpoint, .*step_0000004, holds finite weights"):
         train(make_cfg(stores, tmp_path / "run", steps=8, save_every=2), resume=True)
     assert_same(before, load_file(str(saved / "model.safetensors")))

@@ -19,6 +19,7 @@ holds arbitrary pickled objects is refused, never executed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -134,8 +135,7 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    # mkdtemp (and safetensors' own temporary files) make things private; a published checkpoint
-    # is readable like any file the user writes (mode 0666/0777 less the umask).
+    # mkdtemp and safetensors make files private; published ones get the usual 0666/0777 less the umask.
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)
@@ -152,8 +152,10 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(err, OSError) and "No space left on device" in str(err):  # safetensors' own error type
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
         raise
     return path
 

@@ -46,7 +46,7 @@ from mirai.sampling.checks import check_seed
 from mirai.training.config import TrainConfig
 from mirai.training.data import host_batch, to_device
 from mirai.training.state import CONFIG_FILE, STATE_FILE, load_saved_states
-from mirai.training.trainer import ntp_loss
+from mirai.training.objective import ntp_loss
 
 
 SHARE_MIN_GAP = 1e-3  # novel_next_token_share is reported only where R^2(target | state) < 1 - this

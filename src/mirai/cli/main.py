@@ -121,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # Every write is atomic (checkpoints, sample batches, stores), so what was finished before is intact.
         where = f" while writing {err.filename}" if err.filename else ""
+        again = "with --resume (its checkpoints are kept)" if command == "mirai train" else "(what it finished is kept)"
         print(f"{command}: error: {os.strerror(err.errno)}{where}: free some space or choose another output "
-              "folder, then run the command again (what was finished is kept: checkpoints, with --resume for "
-              "mirai train, and sample batches)", file=sys.stderr)
+              f"folder, then run the command again {again}", file=sys.stderr)
         return 1
 
 

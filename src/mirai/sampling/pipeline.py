@@ -146,8 +146,15 @@ def class_labels(
 
 
 def _save_part(path: Path, **arrays: np.ndarray) -> None:
+    """Write ``path`` through a temporary name: a partial write (a full disk) never counts as a finished batch."""
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
+    try:
+        np.savez(tmp, **arrays)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.filename is None and err.errno is not None:  # zipfile's errors name no file: name the one written
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     os.replace(tmp, path)
 
 

@@ -158,19 +158,25 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
 
 # Everything a run writes into its directory: the trainer, its console and metrics logger, the sample grids,
 # the directory lock, and the demo's scores. A folder holding only these is a run stopped before its first checkpoint.
-RUN_ENTRIES = frozenset({".lock", "config.yaml", "config_changes.jsonl", "log.txt", "metrics.jsonl", "checkpoints",
-                         "samples", "tensorboard", "wandb", "evaluation.json"})
+RUN_FILES = frozenset({".lock", "config.yaml", "config_changes.jsonl", "log.txt", "metrics.jsonl", "evaluation.json"})
+RUN_FOLDERS = frozenset({"checkpoints", "samples", "tensorboard", "wandb"})
 
 
 def check_new_run_dir(run_dir: str | Path) -> None:
     """Refuse (``ConfigError``) to start a run in a folder of other work (a code store, notes, another tool's
-    output), whose files the run would overwrite or mix with its own. A new or empty folder, or one left by a
-    run stopped before its first checkpoint (only what a run writes, its ``config.yaml`` a training config),
-    is fine: the run starts it over."""
+    output, a checkpoint an earlier run kept), whose files the run would overwrite or mix with its own. A new or
+    empty folder, or one left by a run stopped before its first checkpoint (only what a run writes, each file
+    and folder of its kind, ``config.yaml`` a training config), is fine: the run starts it over."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return
-    others = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_ENTRIES)
+    others = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir()
+                    if not (p.name in RUN_FILES and p.is_file() or p.name in RUN_FOLDERS and p.is_dir()))
+    kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if not p.name.startswith(".")) \
+        if (run_dir / "checkpoints").is_dir() else []
+    if kept:
+        raise ConfigError(f"run_dir {run_dir} holds checkpoints of an earlier run ({', '.join(kept[:3])}): continue "
+                          f"from one with --resume {run_dir / 'checkpoints' / kept[0]}, or choose another run_dir")
     if not others and (run_dir / "config.yaml").is_file():
         try:
             load_config(TrainConfig, run_dir / "config.yaml")

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from mirai.checkpoint import CONFIG_FILE, recover_interrupted_writes
 from mirai.config import read_yaml, save_yaml, to_dict
-from mirai.errors import ConfigError, Interrupted, refuse_under_file
+from mirai.errors import CheckpointError, ConfigError, Interrupted, refuse_under_file
 from mirai.foresight import build_auxiliary_loss
 from mirai.foresight.base import Progress, SavedState
 from mirai.models import GPT
@@ -40,52 +40,8 @@ from mirai.training.fsdp import gather_for_sampling, replicated
 from mirai.training import console as text
 from mirai.training.health import GRAD_NORM, LOSS, DivergenceWatch, diverged_error
 from mirai.training.metrics import LogWindow, MetricsLogger, truncate_metrics
+from mirai.training.objective import Objective
 from mirai.training.optim import adamw_kernel, learning_rate, param_groups
-
-
-def ntp_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of position p predicting token p (the class position predicts x_1)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
-
-
-class Objective(nn.Module):
-    """The GPT and the auxiliary heads as one module, so that one DDP wrapper syncs both."""
-
-    def __init__(self, gpt: GPT, auxiliary: nn.Module | None):
-        super().__init__()
-        self.gpt = gpt
-        self.auxiliary = auxiliary
-
-    def forward(self, batch: dict, progress: Progress) -> tuple[torch.Tensor, dict]:
-        # Progress is read here, outside the compiled steps: a new weight is a new input, not a new graph.
-        weights, weight_logs = self.auxiliary.weights(progress) if self.auxiliary is not None else (None, {})
-        loss, logs = self._ntp_step(batch) if weights is None else self._auxiliary_step(batch, weights)
-        return loss, {**logs, **weight_logs, "loss/total": loss.detach()}
-
-    def compile(self, *args, **kwargs) -> None:
-        """``torch.compile`` in place (modules and state-dict names stay) the two kinds of step, each on first
-        use: NTP only (warm-up, or no auxiliary loss) and NTP plus it. The warm-up's end recompiles nothing."""
-        self._ntp_step = torch.compile(self._ntp_step, *args, **kwargs)
-        self._auxiliary_step = torch.compile(self._auxiliary_step, *args, **kwargs)
-
-    def _ntp_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        return self._ntp(batch)[:2]
-
-    def _auxiliary_step(self, batch: dict, weights: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        loss, logs, hidden = self._ntp(batch)
-        terms, aux_logs = self.auxiliary(batch, hidden, weights)
-        for name, term in terms.items():
-            loss = loss + term
-            logs[f"loss/{name}"] = term.detach()
-        return loss, {**logs, **aux_logs}
-
-    def _ntp(self, batch: dict) -> tuple[torch.Tensor, dict, dict[int, torch.Tensor]]:
-        # The same call in both steps: where a graph breaks (FSDP), its own frame compiles once.
-        sequence, labels = self.gpt.to_sequence(batch["tokens"]), batch["labels"]  # the model's own order
-        layers = self.auxiliary.hidden_layers if self.auxiliary is not None else ()
-        logits, hidden = self.gpt.forward_with_hidden(sequence[:, :-1], labels, layers)
-        loss = ntp_loss(logits, sequence)
-        return loss, {"loss/ntp": loss.detach()}, hidden
 
 
 @dataclass
@@ -345,6 +301,7 @@ class Trainer:
             tic, steps = time.perf_counter(), 0
             while self.step < self.total_steps:
                 window.add(self.train_step())
+                val_nll = None  # a checkpoint records only a validation of its own step's weights
                 steps += 1
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
@@ -403,6 +360,12 @@ class Trainer:
         return ema_nll
 
 
+def _ended(run_dir: str | Path, step: int, meta: dict, checkpoint: Path) -> TrainResult:
+    """What a run that had already ended left (its final grid, when drawn)."""
+    grid = Path(run_dir) / "samples" / "final.png"
+    return TrainResult(Path(run_dir), step, meta.get("val_nll"), checkpoint, grid if grid.is_file() else None)
+
+
 def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainResult:
     """Train from ``cfg`` and return where the run ended.
 
@@ -420,17 +383,23 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
     if (run_dir / CONFIG_FILE).is_file():  # a checkpoint or model folder; runs keep config.yaml
         raise ConfigError(f"run_dir {run_dir} holds {CONFIG_FILE}: it is a checkpoint or model folder, not a run "
                           "directory; choose another run_dir")
-    if resume in (None, False, "auto") and not run_state.has_step_checkpoints(run_dir):
-        run_state.check_new_run_dir(run_dir)  # before the lock file, which must not land in a folder of other work
+    if not run_state.has_step_checkpoints(run_dir):  # checked before the lock file, which must not land in a
+        if resume is True:                               # folder of other work
+            raise CheckpointError(f"no checkpoint to resume from in {run_dir / 'checkpoints'}: leave out --resume "
+                                  "(in Python, resume=None) to start a new run there")
+        if resume in (None, False, "auto"):
+            run_state.check_new_run_dir(run_dir)
     # Under torchrun every rank calls this: rank 0 alone holds the run directory (as in ``fit``).
     holds_dir = int(os.environ.get("RANK", "0")) == 0
     with exclusive_dir(cfg.run_dir, "run_dir") if holds_dir else nullcontext():
         has_checkpoints = run_state.has_step_checkpoints(cfg.run_dir)
         if resume == "auto":
             latest = run_state.latest_checkpoint(cfg.run_dir) if has_checkpoints else None
-            if latest is not None and cfg.steps and run_state.checkpoint_step(latest) >= cfg.steps:
-                meta = run_state.checkpoint_meta(latest)
-                return TrainResult(Path(cfg.run_dir), run_state.checkpoint_step(latest), meta.get("val_nll"), latest)
+            step = run_state.checkpoint_step(latest) if latest is not None else 0
+            meta = run_state.checkpoint_meta(latest) if latest is not None else {}
+            # Done, unless stopped by a signal at its last step (end-of-run work left; older runs lack the flag).
+            if latest is not None and cfg.steps and (step > cfg.steps or step == cfg.steps and meta.get("finished", True)):
+                return _ended(cfg.run_dir, step, meta, latest)
             resume = latest is not None
         if not resume and has_checkpoints:
             raise ConfigError(f"{cfg.run_dir} already holds checkpoints: pass --resume (Python: resume=True) to "
@@ -441,5 +410,5 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
             meta = run_state.checkpoint_meta(path)
             if meta.get("finished") and trainer.step == trainer.total_steps:  # not even the end-of-run work is left
                 trainer.console.say(f"{path} ended this run at step {trainer.step}: nothing to do (raise steps to go on)")
-                return TrainResult(Path(cfg.run_dir), trainer.step, meta.get("val_nll"), path)
+                return _ended(cfg.run_dir, trainer.step, meta, path)
         return trainer.fit()

@@ -1,0 +1,122 @@
+"""The run directory: a new run only where nothing would be overwritten or mixed, a resume only from a
+checkpoint, a run that ended left as it is, and what each checkpoint records about its own step."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+
+import pytest
+from helpers import make_cfg
+
+from mirai.errors import CheckpointError, ConfigError
+from mirai.training.metrics import read_metrics
+from mirai.training.trainer import Trainer, train
+
+
+def test_existing_run_needs_resume(stores, tmp_path):
+    cfg = make_cfg(stores, tmp_path / "run", steps=2)
+    train(cfg)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(cfg)
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    again = train(cfg, resume=True)  # the run ended at step 2: no second final validation, checkpoint or grid
+    assert again.step == 2 and again.checkpoint.name == "step_0000002"
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
+    result = train(make_cfg(stores, tmp_path / "run", steps=4), resume=True)
+    assert result.step == 4
+
+
+def test_a_new_run_is_refused_in_a_folder_of_other_work(stores, tmp_path):
+    notes, codes = tmp_path / "notes", stores / "codes_train"
+    notes.mkdir()
+    (notes / "config.yaml").write_text("my precious notes\n")
+    listing = sorted(p.name for p in codes.iterdir())
+    for run_dir, shown in [(notes, "config.yaml, which is not a training config"), (codes, "codes.npy, files.txt")]:
+        with pytest.raises(ConfigError, match=f"holds files a training run does not write \\({shown}.*new or empty"):
+            train(make_cfg(stores, run_dir, steps=2))
+    assert (notes / "config.yaml").read_text() == "my precious notes\n"
+    assert sorted(p.name for p in codes.iterdir()) == listing
+    # A run stopped before its first checkpoint leaves only what a run writes: a new run starts it over.
+    stopped = tmp_path / "stopped"
+    train(make_cfg(stores, stopped, steps=1))
+    shutil.rmtree(stopped / "checkpoints")  # config.yaml, log.txt, metrics.jsonl, samples/ are left
+    assert train(make_cfg(stores, stopped, steps=1)).step == 1
+
+
+def test_saved_work_and_run_files_of_the_wrong_kind_are_refused_too(stores, tmp_path):
+    kept = tmp_path / "kept"  # an ended run whose step checkpoints were deleted to free space
+    train(make_cfg(stores, kept, steps=2, eval_every=1))
+    for step_dir in (kept / "checkpoints").glob("step_*"):
+        shutil.rmtree(step_dir)
+    with pytest.raises(ConfigError, match=r"holds checkpoints of an earlier run \(best\): continue from one with "
+                                          r"--resume .*checkpoints/best"):
+        train(make_cfg(stores, kept, steps=2, seed=5))
+    assert json.loads((kept / "checkpoints" / "best" / "config.json").read_text())["meta"]["seed"] == 3
+    for name, make in [("config.yaml", "dir"), ("log.txt", "dir"), ("checkpoints", "file")]:
+        odd = tmp_path / f"odd_{name}"
+        odd.mkdir()
+        (odd / name).mkdir() if make == "dir" else (odd / name).write_text("x")
+        with pytest.raises(ConfigError, match=f"does not write \\({name}"):
+            train(make_cfg(stores, odd, steps=1))
+        assert sorted(p.name for p in odd.iterdir()) == [name]  # no lock file, config or log was left
+
+
+def test_a_resume_without_a_checkpoint_leaves_nothing_behind(stores, tmp_path):
+    codes = shutil.copytree(stores / "codes_train", tmp_path / "codes")
+    listing = sorted(p.name for p in codes.iterdir())
+    with pytest.raises(CheckpointError, match="no checkpoint to resume from .*leave out --resume"):
+        train(make_cfg(stores, codes, steps=1), resume=True)
+    assert sorted(p.name for p in codes.iterdir()) == listing  # not even a .lock
+
+
+@pytest.mark.parametrize("resume", [True, "auto"])
+def test_a_run_stopped_at_its_last_step_does_its_end_of_run_work_on_resume(stores, tmp_path, monkeypatch, resume):
+    step = Trainer.train_step
+
+    def signal_at_the_last_step(self):
+        logs = step(self)
+        if self.step == self.total_steps:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return logs
+
+    monkeypatch.setattr(Trainer, "train_step", signal_at_the_last_step)
+    cfg = make_cfg(stores, tmp_path / "run", steps=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    last = tmp_path / "run" / "checkpoints" / "step_0000002"
+    assert json.loads((last / "config.json").read_text())["meta"]["finished"] is False
+    monkeypatch.undo()
+    result = train(cfg, resume=resume)  # the bench resumes with "auto"
+    assert result.step == 2 and result.samples is not None and result.samples.is_file()
+    assert json.loads((last / "config.json").read_text())["meta"]["finished"] is True
+    assert [r["step"] for r in read_metrics(tmp_path / "run") if "val/nll_ema" in r] == [2]
+
+
+def test_a_checkpoint_records_only_a_validation_of_its_own_weights(stores, tmp_path):
+    run = tmp_path / "run"  # validations at step 2, checkpoints at step 3: step 3's weights were never validated
+    train(make_cfg(stores, run, steps=4, eval_every=2, save_every=3, keep_last=3))
+    meta = {p.name: json.loads((p / "config.json").read_text())["meta"] for p in (run / "checkpoints").iterdir()}
+    assert meta["step_0000003"]["val_nll"] is None and meta["step_0000004"]["val_nll"] is not None
+    assert meta["best"]["step"] == 4
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_an_os_error_naming_it(stores, tmp_path, monkeypatch):
+    """safetensors reports a full disk with its own error type; it reaches the command line as ENOSPC (one line
+    there, see test_sample_records), the half-written checkpoint removed."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    from mirai import checkpoint
+
+    def disk_full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    with pytest.raises(OSError) as caught:
+        train(make_cfg(stores, tmp_path / "run", steps=1))
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename.endswith("checkpoints/step_0000001")
+    assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith(".")]
