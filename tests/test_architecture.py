@@ -23,7 +23,7 @@ LAYERS = {
     "training": 2, "builders": 2,
     "foresight": 3, "sampling": 3, "evaluation": 3, "convert": 3,
     "models": 4, "data": 4, "figures": 4,
-    "checkpoint": 5, "config": 5, "locks": 5, "hub": 5,
+    "checkpoint": 5, "config": 5, "locks": 5, "hub": 5, "atomic": 5,
     "errors": 6,
 }
 

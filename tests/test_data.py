@@ -274,6 +274,18 @@ def test_extract_replaces_only_a_code_store_and_only_when_asked(folder_store, ti
     assert codes.read_bytes() == before
     replaced = extract(tiny_vq, source, ViewSpec("flip", 8), store.path, progress=False, overwrite=True)
     assert replaced.num_views == 2
+    # overwrite replaces a code store only: not a folder whose manifest.json is another tool's, and not a
+    # store beside files of the user's, which the replacement would delete.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"name": "my dataset"}')
+    (other / "data.csv").write_text("1,2\n")
+    (store.path / "notes.txt").write_text("keep")
+    for folder, problem in [(other, "holds other files, not a code store"),
+                            (store.path, r"holds a code store and other files \(notes.txt\), which replacing it would delete")]:
+        with pytest.raises(ConfigError, match=problem):
+            extract(tiny_vq, source, spec, folder, progress=False, overwrite=True)
+    assert (other / "data.csv").is_file() and (store.path / "notes.txt").read_text() == "keep"
 
 
 def test_store_validation_and_damage(folder_store):

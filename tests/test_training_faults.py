@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from mirai import checkpoint
+from mirai.atomic import recover_interrupted_writes
 from mirai.cli.main import main
 from mirai.config import to_dict
 from mirai.errors import BusyError, CheckpointError, ConfigError, DataError, TrainingError
@@ -178,7 +179,7 @@ def test_an_interrupted_replacement_is_restored(tmp_path):
     (folder / ".best.old-123").mkdir(parents=True)  # killed between moving best away and moving the new one in
     (folder / ".best.old-123" / "model.safetensors").write_bytes(b"x")
     (folder / ".step_0000004.tmp-abc").mkdir()
-    done = checkpoint.recover_interrupted_writes(folder)
+    done = recover_interrupted_writes(folder)
     assert sorted(p.name for p in folder.iterdir()) == ["best"] and len(done) == 2
 
 

@@ -19,24 +19,22 @@ holds arbitrary pickled objects is refused, never executed.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
 import pickle
 import re
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Iterable, Protocol, TypeVar, runtime_checkable
+from typing import ClassVar, Iterable, Protocol, TypeVar, runtime_checkable
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mirai.atomic import atomic_write_dir
 from mirai.config import saved_config_error
 from mirai.errors import CheckpointError, ConfigError, MiraiError, refuse_under_file
 from mirai.hub.resolve import missing_message, refuse_a_file_of_a_checkpoint, resolve
@@ -130,61 +128,6 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmpdir)`` and move the finished directory to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    # mkdtemp and safetensors make files private; published ones get the usual 0666/0777 less the umask.
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    try:
-        write(tmp)
-        for f in tmp.iterdir():  # make the data durable before the rename publishes it
-            f.chmod(0o666 & ~umask)
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not isinstance(err, OSError) and "No space left on device" in str(err):  # safetensors' own error type
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
-        raise
-    return path
-
-
-def recover_interrupted_writes(folder: str | Path) -> list[str]:
-    """Tidy ``folder`` after writers that were killed inside ``atomic_write_dir``; call it only
-    while no other process writes there (e.g. under the run-directory lock).
-
-    A temporary ``.NAME.tmp-*`` directory never became a checkpoint and is removed; a
-    ``.NAME.old-PID`` directory is the previous ``NAME`` and is moved back when the kill came
-    between the two renames (``NAME`` missing), else removed. Returns what was done, one line each.
-    """
-    folder, done = Path(folder), []
-    if not folder.is_dir():
-        return done
-    for entry in sorted(folder.iterdir()):
-        match = re.fullmatch(r"\.(.+)\.(tmp-.+|old-\d+)", entry.name)
-        if match is None or not entry.is_dir():
-            continue
-        target = folder / match.group(1)
-        if match.group(2).startswith("old-") and not target.exists():
-            os.replace(entry, target)
-            done.append(f"restored {target} from an interrupted replacement")
-        else:
-            shutil.rmtree(entry, ignore_errors=True)
-            done.append(f"removed {entry}, left by an interrupted write")
-    return done
-
-
 # Checksums are verified on every load unless MIRAI_VERIFY_CHECKSUMS=0 (hashing runs at about
 # 1 GB/s: worth skipping only for multi-GB checkpoints read often).
 VERIFY_ENV = "MIRAI_VERIFY_CHECKSUMS"
@@ -235,21 +178,37 @@ def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
                               f"(e.g. {bad[:3]}); nothing was written. Lower the learning rate or check the data")
 
 
+# The files a Mirai checkpoint directory may hold (weights, training state, FSDP's shards); anything else in a
+# folder about to be replaced is the user's, and is never deleted with it.
+CHECKPOINT_FILES = re.compile(r"config\.json|.+\.safetensors|training_state\.pt|train_config\.yaml|.+\.distcp|\.metadata")
+
+
 def check_output_dir(path: str | Path, name: str, *, holds: str = "checkpoint", marker: str = CONFIG_FILE,
-                     inputs: Iterable[str | Path] = (), overwrite: bool = False) -> Path:
-    """Refuse (``ConfigError``) a directory about to be written whole (a ``holds``, recognised by its
-    ``marker`` file) that is one of the ``inputs``, a file, a folder holding something else, an
-    existing ``holds`` (unless ``overwrite``), or lies under a file. Nothing is created: call this
-    before any work."""
+                     fmt: str = "mirai", own: re.Pattern = CHECKPOINT_FILES, inputs: Iterable[str | Path] = (),
+                     overwrite: bool = False) -> Path:
+    """Refuse (``ConfigError``) a directory about to be written whole (a ``holds``: its ``marker`` file is JSON
+    saying ``"format": fmt``, and its files' names all match ``own``) that is one of the ``inputs``, a file, a
+    folder holding anything else (even beside a ``holds``: replacing it would delete those files), an existing
+    ``holds`` (unless ``overwrite``), or lies under a file. Nothing is created: call this before any work."""
     path = Path(path)
     for given in inputs:
         if path.resolve() == Path(given).resolve():
             raise ConfigError(f"{name} {path} is also the input; writing it would destroy the input: "
                               "choose another directory")
     refuse_under_file(path, name, folder=f"{holds} directory")
-    if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
+    if not path.is_dir() or not any(path.iterdir()):
+        return path
+    try:
+        is_ours = json.loads((path / marker).read_text()).get("format") == fmt
+    except (OSError, ValueError, AttributeError):  # missing, a folder, not JSON, not a mapping
+        is_ours = False
+    if not is_ours:
         raise ConfigError(f"{name} {path} is a folder that holds other files, not a {holds}; give a new directory")
-    if (path / marker).is_file() and not overwrite:
+    foreign = sorted(p.name for p in path.iterdir() if not own.fullmatch(p.name))
+    if foreign:
+        raise ConfigError(f"{name} {path} holds a {holds} and other files ({', '.join(foreign[:4])}), which "
+                          "replacing it would delete: move them out, or choose another directory")
+    if not overwrite:
         raise ConfigError(f"{name} {path} already holds a {holds}; pass --overwrite (Python: overwrite=True) to "
                           "replace it or choose another directory")
     return path

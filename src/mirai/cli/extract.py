@@ -49,12 +49,13 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mirai.checkpoint import check_output_dir
-    from mirai.data.codes import MANIFEST, extract, load_vq
+    from mirai.data.codes import FORMAT, MANIFEST, STORE_FILES, extract, load_vq
     from mirai.data.views import ViewSpec
     from mirai.errors import ConfigError, DataError
 
     out = Path(args.out)
-    check_output_dir(out, "--out", holds="code store", marker=MANIFEST, overwrite=args.overwrite)
+    check_output_dir(out, "--out", holds="code store", marker=MANIFEST, fmt=FORMAT, own=STORE_FILES,
+                     overwrite=args.overwrite)
     # Cheap settings first, so a typo is reported before the dataset and tokenizer are read;
     # extract() checks batch size, workers and device with the same rules.
     spec = ViewSpec.from_dict({

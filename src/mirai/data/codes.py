@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -28,7 +29,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mirai.checkpoint import atomic_write_dir, check_output_dir, read_manifest
+from mirai.atomic import atomic_write_dir
+from mirai.checkpoint import check_output_dir, read_manifest
 from mirai.data.options import non_negative_int, positive_int, resolve_device
 from mirai.data.transforms import to_model_range, to_unit_range
 from mirai.data.view_order import epoch_views, random_view
@@ -42,6 +44,7 @@ __all__ = ["CodeStore", "ImageSource", "code_dtype", "describe_tokenizer", "epoc
 
 FORMAT, VERSION = "mirai-codes", 1
 MANIFEST, CODES, LABELS, FILES = "manifest.json", "codes.npy", "labels.npy", "files.txt"
+STORE_FILES = re.compile("|".join(re.escape(name) for name in (MANIFEST, CODES, LABELS, FILES)))
 
 
 class ImageSource(Protocol):
@@ -161,7 +164,8 @@ def extract(
     num_workers = non_negative_int(num_workers, "num_workers (--workers)")
     device = resolve_device(str(device))
     spec.validate()
-    check_output_dir(out, "out (--out)", holds="code store", marker=MANIFEST, overwrite=overwrite)
+    check_output_dir(out, "out (--out)", holds="code store", marker=MANIFEST, fmt=FORMAT, own=STORE_FILES,
+                     overwrite=overwrite)
     _check_not_inside_dataset(Path(out), source)
     factor = vq.downsample_factor
     if spec.image_size % factor:

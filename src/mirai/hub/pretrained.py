@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from torch import nn
 
+from mirai.atomic import atomic_write_dir
 from mirai import checkpoint
 from mirai.errors import CheckpointError
 from mirai.hub.resolve import HF_SCHEME, hub_download, missing_message, resolve
@@ -53,7 +54,7 @@ def save_pretrained(model: nn.Module | str | Path, directory: str | Path, ema: n
         return checkpoint.save(directory, model, ema=ema, meta=meta)
     source = locate(model)
     checkpoint.read_checkpoint(source)  # refuses anything that is not a sound checkpoint
-    return checkpoint.atomic_write_dir(directory, lambda tmp: _copy_files(source, tmp))
+    return atomic_write_dir(directory, lambda tmp: _copy_files(source, tmp))
 
 
 def _copy_files(source: Path, target: Path) -> None:

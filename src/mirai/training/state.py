@@ -32,8 +32,9 @@ from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict,
 )
 
+from mirai.atomic import atomic_write_dir
 from mirai.checkpoint import (
-    Checkpoint, atomic_write_dir, check_finite, load_state_dict_checked, read_checkpoint, read_torch_file,
+    Checkpoint, check_finite, load_state_dict_checked, read_checkpoint, read_torch_file,
     read_weights, verify_file, write_checkpoint,
 )
 from mirai.config import load_config, to_dict

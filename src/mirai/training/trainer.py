@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mirai.checkpoint import CONFIG_FILE, recover_interrupted_writes
+from mirai.atomic import recover_interrupted_writes
+from mirai.checkpoint import CONFIG_FILE
 from mirai.config import read_yaml, save_yaml, to_dict
 from mirai.errors import CheckpointError, ConfigError, Interrupted, refuse_under_file
 from mirai.foresight import build_auxiliary_loss
