@@ -125,3 +125,19 @@ def test_a_full_disk_is_a_one_line_error_and_the_finished_batches_resume(tmp_pat
     monkeypatch.undo()
     assert main(argv) == 0
     assert "resuming: 1 of 2 batches were finished by an earlier run" in capsys.readouterr().out
+
+
+def test_ctrl_c_after_the_samples_are_complete_says_they_are(tmp_path, monkeypatch, capsys):
+    from mirai.sampling import grid
+
+    gpt, vq = checkpoint.save(tmp_path / "gpt", tiny_gpt()), checkpoint.save(tmp_path / "vq", tiny_vq())
+    argv = [str(a) for a in ["sample", "--gpt", gpt, "--tokenizer", vq, "--out", tmp_path / "out", "--device", "cpu",
+                             "--num-samples", "4", "--cfg-scale", "1.5"]]
+    def ctrl_c(*args, **kwargs):  # while the grid of finished samples is drawn
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(grid, "write_sample_grid", ctrl_c)
+    assert main(argv) == 130
+    assert "the samples are complete in" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(argv) == 0 and "reused the 4 samples" in capsys.readouterr().out

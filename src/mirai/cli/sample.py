@@ -297,9 +297,12 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{done} {len(images)} samples {'in' if reuse else 'to'} {path} (settings in "
                       f"{path.with_suffix('.json')}) and a grid of them by class to {' and '.join(map(str, grid))}")
     except KeyboardInterrupt as err:
-        parts = out / "samples.npz.parts"
-        if (isinstance(err, Interrupted) and err.message) or not parts.is_dir():
+        parts, done = out / "samples.npz.parts", out / "samples.npz"
+        if (isinstance(err, Interrupted) and err.message) or not (parts.is_dir() or done.is_file()):
             raise
+        if done.is_file():  # stopped while the grid was drawn
+            raise Interrupted(getattr(err, "signum", signal.SIGINT), f"the samples are complete in {done}; the same "
+                              "command reuses them and draws the grid") from None
         kept = len([p for p in parts.iterdir() if PART_NAME.match(p.name)])
         raise Interrupted(getattr(err, "signum", signal.SIGINT), f"the {kept} finished "
                           f"batch{'es are' if kept != 1 else ' is'} kept in {parts}; the same command resumes from them") from None
