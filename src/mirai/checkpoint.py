@@ -367,6 +367,12 @@ def _refuse_a_folder_of_checkpoints(path: Path) -> None:
                               + (" (the last step_* is the latest)" if steps else ""))
 
 
+def read_meta(path: str | Path) -> dict:
+    """The ``meta`` a Mirai checkpoint's ``config.json`` records (for a training checkpoint: step, val_nll, seed,
+    run_dir, finished), without reading its weights. ``OSError``/``ValueError`` for a missing or corrupt file."""
+    return json.loads((Path(path) / CONFIG_FILE).read_text()).get("meta", {})
+
+
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read a Mirai checkpoint directory, given as a path or a name ``mirai.hub.resolve`` knows
     (LlamaGen ``.pt`` files go through ``mirai.convert``)."""

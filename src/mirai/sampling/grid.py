@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import yaml
 
-from mirai.checkpoint import CONFIG_FILE
+from mirai.checkpoint import read_meta
 from mirai.data.codes import MANIFEST
 from mirai.figures import save_sample_grid
 
@@ -50,7 +50,7 @@ def checkpoint_details(path: str | Path) -> tuple[int | None, list[str] | None]:
     path = Path(path)
     step = names = None
     try:
-        step = json.loads((path / CONFIG_FILE).read_text()).get("meta", {}).get("step")
+        step = read_meta(path).get("step")
     except (OSError, ValueError, AttributeError):
         pass
     try:

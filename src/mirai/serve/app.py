@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import yaml
 
-from mirai.checkpoint import CONFIG_FILE
+from mirai.checkpoint import read_meta
 from mirai.config import from_dict
 from mirai.data.codes import MANIFEST
 from mirai.data.fashion_mnist import CLASS_NAMES as FASHION_MNIST_NAMES
@@ -68,9 +68,9 @@ def _store_manifest(checkpoint: Path) -> dict | None:
 def _trained_on_fashion_mnist(tokenizer: Path) -> bool:
     """Whether a Mirai VQ checkpoint records Fashion-MNIST as its training data (the committed ones do)."""
     try:
-        meta = json.loads((tokenizer / CONFIG_FILE).read_text())["meta"]
+        meta = read_meta(tokenizer)
         return meta["train_config"]["data"]["dataset"] == "fashion_mnist"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # AttributeError: config.json not a mapping
         return False
 
 

@@ -14,7 +14,6 @@ any number of ranks (DCP re-shards on load).
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import shutil
@@ -107,11 +106,6 @@ def link_checkpoint(source: Path, path: Path) -> Path:
                 shutil.copy2(f, tmp / f.name)
 
     return atomic_write_dir(path, write)
-
-
-def checkpoint_meta(path: Path) -> dict:
-    """The run facts a training checkpoint's ``config.json`` records (step, val_nll, seed, finished), unread weights."""
-    return json.loads((Path(path) / "config.json").read_text()).get("meta", {})
 
 
 def _meta(cfg: TrainConfig, step: int, val_nll: float | None, finished: bool) -> dict:

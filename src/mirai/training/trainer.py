@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mirai.atomic import recover_interrupted_writes
-from mirai.checkpoint import CONFIG_FILE
+from mirai.checkpoint import CONFIG_FILE, read_meta
 from mirai.config import read_yaml, save_yaml, to_dict
 from mirai.errors import CheckpointError, ConfigError, Interrupted, refuse_under_file
 from mirai.foresight import build_auxiliary_loss
@@ -397,7 +397,7 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
         if resume == "auto":
             latest = run_state.latest_checkpoint(cfg.run_dir) if has_checkpoints else None
             step = run_state.checkpoint_step(latest) if latest is not None else 0
-            meta = run_state.checkpoint_meta(latest) if latest is not None else {}
+            meta = read_meta(latest) if latest is not None else {}
             # Done, unless stopped by a signal at its last step (end-of-run work left; older runs lack the flag).
             if latest is not None and cfg.steps and (step > cfg.steps or step == cfg.steps and meta.get("finished", True)):
                 return _ended(cfg.run_dir, step, meta, latest)
@@ -408,7 +408,7 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
         trainer = Trainer(cfg)
         if resume:
             path = trainer.resume(None if resume is True else resume)
-            meta = run_state.checkpoint_meta(path)
+            meta = read_meta(path)
             if meta.get("finished") and trainer.step == trainer.total_steps:  # not even the end-of-run work is left
                 trainer.console.say(f"{path} ended this run at step {trainer.step}: nothing to do (raise steps to go on)")
                 return _ended(cfg.run_dir, trainer.step, meta, path)
