@@ -243,8 +243,8 @@ def run(args: argparse.Namespace) -> int:
     from mirai.hub.resolve import resolve
     from mirai.sampling.grid import checkpoint_details, checkpoint_label, write_sample_grid
     from mirai.sampling.checks import check_int
-    from mirai.sampling.pipeline import (MAX_SAMPLES, PART_NAME, SampleSettings, check_request, class_labels,
-                                         load_for_sampling, sample_to_npz)
+    from mirai.sampling.pipeline import (MAX_SAMPLES, SampleSettings, check_request, class_labels, finished_parts,
+                                         load_for_sampling, parts_folder, sample_to_npz)
     from mirai.training.distributed import barrier, init_distributed, shutdown
 
     _check_cli(args)
@@ -271,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
     npz = dict(out=out / "samples.npz", settings=settings, seed=args.seed, batch_size=args.batch_size,
                compile=args.compile,
                sources={"gpt": str(resolve(args.gpt).resolve()), "vq": str(resolve(args.tokenizer).resolve())})
-    reuse = (out / "samples.npz").exists()  # sampled before: reused if made the same way, else refused
+    reuse = npz["out"].exists()  # sampled before: reused if made the same way, else refused
     if dist.is_main:
         if gpt.loaded_weights == "raw" and not args.raw_weights:
             print(f"note: {args.gpt} holds no EMA weights, so its raw weights are sampled")
@@ -282,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with _as_flags(grid_mode), _hold(out, dist):
             path = sample_to_npz(gpt, vq, labels, rank=dist.rank, world_size=dist.world_size,
-                                 on_start=functools.partial(_announce, gpt, out / "samples.npz.parts"), **npz)
+                                 on_start=functools.partial(_announce, gpt, parts_folder(npz["out"])), **npz)
             barrier()
             if dist.is_main and path is None:  # other ranks finished after rank 0 looked: merge now
                 path = sample_to_npz(gpt, vq, labels, progress=False, **npz)
@@ -297,15 +297,16 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{done} {len(images)} samples {'in' if reuse else 'to'} {path} (settings in "
                       f"{path.with_suffix('.json')}) and a grid of them by class to {' and '.join(map(str, grid))}")
     except KeyboardInterrupt as err:
-        parts, done = out / "samples.npz.parts", out / "samples.npz"
+        done, parts = npz["out"], parts_folder(npz["out"])
         if (isinstance(err, Interrupted) and err.message) or not (parts.is_dir() or done.is_file()):
             raise
+        signum = getattr(err, "signum", signal.SIGINT)
         if done.is_file():  # stopped while the grid was drawn
-            raise Interrupted(getattr(err, "signum", signal.SIGINT), f"the samples are complete in {done}; the same "
-                              "command reuses them and draws the grid") from None
-        kept = len([p for p in parts.iterdir() if PART_NAME.match(p.name)])
-        raise Interrupted(getattr(err, "signum", signal.SIGINT), f"the {kept} finished "
-                          f"batch{'es are' if kept != 1 else ' is'} kept in {parts}; the same command resumes from them") from None
+            raise Interrupted(signum, f"the samples are complete in {done}; the same command reuses them and draws "
+                              "the grid") from None
+        kept = len(finished_parts(parts))
+        raise Interrupted(signum, f"the {kept} finished batch{'es are' if kept != 1 else ' is'} kept in {parts}; the "
+                          "same command resumes from them") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
         shutdown()

@@ -159,6 +159,16 @@ def _save_part(path: Path, **arrays: np.ndarray) -> None:
 
 
 PART_NAME = re.compile(r"^\d{6}\.npz$")
+
+
+def parts_folder(out: Path) -> Path:
+    """Where ``sample_to_npz`` keeps the finished batches of ``out`` until it merges them."""
+    return out.with_name(out.name + ".parts")
+
+
+def finished_parts(parts: Path) -> list[Path]:
+    """The finished batch files in a parts folder (none when it does not exist)."""
+    return sorted(p for p in parts.iterdir() if PART_NAME.match(p.name)) if parts.is_dir() else []
 KEYS = ("arr_0", "labels", "tokens")
 
 
@@ -182,7 +192,7 @@ def _claim_parts(parts: Path, record: dict, locked: bool, vocab_size: int) -> No
     holds ``locked`` with a record but no part yet holds nothing to keep: a run stopped before its first
     batch (by a bad value, say) does not block the corrected one. Unlocked (several ranks), such a record
     may be another rank's, so it must match. ``vocab_size``: the GPT's (a top-k of all of it filters nothing)."""
-    existing = [p.name for p in parts.iterdir() if PART_NAME.match(p.name)]
+    existing = finished_parts(parts)
     saved = read_record(parts / "record.json")
     fix = f"use a new --out (output path), or delete {parts} to start over"
     if existing or (saved is not None and not locked):
@@ -240,7 +250,7 @@ def sample_to_npz(
     if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
         raise ConfigError(f"sample file {out} cannot be written there (a folder, or below a file): choose another path")
     record = sample_record(gpt, vq, labels, settings, seed, batch_size, sources, compile)
-    parts = out.with_name(out.name + ".parts")
+    parts = parts_folder(out)
     if out.exists():
         return _finished(out, record, rank, gpt.args.vocab_size)
     parts.mkdir(parents=True, exist_ok=True)
@@ -253,9 +263,10 @@ def sample_to_npz(
         n_batches = math.ceil(len(labels) / batch_size)
         chunks = [labels[b * batch_size : (b + 1) * batch_size] for b in range(n_batches)]
         files = [parts / f"{b:06d}.npz" for b in range(n_batches)]
-        mine = [b for b in range(rank, n_batches, world_size) if not files[b].exists()]
+        done = [f.exists() for f in files]
+        mine = [b for b in range(rank, n_batches, world_size) if not done[b]]
         if on_start is not None and rank == 0:
-            on_start(n_batches, sum(f.exists() for f in files))
+            on_start(n_batches, sum(done))
         device = next(gpt.parameters()).device
         for b in tqdm(mine, desc="sampling", unit="batch", disable=None if progress and rank == 0 else True):
             chunk = torch.from_numpy(chunks[b])
