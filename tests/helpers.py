@@ -8,7 +8,10 @@ pinned-behaviour test depends on these bytes, so change them only with its refer
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import timm
@@ -118,3 +121,19 @@ def assert_cli_refuses(argv: list[str], root: Path, match: str | None = None,
                      and not (allowed and (k == allowed or k.startswith(allowed + "/"))))
     assert not changed, f"mirai {argv} wrote outside its output: {changed}"
     return text
+
+
+def sigterm_after_step(monkeypatch, stop_at: Callable) -> None:
+    """Patch ``Trainer.train_step`` to send this process SIGTERM, as a job scheduler stops a job, after the step
+    at which ``stop_at(trainer)`` holds; ``monkeypatch.undo()`` restores it."""
+    from mirai.training.trainer import Trainer
+
+    step = Trainer.train_step
+
+    def step_then_signal(self):
+        logs = step(self)
+        if stop_at(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return logs
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)

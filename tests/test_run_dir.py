@@ -4,16 +4,14 @@ checkpoint, a run that ended left as it is, and what each checkpoint records abo
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 
 import pytest
-from helpers import make_cfg
+from helpers import make_cfg, sigterm_after_step
 
 from mirai.errors import CheckpointError, ConfigError
 from mirai.training.metrics import read_metrics
-from mirai.training.trainer import Trainer, train
+from mirai.training.trainer import train
 
 
 def test_existing_run_needs_resume(stores, tmp_path):
@@ -74,15 +72,7 @@ def test_a_resume_without_a_checkpoint_leaves_nothing_behind(stores, tmp_path):
 
 @pytest.mark.parametrize("resume", [True, "auto"])
 def test_a_run_stopped_at_its_last_step_does_its_end_of_run_work_on_resume(stores, tmp_path, monkeypatch, resume):
-    step = Trainer.train_step
-
-    def signal_at_the_last_step(self):
-        logs = step(self)
-        if self.step == self.total_steps:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return logs
-
-    monkeypatch.setattr(Trainer, "train_step", signal_at_the_last_step)
+    sigterm_after_step(monkeypatch, lambda trainer: trainer.step == trainer.total_steps)
     cfg = make_cfg(stores, tmp_path / "run", steps=2)
     with pytest.raises(KeyboardInterrupt):
         train(cfg)

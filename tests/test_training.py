@@ -26,7 +26,7 @@ from mirai.training.config import TrainConfig
 from mirai.training.metrics import read_metrics
 from mirai.training.trainer import Trainer, train
 
-from helpers import MIRAI_E, assert_same, encoder_overrides, make_cfg, weights
+from helpers import MIRAI_E, assert_same, encoder_overrides, make_cfg, sigterm_after_step, weights
 
 
 # ------------------------------------------------------------------------------------ one process
@@ -105,22 +105,14 @@ def test_code_ids_changed_after_extraction_are_a_data_error_when_read(stores, tm
 
 
 def test_sigterm_saves_a_checkpoint_then_stops(stores, tmp_path, monkeypatch):
-    step = Trainer.train_step
-
-    def step_then_signal(self):
-        logs = step(self)
-        if self.step == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return logs
-
-    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    sigterm_after_step(monkeypatch, lambda trainer: trainer.step == 3)
     cfg = make_cfg(stores, tmp_path / "run", steps=10)
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith("step")] == [
         "step_0000003"]
     assert signal.getsignal(signal.SIGTERM) is not None  # the handler was restored
-    monkeypatch.setattr(Trainer, "train_step", step)
+    monkeypatch.undo()
     assert train(cfg, resume=True).step == 10
 
 

@@ -28,7 +28,7 @@ from mirai.training.config import TrainConfig, resume_changes
 from mirai.training.metrics import read_metrics, truncate_metrics
 from mirai.training.trainer import Trainer, train
 
-from helpers import assert_same, make_cfg, weights
+from helpers import assert_same, make_cfg, sigterm_after_step, weights
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -340,15 +340,7 @@ def test_weights_files_are_readable_like_any_file(stores, tmp_path):
 
 # ------------------------------------------------------------------------------------ signals and settings
 def test_sigterm_exits_143_after_saving(stores, tmp_path, monkeypatch, capsys):
-    step = Trainer.train_step
-
-    def step_then_signal(self):
-        logs = step(self)
-        if self.step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return logs
-
-    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    sigterm_after_step(monkeypatch, lambda trainer: trainer.step == 2)
     config = tmp_path / "cfg.yaml"
     config.write_text(json.dumps(to_dict(make_cfg(stores, tmp_path / "run", steps=5))))
     assert main(["train", "--config", str(config)]) == 128 + signal.SIGTERM
