@@ -119,6 +119,11 @@ def test_extract_refuses_bad_values(work, option, value, match):
     refuses(argv, work, match)
 
 
+def test_extract_refuses_a_crop_ratio_that_its_views_would_not_use(work):
+    argv = [a.replace(W, str(work)) for a in EXTRACT]
+    refuses(argv + ["--views", "flip", "--crop-ratio", "1.2"], work, "--crop-ratio applies to --views ten_crop only")
+
+
 def test_extract_reports_a_bad_image_from_a_worker_process_in_one_line(work):
     argv = [a.replace(W, str(work)) for a in replace(EXTRACT, "--root", f"{W}/float_range")]
     refuses(argv + ["--workers", "1"], work, "odd.tiff has mode F")

@@ -32,7 +32,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--image-size", type=int, help="view size in pixels (default 32 for fashion-mnist, 256 for folder)")
     p.add_argument("--views", choices=["ten_crop", "flip"],
                    help="which views to extract (default ten_crop for folder, flip for fashion-mnist)")
-    p.add_argument("--crop-ratio", type=float, default=1.1, help="ten_crop: centre-crop size / image size")
+    p.add_argument("--crop-ratio", type=float, help="ten_crop: centre-crop size / image size (default 1.1, ADM's)")
     p.add_argument("--per-class", type=int, help="keep only K images of each class: the first K in sorted order, "
                    "or K chosen by --subset-seed; a class with fewer is an error")
     p.add_argument("--subset-seed", type=int,
@@ -58,10 +58,15 @@ def run(args: argparse.Namespace) -> int:
                      overwrite=args.overwrite)
     # Cheap settings first, so a typo is reported before the dataset and tokenizer are read;
     # extract() checks batch size, workers and device with the same rules.
+    kind = args.views or DEFAULT_VIEWS[args.dataset]
+    if args.crop_ratio is not None and kind != "ten_crop":
+        # Flip views are the whole image: a crop ratio given with them would be recorded and silently unused.
+        raise ConfigError(f"--crop-ratio applies to --views ten_crop only; the {kind} views of {args.dataset} "
+                          "are the whole image and its mirror. Drop --crop-ratio or pass --views ten_crop")
     spec = ViewSpec.from_dict({
-        "kind": args.views or DEFAULT_VIEWS[args.dataset],
+        "kind": kind,
         "image_size": args.image_size if args.image_size is not None else DEFAULT_IMAGE_SIZE[args.dataset],
-        "crop_ratio": args.crop_ratio,
+        **({} if args.crop_ratio is None else {"crop_ratio": args.crop_ratio}),
     })
     if args.dataset == "fashion-mnist":
         from mirai.data.fashion_mnist import FashionMNIST
