@@ -101,6 +101,11 @@ def test_cli_flags_and_config(tmp_path, capsys):
     config.write_text("foresight:\n  source: ema\n")
     assert main(["flops", "--config", str(config), "--grid", "4", "--vocab", "48", "--classes", "7"]) == 0
     assert capsys.readouterr().out.startswith("GPT-Micro: 4 layers")
+    # Sizes that neither a flag, the config nor its code store gives are ImageNet's, and the output says so.
+    assert main(["flops", "--config", str(config), "--vocab", "48"]) == 0
+    out = capsys.readouterr().out
+    assert "gives no grid_size, num_classes and no data.codes" in out and "grid_size=16, num_classes=1000" in out
+    assert "16x16 tokens, vocabulary 48" in out
 
 
 def test_cli_reads_grid_vocabulary_and_classes_from_the_configs_code_store(stores, tmp_path, capsys):
@@ -138,3 +143,14 @@ def test_cli_sizes_mirai_i_heads_by_the_configs_encoder_width(tmp_path, capsys):
     forward = counted(lambda: encoder(torch.zeros(1, 3, 32, 32)))
     encoder_line = next(line for line in out.splitlines() if "measured" in line)
     assert float(encoder_line.split("encoder ")[-1]) == pytest.approx(forward, rel=1e-2)
+
+
+def test_a_reader_that_closes_the_pipe_early_stops_the_command_without_a_traceback():
+    """`mirai flops | head -1`: the closed stdout ends the command quietly (BrokenPipeError caught in main)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "mirai", "flops"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the interpreter has started: every write to stdout fails with EPIPE
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and err.decode() == "", err.decode()

@@ -30,6 +30,10 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+# LlamaGen's ImageNet 256 px token grid, codebook and classes: the sizes counted when nothing else gives them.
+IMAGENET_SIZES = {"vocab_size": 16384, "grid_size": 16, "num_classes": 1000}
+
+
 def _heads(k: int) -> str:
     return f"{k} head" + ("s" if k != 1 else "")
 
@@ -83,13 +87,14 @@ def run(args: argparse.Namespace) -> int:
         default_name = from_dict(ModelConfig, model, "model").name  # what training builds without a model.name
     stored = _store_sizes(data, args, model) if args.config else {}
     model_name = _pick(args.model, model.get("name"), default_name)
-    gpt = gpt_args(
-        model_name,
-        vocab_size=_pick(args.vocab, model.get("vocab_size") or stored.get("vocab_size"), 16384),
-        grid_size=_pick(args.grid, model.get("grid_size") or stored.get("grid_size"), 16),
-        num_classes=_pick(args.classes, model.get("num_classes") or stored.get("num_classes"), 1000),
-        **(model.get("overrides") or {}),
-    )
+    sizes = {key: _pick(getattr(args, flag), model.get(key) or stored.get(key), None)
+             for key, flag in (("vocab_size", "vocab"), ("grid_size", "grid"), ("num_classes", "classes"))}
+    imagenet = {key: value for key, value in IMAGENET_SIZES.items() if sizes[key] is None}
+    if args.config and imagenet:  # without a config these defaults are the documented ones (Table 15)
+        print(f"note: {args.config} gives no {', '.join(imagenet)} and no data.codes to read them from; counted "
+              f"with LlamaGen's ImageNet {', '.join(f'{k}={v}' for k, v in imagenet.items())} "
+              "(pass --grid, --vocab, --classes for others)")
+    gpt = gpt_args(model_name, **{**sizes, **imagenet}, **(model.get("overrides") or {}))
     section = dict(data.get("foresight") or {})
     for key in ("k", "layer", "head"):
         if getattr(args, key) is not None:

@@ -107,7 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = command_name(args)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a reader that went away (`| head`) fails here, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader of stdout closed it (`mirai flops | head -3`): stop quietly, as other command-line tools do.
+        # stdout is pointed at /dev/null so that the interpreter's flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt as err:  # Ctrl-C, or a run that saved and stopped on a signal (Interrupted)
         signum = getattr(err, "signum", signal.SIGINT)
         print(f"{command}: stopped by {signal.Signals(signum).name}" + (f": {err}" if str(err) else ""),
