@@ -144,13 +144,3 @@ def test_cli_sizes_mirai_i_heads_by_the_configs_encoder_width(tmp_path, capsys):
     encoder_line = next(line for line in out.splitlines() if "measured" in line)
     assert float(encoder_line.split("encoder ")[-1]) == pytest.approx(forward, rel=1e-2)
 
-
-def test_a_reader_that_closes_the_pipe_early_stops_the_command_without_a_traceback():
-    """`mirai flops | head -1`: the closed stdout ends the command quietly (BrokenPipeError caught in main)."""
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen([sys.executable, "-m", "mirai", "flops"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    proc.stdout.close()  # before the interpreter has started: every write to stdout fails with EPIPE
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and err.decode() == "", err.decode()

@@ -8,6 +8,7 @@ their heavy dependencies inside ``func`` so that ``mirai --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
@@ -99,6 +100,48 @@ def _parser_of(parser: argparse.ArgumentParser, prog: str) -> argparse.ArgumentP
     return parser
 
 
+class _Outliving:
+    """A text stream that, once its reader has gone (`mirai train | head`), discards what is written to it."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _to_null(self) -> None:
+        # What is still buffered goes to /dev/null on the next flush, so the interpreter's flush at exit succeeds too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_null()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_null()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def outlive_reader():
+    """Keep working when the reader of stdout or stderr closes it: a broken pipe would otherwise raise inside a
+    training step or a sampling batch and stop a long command without its checkpoint or output files. Python
+    ignores SIGPIPE, so each write to a closed pipe raises BrokenPipeError; from the first one the stream is
+    pointed at /dev/null and the command goes on (its log files are written as usual)."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (_Outliving(s) if hasattr(s, "fileno") else s for s in saved)
+    try:
+        yield
+        sys.stdout.flush()
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse(parser, argv)
@@ -107,14 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = command_name(args)
     try:
-        code = int(args.func(args) or 0)
-        sys.stdout.flush()  # inside the try: a reader that went away (`| head`) fails here, not at exit
-        return code
-    except BrokenPipeError:
-        # The reader of stdout closed it (`mirai flops | head -3`): stop quietly, as other command-line tools do.
-        # stdout is pointed at /dev/null so that the interpreter's flush at exit does not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        with outlive_reader():
+            return int(args.func(args) or 0)
     except KeyboardInterrupt as err:  # Ctrl-C, or a run that saved and stopped on a signal (Interrupted)
         signum = getattr(err, "signum", signal.SIGINT)
         print(f"{command}: stopped by {signal.Signals(signum).name}" + (f": {err}" if str(err) else ""),
