@@ -168,6 +168,8 @@ SCORE_CASES = [(where, path, match) for where in ("samples", "--ref") for path, 
     ("--fashion-evaluator", f"{W}/vq", "'vq' model"),
     ("--out", f"{W}/empty", r"is a directory.*empty/out\.json"), ("--out", f"{W}/samples.npz", "also an input"),
     ("--out", f"{W}/notes.txt/m.json", "is a file"),
+    ("--out", f"{W}/notes.txt", "already exists and is not a metrics report.*--overwrite"),
+    ("--out", f"{W}/gpt/config.json", "already exists and is not a metrics report"),
 ]
 INCEPTION_CASES = [(f"{W}/missing.pth", "does not exist"), (f"{W}/notes.pth", "not loaded|not a readable"),
                    (f"{W}/empty", "is a directory"), (f"{W}/samples.npz", "must be one of")]

@@ -80,6 +80,14 @@ def test_evaluate_writes_its_metrics_beside_the_samples_by_default(tmp_path, ran
     assert report["num_samples"] == 10 and np.isfinite(report["metrics"]["fid"])
     # The floor is taken at the sample count: 10 real images, not half of the 40-image reference.
     assert (report["noise_floor"]["num_images"], report["noise_floor"]["num_reference"]) == (10, 30)
+    # Scoring again replaces its own report; any other file at --out only with --overwrite.
+    score = ["evaluate", str(tmp_path / "run" / "samples.npz"), "--ref", str(tmp_path / "ref.npz"),
+             "--fashion-evaluator", str(random_fashion_evaluator)]
+    assert main(score) == 0
+    notes = tmp_path / "run" / "notes.json"
+    notes.write_text('{"mine": 1}')
+    assert main(score + ["--out", str(notes)]) == 1 and notes.read_text() == '{"mine": 1}'
+    assert main(score + ["--out", str(notes), "--overwrite"]) == 0 and json.loads(notes.read_text())["metrics"]
 
 
 def test_evaluate_refuses_statistics_from_other_weights_without_images(tmp_path, random_fashion_evaluator, capsys):

@@ -58,6 +58,8 @@ def score_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ref", required=True, help="reference batch .npz (ADM's, or from `mirai evaluate make-ref`)")
     parser.add_argument("--out", help="where to write the metrics as JSON (default: beside the samples, "
                         "SAMPLES.metrics.json, e.g. samples.metrics.json for samples.npz)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out that is not an "
+                        "earlier metrics report of this command (one is replaced without it)")
     parser.add_argument("--evaluator", choices=["auto", "inception", "fashion"], default="auto",
                         help="feature network; auto = fashion against a reference with Fashion-MNIST statistics "
                              "(samples must then be 32×32, or resized with --image-size-eval 32), else inception")
@@ -127,21 +129,36 @@ def run(args: argparse.Namespace) -> int:
 
 
 def score(args: argparse.Namespace) -> int:
+    from mirai.config import write_text_atomic
     from mirai.data.options import check_output_file
+    from mirai.errors import ConfigError
     from mirai.evaluation.suite import evaluate, format_report
 
     out = Path(args.out) if args.out else default_metrics_path(args.samples)
     # Before the (long) scoring.
     check_output_file(out, "--out", inputs=[args.samples, args.ref], usual_suffix=".json")
+    if out.exists() and not args.overwrite and not is_metrics_report(out):
+        raise ConfigError(f"--out {out} already exists and is not a metrics report of `mirai evaluate`; pass "
+                          "--overwrite to replace it, or choose another name")
     report = evaluate(args.samples, args.ref, evaluator=args.evaluator, inception_weights=args.inception_weights,
                       fashion_evaluator=args.fashion_evaluator, batch_size=args.batch_size, device=args.device,
                       with_noise_floor=args.noise_floor, log=lambda text: print(text, file=sys.stderr),
                       image_size_eval=args.image_size_eval)
     print(format_report(report))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out, json.dumps(report, indent=2) + "\n")
     print(f"wrote the metrics to {out}")
     return 0
+
+
+def is_metrics_report(path: Path) -> bool:
+    """Whether ``path`` holds a report this command wrote (a JSON object with its keys): rescoring replaces one
+    without ``--overwrite``; any other file (weights, a run's log, notes) is never replaced silently."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(report, dict) and {"samples", "num_samples", "reference", "metrics"} <= set(report)
 
 
 def default_metrics_path(samples: str | Path) -> Path:
