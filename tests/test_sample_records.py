@@ -141,3 +141,29 @@ def test_ctrl_c_after_the_samples_are_complete_says_they_are(tmp_path, monkeypat
     assert "the samples are complete in" in capsys.readouterr().err
     monkeypatch.undo()
     assert main(argv) == 0 and "reused the 4 samples" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("replacement", ["other labels", "fewer samples", "not an npz"])
+def test_a_finished_set_replaced_after_sampling_is_refused_not_reused(tmp_path, monkeypatch, replacement):
+    """The record beside samples.npz describes what was sampled; a file copied or written over it since (another
+    set, a reference batch) is not reused as if it were that set."""
+    import numpy as np
+
+    from mirai.errors import DataError
+
+    gpt, vq = tiny_gpt(), tiny_vq()
+    out = sample_to_npz(gpt, vq, LABELS, tmp_path / "s.npz", **BASE)
+    with np.load(out) as data:
+        arrays = {key: data[key] for key in data.files}
+    if replacement == "other labels":
+        arrays["labels"] = np.roll(arrays["labels"], 1)
+    elif replacement == "fewer samples":
+        arrays = {key: value[:5] for key, value in arrays.items()}
+    if replacement == "not an npz":
+        out.write_bytes(b"notes")
+    else:
+        np.savez(out, **arrays)
+    monkeypatch.setattr(pipeline, "sample_batch", lambda *a, **k: pytest.fail("sampled again"))
+    match = "cannot be read" if replacement == "not an npz" else "labels are not the ones its record .* lists.*replaced"
+    with pytest.raises(DataError, match=match + ".*delete"):
+        sample_to_npz(gpt, vq, LABELS, out, **BASE)

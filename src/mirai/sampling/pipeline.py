@@ -31,7 +31,7 @@ from mirai.models.gpt import GPT, GPTArgs
 from mirai.models.registry import GPT_CONFIGS
 from mirai.sampling.checks import as_labels, check_finite_weights, check_guidance, check_int, check_sampling, check_seed
 from mirai.sampling.generate import generate
-from mirai.sampling.record import check_same, read_record, sample_record, write_record
+from mirai.sampling.record import check_same, labels_digest, read_record, sample_record, write_record
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # The largest sample set: 20x the 50 000 of ADM's evaluation protocol. A set is merged in memory (a million
@@ -202,9 +202,20 @@ def _claim_parts(parts: Path, record: dict, locked: bool, vocab_size: int) -> No
 
 
 def _finished(out: Path, record: dict, rank: int, vocab_size: int) -> Path | None:
-    """A sample file made before: returned untouched (on rank 0) when made the same way, else refused."""
-    check_same(read_record(out.with_suffix(".json")), record, f"the sample set {out}",
-               f"use a new --out (output path), or delete {out} to sample again", vocab_size)
+    """A sample file made before: returned untouched (on rank 0) when made the same way, else refused.
+    Its record alone does not say so: the file itself must hold the recorded labels (not a file copied or
+    written over it since, e.g. a reference batch)."""
+    fix = f"use a new --out (output path), or delete {out} to sample again"
+    check_same(read_record(out.with_suffix(".json")), record, f"the sample set {out}", fix, vocab_size)
+    try:
+        with np.load(out) as data:
+            labels = data["labels"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"the sample set {out} cannot be read ({err}); {fix}") from None
+    if len(labels) != record["num_samples"] or labels_digest(labels) != record["labels_sha256"]:
+        raise DataError(f"the sample set {out} holds {len(labels)} samples whose labels are not the ones its record "
+                        f"{out.with_suffix('.json')} lists ({record['num_samples']}): the file was replaced after "
+                        f"sampling; {fix}")
     return out if rank == 0 else None
 
 

@@ -42,6 +42,11 @@ def compile_changes_draws(precision: str) -> bool:
     return precision != "fp32"
 
 
+def labels_digest(labels: np.ndarray) -> str:
+    """sha256 of the class labels as int64: the record's ``labels_sha256``."""
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()
+
+
 def sample_record(
     gpt: torch.nn.Module, vq: torch.nn.Module, labels: np.ndarray, settings: Any, seed: int, batch_size: int,
     sources: dict[str, str] | None = None, compile: bool = False,
@@ -49,13 +54,12 @@ def sample_record(
     """The record of a sample set (plain JSON data); ``sources`` maps "gpt"/"vq" to checkpoint paths.
     ``compile``: decoded through ``torch.compile``, recorded under bf16/fp16 only, where it changes the draws."""
     sources = sources or {}
-    labels = np.ascontiguousarray(labels, dtype=np.int64)
     record = {
         "format": RECORD_FORMAT, "version": RECORD_VERSION,
         "gpt": {PATH_KEY: sources.get("gpt"), "sha256": fingerprint(gpt)},
         "vq": {PATH_KEY: sources.get("vq"), "sha256": fingerprint(vq)},
         "settings": dataclasses.asdict(settings), "seed": seed, "batch_size": batch_size,
-        "num_samples": int(len(labels)), "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest(),
+        "num_samples": int(len(labels)), "labels_sha256": labels_digest(labels),
     }
     if compile and compile_changes_draws(settings.precision):
         # A set is never resumed or reused across the switch; fp32 records leave the key out and so stay
