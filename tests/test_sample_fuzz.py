@@ -224,3 +224,32 @@ def test_a_flag_of_the_other_mode_is_refused_not_ignored(root, options, match):
     # other's flags in silence.
     out = root / f"out_mode_{'_'.join(options)}"
     assert_cli_refuses(command(root, out, **options), root, output=out, match=match)
+
+
+def test_a_tokenizer_other_than_the_training_codes_one_is_refused(stores, tmp_path, capsys):
+    """Same codebook size, other weights: the tokens would decode into the wrong patches. The GPT's training store
+    records its tokenizer's hash; `mirai sample` and `mirai serve` compare it, raw or EMA weights alike."""
+    from helpers import make_cfg
+
+    from mirai.errors import ConfigError
+    from mirai.serve.app import load_generator
+    from mirai.training import train
+
+    ckpt = train(make_cfg(stores, tmp_path / "run", steps=1)).checkpoint
+    torch.manual_seed(1)
+    other = checkpoint.save(tmp_path / "other_vq", build_vq("VQ-Tiny", codebook_size=64, codebook_dim=4).eval(),
+                            ema=build_vq("VQ-Tiny", codebook_size=64, codebook_dim=4).eval())
+    argv = ["sample", "--gpt", str(ckpt), "--num-samples", "2", "--device", "cpu", "--out"]
+    assert main(argv + [str(tmp_path / "wrong"), "--tokenizer", str(other)]) == 1
+    assert f"tokenizer {other} is not the one {ckpt} was trained with" in capsys.readouterr().err
+    assert not (tmp_path / "wrong" / "samples.npz").exists()
+    with pytest.raises(ConfigError, match=f"--tokenizer {stores / 'vq'}"):
+        load_generator(ckpt, other, device="cpu")
+    # The tokenizer that made the codes samples as before, also when it holds EMA weights, which sampling prefers
+    # while the codes were extracted with its raw ones.
+    from mirai.data.codes import load_vq
+
+    with_ema = checkpoint.save(tmp_path / "vq_with_ema", load_vq(stores / "vq"),
+                               ema=build_vq("VQ-Tiny", codebook_size=64, codebook_dim=4).eval())
+    for name, tokenizer in (("right", stores / "vq"), ("right_ema", with_ema)):
+        assert main(argv + [str(tmp_path / name), "--tokenizer", str(tokenizer)]) == 0, capsys.readouterr().err

@@ -243,8 +243,9 @@ def run(args: argparse.Namespace) -> int:
     from mirai.hub.resolve import resolve
     from mirai.sampling.grid import checkpoint_details, checkpoint_label, write_sample_grid
     from mirai.sampling.checks import check_int
-    from mirai.sampling.pipeline import (MAX_SAMPLES, SampleSettings, check_request, class_labels, finished_parts,
-                                         load_for_sampling, parts_folder, sample_to_npz)
+    from mirai.sampling.pipeline import (MAX_SAMPLES, SampleSettings, check_request, check_trained_tokenizer,
+                                         class_labels, finished_parts, load_for_sampling, parts_folder,
+                                         sample_to_npz)
     from mirai.training.distributed import barrier, init_distributed, shutdown
 
     _check_cli(args)
@@ -264,6 +265,7 @@ def run(args: argparse.Namespace) -> int:
             check_int("number of images (--classes x --per-class)", len(ids) * args.per_class, 1, MAX_SAMPLES)
             labels = np.repeat(ids, args.per_class)
         check_request(gpt, vq, labels, settings, args.seed, args.batch_size)
+        check_trained_tokenizer(args.gpt, args.tokenizer, vq)
     dist = init_distributed(args.device)
     gpt.to(dist.device)
     vq.to(dist.device)

@@ -43,6 +43,17 @@ def checkpoint_label(path: str | Path) -> str:
     return path.parent.parent.name if path.parent.name == "checkpoints" and path.parent.parent.name else path.name
 
 
+def training_store_manifest(path: str | Path) -> dict | None:
+    """The manifest of the code store a Mirai training checkpoint was trained on (``data.codes`` of the
+    ``train_config.yaml`` beside its weights), when both are still here; None otherwise, nothing raised."""
+    try:
+        codes = (yaml.safe_load((Path(path) / TRAIN_CONFIG).read_text()) or {})["data"]["codes"]
+        manifest = json.loads((Path(codes) / MANIFEST).read_text())
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
 def checkpoint_details(path: str | Path) -> tuple[int | None, list[str] | None]:
     """(training step, class names) of a Mirai training checkpoint, as far as they can be read: the step from
     its ``config.json`` meta, the names from the manifest of the code store it was trained on. Either is None
@@ -53,11 +64,7 @@ def checkpoint_details(path: str | Path) -> tuple[int | None, list[str] | None]:
         step = read_meta(path).get("step")
     except (OSError, ValueError, AttributeError):
         pass
-    try:
-        codes = (yaml.safe_load((path / TRAIN_CONFIG).read_text()) or {})["data"]["codes"]
-        names = json.loads((Path(codes) / MANIFEST).read_text())["class_names"]
-    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
-        pass
+    names = (training_store_manifest(path) or {}).get("class_names")
     return (step if isinstance(step, int) else None), (names if isinstance(names, list) else None)
 
 

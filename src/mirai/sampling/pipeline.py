@@ -23,14 +23,17 @@ import torch
 from tqdm import tqdm
 
 from mirai.convert import load_module
+from mirai.data.codes import state_hash
 from mirai.data.options import IMAGE_SIZE_EVAL_MAX
 from mirai.data.transforms import to_uint8_hwc
 from mirai.errors import ConfigError, DataError
+from mirai.hub.resolve import resolve
 from mirai.locks import exclusive_dir
 from mirai.models.gpt import GPT, GPTArgs
 from mirai.models.registry import GPT_CONFIGS
 from mirai.sampling.checks import as_labels, check_finite_weights, check_guidance, check_int, check_sampling, check_seed
 from mirai.sampling.generate import generate
+from mirai.sampling.grid import training_store_manifest
 from mirai.sampling.record import check_same, labels_digest, read_record, sample_record, write_record
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -90,6 +93,24 @@ def check_pair(gpt: GPT, vq: torch.nn.Module) -> None:
             f"GPT vocabulary ({gpt.args.vocab_size}) differs from the tokenizer's codebook ({codebook}): "
             "use the tokenizer the GPT was trained with"
         )
+
+
+def check_trained_tokenizer(gpt_path: str | Path, tokenizer: str | Path, vq: torch.nn.Module) -> None:
+    """``ConfigError`` when ``vq`` (loaded from ``tokenizer``) is not the tokenizer whose codes the GPT at
+    ``gpt_path`` was trained on, as the manifest of its training store records it (weights' hash): the same
+    codebook size with other weights decodes every token into the wrong patch. Nothing is checked when the
+    checkpoint does not name its store or the store is not here (a LlamaGen file, a moved run)."""
+    recorded = (training_store_manifest(resolve(gpt_path)) or {}).get("tokenizer") or {}
+    if not recorded.get("sha256"):
+        return
+    same = state_hash(vq) == recorded["sha256"]
+    if not same and (getattr(vq, "loaded_weights", None) == "EMA") != bool(recorded.get("ema")):
+        # The store was extracted from the tokenizer's other weights (raw or EMA): compare those.
+        same = state_hash(load_module(tokenizer, "vq", prefer_ema=bool(recorded.get("ema")))) == recorded["sha256"]
+    if not same:
+        raise ConfigError(f"tokenizer {tokenizer} is not the one {gpt_path} was trained with (weights differ): its "
+                          f"training codes were extracted with {recorded.get('path')}, and another tokenizer decodes "
+                          f"its tokens into the wrong patches; pass --tokenizer {recorded.get('path')}")
 
 
 @torch.no_grad()

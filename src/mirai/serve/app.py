@@ -16,7 +16,6 @@ HTTP interface (what the page's script calls; usable with ``curl`` too):
 from __future__ import annotations
 
 import io
-import json
 import socket
 import sys
 import threading
@@ -26,11 +25,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import yaml
 
 from mirai.checkpoint import read_meta
 from mirai.config import from_dict
-from mirai.data.codes import MANIFEST
 from mirai.data.fashion_mnist import CLASS_NAMES as FASHION_MNIST_NAMES
 from mirai.data.options import resolve_device
 from mirai.errors import ConfigError, MiraiError
@@ -38,8 +35,9 @@ from mirai.figures import DPI, MAX_GRID_ROWS, class_name, sample_grid_figure
 from mirai.hub.resolve import resolve
 from mirai.models.gpt import GPT
 from mirai.sampling.checks import check_int
-from mirai.sampling.grid import TRAIN_CONFIG, checkpoint_details, grid_title
-from mirai.sampling.pipeline import SampleSettings, check_pair, check_request, load_for_sampling, sample_batch
+from mirai.sampling.grid import checkpoint_details, grid_title, training_store_manifest
+from mirai.sampling.pipeline import (SampleSettings, check_pair, check_request, check_trained_tokenizer,
+                                     load_for_sampling, sample_batch)
 
 EXTRA_HINT = "pip install 'mirai-foresight[serve]'"
 MAX_PER_CLASS = 16  # images in one class row of the grid
@@ -53,16 +51,6 @@ def require_flask():
     except ImportError:
         raise ConfigError(f"mirai serve needs Flask, which is not installed: {EXTRA_HINT}") from None
     return flask
-
-
-def _store_manifest(checkpoint: Path) -> dict | None:
-    """The manifest of the code store a Mirai training checkpoint was trained on, when both are still here."""
-    try:
-        codes = (yaml.safe_load((checkpoint / TRAIN_CONFIG).read_text()) or {})["data"]["codes"]
-        manifest = json.loads((Path(codes) / MANIFEST).read_text())
-    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
-        return None
-    return manifest if isinstance(manifest, dict) else None
 
 
 def _trained_on_fashion_mnist(tokenizer: Path) -> bool:
@@ -161,12 +149,13 @@ def load_generator(checkpoint: str | Path, tokenizer: str | Path | None = None, 
     # The GPT first: a path that is not a GPT checkpoint is named as such, not as one without a tokenizer.
     gpt = load_for_sampling(checkpoint, "gpt", prefer_ema=prefer_ema, name=model, grid_size=grid_size)
     if tokenizer is None:
-        tokenizer = ((_store_manifest(path) or {}).get("tokenizer") or {}).get("path")
+        tokenizer = ((training_store_manifest(path) or {}).get("tokenizer") or {}).get("path")
         if tokenizer is None:
             raise ConfigError(f"{checkpoint}: no tokenizer recorded with this checkpoint (or its training codes are "
                               "not here); pass --tokenizer, the VQ the GPT was trained with (e.g. fashion/vq8)")
     vq = load_for_sampling(tokenizer, "vq")
     check_pair(gpt, vq)
+    check_trained_tokenizer(checkpoint, tokenizer, vq)
     step = checkpoint_details(path)[0]
     names = class_names_for(path, resolve(tokenizer), gpt.args.num_classes)
     title = f"{gpt.name} ({Path(str(checkpoint)).name})"

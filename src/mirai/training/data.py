@@ -114,13 +114,18 @@ class StepRows:
 
 
 def check_same_codes(val: CodeStore, train: CodeStore) -> None:
-    """``DataError`` if ``data.val_codes`` differ from ``data.codes`` in codebook size, grid or classes.
+    """``DataError`` if ``data.val_codes`` differ from ``data.codes`` in codebook size, grid, classes or the
+    tokenizer that made them (its weights' hash in each manifest: another tokenizer's ids mean other patches).
 
     The validation store must follow the training store, never the other way round, so the message names
     the training store's tokenizer to re-extract with (not a model setting, which the training codes fix)."""
     sizes = {"codebook size": (val.vocab_size, train.vocab_size), "grid side": (val.grid_size, train.grid_size),
              "classes": (val.num_classes, train.num_classes)}
     differ = [f"{name} {v} vs {t}" for name, (v, t) in sizes.items() if v != t]
+    tokenizers = [(store.manifest["tokenizer"].get("sha256"), store.manifest["tokenizer"].get("ema"))
+                  for store in (val, train)]
+    if tokenizers[0] != tokenizers[1]:
+        differ.append("extracted with another tokenizer (its weights differ)")
     if differ:
         tok, kind = train.manifest["tokenizer"], train.manifest["dataset"]["kind"]
         root = " --data-root ROOT" if kind == "folder" else ""
