@@ -156,3 +156,26 @@ def test_a_bad_key_in_the_saved_training_config_names_the_file(foresight_run, st
     assert_cli_refuses(["analyze", "foresight", "--gpt", str(moved), "--codes", str(stores / "codes_val"),
                         "--out", str(tmp_path / "o.json")], tmp_path,
                        match=rf"{config}: config.model: unknown key\(s\) \['n_layr'\].*another version of Mirai")
+
+
+def test_analyses_refuse_codes_from_another_tokenizer_than_the_gpts(stores, tmp_path):
+    """Same sizes, other tokenizer weights: the token ids would mean other patches to the GPT (probe, t-SNE, class
+    map alike), so each names the tokenizer to extract with instead of reporting numbers."""
+    from mirai.data.codes import extract
+    from mirai.data.folders import ImageFolder
+    from mirai.data.views import ViewSpec
+    from mirai.models import build_vq
+
+    ckpt = str(train(make_cfg(stores, tmp_path / "base", steps=1)).checkpoint)
+    torch.manual_seed(1)
+    vq = build_vq("VQ-Tiny", codebook_size=64, codebook_dim=4).eval()
+    other = str(tmp_path / "other_codes")
+    extract(vq, ImageFolder.scan(stores / "val"), ViewSpec("ten_crop", 8), other,
+            tokenizer_path=checkpoint.save(tmp_path / "other_vq", vq), progress=False)
+    match = f"extracted with another tokenizer .* than the codes .* --tokenizer {stores / 'vq'}"
+    for argv in (["foresight", "--gpt", ckpt, "--codes", other, "--out", str(tmp_path / "o.json")],
+                 ["tsne", "--gpt", ckpt, "--codes", other, "--out", str(tmp_path / "t.png")],
+                 ["classmap", "--gpt", ckpt, "--codes", other, "--layer", "1", "--out", str(tmp_path / "c.png")]):
+        assert_cli_refuses(["analyze", *argv], tmp_path, match=match)
+    assert main(["analyze", "tsne", "--gpt", ckpt, "--codes", str(stores / "codes_val"), "--perplexity", "3",
+                 "--out", str(tmp_path / "t.png")]) == 0  # the GPT's own tokenizer's codes

@@ -26,6 +26,7 @@ from mirai.data.options import positive_int
 from mirai.errors import DataError
 from mirai.figures import check_figure_path, save_figure
 from mirai.models.gpt import GPT
+from mirai.sampling.grid import check_codes_tokenizer
 
 
 def knn_accuracy(features: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
@@ -124,6 +125,7 @@ def classmap_report(checkpoint_path: str | Path, codes: str | Path, layer: int, 
     check_figure_path(out)
     gpt = checkpoint.load(checkpoint_path, GPT, use_ema=use_ema).to(device)
     store = CodeStore.open(codes)
+    check_codes_tokenizer(store.manifest, codes, checkpoint_path)
     indices = balanced_subset(store.labels, num_images, seed)
     if len(indices) <= k:
         raise DataError(f"k-NN with k={k} needs more than {k} images, but {codes} gives {len(indices)} "

@@ -43,6 +43,7 @@ from mirai.foresight.loss import ForesightLoss
 from mirai.foresight.pairs import nearest_future_offsets
 from mirai.models.gpt import GPT
 from mirai.sampling.checks import check_seed
+from mirai.sampling.grid import check_codes_tokenizer
 from mirai.training.config import TrainConfig
 from mirai.training.data import host_batch, to_device
 from mirai.training.state import CONFIG_FILE, STATE_FILE, load_saved_states
@@ -167,6 +168,7 @@ def foresight_probe(checkpoint_path: str | Path, codes: str | Path, out: str | P
         check_output_file(out, "out", inputs=[codes], suffixes=[".json"])
     device = resolve_device(device)
     store = CodeStore.open(codes)
+    check_codes_tokenizer(store.manifest, codes, ckpt)
     cfg, model, loss, progress = load_foresight_run(ckpt, device)
     args = model.args
     store.validate(vocab_size=args.vocab_size, grid_size=args.grid_size, num_classes=args.num_classes,

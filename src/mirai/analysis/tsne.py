@@ -29,6 +29,7 @@ from mirai.errors import ConfigError, DataError
 from mirai.figures import check_figure_path, save_figure
 from mirai.foresight.config import ForesightConfig
 from mirai.models.gpt import GPT
+from mirai.sampling.grid import check_codes_tokenizer
 
 Condition = Literal["null", "label"]
 
@@ -196,6 +197,8 @@ def tsne_maps(checkpoints: Sequence[str | Path], codes: str | Path, out: str | P
     bad = [i for i in image_indices if not 0 <= i < len(store)]
     if not image_indices or bad:
         raise DataError(f"image indices {bad or '[]'}: choose some in 0..{len(store) - 1} of {codes}")
+    for path in checkpoints:  # all before the first map is computed
+        check_codes_tokenizer(store.manifest, codes, path)
     maps, titles, scores = {}, {}, {}
     for path, layer, label in zip(checkpoints, layers, labels):
         gpt = checkpoint.load(path, GPT, use_ema=use_ema).to(device)

@@ -15,6 +15,7 @@ import yaml
 
 from mirai.checkpoint import read_meta
 from mirai.data.codes import MANIFEST
+from mirai.errors import DataError
 from mirai.figures import save_sample_grid
 
 TRAIN_CONFIG = "train_config.yaml"  # written into every training checkpoint (training.state.CONFIG_FILE)
@@ -52,6 +53,20 @@ def training_store_manifest(path: str | Path) -> dict | None:
     except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
         return None
     return manifest if isinstance(manifest, dict) else None
+
+
+def check_codes_tokenizer(store_manifest: dict, codes: str | Path, checkpoint: str | Path) -> None:
+    """``DataError`` when the code store ``codes`` (its ``store_manifest``) was extracted with another tokenizer
+    (weights' hash, raw or EMA) than the store the GPT ``checkpoint`` was trained on: its token ids would mean
+    other patches to that GPT. Nothing is checked when either record is missing."""
+    trained = (training_store_manifest(checkpoint) or {}).get("tokenizer") or {}
+    given = store_manifest.get("tokenizer") or {}
+    if not (trained.get("sha256") and given.get("sha256")):
+        return
+    if (trained["sha256"], trained.get("ema")) != (given["sha256"], given.get("ema")):
+        raise DataError(f"{codes} was extracted with another tokenizer ({given.get('path')}) than the codes "
+                        f"{checkpoint} was trained on ({trained.get('path')}), so its token ids mean other patches "
+                        f"to this GPT; extract the images with mirai extract --tokenizer {trained.get('path')}")
 
 
 def checkpoint_details(path: str | Path) -> tuple[int | None, list[str] | None]:
