@@ -110,6 +110,7 @@ EXTRACT_CASES = [
     ("--device", "cuda:99", "CUDA|cuda"), ("--out", f"{W}/notes.txt", "not a code store"),
     ("--out", f"{W}/codes_train", "--overwrite"), ("--out", f"{W}/train", "not a code store"),
     ("--out", f"{W}/notes.txt/store", "is a file"), ("--out", f"{W}/train/store", "inside the dataset folder"),
+    ("--out", "/proc/mirai_store", "cannot create a folder in /proc"),  # a folder the system will not write into
 ]
 
 

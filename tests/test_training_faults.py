@@ -418,6 +418,7 @@ def test_a_mirai_e_teacher_of_another_model_is_refused():
 @pytest.mark.parametrize("argv, message", [
     (["train"], "no config given: pass --config FILE"),
     (["train", "--config", "fashion/baseline.yaml", "seed=-1"], "seed must be non-negative"),
+    (["train", "--config", "fashion/baseline.yaml", "seed=4294967296"], "seed must be .* below 2\\*\\*32"),
 ])
 def test_train_without_a_config_or_with_a_negative_seed_says_so(tmp_path, argv, message):
     from helpers import assert_cli_refuses

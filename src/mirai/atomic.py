@@ -12,12 +12,19 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from mirai.errors import cannot_create
+
 
 def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmpdir)`` and move the finished directory to ``path`` atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    except OSError as err:  # before any work: a folder the system will not write into (/proc, read-only)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise  # the command line's one-line message for a full disk
+        raise cannot_create("output folder", path, f"a folder in {path.parent}", err) from None
     # mkdtemp and safetensors make files private; published ones get the usual 0666/0777 less the umask.
     umask = os.umask(0)
     os.umask(umask)

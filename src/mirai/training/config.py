@@ -190,8 +190,8 @@ class TrainConfig:
         # Caught here in the config's own unit (--print-config, the bench's planning); the trainer checks
         # the other units once it knows the data's steps per epoch.
         self.foresight.check_warmup_ends({"step": self.steps} if self.steps else {"epoch": self.epochs})
-        if self.seed < 0:
-            raise ConfigError(f"seed must be non-negative, got {self.seed}")
+        if not 0 <= self.seed < 2**32:  # as sampling's seeds; the data order's generator takes seed x 1 000 003
+            raise ConfigError(f"seed must be non-negative and below 2**32 = {2**32}, got {self.seed}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device {self.device!r}: choose auto, cpu or cuda")
         if self.precision not in ("auto", "bf16", "fp32"):
