@@ -123,9 +123,9 @@ def assert_cli_refuses(argv: list[str], root: Path, match: str | None = None,
     return text
 
 
-def sigterm_after_step(monkeypatch, stop_at: Callable) -> None:
-    """Patch ``Trainer.train_step`` to send this process SIGTERM, as a job scheduler stops a job, after the step
-    at which ``stop_at(trainer)`` holds; ``monkeypatch.undo()`` restores it."""
+def sigterm_after_step(monkeypatch, stop_at: Callable, signum: int = signal.SIGTERM) -> None:
+    """Patch ``Trainer.train_step`` to send this process SIGTERM (or ``signum``), as a job scheduler stops a job,
+    after the step at which ``stop_at(trainer)`` holds; ``monkeypatch.undo()`` restores it."""
     from mirai.training.trainer import Trainer
 
     step = Trainer.train_step
@@ -133,7 +133,7 @@ def sigterm_after_step(monkeypatch, stop_at: Callable) -> None:
     def step_then_signal(self):
         logs = step(self)
         if stop_at(self):
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
         return logs
 
     monkeypatch.setattr(Trainer, "train_step", step_then_signal)

@@ -339,11 +339,12 @@ def test_weights_files_are_readable_like_any_file(stores, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ signals and settings
-def test_sigterm_exits_143_after_saving(stores, tmp_path, monkeypatch, capsys):
-    sigterm_after_step(monkeypatch, lambda trainer: trainer.step == 2)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])  # a scheduler's stop; the terminal closed
+def test_sigterm_exits_143_after_saving(stores, tmp_path, monkeypatch, capsys, signum):
+    sigterm_after_step(monkeypatch, lambda trainer: trainer.step == 2, signum)
     config = tmp_path / "cfg.yaml"
     config.write_text(json.dumps(to_dict(make_cfg(stores, tmp_path / "run", steps=5))))
-    assert main(["train", "--config", str(config)]) == 128 + signal.SIGTERM
+    assert main(["train", "--config", str(config)]) == 128 + signum
     assert run_state.has_step_checkpoints(tmp_path / "run")
     assert capsys.readouterr().err.strip().endswith("at step 2; continue with --resume")
 

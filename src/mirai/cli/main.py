@@ -100,28 +100,34 @@ def _parser_of(parser: argparse.ArgumentParser, prog: str) -> argparse.ArgumentP
     return parser
 
 
+# A reader that went away: a closed pipe (`| head`), or a closed terminal (after SIGHUP, writes fail with EIO).
+GONE = (errno.EPIPE, errno.EIO)
+
+
 class _Outliving:
     """A text stream that, once its reader has gone (`mirai train | head`), discards what is written to it."""
 
     def __init__(self, stream):
         self._stream = stream
 
-    def _to_null(self) -> None:
+    def _to_null(self, err: OSError) -> None:
+        if err.errno not in GONE:
+            raise err
         # What is still buffered goes to /dev/null on the next flush, so the interpreter's flush at exit succeeds too.
         os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
 
     def write(self, text: str) -> int:
         try:
             return self._stream.write(text)
-        except BrokenPipeError:
-            self._to_null()
+        except OSError as err:
+            self._to_null(err)
             return len(text)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
-        except BrokenPipeError:
-            self._to_null()
+        except OSError as err:
+            self._to_null(err)
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
@@ -129,10 +135,11 @@ class _Outliving:
 
 @contextlib.contextmanager
 def outlive_reader():
-    """Keep working when the reader of stdout or stderr closes it: a broken pipe would otherwise raise inside a
-    training step or a sampling batch and stop a long command without its checkpoint or output files. Python
-    ignores SIGPIPE, so each write to a closed pipe raises BrokenPipeError; from the first one the stream is
-    pointed at /dev/null and the command goes on (its log files are written as usual)."""
+    """Keep working when the reader of stdout or stderr goes away: a write would otherwise raise inside a training
+    step or a sampling batch and stop a long command without its checkpoint or output files. Python ignores
+    SIGPIPE, so a write to a closed pipe raises BrokenPipeError, and one to a closed terminal EIO; from the first
+    one the stream is pointed at /dev/null and the command goes on (its log files are written as usual; a closed
+    terminal's SIGHUP still stops training, after its checkpoint)."""
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = (_Outliving(s) if hasattr(s, "fileno") else s for s in saved)
     try:

@@ -44,6 +44,10 @@ from mirai.training.metrics import LogWindow, MetricsLogger, truncate_metrics
 from mirai.training.objective import Objective
 from mirai.training.optim import adamw_kernel, learning_rate, param_groups
 
+# Signals that save a checkpoint and stop: a scheduler's SIGTERM, Ctrl-C, and SIGHUP when the terminal that
+# started the run closes (POSIX only).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
+
 
 @dataclass
 class TrainResult:
@@ -291,7 +295,7 @@ class Trainer:
                                config=to_dict(cfg))
         for line in text.start_banner(self) if is_main else ():
             say(line)
-        previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous = {s: signal.signal(s, self._handle_signal) for s in STOP_SIGNALS}
         # A bar only on a terminal (tqdm's disable=None): in a log file its frames are noise, and
         # the text lines report the same progress.
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.run_dir.name}", unit="step",
@@ -377,7 +381,7 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
     a run saved when it ended, with ``steps`` unchanged, does nothing either. The run
     directory is held against other processes throughout (``BusyError``). Raises
     ``ConfigError`` (e.g. a resume that changes the seed) and ``CheckpointError`` with the fix
-    in the message; ``Interrupted`` after SIGTERM/SIGINT, once the state is saved.
+    in the message; ``Interrupted`` after SIGTERM/SIGINT/SIGHUP (``STOP_SIGNALS``), once the state is saved.
     """
     run_dir = Path(cfg.run_dir)
     refuse_under_file(run_dir, "run_dir", folder="run directory")
