@@ -110,3 +110,25 @@ def test_a_full_disk_while_saving_a_checkpoint_is_an_os_error_naming_it(stores, 
         train(make_cfg(stores, tmp_path / "run", steps=1))
     assert caught.value.errno == errno.ENOSPC and caught.value.filename.endswith("checkpoints/step_0000001")
     assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("resume", [True, None])
+def test_a_run_another_process_is_starting_is_busy_not_without_a_checkpoint(stores, tmp_path, resume):
+    """Before its first checkpoint a run's folder holds only the lock and logs: a second `mirai train` (--resume
+    or not) there is told who holds it, not that there is no checkpoint or that the folder holds other work."""
+    import fcntl
+    import os
+
+    from mirai.errors import BusyError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.txt").write_text("mirai train: loading the data\n")
+    fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT)  # another open file: its flock conflicts as another process's
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"4242")
+        with pytest.raises(BusyError, match=f"run_dir {run} is in use by another mirai process \\(pid 4242\\)"):
+            train(make_cfg(stores, run, steps=2), resume=resume)
+    finally:
+        os.close(fd)

@@ -47,14 +47,7 @@ def exclusive_dir(path: str | Path, what: str) -> Iterator[Path]:
         _remove_empty(created)
         raise cannot_create(what, path, path / LOCK_FILE, err) from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise BusyError(
-                f"{what} {path} is in use by another mirai process (pid {holder}); wait for it to finish, "
-                "stop it, or choose another directory"
-            ) from None
+        _lock_or_refuse(fd, path, what)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         _held[key] = 1
@@ -69,6 +62,33 @@ def exclusive_dir(path: str | Path, what: str) -> Iterator[Path]:
             del _held[key]
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _lock_or_refuse(fd: int, path: Path, what: str) -> None:
+    """Take the lock of ``fd`` (``path``'s lock file), or ``BusyError`` naming the process that holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        raise BusyError(f"{what} {path} is in use by another mirai process (pid {holder}); wait for it to finish, "
+                        "stop it, or choose another directory") from None
+
+
+def check_not_held(path: str | Path, what: str) -> None:
+    """``BusyError`` when another process holds ``path`` (``exclusive_dir``), without creating anything: for
+    checks that must come before the lock file is made, whose own message would otherwise mislead (a run that
+    has no checkpoint yet because another process is starting it)."""
+    path = Path(path)
+    if path.resolve() in _held:
+        return
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDONLY)
+    except OSError:  # no lock file (never held), or not readable: the lock itself decides later
+        return
+    try:
+        _lock_or_refuse(fd, path, what)
+    finally:
+        os.close(fd)
 
 
 def _make_dirs(path: Path, what: str) -> list[Path]:

@@ -33,7 +33,7 @@ from mirai.models import GPT
 from mirai.models.ema import ema_decay, update_ema
 from mirai.sampling.pipeline import SampleSettings
 from mirai.training import state as run_state
-from mirai.locks import exclusive_dir
+from mirai.locks import check_not_held, exclusive_dir
 from mirai.training.config import TrainConfig, resume_changes
 from mirai.training.data import TrainingData
 from mirai.training.distributed import DistInfo, barrier, init_distributed, wrap_for_training
@@ -388,6 +388,7 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
     if (run_dir / CONFIG_FILE).is_file():  # a checkpoint or model folder; runs keep config.yaml
         raise ConfigError(f"run_dir {run_dir} holds {CONFIG_FILE}: it is a checkpoint or model folder, not a run "
                           "directory; choose another run_dir")
+    check_not_held(run_dir, "run_dir")  # a run another process is starting has no checkpoint yet: say it is busy
     if not run_state.has_step_checkpoints(run_dir):  # checked before the lock file, which must not land in a
         if resume is True:                               # folder of other work
             raise CheckpointError(f"no checkpoint to resume from in {run_dir / 'checkpoints'}: leave out --resume "
