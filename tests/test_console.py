@@ -48,6 +48,12 @@ def test_each_config_smell_is_named_with_its_fix(stores, tmp_path, overrides, kw
     assert len(found) == 1 and re.search(expected, found[0]), found  # one smell, one warning naming it
 
 
+def test_validating_on_the_training_codes_is_named(stores, tmp_path):
+    codes = make_cfg(stores, tmp_path / "run").data.codes
+    found = warnings_for(stores, tmp_path, eval_every=6, save_every=6, **{"data.val_codes": codes})
+    assert len(found) == 1 and "data.val_codes is data.codes" in found[0] and "measured on training" in found[0]
+
+
 def test_a_sound_config_gets_no_warning(stores, tmp_path):
     assert warnings_for(stores, tmp_path, eval_every=6, save_every=6) == []
 

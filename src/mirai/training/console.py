@@ -102,6 +102,10 @@ def config_warnings(cfg: TrainConfig, total_steps: int, steps_per_epoch: int, im
     if cfg.eval_every and not has_val:
         found.append(f"eval_every={cfg.eval_every} but data.val_codes is not set: no validation NLL will be computed; "
                      "set data.val_codes to a held-out store (mirai extract on the validation split), or eval_every=0")
+    if has_val and Path(cfg.data.val_codes).resolve() == Path(cfg.data.codes).resolve():
+        found.append(f"data.val_codes is data.codes ({cfg.data.codes}): the validation NLL is measured on training "
+                     "images and says nothing about overfitting; extract the held-out split (mirai extract --split "
+                     "test) and give it as data.val_codes")
     dropped = images - steps_per_epoch * o.batch_size
     if dropped > 0.1 * images:
         found.append(f"optim.batch_size={o.batch_size} leaves {dropped} of the {images} training images out of "
