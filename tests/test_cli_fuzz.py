@@ -167,6 +167,7 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
         (["analyze", "curves", f"{W}/notes.txt", "--out", f"{OUT}/c.png"], "notes.txt is a file"),
         (["analyze", "curves", f"{W}/empty", "--out", f"{OUT}/c.png"], "no metrics.jsonl"),
         (["analyze", "curves", "", "--out", f"{OUT}/c.png"], "RUN_DIR is empty"),  # not the current folder
+        (["analyze", "curves", f"{W}/run", f"{W}/./run", "--out", f"{OUT}/c.png"], "run .* is given more than once"),
         *table(CURVES, {"--smooth": [("1.5", r"smooth must lie in \[0, 1\)"), ("nan", "smooth"), ("-0.1", "smooth"),
                                      ("inf", "smooth"), ("abc", "invalid float")],
                         "--key": [("bogus", "no run logged 'bogus'")],

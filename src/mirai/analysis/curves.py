@@ -119,6 +119,9 @@ def plot_curves(run_dirs: Sequence[str | Path], out: str | Path, keys: Sequence[
     if not 0.0 <= smooth < 1.0:
         raise DataError(f"smooth must lie in [0, 1), got {smooth}")
     check_figure_path(out)
+    repeated = sorted({str(d) for d in run_dirs if sum(Path(e).resolve() == Path(d).resolve() for e in run_dirs) > 1})
+    if repeated:
+        raise DataError(f"run {', '.join(repeated)} is given more than once: give each run once")
     labels = run_labels([Path(d) for d in run_dirs])
     groups = list(groups) if groups is not None else default_groups(labels)
     if len(groups) != len(labels):

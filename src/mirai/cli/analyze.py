@@ -17,6 +17,9 @@ from __future__ import annotations
 import argparse
 
 
+FIGURE_OUT = "figure file (.png, .pdf, .svg; a PDF copy is written beside any other kind); replaced if it exists"
+
+
 def add_parser(subparsers) -> None:
     from mirai.cli.flags import add_flag
 
@@ -31,7 +34,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--key", action="append", dest="keys", metavar="KEY",
                    help="metric to plot instead of the defaults; repeat for several panels")
-    p.add_argument("--out", required=True, help="figure file (.png, .pdf, .svg)")
+    p.add_argument("--out", required=True, help=FIGURE_OUT)
     p.add_argument("--smooth", type=float, default=0.0, help="exponential smoothing weight in [0, 1) (default 0)")
     p.add_argument("--log-y", action="store_true", help="logarithmic y axes")
     p.set_defaults(func=curves)
@@ -48,7 +51,7 @@ def add_parser(subparsers) -> None:
              help="GPT checkpoint directory (e.g. RUN/checkpoints/best); repeat to compare runs (required)")
     p.add_argument("--codes", required=True, help="code store holding the images (e.g. the test split)")
     p.add_argument("--layer", type=int, help="1-based GPT block (default: the foresight default, 2/3 of the depth)")
-    p.add_argument("--out", required=True, help="figure file (.png, .pdf, .svg)")
+    p.add_argument("--out", required=True, help=FIGURE_OUT)
     p.add_argument("--image-index", type=int, nargs="+", default=[0], dest="image_indices", metavar="I",
                    help="images of the store to map, one row each (default 0)")
     p.add_argument("--labels", nargs="+", metavar="NAME", help="one panel title per checkpoint "
@@ -73,7 +76,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("checkpoint", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("--codes", required=True, help="code store whose images are embedded (e.g. the test split)")
     p.add_argument("--layer", type=int, required=True, help="1-based GPT block")
-    p.add_argument("--out", required=True, help="figure file (.png, .pdf, .svg)")
+    p.add_argument("--out", required=True, help=FIGURE_OUT)
     p.add_argument("--encoder", help="also map this foresight encoder's features (e.g. fashion8)")
     p.add_argument("--num-images", type=int, default=2000, help="class-balanced subset size (default 2000)")
     p.add_argument("--condition", choices=["null", "label"], default="null",
