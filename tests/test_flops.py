@@ -106,6 +106,10 @@ def test_cli_flags_and_config(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "gives no grid_size, num_classes and no data.codes" in out and "grid_size=16, num_classes=1000" in out
     assert "16x16 tokens, vocabulary 48" in out
+    # A foresight flag that no counted row reads is named, not silently dropped.
+    assert main(["flops", "--source", "ema", "--encoder", "dinov2_vitb14"]) == 0
+    assert "note: --encoder not used: no foresight row that reads it is counted (source ema); add --source encoder" \
+        in capsys.readouterr().out
 
 
 def test_cli_reads_grid_vocabulary_and_classes_from_the_configs_code_store(stores, tmp_path, capsys):

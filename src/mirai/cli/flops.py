@@ -14,7 +14,8 @@ def add_parser(subparsers) -> None:
         "convention that reproduces the paper's Table 15. Flags override the config file.",
     )
     p.add_argument("--config", help="training YAML; its model: and foresight: sections are read")
-    p.add_argument("--model", help="GPT config name (default GPT-B, or the config's)")
+    p.add_argument("--model", help="GPT config name (default: the config's model.name, GPT-Micro when it names "
+                   "none, as training builds; GPT-B without --config)")
     p.add_argument("--grid", type=int, help="token grid side g (default: the config's or its code store's; 16)")
     p.add_argument("--vocab", type=int, help="codebook size V (default: the config's or its code store's; 16384)")
     p.add_argument("--classes", type=int, help="number of classes (default: the config's or its code store's; 1000)")
@@ -101,6 +102,16 @@ def run(args: argparse.Namespace) -> int:
             section[key] = getattr(args, key)
     source = args.source or (section.get("source", "none") if args.config else "all")
     sources = ["encoder", "ema"] if source == "all" else [] if source == "none" else [source]
+    # Flags that only a foresight row reads, e.g. --k 3 with a baseline config: say so, not print the baseline alone.
+    read_by = {"--k": {"ema", "encoder"}, "--layer": {"ema", "encoder"}, "--head": {"ema", "encoder"},
+               "--encoder": {"encoder"}, "--encoder-res": {"encoder"}}
+    given = {"--k": args.k, "--layer": args.layer, "--head": args.head, "--encoder": args.encoder,
+             "--encoder-res": args.encoder_res}
+    unused = [flag for flag, value in given.items() if value is not None and not read_by[flag] & set(sources)]
+    if unused:
+        fix = "encoder" if {"--encoder", "--encoder-res"} & set(unused) else "all"
+        print(f"note: {', '.join(unused)} not used: no foresight row that reads {'it' if len(unused) == 1 else 'them'} "
+              f"is counted (source {source}); add --source {fix}")
     conv = Convention(embedding=not args.no_embedding, attention_scores=args.attention_scores)
 
     rows = [("baseline (next-token prediction)", training_flops(gpt, conv=conv))]
