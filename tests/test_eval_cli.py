@@ -83,7 +83,10 @@ def test_evaluate_writes_its_metrics_beside_the_samples_by_default(tmp_path, ran
     # Scoring again replaces its own report; any other file at --out only with --overwrite.
     score = ["evaluate", str(tmp_path / "run" / "samples.npz"), "--ref", str(tmp_path / "ref.npz"),
              "--fashion-evaluator", str(random_fashion_evaluator)]
-    assert main(score) == 0
+    capsys.readouterr()
+    assert main(score + ["--inception-weights", str(tmp_path / "ref.npz")]) == 0  # read by the other evaluator only
+    assert "note: inception_weights (--inception-weights) is not used: the samples are scored with the fashion" \
+        in capsys.readouterr().err
     notes = tmp_path / "run" / "notes.json"
     notes.write_text('{"mine": 1}')
     assert main(score + ["--out", str(notes)]) == 1 and notes.read_text() == '{"mine": 1}'
@@ -192,3 +195,17 @@ def test_make_ref_replaces_an_existing_reference_only_with_overwrite(tmp_path, r
     assert main(argv + ["--images", str(tmp_path / "b.npz"), "--overwrite"]) == 0
     with np.load(tmp_path / "ref.npz") as raw, np.load(tmp_path / "b.npz") as b:
         assert np.array_equal(raw["arr_0"], b["arr_0"])
+
+
+def test_a_reference_without_statistics_is_said_to_be_scored_with_inception(tmp_path, monkeypatch):
+    """Images only (no make-ref statistics): the auto choice is the Inception network, which a Fashion-MNIST user
+    may not expect and which needs its weights; the note comes before they are loaded."""
+    from mirai.evaluation import suite
+
+    write_batch(tmp_path / "ref_images.npz", 12, 32, seed=0)
+    write_batch(tmp_path / "samples.npz", 6, 32, seed=1)
+    monkeypatch.setattr(suite, "load_network", lambda *a, **k: (_ for _ in ()).throw(ConfigError("no network here")))
+    notes = []
+    with pytest.raises(ConfigError, match="no network here"):
+        suite.evaluate(tmp_path / "samples.npz", tmp_path / "ref_images.npz", log=notes.append)
+    assert any("holds no precomputed statistics, so its images are scored with the Inception" in n for n in notes)

@@ -220,6 +220,13 @@ def evaluate(samples_path: str | Path, ref_path: str | Path, evaluator: str = "a
     ref = read_reference(ref_path)
     if evaluator == "auto":
         evaluator = pick_evaluator(samples, ref)
+        if evaluator == "inception" and not ref.features:
+            log(f"note: {ref_path} holds no precomputed statistics, so its images are scored with the Inception "
+                "network (for Fashion-MNIST statistics, make it with mirai evaluate make-ref)")
+    unused = {"inception": ("fashion_evaluator (--fashion-evaluator)", fashion_evaluator),
+              "fashion": ("inception_weights (--inception-weights)", inception_weights)}[evaluator]
+    if unused[1] is not None:
+        log(f"note: {unused[0]} is not used: the samples are scored with the {evaluator} evaluator")
     if evaluator == "fashion" and samples.resolution != (32, 32):
         raise DataError(f"the Fashion-MNIST evaluator takes 32×32 images; {samples_path} holds "
                         f"{samples.resolution[0]}×{samples.resolution[1]}: score them resized with "
