@@ -183,6 +183,11 @@ def test_bad_variants_fail_before_any_training(bench_stores, tmp_path, monkeypat
     with pytest.raises(ConfigError, match=r"bench's sampling \(sampling\.\* of the bench config\), for variant 'plain'.*without class dropout"):
         run_convergence(from_dict(BenchConfig, no_null))
     assert not out.exists()
+    # An out_dir that is another folder (here a code store) is refused, not filled with the bench's files.
+    store = bench_stores / "codes_test"
+    with pytest.raises(ConfigError, match=r"out_dir .*codes_test holds files a bench does not write \(codes.npy"):
+        run_convergence(from_dict(BenchConfig, bench_dict(bench_stores, store)))
+    assert not (store / "results.json").exists() and not (store / "bench.yaml").exists()
 
 
 def test_plan_shares_budget_and_checkpoint_schedule(bench_stores, tmp_path, capsys):

@@ -14,7 +14,7 @@ from mirai.bench.config import BenchConfig, Run, first_seed_runs, plan_runs, sel
 from mirai.bench.report import write_report
 from mirai.bench.scorer import Scorer
 from mirai.bench.store import (
-    check_same_scoring, check_same_training, read_results, save_bench_config, store_record, write_json,
+    check_out_dir, check_same_scoring, check_same_training, read_results, save_bench_config, store_record, write_json,
 )
 from mirai.data.codes import CodeStore
 from mirai.errors import CheckpointError, ConfigError, Interrupted, MiraiError
@@ -54,6 +54,7 @@ class ScoredShare:
 def plan_share(bench: BenchConfig, variants: list[str] | None = None, seeds: list[int] | None = None) -> list[Run]:
     """The share's runs, checked against the records and runs already in ``OUT`` (``ConfigError`` before any
     work); what ``train_and_score`` will train and score, and what ``--dry-run`` prints."""
+    check_out_dir(bench)
     check_same_scoring(bench, Path(bench.out_dir))
     runs = [check_same_training(run, bench.schedule()) for run in select_share(plan_runs(bench), variants, seeds)]
     # Scoring samples every run with the bench's sampling: its top-k must fit the run's vocabulary, its

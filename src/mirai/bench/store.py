@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,28 @@ SCORING_KEYS = ("num_samples", "class_sampling", "sample_seed", "sample_batch_si
 PATH_KEYS = ("reference_codes", "evaluator")  # compared as the files they name (_setting)
 # Training keys the bench derives from eval_at alone (plan_runs): they change which checkpoints exist, not the weights.
 CHECKPOINT_KEYS = {"save_every", "eval_every", "keep_last"}
+
+
+# What a bench (and mirai demo, a bench with its runs and codes in OUT) writes at the top of OUT; hidden names are its
+# lock and atomic writes' temporary files.
+OWN_NAMES = re.compile(r"\..*|bench\.yaml|results\.(json|md)|reference(\.json)?|runs|samples|codes|tsne_maps\.json"
+                       r"|(fid_vs_steps|curves|tsne_maps|grid_.+)\.(png|pdf)")
+
+
+def check_out_dir(bench: BenchConfig) -> None:
+    """``ConfigError`` when ``out_dir`` holds what no bench writes there (a code store, a training run, notes):
+    the bench's records, samples and runs would be mixed into another tool's folder. Runs kept in OUT itself
+    (``runs_dir`` = ``out_dir``, as ``mirai demo`` does) may sit there under their variants' names."""
+    out = Path(bench.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out_dir {out} is a file; give a directory")
+    if not out.is_dir():
+        return
+    variants = set(bench.variants) if bench.runs_root().resolve() == out.resolve() else set()
+    foreign = sorted(p.name for p in out.iterdir() if not OWN_NAMES.fullmatch(p.name) and p.name not in variants)
+    if foreign:
+        raise ConfigError(f"out_dir {out} holds files a bench does not write ({', '.join(foreign[:4])}): it is "
+                          "another folder's (a code store, a training run?); give a new or a bench's out_dir")
 
 
 def write_json(path: Path, data: Any) -> None:
