@@ -112,6 +112,9 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
         (["convert", "llamagen", f"{W}/gpt.pt", f"{W}/gpt.pt"], "gpt.pt"),
         (CONVERT, "does not store its token grid.*--grid-size"),  # not a released file: never a silent 16x16
         (["convert", "llamagen", "llamagen:c2i_Q_256", OUT], "unknown released input .*llamagen:c2i_B_256"),
+        # The output and the settings are checked before a released file would be fetched (offline here).
+        (["convert", "llamagen", "llamagen:c2i_B_256", f"{W}/vq"], "already"),
+        (["convert", "llamagen", "llamagen:c2i_B_256", OUT, "--regions-per-side", "0"], "--regions-per-side"),
         *table(CONVERT, {"--grid-size": [("0", "--grid-size must be at least 1"), ("-1", "--grid-size"),
                                          ("abc", "invalid int")],
                          "--image-size": [("0", "--image-size"), ("17", "multiple of 16"), ("-16", "--image-size"),

@@ -46,26 +46,26 @@ def _grid_size(args: argparse.Namespace) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mirai.checkpoint import write_checkpoint
+    from mirai.checkpoint import check_output_dir, write_checkpoint
     from mirai.convert import read_llamagen
     from mirai.errors import ConfigError
     from mirai.hub.resolve import released_file, resolve
     from mirai.models.registry import GPT_CONFIGS
 
+    # Every setting first, so that a bad one is named before a released checkpoint (GBs) is downloaded.
+    check_output_dir(args.output, "output", overwrite=args.overwrite)
+    grid = _grid_size(args)
+    if args.model is not None and args.model not in GPT_CONFIGS:
+        raise ConfigError(f"--model {args.model!r} is not a GPT config; choose one of {sorted(GPT_CONFIGS)}")
+    if args.regions_per_side is not None and args.regions_per_side < 1:
+        raise ConfigError(f"--regions-per-side must be at least 1, got {args.regions_per_side}")
     source = resolve(args.input, "input")
     if not source.exists():
         raise ConfigError(f"input {source} does not exist; give a LlamaGen .pt/.pth file")
     if source.is_dir():
         raise ConfigError(f"input {source} is a directory; give a LlamaGen .pt/.pth file (a Mirai checkpoint "
                           "directory needs no conversion)")
-    grid = _grid_size(args)
-    if args.model is not None and args.model not in GPT_CONFIGS:
-        raise ConfigError(f"--model {args.model!r} is not a GPT config; choose one of {sorted(GPT_CONFIGS)}")
-    from mirai.checkpoint import check_output_dir
-
-    check_output_dir(args.output, "output", inputs=[source], overwrite=args.overwrite)
-    if args.regions_per_side is not None and args.regions_per_side < 1:
-        raise ConfigError(f"--regions-per-side must be at least 1, got {args.regions_per_side}")
+    check_output_dir(args.output, "output", inputs=[source], overwrite=args.overwrite)  # not the input itself
     entry = released_file(args.input)
     if grid is None and entry is not None and entry.kind == "gpt":
         print(entry.describe())
