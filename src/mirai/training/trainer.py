@@ -388,15 +388,16 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
     if (run_dir / CONFIG_FILE).is_file():  # a checkpoint or model folder; runs keep config.yaml
         raise ConfigError(f"run_dir {run_dir} holds {CONFIG_FILE}: it is a checkpoint or model folder, not a run "
                           "directory; choose another run_dir")
-    check_not_held(run_dir, "run_dir")  # a run another process is starting has no checkpoint yet: say it is busy
+    # Under torchrun every rank calls this: rank 0 alone holds the run directory (as in ``fit``).
+    holds_dir = int(os.environ.get("RANK", "0")) == 0
+    if holds_dir:  # a run another process is starting has no checkpoint yet: say it is busy
+        check_not_held(run_dir, "run_dir")
     if not run_state.has_step_checkpoints(run_dir):  # checked before the lock file, which must not land in a
         if resume is True:                               # folder of other work
             raise CheckpointError(f"no checkpoint to resume from in {run_dir / 'checkpoints'}: leave out --resume "
                                   "(in Python, resume=None) to start a new run there")
         if resume in (None, False, "auto"):
             run_state.check_new_run_dir(run_dir)
-    # Under torchrun every rank calls this: rank 0 alone holds the run directory (as in ``fit``).
-    holds_dir = int(os.environ.get("RANK", "0")) == 0
     with exclusive_dir(cfg.run_dir, "run_dir") if holds_dir else nullcontext():
         has_checkpoints = run_state.has_step_checkpoints(cfg.run_dir)
         if resume == "auto":
