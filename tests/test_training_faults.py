@@ -49,13 +49,14 @@ def test_a_diverging_run_never_saves_non_finite_weights(stores, tmp_path, overri
     assert str(saved[-1]) in str(err.value)  # the message names the checkpoint that really is the last finite one
 
 
-def test_the_advised_recovery_from_divergence_works_and_is_recorded(stores, tmp_path):
+def test_the_advised_recovery_from_divergence_works_and_is_recorded(stores, tmp_path, capsys):
     train(make_cfg(stores, tmp_path / "run", steps=3, save_every=1))
     with pytest.raises(TrainingError, match=r"the last checkpoint, .*step_0000003, holds finite weights"):
         train(make_cfg(stores, tmp_path / "run", steps=8, save_every=0, **{"optim.lr": 1e9}), resume=True)
     # A lower learning rate is a change --resume accepts, and records.
     result = train(make_cfg(stores, tmp_path / "run", steps=8, save_every=1, **{"optim.lr": 1e-3}), resume=True)
     assert result.step == 8 and all_tensors_finite(result.checkpoint)
+    assert "resumed at step 3 with changed settings: optim.lr 0.003 -> 0.001" in capsys.readouterr().out
     records = [json.loads(line) for line in (tmp_path / "run" / "config_changes.jsonl").read_text().splitlines()]
     # Each change is against the config the resumed checkpoint was trained with (step 3's).
     assert [r["changes"] for r in records] == [{"optim.lr": [3e-3, 1e9], "save_every": [1, 0], "steps": [3, 8]},

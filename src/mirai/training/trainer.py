@@ -279,6 +279,9 @@ class Trainer:
                       "changes": {k: list(v) for k, v in self.resume_changes.items()}}
             with (self.run_dir / "config_changes.jsonl").open("a") as f:
                 f.write(json.dumps(record) + "\n")
+            changed = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in self.resume_changes.items())
+            self.console.say(f"resumed at step {self.step} with changed settings: {changed} (config.yaml now holds "
+                             "them; the earlier values are in config_changes.jsonl)")
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainResult:
