@@ -118,6 +118,11 @@ def test_the_unchanged_command_succeeds(root):
     assert json.loads((out / "samples.json").read_text())["settings"]["cfg_scale"] == 2.0
 
 
+def test_a_guidance_interval_without_guidance_is_noted(root, capsys):
+    assert main(command(root, root / "out_interval", **{"--cfg-scale": "1", "--guidance-interval": "0,0.5"})) == 0
+    assert "note: --guidance-interval has no effect at --cfg-scale 1" in capsys.readouterr().out
+
+
 CASES = [(option, value, match) for option, rows in BAD.items() for value, match in rows]
 FILE_CASES = [(option, name, match) for option, rows in BAD_FILES.items() for name, match in rows]
 

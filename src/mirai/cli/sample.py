@@ -252,6 +252,9 @@ def run(args: argparse.Namespace) -> int:
     classes = _classes(args.classes)
     with _as_flags():
         settings = from_dict(SampleSettings, {f.name: getattr(args, f.name) for f in fields(SampleSettings)})
+    if settings.guidance_interval is not None and settings.cfg_scale == 1.0:
+        print("note: --guidance-interval has no effect at --cfg-scale 1 (no guidance anywhere); raise --cfg-scale to "
+              "guide inside the interval")
     vq = load_for_sampling(args.tokenizer, "vq")
     gpt = load_for_sampling(args.gpt, "gpt", prefer_ema=not args.raw_weights, name=args.model,
                             grid_size=_grid_size(args, vq))
