@@ -258,3 +258,12 @@ def test_a_tokenizer_other_than_the_training_codes_one_is_refused(stores, tmp_pa
                                ema=build_vq("VQ-Tiny", codebook_size=64, codebook_dim=4).eval())
     for name, tokenizer in (("right", stores / "vq"), ("right_ema", with_ema)):
         assert main(argv + [str(tmp_path / name), "--tokenizer", str(tokenizer)]) == 0, capsys.readouterr().err
+    # The record is the checkpoint's own, not whatever store its (perhaps relative) data.codes finds from here.
+    from mirai.data.codes import extract
+    from mirai.data.folders import ImageFolder
+    from mirai.data.views import ViewSpec
+
+    extract(load_vq(other), ImageFolder.scan(stores / "val"), ViewSpec("ten_crop", 8), tmp_path / "elsewhere",
+            tokenizer_path=other, progress=False)
+    (ckpt / "train_config.yaml").write_text(f"data: {{codes: {tmp_path / 'elsewhere'}}}\n")
+    assert main(argv + [str(tmp_path / "moved"), "--tokenizer", str(stores / "vq")]) == 0, capsys.readouterr().err

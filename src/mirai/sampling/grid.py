@@ -55,15 +55,26 @@ def training_store_manifest(path: str | Path) -> dict | None:
     return manifest if isinstance(manifest, dict) else None
 
 
+def trained_tokenizer(path: str | Path) -> dict:
+    """The tokenizer a Mirai training checkpoint records of its training codes: ``sha256`` of the weights that
+    made them (the raw or, with ``ema``, the EMA ones) and their ``path`` then. {} for a checkpoint without the
+    record (a LlamaGen file, a checkpoint saved before it was recorded): nothing to check against."""
+    try:
+        entry = read_meta(path).get("tokenizer")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return entry if isinstance(entry, dict) and entry.get("sha256") else {}
+
+
 def check_codes_tokenizer(store_manifest: dict, codes: str | Path, checkpoint: str | Path) -> None:
     """``DataError`` when the code store ``codes`` (its ``store_manifest``) was extracted with another tokenizer
-    (weights' hash, raw or EMA) than the store the GPT ``checkpoint`` was trained on: its token ids would mean
+    (weights' hash) than the GPT ``checkpoint``'s training codes (``trained_tokenizer``): its token ids would mean
     other patches to that GPT. Nothing is checked when either record is missing."""
-    trained = (training_store_manifest(checkpoint) or {}).get("tokenizer") or {}
+    trained = trained_tokenizer(checkpoint)
     given = store_manifest.get("tokenizer") or {}
-    if not (trained.get("sha256") and given.get("sha256")):
+    if not (trained and given.get("sha256")):
         return
-    if (trained["sha256"], trained.get("ema")) != (given["sha256"], given.get("ema")):
+    if trained["sha256"] != given["sha256"]:  # the same weights extracted as raw or EMA are the same tokenizer
         raise DataError(f"{codes} was extracted with another tokenizer ({given.get('path')}) than the codes "
                         f"{checkpoint} was trained on ({trained.get('path')}), so its token ids mean other patches "
                         f"to this GPT; extract the images with mirai extract --tokenizer {trained.get('path')}")

@@ -33,7 +33,7 @@ from mirai.models.gpt import GPT, GPTArgs
 from mirai.models.registry import GPT_CONFIGS
 from mirai.sampling.checks import as_labels, check_finite_weights, check_guidance, check_int, check_sampling, check_seed
 from mirai.sampling.generate import generate
-from mirai.sampling.grid import training_store_manifest
+from mirai.sampling.grid import trained_tokenizer
 from mirai.sampling.record import check_same, labels_digest, read_record, sample_record, write_record
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -97,11 +97,11 @@ def check_pair(gpt: GPT, vq: torch.nn.Module) -> None:
 
 def check_trained_tokenizer(gpt_path: str | Path, tokenizer: str | Path, vq: torch.nn.Module) -> None:
     """``ConfigError`` when ``vq`` (loaded from ``tokenizer``) is not the tokenizer whose codes the GPT at
-    ``gpt_path`` was trained on, as the manifest of its training store records it (weights' hash): the same
-    codebook size with other weights decodes every token into the wrong patch. Nothing is checked when the
-    checkpoint does not name its store or the store is not here (a LlamaGen file, a moved run)."""
-    recorded = (training_store_manifest(resolve(gpt_path)) or {}).get("tokenizer") or {}
-    if not recorded.get("sha256"):
+    ``gpt_path`` was trained on, as the checkpoint records it (``trained_tokenizer``: weights' hash): the same
+    codebook size with other weights decodes every token into the wrong patch. Nothing is checked for a
+    checkpoint without that record (a LlamaGen file, one saved before it was recorded)."""
+    recorded = trained_tokenizer(resolve(gpt_path))
+    if not recorded:
         return
     same = state_hash(vq) == recorded["sha256"]
     if not same and (getattr(vq, "loaded_weights", None) == "EMA") != bool(recorded.get("ema")):

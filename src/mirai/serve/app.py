@@ -35,7 +35,7 @@ from mirai.figures import DPI, MAX_GRID_ROWS, class_name, sample_grid_figure
 from mirai.hub.resolve import resolve
 from mirai.models.gpt import GPT
 from mirai.sampling.checks import check_int
-from mirai.sampling.grid import checkpoint_details, grid_title, training_store_manifest
+from mirai.sampling.grid import checkpoint_details, grid_title, trained_tokenizer, training_store_manifest
 from mirai.sampling.pipeline import (SampleSettings, check_pair, check_request, check_trained_tokenizer,
                                      load_for_sampling, sample_batch)
 
@@ -149,7 +149,8 @@ def load_generator(checkpoint: str | Path, tokenizer: str | Path | None = None, 
     # The GPT first: a path that is not a GPT checkpoint is named as such, not as one without a tokenizer.
     gpt = load_for_sampling(checkpoint, "gpt", prefer_ema=prefer_ema, name=model, grid_size=grid_size)
     if tokenizer is None:
-        tokenizer = ((training_store_manifest(path) or {}).get("tokenizer") or {}).get("path")
+        tokenizer = (trained_tokenizer(path).get("path")  # the checkpoint's record, else its training store's
+                     or ((training_store_manifest(path) or {}).get("tokenizer") or {}).get("path"))
         if tokenizer is None:
             raise ConfigError(f"{checkpoint}: no tokenizer recorded with this checkpoint (or its training codes are "
                               "not here); pass --tokenizer, the VQ the GPT was trained with (e.g. fashion/vq8)")

@@ -122,9 +122,7 @@ def check_same_codes(val: CodeStore, train: CodeStore) -> None:
     sizes = {"codebook size": (val.vocab_size, train.vocab_size), "grid side": (val.grid_size, train.grid_size),
              "classes": (val.num_classes, train.num_classes)}
     differ = [f"{name} {v} vs {t}" for name, (v, t) in sizes.items() if v != t]
-    tokenizers = [(store.manifest["tokenizer"].get("sha256"), store.manifest["tokenizer"].get("ema"))
-                  for store in (val, train)]
-    if tokenizers[0] != tokenizers[1]:
+    if val.manifest["tokenizer"].get("sha256") != train.manifest["tokenizer"].get("sha256"):  # raw or EMA alike
         differ.append("extracted with another tokenizer (its weights differ)")
     if differ:
         tok, kind = train.manifest["tokenizer"], train.manifest["dataset"]["kind"]

@@ -66,17 +66,19 @@ def _gather(obj):
 def save_training_checkpoint(
     path: Path, *, cfg: TrainConfig, step: int, best_val: float, val_nll: float | None, model: GPT, ema: GPT,
     optimizer: torch.optim.Optimizer, states: dict[str, SavedState], is_main: bool, objective: nn.Module | None = None,
-    finished: bool = False,
+    finished: bool = False, tokenizer: dict | None = None,
 ) -> Path:
     """Collective: every rank calls it (RNG states are gathered); rank 0 writes ``path`` atomically
     and prunes step checkpoints beyond ``cfg.keep_last`` (see ``_prune``). With ``strategy: fsdp`` the training
     state is sharded (``objective``: the module the optimizer trains; see the module docstring). ``finished``: the
-    end-of-run save, after the final validation (a resume from it has nothing left to do)."""
+    end-of-run save, after the final validation (a resume from it has nothing left to do). ``tokenizer``: the
+    training store's manifest entry of the tokenizer that made its codes; its hash, EMA flag and path are recorded
+    so that sampling and analyses can refuse another tokenizer (``mirai.sampling.grid.trained_tokenizer``)."""
     rng = _gather(_rng_state(next(model.parameters()).device))
     if cfg.distributed.strategy == "fsdp":
         return _save_sharded(path, cfg=cfg, step=step, best_val=best_val, rng=rng, model=model, ema=ema,
                              objective=objective, optimizer=optimizer, states=states, is_main=is_main,
-                             meta=_meta(cfg, step, val_nll, finished))
+                             meta=_meta(cfg, step, val_nll, finished, tokenizer))
     if not is_main:
         return path
     buffer = io.BytesIO()
@@ -88,7 +90,7 @@ def save_training_checkpoint(
         extra[f"{name}.safetensors"] = save(tensors)
     name, args = model.checkpoint_config()
     write_checkpoint(path, Checkpoint(model.checkpoint_kind, name, args, model.state_dict(), ema.state_dict(),
-                                      _meta(cfg, step, val_nll, finished)),
+                                      _meta(cfg, step, val_nll, finished, tokenizer)),
                      extra_files=extra)
     _prune(path.parent, cfg.keep_last, cfg.save_every)
     return path
@@ -108,9 +110,12 @@ def link_checkpoint(source: Path, path: Path) -> Path:
     return atomic_write_dir(path, write)
 
 
-def _meta(cfg: TrainConfig, step: int, val_nll: float | None, finished: bool) -> dict:
+def _meta(cfg: TrainConfig, step: int, val_nll: float | None, finished: bool, tokenizer: dict | None) -> dict:
     """What ``config.json`` records of the run beside the architecture."""
-    return {"step": step, "val_nll": val_nll, "seed": cfg.seed, "run_dir": str(Path(cfg.run_dir)), "finished": finished}
+    meta = {"step": step, "val_nll": val_nll, "seed": cfg.seed, "run_dir": str(Path(cfg.run_dir)), "finished": finished}
+    if tokenizer and tokenizer.get("sha256"):
+        meta["tokenizer"] = {key: tokenizer.get(key) for key in ("sha256", "ema", "path")}
+    return meta
 
 
 def _step_dirs(folder: Path) -> list[Path]:
