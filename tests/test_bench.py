@@ -185,9 +185,24 @@ def test_bad_variants_fail_before_any_training(bench_stores, tmp_path, monkeypat
     assert not out.exists()
     # An out_dir that is another folder (here a code store) is refused, not filled with the bench's files.
     store = bench_stores / "codes_test"
-    with pytest.raises(ConfigError, match=r"out_dir .*codes_test holds files a bench does not write \(codes.npy"):
+    with pytest.raises(ConfigError, match=r"output folder .*codes_test \(out_dir.*holds what a bench does not write \(codes.npy"):
         run_convergence(from_dict(BenchConfig, bench_dict(bench_stores, store)))
     assert not (store / "results.json").exists() and not (store / "bench.yaml").exists()
+
+
+def test_an_earlier_benchs_output_folder_is_accepted_with_the_runs_it_kept(bench_stores, tmp_path):
+    """Runs kept in OUT itself (as mirai demo keeps them) may belong to a variant this bench no longer has."""
+    from mirai.bench.store import check_out_dir
+
+    out = tmp_path / "demo"
+    (out / "mirai_e" / "seed_0").mkdir(parents=True)  # an earlier run of a variant dropped since
+    for name in ("results.json", "results.md", "bench.yaml", "grid_mirai_e.png", ".results.json.7.tmp"):
+        (out / name).write_text("")
+    bench = from_dict(BenchConfig, bench_dict(bench_stores, out, runs_dir=str(out)))
+    check_out_dir(bench)
+    (out / "notes").mkdir()
+    with pytest.raises(ConfigError, match=r"holds what a bench does not write \(notes\)"):
+        check_out_dir(bench)
 
 
 def test_plan_shares_budget_and_checkpoint_schedule(bench_stores, tmp_path, capsys):

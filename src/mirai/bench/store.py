@@ -31,6 +31,9 @@ OWN_NAMES = re.compile(r"\..*|bench\.yaml|results\.(json|md)|reference(\.json)?|
                        r"|(fid_vs_steps|curves|tsne_maps|grid_.+)\.(png|pdf)")
 
 
+SEED_RUN = re.compile(r"seed_\d+")
+
+
 def check_out_dir(bench: BenchConfig) -> None:
     """``ConfigError`` when ``out_dir`` holds what no bench writes there (a code store, a training run, notes):
     the bench's records, samples and runs would be mixed into another tool's folder. Runs kept in OUT itself
@@ -40,11 +43,19 @@ def check_out_dir(bench: BenchConfig) -> None:
         raise ConfigError(f"out_dir {out} is a file; give a directory")
     if not out.is_dir():
         return
-    variants = set(bench.variants) if bench.runs_root().resolve() == out.resolve() else set()
-    foreign = sorted(p.name for p in out.iterdir() if not OWN_NAMES.fullmatch(p.name) and p.name not in variants)
+    runs_here = bench.runs_root().resolve() == out.resolve()
+    foreign = sorted(p.name for p in out.iterdir() if not OWN_NAMES.fullmatch(p.name)
+                     and not (runs_here and _holds_seed_runs(p)))
     if foreign:
-        raise ConfigError(f"out_dir {out} holds files a bench does not write ({', '.join(foreign[:4])}): it is "
-                          "another folder's (a code store, a training run?); give a new or a bench's out_dir")
+        raise ConfigError(f"output folder {out} (out_dir; mirai demo's --out) holds what a bench does not write "
+                          f"({', '.join(foreign[:4])}): a code store, a training run or other work; give a new folder "
+                          "or one an earlier bench wrote")
+
+
+def _holds_seed_runs(path: Path) -> bool:
+    """A variant's folder of runs kept in OUT (``run_layout``'s ``VARIANT/seed_S``), this bench's variant or an
+    earlier one's (a demo rerun with fewer variants keeps the others' runs)."""
+    return path.is_dir() and any(path.iterdir()) and all(SEED_RUN.fullmatch(p.name) for p in path.iterdir())
 
 
 def write_json(path: Path, data: Any) -> None:
