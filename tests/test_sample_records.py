@@ -143,7 +143,7 @@ def test_ctrl_c_after_the_samples_are_complete_says_they_are(tmp_path, monkeypat
     assert main(argv) == 0 and "reused the 4 samples" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("replacement", ["other labels", "fewer samples", "not an npz"])
+@pytest.mark.parametrize("replacement", ["other labels", "other tokens", "fewer samples", "not an npz"])
 def test_a_finished_set_replaced_after_sampling_is_refused_not_reused(tmp_path, monkeypatch, replacement):
     """The record beside samples.npz describes what was sampled; a file copied or written over it since (another
     set, a reference batch) is not reused as if it were that set."""
@@ -157,6 +157,8 @@ def test_a_finished_set_replaced_after_sampling_is_refused_not_reused(tmp_path, 
         arrays = {key: data[key] for key in data.files}
     if replacement == "other labels":
         arrays["labels"] = np.roll(arrays["labels"], 1)
+    elif replacement == "other tokens":  # another set of the same size (balanced labels depend on the size only)
+        arrays["tokens"] = (arrays["tokens"] + 1) % 16
     elif replacement == "fewer samples":
         arrays = {key: value[:5] for key, value in arrays.items()}
     if replacement == "not an npz":
@@ -164,6 +166,6 @@ def test_a_finished_set_replaced_after_sampling_is_refused_not_reused(tmp_path, 
     else:
         np.savez(out, **arrays)
     monkeypatch.setattr(pipeline, "sample_batch", lambda *a, **k: pytest.fail("sampled again"))
-    match = "cannot be read" if replacement == "not an npz" else "labels are not the ones its record .* lists.*replaced"
+    match = "cannot be read" if replacement == "not an npz" else "samples that are not the ones its record .* lists.*replaced"
     with pytest.raises(DataError, match=match + ".*delete"):
         sample_to_npz(gpt, vq, LABELS, out, **BASE)

@@ -34,7 +34,7 @@ from mirai.models.registry import GPT_CONFIGS
 from mirai.sampling.checks import as_labels, check_finite_weights, check_guidance, check_int, check_sampling, check_seed
 from mirai.sampling.generate import generate
 from mirai.sampling.grid import trained_tokenizer
-from mirai.sampling.record import check_same, labels_digest, read_record, sample_record, write_record
+from mirai.sampling.record import TOKENS_KEY, check_same, int_digest, read_record, sample_record, write_record
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # The largest sample set: 20x the 50 000 of ADM's evaluation protocol. A set is merged in memory (a million
@@ -227,16 +227,19 @@ def _finished(out: Path, record: dict, rank: int, vocab_size: int) -> Path | Non
     Its record alone does not say so: the file itself must hold the recorded labels (not a file copied or
     written over it since, e.g. a reference batch)."""
     fix = f"use a new --out (output path), or delete {out} to sample again"
-    check_same(read_record(out.with_suffix(".json")), record, f"the sample set {out}", fix, vocab_size)
+    saved = read_record(out.with_suffix(".json"))
+    check_same(saved, record, f"the sample set {out}", fix, vocab_size)
     try:
         with np.load(out) as data:
             labels = data["labels"]
+            tokens = data["tokens"] if TOKENS_KEY in saved else None  # sets finished before it was recorded: None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"the sample set {out} cannot be read ({err}); {fix}") from None
-    if len(labels) != record["num_samples"] or labels_digest(labels) != record["labels_sha256"]:
-        raise DataError(f"the sample set {out} holds {len(labels)} samples whose labels are not the ones its record "
-                        f"{out.with_suffix('.json')} lists ({record['num_samples']}): the file was replaced after "
-                        f"sampling; {fix}")
+    if (len(labels) != record["num_samples"] or int_digest(labels) != record["labels_sha256"]
+            or (tokens is not None and int_digest(tokens) != saved[TOKENS_KEY])):
+        raise DataError(f"the sample set {out} holds {len(labels)} samples that are not the ones its record "
+                        f"{out.with_suffix('.json')} lists ({record['num_samples']}, with their labels and tokens): "
+                        f"the file was replaced after sampling; {fix}")
     return out if rank == 0 else None
 
 
@@ -312,7 +315,8 @@ def sample_to_npz(
         if len(merged["arr_0"]) != len(labels) or not np.array_equal(merged["labels"], labels):
             raise DataError(f"the parts in {parts} hold {len(merged['arr_0'])} samples for {len(labels)} labels; "
                             f"delete {parts} to sample again")
-        write_record(out.with_suffix(".json"), record)  # first: an out without its record is refused
+        # First: an out without its record is refused.
+        write_record(out.with_suffix(".json"), {**record, TOKENS_KEY: int_digest(merged["tokens"])})
         _save_part(out, **merged)
         shutil.rmtree(parts)
     return out

@@ -42,9 +42,14 @@ def compile_changes_draws(precision: str) -> bool:
     return precision != "fp32"
 
 
-def labels_digest(labels: np.ndarray) -> str:
-    """sha256 of the class labels as int64: the record's ``labels_sha256``."""
-    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()
+# Beside a finished set only: the digest of the tokens its file holds, which a reuse checks the file against (another
+# set of the same size has the same labels). Not compared between records: a request does not know its tokens.
+TOKENS_KEY = "tokens_sha256"
+
+
+def int_digest(values: np.ndarray) -> str:
+    """sha256 of integer values as int64: the record's ``labels_sha256`` (class labels) and ``TOKENS_KEY``."""
+    return hashlib.sha256(np.ascontiguousarray(values, dtype=np.int64).tobytes()).hexdigest()
 
 
 def sample_record(
@@ -59,7 +64,7 @@ def sample_record(
         "gpt": {PATH_KEY: sources.get("gpt"), "sha256": fingerprint(gpt)},
         "vq": {PATH_KEY: sources.get("vq"), "sha256": fingerprint(vq)},
         "settings": dataclasses.asdict(settings), "seed": seed, "batch_size": batch_size,
-        "num_samples": int(len(labels)), "labels_sha256": labels_digest(labels),
+        "num_samples": int(len(labels)), "labels_sha256": int_digest(labels),
     }
     if compile and compile_changes_draws(settings.precision):
         # A set is never resumed or reused across the switch; fp32 records leave the key out and so stay
@@ -89,7 +94,7 @@ def _leaves(data: dict, as_drawn: bool, vocab_size: int | None = None) -> dict[s
     ``as_drawn``, its settings as they draw (``draws_as``)."""
     if as_drawn and isinstance(data.get("settings"), dict):
         data = {**data, "settings": draws_as(data["settings"], vocab_size)}
-    return {k: v for k, v in flatten(data).items() if k.rpartition(".")[2] != PATH_KEY}
+    return {k: v for k, v in flatten(data).items() if k.rpartition(".")[2] != PATH_KEY and k != TOKENS_KEY}
 
 
 # Values compared by their SHA-256: a difference names what differs, not two digests.
