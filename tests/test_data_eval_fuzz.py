@@ -110,7 +110,7 @@ EXTRACT_CASES = [
     ("--device", "cuda:99", "CUDA|cuda"), ("--out", f"{W}/notes.txt", "not a code store"),
     ("--out", f"{W}/codes_train", "--overwrite"), ("--out", f"{W}/train", "not a code store"),
     ("--out", f"{W}/notes.txt/store", "is a file"), ("--out", f"{W}/train/store", "inside the dataset folder"),
-    ("--out", "/proc/mirai_store", "cannot create a folder in /proc"),  # a folder the system will not write into
+    ("--out", "/proc/mirai_store", "cannot create anything in /proc"),  # a folder the system will not write into
 ]
 
 
@@ -171,6 +171,7 @@ SCORE_CASES = [(where, path, match) for where in ("samples", "--ref") for path, 
     ("--out", f"{W}/notes.txt/m.json", "is a file"),
     ("--out", f"{W}/notes.txt", "already exists and is not a metrics report.*--overwrite"),
     ("--out", f"{W}/gpt/config.json", "already exists and is not a metrics report"),
+    ("--out", "/proc/mirai/m.json", "cannot create anything in /proc"),  # before the scoring, not after it
 ]
 INCEPTION_CASES = [(f"{W}/missing.pth", "does not exist"), (f"{W}/notes.pth", "not loaded|not a readable"),
                    (f"{W}/empty", "is a directory"), (f"{W}/samples.npz", "must be one of")]

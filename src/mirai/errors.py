@@ -5,6 +5,7 @@ Each message says what is wrong and what to do about it.
 
 import errno
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -65,6 +66,7 @@ def refuse_under_file(path: Path, name: str, *, file: bool = False, folder: str 
     level = Path(path.anchor)
     parts = path.parts[1:] if path.anchor else path.parts
     missing = False
+    existing = level if path.anchor else Path(".")  # the deepest folder that exists: where creation starts
     name_max = os.pathconf(path.anchor or ".", "PC_NAME_MAX")
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
@@ -88,8 +90,23 @@ def refuse_under_file(path: Path, name: str, *, file: bool = False, folder: str 
                 raise ConfigError(f"{name} {path} is a file, not a {folder}; choose another location")
             elif not level.is_dir():
                 raise under_file(name, path, level)
+            else:
+                existing = level
         except OSError as err:
             raise cannot_create(name, path, level, err) from None
+    _probe_creation(existing, name, path)
+
+
+def _probe_creation(folder: Path, name: str, path: Path) -> None:
+    """``ConfigError`` when the system will not create anything in ``folder`` (/proc, a read-only file system),
+    found before any work by making and removing an empty folder there; a full disk is left to the command
+    line's own message."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".mirai-probe-", dir=folder))
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return  # the write itself reports it, naming the file
+        raise cannot_create(name, path, f"anything in {folder}", err) from None
 
 
 class Interrupted(KeyboardInterrupt):
