@@ -185,7 +185,7 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
                       "--perplexity": [("0", "perplexity"), ("nan", "perplexity"), ("-1", "perplexity"),
                                        ("inf", "perplexity")],
                       "--image-index": [("-1", "image indices"), ("999", "image indices")],
-                      "--seed": [("-1", "seed")],
+                      "--seed": [("-1", "seed"), ("4294967296", "seed must be an integer between 0 and 4294967295")],
                       "--out": [(f"{OUT}/t.xyz", "file type"), (f"{W}/empty", "is a directory")]}),
         (TSNE + ["--labels", "a", "b"], "label per checkpoint"),
         *table(CLASSMAP, {"--num-images": [("0", "num_images"), ("-1", "num_images"), ("2", "k=3")],

@@ -29,6 +29,7 @@ from mirai.errors import ConfigError, DataError
 from mirai.figures import check_figure_path, save_figure
 from mirai.foresight.config import ForesightConfig
 from mirai.models.gpt import GPT
+from mirai.sampling.checks import check_seed
 from mirai.sampling.grid import check_codes_tokenizer
 
 Condition = Literal["null", "label"]
@@ -75,9 +76,10 @@ def image_states(gpt: GPT, store: CodeStore, indices: Sequence[int], layer: int,
 
 
 def check_tsne_settings(perplexity: float, seed: int) -> None:
-    """Refuse (``ConfigError``) a perplexity that is not a finite number above 0 and a negative seed."""
+    """Refuse (``ConfigError``) a perplexity that is not a finite number above 0 and a seed outside [0, 2**32)
+    (scikit-learn's and NumPy's seeds)."""
     positive_float(perplexity, "perplexity")
-    non_negative_int(seed, "seed")
+    check_seed(non_negative_int(seed, "seed"))
 
 
 def tsne_embed(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:

@@ -10,6 +10,7 @@ from typing import Any, Literal, Sequence
 
 from mirai.config import apply_overrides, check_distinct_overrides, from_dict, load_config, parse_override, read_yaml
 from mirai.errors import ConfigError, refuse_under_file
+from mirai.sampling.checks import SEED_LIMIT, check_int
 from mirai.sampling.pipeline import SampleSettings
 from mirai.training.config import TrainConfig
 
@@ -93,6 +94,7 @@ class BenchConfig:
                               "from `mirai extract --split test`)")
         if self.average_last < 1:
             raise ConfigError("average_last must be at least 1")
+        check_int("sample_seed", self.sample_seed, 0, SEED_LIMIT - 1)  # a sampling seed, refused before training
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device {self.device!r}: choose auto, cpu or cuda")
         if self.tsne_layer is not None and self.tsne_layer < 1:
