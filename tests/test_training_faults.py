@@ -346,6 +346,7 @@ def test_sigterm_exits_143_after_saving(stores, tmp_path, monkeypatch, capsys, s
     config = tmp_path / "cfg.yaml"
     config.write_text(json.dumps(to_dict(make_cfg(stores, tmp_path / "run", steps=5))))
     assert main(["train", "--config", str(config)]) == 128 + signum
+    assert f"stopped at step 2: {signal.Signals(signum).name}: saved" in (tmp_path / "run" / "log.txt").read_text()
     assert run_state.has_step_checkpoints(tmp_path / "run")
     assert capsys.readouterr().err.strip().endswith("at step 2; continue with --resume")
 

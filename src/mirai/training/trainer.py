@@ -348,7 +348,8 @@ class Trainer:
                                            best if best.is_dir() else None, samples, logger.path, log_path):
                 say(line)
         except BaseException as error:  # the text log says why the run stopped (the CLI prints it too)
-            self.console.record(f"stopped at step {self.step}: {type(error).__name__}: {error}")
+            why = signal.Signals(error.signum).name if isinstance(error, Interrupted) else type(error).__name__
+            self.console.record(f"stopped at step {self.step}: {why}: {error}")
             raise
         finally:
             self.console.close()
