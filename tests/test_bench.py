@@ -198,6 +198,7 @@ def test_an_earlier_benchs_output_folder_is_accepted_with_the_runs_it_kept(bench
 
     out = tmp_path / "demo"
     (out / "mirai_e" / "seed_0").mkdir(parents=True)  # an earlier run of a variant dropped since
+    (out / "old" / "checkpoints").mkdir(parents=True)  # one in mirai demo's layout (OUT/VARIANT is the run)
     for name in ("results.json", "results.md", "bench.yaml", "grid_mirai_e.png", ".results.json.7.tmp"):
         (out / name).write_text("")
     bench = from_dict(BenchConfig, bench_dict(bench_stores, out, runs_dir=str(out)))

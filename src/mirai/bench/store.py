@@ -45,17 +45,21 @@ def check_out_dir(bench: BenchConfig) -> None:
         return
     runs_here = bench.runs_root().resolve() == out.resolve()
     foreign = sorted(p.name for p in out.iterdir() if not OWN_NAMES.fullmatch(p.name)
-                     and not (runs_here and _holds_seed_runs(p)))
+                     and not (runs_here and (p.name in bench.variants or _holds_runs(p))))
     if foreign:
         raise ConfigError(f"output folder {out} (out_dir; mirai demo's --out) holds what a bench does not write "
                           f"({', '.join(foreign[:4])}): a code store, a training run or other work; give a new folder "
                           "or one an earlier bench wrote")
 
 
-def _holds_seed_runs(path: Path) -> bool:
-    """A variant's folder of runs kept in OUT (``run_layout``'s ``VARIANT/seed_S``), this bench's variant or an
-    earlier one's (a demo rerun with fewer variants keeps the others' runs)."""
-    return path.is_dir() and any(path.iterdir()) and all(SEED_RUN.fullmatch(p.name) for p in path.iterdir())
+def _holds_runs(path: Path) -> bool:
+    """A variant's runs kept in OUT by an earlier bench or demo with other variants (a rerun with fewer keeps the
+    others'): a training run (``VARIANT``, mirai demo's layout) or a folder of them (``VARIANT/seed_S``)."""
+    if not path.is_dir():
+        return False
+    if (path / "config.yaml").is_file() or (path / "checkpoints").is_dir():
+        return True
+    return any(path.iterdir()) and all(SEED_RUN.fullmatch(p.name) for p in path.iterdir())
 
 
 def write_json(path: Path, data: Any) -> None:
