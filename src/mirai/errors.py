@@ -55,14 +55,16 @@ def cannot_create(name: str, path: object, level: object, err: OSError) -> Confi
     return ConfigError(f"{name} {path}: cannot create {level} ({err.strerror or err}); choose another location")
 
 
-def refuse_under_file(path: Path, name: str, *, file: bool = False, folder: str = "folder") -> None:
+def refuse_under_file(path: Path, name: str, *, file: bool = False, folder: str = "folder",
+                      probe: bool = True) -> None:
     """``ConfigError`` when a folder of output ``path`` could not be created: a level is a file, a broken
     symbolic link or a link loop, or the system refuses to look at it. Levels are walked as folder creation
     meets them, so ``new/../file/x`` is refused while ``new`` is missing (it would be made a real folder,
     and ``..`` leads back). ``path`` itself is to be a folder (``folder`` says which kind, for the error
     when it is a file); with ``file``, it is to be a file and is refused only for a name the system
     cannot take (writing through a dangling link to a file works); an existing folder there is left to
-    the caller, which says what it expected."""
+    the caller, which says what it expected. ``probe``: also refuse a place where the system creates nothing
+    (``_probe_creation``); off for a folder a command may only read (a bench's ``runs_dir`` under ``--report``)."""
     level = Path(path.anchor)
     parts = path.parts[1:] if path.anchor else path.parts
     missing = False
@@ -94,7 +96,8 @@ def refuse_under_file(path: Path, name: str, *, file: bool = False, folder: str 
                 existing = level
         except OSError as err:
             raise cannot_create(name, path, level, err) from None
-    _probe_creation(existing, name, path)
+    if probe:
+        _probe_creation(existing, name, path)
 
 
 def _probe_creation(folder: Path, name: str, path: Path) -> None:

@@ -65,7 +65,9 @@ class BenchConfig:
         """Raise ``ConfigError`` naming the first bad setting (called by ``from_dict``/``load_config``)."""
         for name in ("out_dir", "runs_dir"):  # a file there would only be met once the first run starts
             if getattr(self, name):
-                refuse_under_file(Path(getattr(self, name)), name, folder="bench output directory")
+                # runs_dir may be another bench's finished runs, only read (rescored, reported): not probed
+                refuse_under_file(Path(getattr(self, name)), name, folder="bench output directory",
+                                  probe=name == "out_dir")
         if not self.variants:
             raise ConfigError("variants is empty: name at least one, e.g. variants: {baseline: []}")
         for name in self.variants:
