@@ -167,6 +167,9 @@ def test_bad_variants_fail_before_any_training(bench_stores, tmp_path, monkeypat
         run_convergence(from_dict(BenchConfig, budget))
     with pytest.raises(ConfigError, match=r"eval_at \[9\] lies outside 1..steps=4: score checkpoints within the run, or raise steps"):
         from_dict(BenchConfig, bench_dict(bench_stores, out, eval_at=[9]))
+    with pytest.raises(ConfigError, match="out_dir /proc/mirai_out: cannot create anything in /proc"):
+        from_dict(BenchConfig, bench_dict(bench_stores, "/proc/mirai_out"))
+    from_dict(BenchConfig, bench_dict(bench_stores, out, runs_dir="/proc/mirai_runs"))  # runs_dir may be read-only
     with pytest.raises(ConfigError, match="sample_seed must be an integer between 0 and 4294967295"):
         from_dict(BenchConfig, bench_dict(bench_stores, out, sample_seed=2**32))
     with pytest.raises(ConfigError, match="variants.x: unknown key"):
