@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from mirai.errors import cannot_create
+from mirai.errors import FULL_DISK, cannot_create
 
 
 def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -22,7 +22,7 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     except OSError as err:  # before any work: a folder the system will not write into (/proc, read-only)
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if err.errno in FULL_DISK:
             raise  # the command line's one-line message for a full disk
         raise cannot_create("output folder", path, f"a folder in {path.parent}", err) from None
     # mkdtemp and safetensors make files private; published ones get the usual 0666/0777 less the umask.

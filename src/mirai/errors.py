@@ -49,6 +49,11 @@ def under_file(name: str, path: object, level: object) -> ConfigError:
     return ConfigError(f"{where} {what}, so nothing can be written there; choose another location")
 
 
+# A full disk or quota: the command line reports it in one line naming the file (cli.main), so the checks and
+# writers below let it through instead of calling it a place where nothing can be created.
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
 def cannot_create(name: str, path: object, level: object, err: OSError) -> ConfigError:
     """The error for output ``path`` when the system refuses to make or inspect its level ``level``
     (no permission, a read-only file system, a name too long, a disk full)."""
@@ -107,7 +112,7 @@ def _probe_creation(folder: Path, name: str, path: Path) -> None:
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".mirai-probe-", dir=folder))
     except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if err.errno in FULL_DISK:
             return  # the write itself reports it, naming the file
         raise cannot_create(name, path, f"anything in {folder}", err) from None
 

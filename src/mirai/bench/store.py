@@ -39,9 +39,7 @@ def check_out_dir(bench: BenchConfig) -> None:
     the bench's records, samples and runs would be mixed into another tool's folder. Runs kept in OUT itself
     (``runs_dir`` = ``out_dir``, as ``mirai demo`` does) may sit there under their variants' names."""
     out = Path(bench.out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out_dir {out} is a file; give a directory")
-    if not out.is_dir():
+    if not out.is_dir():  # missing (made later), or a file, which the config's own check refuses
         return
     runs_here = bench.runs_root().resolve() == out.resolve()
     foreign = sorted(p.name for p in out.iterdir() if not OWN_NAMES.fullmatch(p.name)

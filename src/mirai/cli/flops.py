@@ -103,11 +103,10 @@ def run(args: argparse.Namespace) -> int:
     source = args.source or (section.get("source", "none") if args.config else "all")
     sources = ["encoder", "ema"] if source == "all" else [] if source == "none" else [source]
     # Flags that only a foresight row reads, e.g. --k 3 with a baseline config: say so, not print the baseline alone.
-    read_by = {"--k": {"ema", "encoder"}, "--layer": {"ema", "encoder"}, "--head": {"ema", "encoder"},
-               "--encoder": {"encoder"}, "--encoder-res": {"encoder"}}
-    given = {"--k": args.k, "--layer": args.layer, "--head": args.head, "--encoder": args.encoder,
-             "--encoder-res": args.encoder_res}
-    unused = [flag for flag, value in given.items() if value is not None and not read_by[flag] & set(sources)]
+    heads, encoder = {"ema", "encoder"}, {"encoder"}  # the sources whose rows read each flag
+    read_by = {"--k": (args.k, heads), "--layer": (args.layer, heads), "--head": (args.head, heads),
+               "--encoder": (args.encoder, encoder), "--encoder-res": (args.encoder_res, encoder)}
+    unused = [flag for flag, (value, readers) in read_by.items() if value is not None and not readers & set(sources)]
     if unused:
         fix = "encoder" if {"--encoder", "--encoder-res"} & set(unused) else "all"
         print(f"note: {', '.join(unused)} not used: no foresight row that reads {'it' if len(unused) == 1 else 'them'} "

@@ -17,7 +17,7 @@ import sys
 
 from mirai import __version__
 from mirai.cli.flags import refuse_blank
-from mirai.errors import MiraiError
+from mirai.errors import FULL_DISK, MiraiError
 
 # Subcommand modules, in the order ``mirai --help`` lists them.
 COMMANDS = [
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{command}: error: {err}", file=sys.stderr)
         return 1
     except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if err.errno not in FULL_DISK:
             raise
         # Every write is atomic (checkpoints, sample batches, stores), so what was finished before is intact.
         where = f" while writing {err.filename}" if err.filename else ""

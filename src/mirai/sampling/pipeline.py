@@ -180,6 +180,7 @@ def _save_part(path: Path, **arrays: np.ndarray) -> None:
 
 
 PART_NAME = re.compile(r"^\d{6}\.npz$")
+KEYS = ("arr_0", "labels", "tokens")
 
 
 def parts_folder(out: Path) -> Path:
@@ -190,7 +191,6 @@ def parts_folder(out: Path) -> Path:
 def finished_parts(parts: Path) -> list[Path]:
     """The finished batch files in a parts folder (none when it does not exist)."""
     return sorted(p for p in parts.iterdir() if PART_NAME.match(p.name)) if parts.is_dir() else []
-KEYS = ("arr_0", "labels", "tokens")
 
 
 def _load_part(path: Path, expected: np.ndarray) -> dict[str, np.ndarray]:
