@@ -1,5 +1,6 @@
 """The convergence bench's stored records and tables: the results file's shape, the summary and paired
-tables over seeds, and the shipped bench configs' checkpoint schedules (no training, no stores)."""
+tables over seeds, the steps each variant takes to reach the baseline's final FID, and the shipped bench configs'
+checkpoint schedules (no training, no stores)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from mirai.bench.config import BenchConfig
-from mirai.bench.report import format_table, paired_rows, summary_rows
+from mirai.bench.report import (Crossing, crossing_rows, crossing_step, format_table, paired_rows,
+                                summary_rows)
 from mirai.bench.store import read_results
 from mirai.config import from_dict, load_config
 from mirai.errors import DataError
@@ -83,3 +85,31 @@ def test_every_shipped_bench_config_draws_fid_curves_of_at_least_five_checkpoint
     for path in shipped:
         bench = load_config(BenchConfig, path)
         assert len(bench.schedule()) >= 5, f"{path.name} scores only steps {bench.schedule()}"
+
+
+def test_crossing_step_interpolates_between_the_checkpoints_that_bracket_the_target():
+    curve = [(500, 250.0), (1000, 150.0), (1500, 100.0), (2000, 90.0)]
+    assert crossing_step(curve, 125.0) == Crossing(1250.0)  # halfway from 150 to 100
+    assert crossing_step(curve, 150.0) == Crossing(1000.0)  # reached exactly at a checkpoint
+    assert crossing_step(curve, 300.0) == Crossing(500, bound=True)  # already below at the first checkpoint
+    assert crossing_step(curve, 80.0) is None
+    assert crossing_step([(1000, 150.0), (2000, 160.0), (3000, 100.0)], 120.0) == Crossing(2000 + 4000 / 6)
+
+
+def test_steps_to_the_baselines_final_fid_per_seed_with_their_fraction():
+    bench = from_dict(BenchConfig, bench_dict(seeds=[0, 1, 2], steps=20, eval_at=[10],
+                                              variants={"baseline": [], "b": [], "c": []}))
+
+    def curve(seed, fids):
+        return [{"seed": seed, "step": step, "fid": fid, "fid_recon": fid, "inception_score": 2.0, "precision": 0.5,
+                 "recall": 0.25, "class_accuracy": 0.5, "val_nll": None} for step, fid in zip((10, 20), fids)]
+
+    results = {"baseline": curve(0, [200.0, 100.0]) + curve(1, [200.0, 120.0]) + curve(2, [200.0, 100.0]),
+               "b": curve(0, [150.0, 50.0]) + curve(1, [100.0, 80.0]) + curve(2, [150.0]),  # seed 2 unfinished
+               "c": curve(0, [200.0, 110.0])}
+    (b, seeds, targets, steps), (c, *_, never) = crossing_rows(bench, results)
+    assert (b, seeds, targets, c) == ("b", [0, 1], [100.0, 120.0], "c")
+    assert steps == [Crossing(15.0), Crossing(10, bound=True)] and never == [None]
+    table = format_table(bench, results, FLOORS)
+    assert "| b | 110 ± 14 | seed 0: 15, seed 1: ≤10 | ≤ 0.625 ± 0.18 | 2/2 |" in table
+    assert "| c | 100 | seed 0: not reached | – | 0/1 |" in table

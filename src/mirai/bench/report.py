@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 from mirai.analysis.curves import plot_curves
@@ -27,6 +28,10 @@ def _mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.4g}"
     return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+
+
+def _crossing_cell(crossing: Crossing | None) -> str:
+    return "not reached" if crossing is None else f"{'≤' if crossing.bound else ''}{crossing.step:.0f}"
 
 
 def _cell(records: list[dict], key: str) -> str:
@@ -96,6 +101,7 @@ def format_table(bench: BenchConfig, results: dict[str, list[dict]], floors: dic
             cells = [f"{_mean_std(diffs[k])} ({sum(map(_BETTER[k], diffs[k]))}/{len(diffs[k])})"
                      if diffs[k] else "–" for k, _ in PAIRED]
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {_mean_std(relative)} |")
+    lines += _crossing_table(bench, results)
     return "\n".join(lines) + "\n"
 
 
@@ -120,6 +126,73 @@ def paired_rows(
             relative = [100 * (r["fid"] / b["fid"] - 1) for r, b in pairs]
             rows.append((f"{name}@{step}", diffs, relative))
     return rows
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """Where a FID curve first reaches a target: ``step`` (interpolated), or an upper ``bound`` (the first scored
+    checkpoint is already at or below the target)."""
+
+    step: float
+    bound: bool = False
+
+
+def crossing_step(curve: list[tuple[int, float]], target: float) -> Crossing | None:
+    """The first step at which the FID ``curve`` ((step, FID) ascending by step) reaches ``target``, linearly
+    interpolated between the two checkpoints that bracket it; None when it never does."""
+    if curve and curve[0][1] <= target:
+        return Crossing(curve[0][0], bound=True)
+    for (s0, f0), (s1, f1) in zip(curve, curve[1:]):
+        if f1 <= target:
+            return Crossing(s0 + (f0 - target) / (f0 - f1) * (s1 - s0))
+    return None
+
+
+def crossing_rows(
+    bench: BenchConfig, results: dict[str, list[dict]]
+) -> list[tuple[str, list[int], list[float], list[Crossing | None]]]:
+    """(variant, seeds, the reference's final FID per seed, the step at which the variant's curve reaches it per seed)
+    for every other variant, over the seeds where the reference has its final checkpoint and the variant all of
+    its scored ones: issue 16's "steps to the baseline's final FID", each run on its own full schedule. None with
+    a single scored step, where the answer could only be "at the end or not at all"."""
+    if len(bench.schedule()) < 2:
+        return []
+    reference = bench.reference_variant()
+    final = {r["seed"]: r["fid"] for r in results.get(reference, []) if r["step"] == bench.steps}
+    schedule, rows = bench.schedule(), []
+    for name in bench.variants:
+        if name == reference:
+            continue
+        seeds, targets, steps = [], [], []
+        for seed in bench.seeds:
+            curve = {r["step"]: r["fid"] for r in results.get(name, []) if r["seed"] == seed}
+            if seed in final and all(step in curve for step in schedule):
+                seeds.append(seed)
+                targets.append(final[seed])
+                steps.append(crossing_step([(step, curve[step]) for step in schedule], final[seed]))
+        if steps:
+            rows.append((name, seeds, targets, steps))
+    return rows
+
+
+def _crossing_table(bench: BenchConfig, results: dict[str, list[dict]]) -> list[str]:
+    """The markdown lines of ``crossing_rows`` (none when no variant has all its checkpoints scored)."""
+    crossings = crossing_rows(bench, results)
+    if not crossings:
+        return []
+    reference = bench.reference_variant()
+    lines = ["", f"Steps to {reference}'s final FID (each seed's, at step {bench.steps}), each run on its own "
+             f"{bench.steps}-step schedule: linear interpolation between the two scored checkpoints that bracket it "
+             "(a curve that flattens reaches it a little earlier); \"≤\" where the first scored checkpoint is "
+             "already below it. The fraction's mean ± std is over the seeds that reach it.", "",
+             f"| run | {reference}'s final FID | step reached, per seed | fraction of {reference}'s steps | "
+             "seeds that reach it |", "|---|---|---|---|---|"]
+    for name, seeds, targets, steps in crossings:
+        reached = [s for s in steps if s is not None]
+        cells = ", ".join(f"seed {seed}: {_crossing_cell(s)}" for seed, s in zip(seeds, steps))
+        fraction = ("≤ " if any(s.bound for s in reached) else "") + _mean_std([s.step / bench.steps for s in reached])
+        lines.append(f"| {name} | {_mean_std(targets)} | {cells} | {fraction} | {len(reached)}/{len(steps)} |")
+    return lines
 
 
 FID_PANELS = (("fid", "FID vs real test images ↓"), ("fid_recon", "FID vs tokenizer reconstructions ↓"),
