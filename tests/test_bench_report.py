@@ -1,5 +1,6 @@
 """The convergence bench's report from stored scores: t-SNE maps redrawn when a run joins, scores kept when
-run folders are gone (records merged from another machine), and ``--report`` for chosen variants only."""
+run folders are gone (records merged from another machine), ``--report`` for chosen variants only, and floors
+that an older version wrote recomputed."""
 
 from __future__ import annotations
 
@@ -87,3 +88,9 @@ def test_report_only_draws_the_chosen_variants_from_stored_scores(bench_stores, 
     shutil.rmtree(out / "runs")
     assert main(["bench", "convergence", "--config", str(config), "--report", "--variant", "baseline"]) == 0
     assert "no t-SNE maps or curves (no run folder on disk" in capsys.readouterr().out
+    # Floors an older version wrote (no sample counts, which the header states) are recomputed, not a KeyError.
+    floors = json.loads((out / "reference.json").read_text())
+    count = floors["noise_floor"].pop("num_images")
+    (out / "reference.json").write_text(json.dumps(floors))
+    assert main(["bench", "convergence", "--config", str(config), "--report", "--variant", "baseline"]) == 0
+    assert json.loads((out / "reference.json").read_text())["noise_floor"]["num_images"] == count

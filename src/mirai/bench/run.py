@@ -125,11 +125,16 @@ def train_and_score(bench: BenchConfig, variants: list[str] | None = None,
                 bar.update(1)
     finally:
         bar.close()
-    floors_path = out / "reference.json"
-    # Floors written before the noise floor was taken at the sample count lack its num_images: redo them.
-    if not floors_path.is_file() or "num_images" not in json.loads(floors_path.read_text())["noise_floor"]:
-        write_json(floors_path, get_scorer().floors())
-    return ScoredShare(runs, json.loads(floors_path.read_text()), get_scorer)
+    return ScoredShare(runs, current_floors(out, get_scorer), get_scorer)
+
+
+def current_floors(out: Path, get_scorer: Callable[[], Scorer]) -> dict:
+    """The floors in ``OUT/reference.json``, (re)computed with the scorer when missing or written before the
+    noise floor was taken at the sample count (no ``num_images``: the report's header states the counts)."""
+    path = out / "reference.json"
+    if not path.is_file() or "num_images" not in json.loads(path.read_text())["noise_floor"]:
+        write_json(path, get_scorer().floors())
+    return json.loads(path.read_text())
 
 
 def run_convergence(bench: BenchConfig, variants: list[str] | None = None,
@@ -155,7 +160,8 @@ def run_convergence(bench: BenchConfig, variants: list[str] | None = None,
 
 def report_stored(bench: BenchConfig, variants: list[str] | None = None, seeds: list[int] | None = None) -> int:
     """Write the report (``write_report``) from the records already in ``OUT``, for the chosen variants and
-    seeds only (None: all); trains and scores nothing. For comparing some variants of a bench whose other
+    seeds only (None: all); trains and scores nothing (floors that an older version wrote are recomputed,
+    ``current_floors``). For comparing some variants of a bench whose other
     variants were never run. Returns how many chosen runs have their folder on disk (the ones the curves and
     t-SNE maps can show). ``ConfigError`` for a variant or seed the bench lacks, a chosen run with no stored
     score (naming how to get one), or scoring settings other than the stored scores' (``check_same_scoring``)."""
@@ -178,7 +184,7 @@ def report_stored(bench: BenchConfig, variants: list[str] | None = None, seeds: 
     chosen = {r.variant for r in runs}
     shown = replace(bench, variants={k: v for k, v in bench.variants.items() if k in chosen},
                     seeds=[s for s in bench.seeds if s in {r.seed for r in runs}])
-    gone = write_report(shown, runs, results, json.loads(floors.read_text()))
+    gone = write_report(shown, runs, results, current_floors(out, lambda: Scorer(bench, out)))
     _say_gone(gone)
     return len(runs) - len(gone)
 
