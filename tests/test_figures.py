@@ -164,6 +164,12 @@ def test_fid_figure_has_one_quantity_per_panel_with_seed_bands_and_floors(tmp_pa
         assert len(ax.lines[0].get_xdata()) == 5  # five checkpoints
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels[:2] == ["baseline", "mirai_i"] and "noise floor (12 real images)" in labels
+    # The FID panel marks the baseline's final FID (mean over seeds) and half the schedule.
+    assert "baseline's final FID" in labels and "half the steps" in labels
+    marks = {line.get_label(): line for line in fig.axes[0].lines}
+    assert marks["baseline's final FID"].get_ydata()[0] == pytest.approx(100 / 10 + 5 + 0.5)
+    assert marks["half the steps"].get_xdata()[0] == 5
+    assert not any(line.get_label() == "half the steps" for ax in fig.axes[1:] for line in ax.lines)
 
 
 def test_a_figure_redrawn_from_the_same_data_is_the_same_file(tmp_path):

@@ -199,10 +199,23 @@ FID_PANELS = (("fid", "FID vs real test images ↓"), ("fid_recon", "FID vs toke
               ("class_accuracy", "class accuracy of samples ↑"))
 
 
+def _mark_reference_final(ax, bench: BenchConfig, results: dict[str, list[dict]]) -> None:
+    """The reference variant's final FID (mean over seeds) as a line across the FID panel, and half the
+    schedule as an upright one; nothing with a single scored step or no final record."""
+    final = [r["fid"] for r in results.get(bench.reference_variant(), [])
+             if r["step"] == bench.steps and r["seed"] in bench.seeds]
+    if len(bench.schedule()) < 2 or not final:
+        return
+    ax.axhline(statistics.mean(final), color="black", linestyle="-.", linewidth=1, alpha=0.6,
+               label=f"{bench.reference_variant()}'s final FID")
+    ax.axvline(bench.steps / 2, color="black", linestyle="--", linewidth=1, alpha=0.4, label="half the steps")
+
+
 def plot_fid(bench: BenchConfig, results: dict[str, list[dict]], floors: dict, path: Path) -> list[Path]:
     """The scores against training steps, one panel per quantity (``FID_PANELS``), one colour per
     variant: the mean over seeds with markers at the scored checkpoints, mean ± standard deviation
-    over seeds shaded; the noise and tokenizer floors as dashed lines where they apply. Written to
+    over seeds shaded; the noise and tokenizer floors as dashed lines where they apply; on the FID panel the
+    reference variant's final FID and half the schedule (``_mark_reference_final``). Written to
     ``path`` and a PDF beside it; returns the paths."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
@@ -228,6 +241,8 @@ def plot_fid(bench: BenchConfig, results: dict[str, list[dict]], floors: dict, p
             if any(spreads):
                 ax.fill_between(steps, [m - s for m, s in zip(means, spreads)], [m + s for m, s in zip(means, spreads)],
                                 color=colour, alpha=0.2, linewidth=0)
+        if key == "fid":  # issue 16's "half the steps": where each curve meets the reference's final FID
+            _mark_reference_final(ax, bench, results)
         if key != "fid_recon":  # both floors are measured against the real images
             ax.axhline(noise[key], color="black", linestyle=":", linewidth=1,
                        label=f"noise floor ({noise['num_images']} real images)")
