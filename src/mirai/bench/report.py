@@ -153,8 +153,8 @@ def crossing_rows(
 ) -> list[tuple[str, list[int], list[float], list[Crossing | None]]]:
     """(variant, seeds, the reference's final FID per seed, the step at which the variant's curve reaches it per seed)
     for every other variant, over the seeds where the reference has its final checkpoint and the variant all of
-    its scored ones: issue 16's "steps to the baseline's final FID", each run on its own full schedule. None with
-    a single scored step, where the answer could only be "at the end or not at all"."""
+    its scored ones: the "steps to the baseline's final FID" of benchmarks/RESULTS.md §4.12, each run on its own
+    full schedule. No rows with a single scored step, where the answer could only be "at the end or never"."""
     if len(bench.schedule()) < 2:
         return []
     reference = bench.reference_variant()
@@ -241,7 +241,7 @@ def plot_fid(bench: BenchConfig, results: dict[str, list[dict]], floors: dict, p
             if any(spreads):
                 ax.fill_between(steps, [m - s for m, s in zip(means, spreads)], [m + s for m, s in zip(means, spreads)],
                                 color=colour, alpha=0.2, linewidth=0)
-        if key == "fid":  # issue 16's "half the steps": where each curve meets the reference's final FID
+        if key == "fid":  # "half the steps" read off the figure: where each curve meets the reference's final FID
             _mark_reference_final(ax, bench, results)
         if key != "fid_recon":  # both floors are measured against the real images
             ax.axhline(noise[key], color="black", linestyle=":", linewidth=1,
