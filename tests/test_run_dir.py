@@ -1,5 +1,6 @@
 """The run directory: a new run only where nothing would be overwritten or mixed, a resume only from a
-checkpoint, a run that ended left as it is, and what each checkpoint records about its own step."""
+checkpoint and never over later ones, a run that ended left as it is (and only for its own config), and what each
+checkpoint records about its own step."""
 
 from __future__ import annotations
 
@@ -132,3 +133,31 @@ def test_a_run_another_process_is_starting_is_busy_not_without_a_checkpoint(stor
             train(make_cfg(stores, run, steps=2), resume=resume)
     finally:
         os.close(fd)
+
+
+def test_a_resume_from_an_earlier_checkpoint_does_not_replace_the_later_ones(stores, tmp_path):
+    """Rolling back in place would overwrite the later checkpoints, ``best`` and metrics: refused, naming both
+    ways on (a new run_dir to branch, deleting the later ones to roll back); the branch then trains."""
+    cfg = make_cfg(stores, tmp_path / "run", steps=4, save_every=2, keep_last=3)
+    train(cfg)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    saved = {p.name: (p / "model.safetensors").read_bytes() for p in checkpoints.iterdir() if p.name.startswith("step")}
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    for given in (checkpoints / "step_0000002", str(checkpoints / "step_0000002")):
+        with pytest.raises(ConfigError, match="holds checkpoints after step 2 .*step_0000004.*add run_dir=NEW.*delete"):
+            train(make_cfg(stores, tmp_path / "run", steps=4, save_every=2, keep_last=3), resume=given)
+    assert {p.name: (p / "model.safetensors").read_bytes() for p in checkpoints.iterdir()
+            if p.name.startswith("step")} == saved
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
+    branch = train(make_cfg(stores, tmp_path / "branch", steps=4, save_every=2), resume=checkpoints / "step_0000002")
+    assert branch.step == 4 and branch.checkpoint.parent == tmp_path / "branch" / "checkpoints"
+
+
+@pytest.mark.parametrize("change", [{"seed": 5}, {"model.name": "GPT-Micro"}, {"optim.batch_size": 4}, {"steps": 3}])
+def test_an_ended_run_is_not_returned_for_another_config(stores, tmp_path, change):
+    """``resume="auto"`` returns a run that already ended only for its own config: another seed, model or batch
+    is refused as ``--resume`` refuses it, and fewer steps than the run took is refused too."""
+    train(make_cfg(stores, tmp_path / "run", steps=4))
+    assert train(make_cfg(stores, tmp_path / "run", steps=4, log_every=2), resume="auto").step == 4  # resumable
+    with pytest.raises(ConfigError, match="would change|past this run's 3 steps"):
+        train(make_cfg(stores, tmp_path / "run", **{"steps": 4, **change}), resume="auto")

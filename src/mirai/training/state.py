@@ -148,6 +148,12 @@ def has_step_checkpoints(run_dir: str | Path) -> bool:
     return bool(_step_dirs(Path(run_dir) / "checkpoints"))
 
 
+def checkpoints_after(run_dir: str | Path, step: int) -> list[Path]:
+    """The step checkpoints under RUN_DIR/checkpoints saved after ``step``: a run resumed from ``step`` there
+    would replace them."""
+    return [p for p in _step_dirs(Path(run_dir) / "checkpoints") if checkpoint_step(p) > step]
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path:
     """The newest step directory under RUN_DIR/checkpoints; CheckpointError if there is none."""
     dirs = _step_dirs(Path(run_dir) / "checkpoints")

@@ -382,8 +382,9 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
     ``resume``: ``None``/``False`` starts a new run (refused if ``run_dir`` already holds
     checkpoints); ``True`` continues from the run's latest checkpoint; a path continues from
     that checkpoint; ``"auto"`` does whichever applies: nothing when the latest checkpoint
-    already reached ``cfg.steps``, a resume when one exists, else a fresh start. A resume from the checkpoint
-    a run saved when it ended, with ``steps`` unchanged, does nothing either. The run
+    already reached ``cfg.steps`` (with a config a resume would accept), a resume when one exists, else a fresh
+    start. A resume from the checkpoint a run saved when it ended, with ``steps`` unchanged, does nothing either.
+    A resume from a checkpoint older than others in ``run_dir`` is refused: it would replace them. The run
     directory is held against other processes throughout (``BusyError``). Raises
     ``ConfigError`` (e.g. a resume that changes the seed) and ``CheckpointError`` with the fix
     in the message; ``Interrupted`` after SIGTERM/SIGINT/SIGHUP (``STOP_SIGNALS``), once the state is saved.
@@ -409,8 +410,11 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
             latest = run_state.latest_checkpoint(cfg.run_dir) if has_checkpoints else None
             step = run_state.checkpoint_step(latest) if latest is not None else 0
             meta = read_meta(latest) if latest is not None else {}
-            # Done, unless stopped by a signal at its last step (end-of-run work left; older runs lack the flag).
-            if latest is not None and cfg.steps and (step > cfg.steps or step == cfg.steps and meta.get("finished", True)):
+            # Done, unless stopped by a signal at its last step (end-of-run work left; older runs lack the flag),
+            # and only for the config it ended with: another seed or model is refused as a resume refuses it.
+            if latest is not None and cfg.steps and step == cfg.steps and meta.get("finished", True):
+                if (latest / run_state.CONFIG_FILE).is_file():
+                    resume_changes(read_yaml(latest / run_state.CONFIG_FILE), to_dict(cfg))
                 return _ended(cfg.run_dir, step, meta, latest)
             resume = latest is not None
         if not resume and has_checkpoints:
@@ -419,6 +423,12 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
         trainer = Trainer(cfg)
         if resume:
             path = trainer.resume(None if resume is True else resume)
+            later = run_state.checkpoints_after(cfg.run_dir, trainer.step)
+            if later:  # training on from here would replace them, and the metrics logged after this step
+                raise ConfigError(f"{cfg.run_dir} holds checkpoints after step {trainer.step} of {path} "
+                                  f"({', '.join(p.name for p in later)}), which resuming from it would replace: "
+                                  f"to branch from step {trainer.step}, resume into a new run (add run_dir=NEW); "
+                                  f"to roll this run back, delete those checkpoints first")
             meta = read_meta(path)
             if meta.get("finished") and trainer.step == trainer.total_steps:  # not even the end-of-run work is left
                 trainer.console.say(f"{path} ended this run at step {trainer.step}: nothing to do (raise steps to go on)")
