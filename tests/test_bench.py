@@ -211,6 +211,28 @@ def test_an_earlier_benchs_output_folder_is_accepted_with_the_runs_it_kept(bench
         check_out_dir(bench)
 
 
+def test_a_run_on_disk_is_the_same_run_however_its_paths_are_spelt(bench_stores, tmp_path):
+    """A moved bench (its runs' recorded run_dir elsewhere), a code store named through a link or a relative
+    path, or another log_every is the same run; a setting that changes the weights is refused, with both values."""
+    import os
+    from dataclasses import replace
+
+    from mirai.bench.store import check_same_training
+    from mirai.config import save_yaml
+
+    bench = from_dict(BenchConfig, bench_dict(bench_stores, tmp_path / "b"))
+    run = plan_runs(bench)[0]
+    run.run_dir.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(run.cfg.data.codes)
+    data = replace(run.cfg.data, codes=str(tmp_path / "link"), val_codes=os.path.relpath(run.cfg.data.val_codes))
+    moved = replace(run.cfg, run_dir=str(tmp_path / "elsewhere" / "seed_0"), log_every=7, data=data)
+    save_yaml(moved, run.run_dir / "config.yaml")
+    assert check_same_training(run, bench.schedule()) == run
+    save_yaml(replace(moved, optim=replace(moved.optim, lr=1e-2)), run.run_dir / "config.yaml")
+    with pytest.raises(ConfigError, match=r"trained with another config \(optim.lr: 0.01 there, 0.003 now\); give "):
+        check_same_training(run, bench.schedule())
+
+
 def test_plan_shares_budget_and_checkpoint_schedule(bench_stores, tmp_path, capsys):
     bench = from_dict(BenchConfig, bench_dict(bench_stores, tmp_path / "b", seeds=[1, 2], steps=12, eval_at=[4, 8]))
     runs = plan_runs(bench)

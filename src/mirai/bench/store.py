@@ -23,6 +23,10 @@ SCORING_KEYS = ("num_samples", "class_sampling", "sample_seed", "sample_batch_si
 PATH_KEYS = ("reference_codes", "evaluator")  # compared as the files they name (_setting)
 # Training keys the bench derives from eval_at alone (plan_runs): they change which checkpoints exist, not the weights.
 CHECKPOINT_KEYS = {"save_every", "eval_every", "keep_last"}
+# Training keys that change neither the weights nor the checkpoints: a run on disk trained with other values is the
+# same run (its folder, wherever it now lies, is the run_dir; a resume accepts the others, RESUMABLE_KEYS).
+UNWEIGHED_KEYS = ("run_dir", "log_every", "sample_every", "tensorboard", "wandb", "data.workers", "data.prefetch")
+TRAINING_PATH_KEYS = ("data.codes", "data.val_codes")  # compared as the folders they name
 
 
 # What a bench (and mirai demo, a bench with its runs and codes in OUT) writes at the top of OUT; hidden names are its
@@ -163,7 +167,8 @@ def check_same_training(run: Run, schedule: list[int]) -> Run:
     if not path.is_file():
         return run
     old, new = flatten(read_yaml(path)), flatten(to_dict(run.cfg))
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    changed = sorted(k for k in old.keys() | new.keys() if not k.startswith(UNWEIGHED_KEYS)
+                     and _training_setting(k, old.get(k)) != _training_setting(k, new.get(k)))
     if not changed:
         return run
     every = old.get("save_every")
@@ -177,5 +182,14 @@ def check_same_training(run: Run, schedule: list[int]) -> Run:
                           f"with), so step{'s' * (len(unsaved) > 1)} {', '.join(map(str, unsaved))} of this "
                           f"eval_at {'were' if len(unsaved) > 1 else 'was'} never saved; score the steps it saves "
                           f"(e.g. {fits}), or delete that run to retrain it")
-    raise ConfigError(f"{run.run_dir} was trained with another config (differs in {', '.join(changed)}); "
-                      "use another out_dir, or delete that run to retrain it")
+    detail = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in changed)
+    raise ConfigError(f"{run.run_dir} was trained with another config ({detail}); give the values it was trained "
+                      "with, use another out_dir, or delete that run to retrain it")
+
+
+def _training_setting(key: str, value: Any) -> Any:
+    """What a training setting means to the weights: a code store's path as the folder it names, so that another
+    spelling of it (relative, absolute, through a link) is the same setting."""
+    if key in TRAINING_PATH_KEYS and isinstance(value, str) and value.strip():
+        return os.path.realpath(value)
+    return value
