@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 import yaml
 from bench_helpers import TrainingCounter, bench_dict
 
@@ -58,7 +59,7 @@ def test_report_only_draws_the_chosen_variants_from_stored_scores(bench_stores, 
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump(bench_dict(bench_stores, out, steps=2, eval_at=[])))
     assert main(["bench", "convergence", "--config", str(config), "--report"]) != 0
-    assert "holds no scores yet (no reference.json): run the bench before" in capsys.readouterr().err
+    assert "holds no scores yet (no records in results.json): run the bench before" in capsys.readouterr().err
     # A misspelt name is named before the missing scores, which it would otherwise hide.
     assert main(["bench", "convergence", "--config", str(config), "--report", "--variant", "basline"]) != 0
     assert "variant basline is not in the bench config" in capsys.readouterr().err
@@ -94,3 +95,22 @@ def test_report_only_draws_the_chosen_variants_from_stored_scores(bench_stores, 
     (out / "reference.json").write_text(json.dumps(floors))
     assert main(["bench", "convergence", "--config", str(config), "--report", "--variant", "baseline"]) == 0
     assert json.loads((out / "reference.json").read_text())["noise_floor"]["num_images"] == count
+
+
+def test_a_report_refuses_runs_scored_at_only_some_of_its_steps(bench_stores, tmp_path):
+    """A share stopped while scoring leaves a run with fewer steps than the schedule: its rows would average
+    fewer seeds than the header says and the steps table would drop it, so the report names it instead."""
+    from mirai.errors import ConfigError
+
+    out = tmp_path / "bench"
+    out.mkdir()
+    record = {"fid": 100.0, "fid_recon": 50.0, "inception_score": 2.0, "precision": 0.5, "recall": 0.5,
+              "class_accuracy": 0.5, "val_nll": None}
+    results = {"baseline": [{"seed": 0, "step": 2, **record}, {"seed": 0, "step": 4, **record}],
+               "mirai_i": [{"seed": 0, "step": 2, **record}]}
+    (out / "results.json").write_text(json.dumps(results))
+    bench = from_dict(BenchConfig, bench_dict(bench_stores, out, steps=4, eval_at=[2]))
+    with pytest.raises(ConfigError, match=r"no scores for mirai_i seed 0 at 4 \(a share stopped while scoring\?\): "
+                                          r"run the bench for them first"):
+        report_stored(bench)
+    assert not (out / "results.md").exists()

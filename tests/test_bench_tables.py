@@ -4,6 +4,7 @@ checkpoint schedules (no training, no stores)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from mirai.bench.config import BenchConfig
 from mirai.bench.report import (Crossing, crossing_rows, crossing_step, format_table, paired_rows,
                                 summary_rows)
-from mirai.bench.store import read_results
+from mirai.bench.store import read_floors, read_results
 from mirai.config import from_dict, load_config
 from mirai.errors import DataError
 from mirai.foresight.encoders import ASSETS
@@ -27,12 +28,41 @@ def bench_dict(**changes) -> dict:
     ("[1, 2]", "holds a list, not variant -> records"),
     ('{"baseline": 5}', "the records of 'baseline' are not a list of objects"),
     ('{"baseline": [{"seed": 0, "step": 3}]}', "a record of 'baseline' lacks fid"),
+    ('{"baseline": [{"seed": "0", "step": 3, "fid": 1.0}]}', r"a record of 'baseline' has seed '0' \(a whole number >= 0"),
+    ('{"baseline": [{"seed": 0, "step": -20, "fid": 1.0}]}', r"has step -20 \(a whole number >= 1\)"),
+    ('{"baseline": [{"seed": 0, "step": 3, "fid": "abc"}]}', r"has fid 'abc' \(a finite number\)"),
+    ('{"baseline": [{"seed": 0, "step": 3, "fid": null}]}', r"has fid None \(a finite number\)"),
+    ('{"baseline": [{"seed": 0, "step": 3, "fid": NaN}]}', r"has fid nan \(a finite number\)"),
+    ('{"baseline": [{"seed": 0, "step": 3, "fid": 1.0, "recall": "x"}]}', r"has recall 'x' \(a number or null\)"),
+    ('{"b": [{"seed": 0, "step": 3, "fid": 1.0}, {"seed": 0, "step": 3, "fid": 2.0}]}',
+     "holds two records of 'b' seed 0 at step 3"),
 ])
 def test_a_results_file_of_the_wrong_shape_is_refused_before_any_work(tmp_path, content, problem):
     (tmp_path / "results.json").write_text(content)
     with pytest.raises(DataError, match=problem + ".*restore it, or delete it to score every checkpoint again"):
         read_results(tmp_path)
     assert (tmp_path / "results.json").read_text() == content  # nothing saved is touched
+
+
+@pytest.mark.parametrize("content, problem", [
+    ('{"noise', "is corrupt"), ("[]", "holds a list"), ("{}", "lacks its tokenizer_floor"),
+    ('{"tokenizer_floor": {}, "noise_floor": {"num_images": 6}}', r"has tokenizer_floor.fid None \(a number\)"),
+    ('{"tokenizer_floor": {"fid": 1}, "noise_floor": {"num_images": 6}}', "has tokenizer_floor.inception_score None"),
+])
+def test_a_damaged_floors_file_is_refused_naming_the_fix(tmp_path, content, problem):
+    (tmp_path / "reference.json").write_text(content)
+    with pytest.raises(DataError, match=problem + ".*delete it, and the next bench run or --report computes it again"):
+        read_floors(tmp_path)
+    assert (tmp_path / "reference.json").read_text() == content
+
+
+def test_floors_an_older_version_wrote_are_to_be_recomputed(tmp_path):
+    assert read_floors(tmp_path) is None
+    old = {"tokenizer_floor": {"fid": 1.0}, "noise_floor": {"fid": 0.5, "half_size": 5000}}
+    (tmp_path / "reference.json").write_text(json.dumps(old))
+    assert read_floors(tmp_path) is None
+    (tmp_path / "reference.json").write_text(json.dumps(FLOORS))
+    assert read_floors(tmp_path) == FLOORS
 
 
 FLOORS = {"num_images": 12, "reference_codes": "x",
@@ -94,6 +124,9 @@ def test_crossing_step_interpolates_between_the_checkpoints_that_bracket_the_tar
     assert crossing_step(curve, 300.0) == Crossing(500, bound=True)  # already below at the first checkpoint
     assert crossing_step(curve, 80.0) is None
     assert crossing_step([(1000, 150.0), (2000, 160.0), (3000, 100.0)], 120.0) == Crossing(2000 + 4000 / 6)
+    # A dip below the target that does not last is scoring noise: counted from the last crossing, or not at all.
+    assert crossing_step([(500, 250.0), (1000, 140.0), (1500, 160.0), (2000, 90.0)], 150.0) == Crossing(1500 + 500 / 7)
+    assert crossing_step([(10, 688.3), (20, 711.3)], 706.2) is None
 
 
 def test_steps_to_the_baselines_final_fid_per_seed_with_their_fraction():

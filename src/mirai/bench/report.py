@@ -138,14 +138,16 @@ class Crossing:
 
 
 def crossing_step(curve: list[tuple[int, float]], target: float) -> Crossing | None:
-    """The first step at which the FID ``curve`` ((step, FID) ascending by step) reaches ``target``, linearly
-    interpolated between the two checkpoints that bracket it; None when it never does."""
-    if curve and curve[0][1] <= target:
+    """The step from which the FID ``curve`` ((step, FID) ascending by step) stays at or below ``target``,
+    linearly interpolated between the two checkpoints that bracket it; None when it ends above it. A curve
+    that dips below and comes back up (scoring noise) is counted from its last crossing, not its first."""
+    if not curve or curve[-1][1] > target:
+        return None
+    above = [i for i, (_, fid) in enumerate(curve) if fid > target]
+    if not above:
         return Crossing(curve[0][0], bound=True)
-    for (s0, f0), (s1, f1) in zip(curve, curve[1:]):
-        if f1 <= target:
-            return Crossing(s0 + (f0 - target) / (f0 - f1) * (s1 - s0))
-    return None
+    (s0, f0), (s1, f1) = curve[above[-1]], curve[above[-1] + 1]
+    return Crossing(s0 + (f0 - target) / (f0 - f1) * (s1 - s0))
 
 
 def crossing_rows(
@@ -182,9 +184,10 @@ def _crossing_table(bench: BenchConfig, results: dict[str, list[dict]]) -> list[
         return []
     reference = bench.reference_variant()
     lines = ["", f"Steps to {reference}'s final FID (each seed's, at step {bench.steps}), each run on its own "
-             f"{bench.steps}-step schedule: linear interpolation between the two scored checkpoints that bracket it "
-             "(a curve that flattens reaches it a little earlier); \"≤\" where the first scored checkpoint is "
-             "already below it. The fraction's mean ± std is over the seeds that reach it.", "",
+             f"{bench.steps}-step schedule: from where the variant's FID stays at or below it, linearly interpolated "
+             "between the two scored checkpoints that bracket it (a curve that flattens reaches it a little "
+             "earlier); \"≤\" where every scored checkpoint is already below it. The fraction's mean ± std is "
+             "over the seeds that reach it.", "",
              f"| run | {reference}'s final FID | step reached, per seed | fraction of {reference}'s steps | "
              "seeds that reach it |", "|---|---|---|---|---|"]
     for name, seeds, targets, steps in crossings:

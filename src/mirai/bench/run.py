@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -14,7 +13,8 @@ from mirai.bench.config import BenchConfig, Run, first_seed_runs, plan_runs, sel
 from mirai.bench.report import write_report
 from mirai.bench.scorer import Scorer
 from mirai.bench.store import (
-    check_out_dir, check_same_scoring, check_same_training, read_results, save_bench_config, store_record, write_json,
+    check_out_dir, check_same_scoring, check_same_training, read_floors, read_results, save_bench_config, store_record,
+    write_json,
 )
 from mirai.data.codes import CodeStore
 from mirai.errors import CheckpointError, ConfigError, Interrupted, MiraiError
@@ -131,10 +131,11 @@ def train_and_score(bench: BenchConfig, variants: list[str] | None = None,
 def current_floors(out: Path, get_scorer: Callable[[], Scorer]) -> dict:
     """The floors in ``OUT/reference.json``, (re)computed with the scorer when missing or written before the
     noise floor was taken at the sample count (no ``num_images``: the report's header states the counts)."""
-    path = out / "reference.json"
-    if not path.is_file() or "num_images" not in json.loads(path.read_text())["noise_floor"]:
-        write_json(path, get_scorer().floors())
-    return json.loads(path.read_text())
+    floors = read_floors(out)
+    if floors is None:
+        write_json(out / "reference.json", get_scorer().floors())
+        floors = read_floors(out)
+    return floors
 
 
 def run_convergence(bench: BenchConfig, variants: list[str] | None = None,
@@ -167,20 +168,29 @@ def report_stored(bench: BenchConfig, variants: list[str] | None = None, seeds: 
     score (naming how to get one), or scoring settings other than the stored scores' (``check_same_scoring``)."""
     out = Path(bench.out_dir)
     runs = select_share(plan_runs(bench), variants, seeds)  # a misspelt name first: it is the likelier fault
-    results, floors = read_results(out), out / "reference.json"
-    if not floors.is_file():
-        raise ConfigError(f"{out} holds no scores yet (no reference.json): run the bench before asking for its report")
+    results = read_results(out)
+    if not any(results.values()):
+        raise ConfigError(f"{out} holds no scores yet (no records in results.json): run the bench before asking for "
+                          "its report")
     check_same_scoring(bench, out)  # the report's header states these settings: they must be the scores' own
     unscored = [f"{r.variant} seed {r.seed}" for r in runs
                 if not any(record["seed"] == r.seed for record in results.get(r.variant, []))]
     if unscored:
         raise ConfigError(f"{out}/results.json has no scores for {', '.join(unscored)}: run the bench for them "
                           "first, or leave them out with --variant/--seed")
-    scored = sorted({rec["step"] for r in runs for rec in results.get(r.variant, []) if rec["seed"] == r.seed})
+    steps = {(r.variant, r.seed): {rec["step"] for rec in results.get(r.variant, []) if rec["seed"] == r.seed}
+             for r in runs}
+    scored = sorted(set().union(*steps.values()))
     never = [step for step in bench.schedule() if step not in scored]
     if never:  # an eval_at naming steps no chosen run was scored at would draw empty rows over a good report
         raise ConfigError(f"no chosen run was scored at step{'s' * (len(never) > 1)} {', '.join(map(str, never))}; "
                           f"the stored scores are at steps {scored}: give an eval_at of those")
+    partly = [f"{variant} seed {seed} at {', '.join(str(s) for s in bench.schedule() if s not in done)}"
+              for (variant, seed), done in steps.items() if not set(bench.schedule()) <= done]
+    if partly:  # its rows would average fewer seeds than the header says, and the steps table would drop it
+        raise ConfigError(f"{out}/results.json has no scores for {'; '.join(partly)} (a share stopped while "
+                          "scoring?): run the bench for them first (it scores only what is missing), or leave "
+                          "those runs out with --variant/--seed")
     chosen = {r.variant for r in runs}
     shown = replace(bench, variants={k: v for k, v in bench.variants.items() if k in chosen},
                     seeds=[s for s in bench.seeds if s in {r.seed for r in runs}])

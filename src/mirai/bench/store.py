@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import re
 from dataclasses import replace
@@ -84,11 +85,74 @@ def read_results(out_dir: Path) -> dict[str, list[dict]]:
     for variant, records in results.items():
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
             raise DataError(f"{path}: the records of {variant!r} are not a list of objects: {fix}")
+        seen = set()
         for record in records:
             missing = [k for k in RECORD_KEYS if k not in record]
             if missing:
                 raise DataError(f"{path}: a record of {variant!r} lacks {', '.join(missing)}: {fix}")
+            bad = _bad_record_value(record)
+            if bad:
+                raise DataError(f"{path}: a record of {variant!r} has {bad}: {fix}")
+            if (record["seed"], record["step"]) in seen:  # it would count as a second seed in every table
+                raise DataError(f"{path} holds two records of {variant!r} seed {record['seed']} at step "
+                                f"{record['step']}: {fix}")
+            seen.add((record["seed"], record["step"]))
     return results
+
+
+def _bad_record_value(record: dict) -> str | None:
+    """What is wrong with a record's values, if anything: seed and step are whole numbers (seed >= 0, step >= 1),
+    FID a finite number, every other score a number or null."""
+    for key, least in (("seed", 0), ("step", 1)):
+        value = record[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            return f"{key} {value!r} (a whole number >= {least})"
+    for key, value in record.items():
+        if key in ("seed", "step") or value is None and key != "fid":
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or key == "fid" and not math.isfinite(value):
+            return f"{key} {value!r} (a {'finite ' if key == 'fid' else ''}number{'' if key == 'fid' else ' or null'})"
+    return None
+
+
+FLOOR_SCORES = ("fid", "inception_score", "precision", "recall", "class_accuracy")  # what the report shows of a floor
+
+
+def read_floors(out_dir: Path) -> dict | None:
+    """The floors in ``OUT/reference.json`` (``Scorer.floors``); None when there are none yet or an older version
+    wrote them (no sample count for the noise floor: to be recomputed); ``DataError`` if the file is damaged."""
+    path = out_dir / "reference.json"
+    if not path.is_file():
+        return None
+    fix = "delete it, and the next bench run or --report computes it again (the scores in results.json are kept)"
+    try:
+        floors = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path} is corrupt ({err}); {fix}") from None
+    parts = ("tokenizer_floor", "noise_floor")
+    if isinstance(floors, dict) and all(isinstance(floors.get(k), dict) for k in parts) \
+            and "num_images" not in floors["noise_floor"]:
+        return None
+    problem = _bad_floors(floors, parts)
+    if problem:
+        raise DataError(f"{path} {problem}, not the floors a bench writes; {fix}")
+    return floors
+
+
+def _bad_floors(floors: Any, parts: tuple[str, ...]) -> str | None:
+    if not isinstance(floors, dict):
+        return f"holds a {type(floors).__name__}"
+    for name in parts:
+        floor = floors.get(name)
+        if not isinstance(floor, dict):
+            return f"lacks its {name}"
+        for key in (*FLOOR_SCORES, "num_images"):
+            value = floor.get(key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                return f"has {name}.{key} {value!r} (a number)"
+    if not isinstance(floors.get("num_images"), int) or not isinstance(floors.get("reference_codes"), str):
+        return "lacks its num_images or reference_codes"
+    return None
 
 
 def store_record(out_dir: Path, variant: str, record: dict) -> None:
