@@ -247,6 +247,9 @@ def test_plan_shares_budget_and_checkpoint_schedule(bench_stores, tmp_path, caps
     assert main(["bench", "convergence", "--config", str(config), "--dry-run", "seeds=[3]"]) == 0
     assert "2 runs x 2 checkpoints [2, 4] -> " in (plan := capsys.readouterr().out)
     assert "each run saves and validates every 2 steps" in plan and "warning" not in plan
+    # A t-SNE block the models lack is refused in the plan, not when the report is drawn after all the work.
+    assert main(["bench", "convergence", "--config", str(config), "--dry-run", "tsne_layer=99"]) != 0
+    assert "tsne_layer=99 is outside the blocks 1..2 of the model for variant 'baseline'" in capsys.readouterr().err
     # Missing code stores are named in the plan (the real run stops on them only after loading the evaluator).
     missing = tmp_path / "no_codes"
     assert main(["bench", "convergence", "--config", str(config), "--dry-run", f"reference_codes={missing}"]) == 0

@@ -71,6 +71,9 @@ def plan_share(bench: BenchConfig, variants: list[str] | None = None, seeds: lis
                 raise ConfigError(f"variant {run.variant!r}, model on {run.cfg.data.codes}: {err}") from None
             where = f"for variant {run.variant!r} ({run.cfg.data.codes}: {store.vocab_size} codes, " \
                     f"{store.grid_size}x{store.grid_size} grid)"
+            if bench.tsne_layer is not None and bench.tsne_layer > args.n_layer:  # else found after all the work
+                raise ConfigError(f"tsne_layer={bench.tsne_layer} is outside the blocks 1..{args.n_layer} of the model "
+                                  f"{where}: give a block in that range, or null for each variant's foresight layer")
             for settings, what in ((bench.sampling, "the bench's sampling (sampling.* of the bench config)"),
                                    (run.cfg.grid_settings(args), "the run's own sampling (its sample grids)")):
                 try:
