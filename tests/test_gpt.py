@@ -161,6 +161,9 @@ def test_hidden_states_and_early_stop():
     assert set(hidden) == {2} and hidden[2].shape == (2, 16, 64)
     assert torch.equal(model.hidden_state(tokens, labels, 2), hidden[2])
     assert torch.equal(model(tokens, labels), logits)
+    for call in (lambda: model.forward_with_hidden(tokens, labels, (2, 9)), lambda: model.hidden_state(tokens, labels, 0)):
+        with pytest.raises(ValueError, match=r"outside this GPT's blocks 1..3"):
+            call()
 
 
 def test_bad_tokens_and_grid_give_clear_errors():

@@ -346,7 +346,7 @@ class GPT(PretrainedMixin, nn.Module):
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """``(logits, {layer: hidden})``: the logits of ``forward`` and the outputs (B, L, dim) of
         the 1-based blocks in ``layers`` (residual stream, before the final norm) at all L positions
-        (L = T + 1, plus PAR's n - 1 learnable tokens)."""
+        (L = T + 1, plus PAR's n - 1 learnable tokens). ``ValueError`` for a block the GPT lacks."""
         h, hidden = self._blocks(tokens, labels, set(layers), None)
         return self.output(self.norm(h[:, : self.args.cls_token_num + tokens.size(1)])).float(), hidden
 
@@ -358,6 +358,10 @@ class GPT(PretrainedMixin, nn.Module):
         self, tokens: torch.Tensor, labels: torch.Tensor, keep: set[int], stop_after: int | None,
         whole_grid: bool = False,
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        outside = sorted(i for i in {*keep, *([stop_after] if stop_after is not None else [])}
+                         if not 1 <= i <= self.args.n_layer)
+        if outside:  # else an empty result, found only where a caller looks the block up
+            raise ValueError(f"block(s) {outside} outside this GPT's blocks 1..{self.args.n_layer}")
         limit = self.args.seq_len - (0 if whole_grid else 1)  # training inputs stop one token short
         if tokens.size(1) > limit:
             raise ValueError(
