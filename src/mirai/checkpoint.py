@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import ClassVar, Iterable, Protocol, TypeVar, runtime_checkable
 
 import torch
+import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -277,6 +278,9 @@ def read_torch_file(path: str | Path) -> dict:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load's unpickler raises KeyError, IndexError, ... on arbitrary bytes
         detail, unpickling = str(err), isinstance(err, pickle.UnpicklingError)
+        if _is_config(path):  # a config given where weights belong: "corrupt pickle" would mislead
+            raise CheckpointError(f"{path} is a YAML or JSON config, not a weights file: give a checkpoint folder "
+                                  "or a .pt/.safetensors file") from None
         if unpickling and "Unsupported global" in detail:
             reason = "it holds pickled Python objects that are not plain tensors"
         elif unpickling or "Invalid magic number" in detail:  # the latter: pickle.dump of protocol 1-3
@@ -289,6 +293,16 @@ def read_torch_file(path: str | Path) -> dict:
             "because unpickling arbitrary objects can run code. Re-save just the state dict "
             "(torch.save(model.state_dict(), ...)) where you trust the file."
         ) from None
+
+
+def _is_config(path: str | Path) -> bool:
+    """Whether the file is a small YAML or JSON mapping (a text pickle of protocol 0 reads as a plain string)."""
+    try:
+        if Path(path).stat().st_size > 1 << 20:
+            return False
+        return isinstance(yaml.safe_load(Path(path).read_text(encoding="utf-8")), dict)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
 
 
 CONTAINER_KEYS = ("model", "module", "state_dict")  # where LlamaGen-style files keep the (raw) state dict

@@ -187,13 +187,27 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+def _did_you_mean(cls: type, unknown: list[str], where: str) -> str:
+    """``"; did you mean data.val_images?"``: each unknown key as a key of one of ``cls``'s sections, or as a
+    close spelling of one of its own keys; "" when neither fits."""
+    hints, fields = typing.get_type_hints(cls), [f for f in dataclasses.fields(cls) if f.init]
+    prefix = where.partition(".")[2] + "." if "." in where else ""  # dotted keys as a command line gives them
+    guesses = []
+    for key in unknown:
+        nested = [f"{prefix}{f.name}.{key}" for f in fields if dataclasses.is_dataclass(hints[f.name])
+                  and key in {g.name for g in dataclasses.fields(hints[f.name])}]
+        close = difflib.get_close_matches(key, [f.name for f in fields], n=1)
+        guesses += nested or [f"{prefix}{name}" for name in close]
+    return f"; did you mean {' or '.join(guesses)}?" if guesses else ""
+
+
 def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and ill-typed values."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {names}")
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {names}{_did_you_mean(cls, unknown, where)}")
     # A blank value for a required string (default "") is the setting left unset: its section's own
     # check then names what to give (data.codes: "the code store from `mirai extract`").
     required = {f.name for f in dataclasses.fields(cls) if f.default == ""}

@@ -58,17 +58,19 @@ def _resume_and_config(args: argparse.Namespace) -> tuple[str | bool | None, str
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from mirai.config import load_config, to_dict
+    from mirai.config import load_config, read_yaml, to_dict
+    from mirai.errors import ConfigError
     from mirai.training.config import TrainConfig
     from mirai.training.distributed import is_main, shutdown
     from mirai.training.trainer import train
 
     resume, config, overrides = _resume_and_config(args)
     if config is None and not overrides:
-        from mirai.errors import ConfigError
-
         raise ConfigError("no config given: pass --config FILE (e.g. --config configs/fashion/baseline.yaml) "
                           "and any key=value overrides")
+    if config is not None and {"variants", "seeds"} <= set(read_yaml(config) or {}):  # a bench's own keys
+        raise ConfigError(f"{config} is a bench config (variants, seeds): run it with mirai bench convergence "
+                          f"--config {config}")
     cfg = load_config(TrainConfig, config, overrides)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -133,20 +133,28 @@ def check_same_codes(val: CodeStore, train: CodeStore) -> None:
             f"--dataset {kind}{root} --split test --out DIR, and give data.val_codes=DIR (or data.val_codes=null)")
 
 
+def _open_codes(path: str, key: str, alternative: str = "") -> CodeStore:
+    """``CodeStore.open``, its error naming the config key that gave ``path`` (and an ``alternative`` fix)."""
+    try:
+        return CodeStore.open(path)
+    except DataError as err:
+        raise DataError(f"{key}: {err}{alternative}") from None
+
+
 class TrainingData:
     """Training batches for one rank, validation batches, and the store's tokenizer."""
 
     def __init__(self, cfg: TrainConfig, rank: int = 0, world_size: int = 1):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         m = cfg.model
-        self.store = CodeStore.open(cfg.data.codes)
+        self.store = _open_codes(cfg.data.codes, "data.codes")
         self.store.validate(vocab_size=m.vocab_size, grid_size=m.grid_size, num_classes=m.num_classes)
         self.vocab_size = self.store.vocab_size
         self.grid_size = self.store.grid_size
         self.num_classes = self.store.num_classes
         self.val = None
         if cfg.data.val_codes:
-            self.val = CodeStore.open(cfg.data.val_codes)
+            self.val = _open_codes(cfg.data.val_codes, "data.val_codes", " (or data.val_codes=null: no validation)")
             check_same_codes(self.val, self.store)
             self.val.validate()
         batch, accum = cfg.optim.batch_size, cfg.optim.grad_accum
