@@ -394,6 +394,9 @@ def test_a_config_directory_or_a_misspelt_name_is_named_with_what_to_give(tmp_pa
         (tmp_path / "sub" / f"{name}.yaml").write_text("steps: 1\n")
     with pytest.raises(ConfigError, match=r"a YAML file in it, e.g. .*a.yaml, .*b.yaml, .*c.yaml and 1 more$"):
         read_yaml(tmp_path)
+    (tmp_path / "z.yaml").write_text("steps: 1\n")  # the folder's own config before the deeper ones
+    with pytest.raises(ConfigError, match=r"a YAML file in it, e.g. .*/z.yaml, .*sub/a.yaml, .*sub/b.yaml and 2 more$"):
+        read_yaml(tmp_path)
     with pytest.raises(ConfigError, match=r"fashion/mirai_ee.yaml does not exist; did you mean fashion/mirai_e.yaml"):
         read_yaml("configs/fashion/mirai_ee.yaml")
     # Nothing close: no far-fetched guess, and the shipped configs are counted by folder, not all listed.

@@ -274,7 +274,8 @@ def find_config(path: str | Path) -> Path:
     if path.is_file():
         return path
     if path.is_dir():
-        inside = sorted(str(p) for p in path.rglob("*.yaml"))
+        # Shallowest first: the folder's own configs, not the copies its runs keep deep in checkpoints/.
+        inside = [str(p) for p in sorted(path.rglob("*.yaml"), key=lambda p: (len(p.parts), str(p)))]
         raise ConfigError(f"config {path} is a directory; give a YAML file in it" + (
             f", e.g. {', '.join(inside[:3])}" + (f" and {len(inside) - 3} more" if len(inside) > 3 else "")
             if inside else " (it holds none)"))
