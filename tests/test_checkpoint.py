@@ -34,6 +34,8 @@ def test_round_trip_with_ema_and_config(tmp_path):
     assert same_weights(checkpoint.load(tmp_path / "ck", GPT), model)
     assert same_weights(checkpoint.load(tmp_path / "ck", GPT, use_ema=True), ema)
     assert not checkpoint.load(tmp_path / "ck", GPT).training
+    with pytest.raises(TypeError, match="cls is the model class to build .*not 'GPT'"):
+        checkpoint.load(tmp_path / "ck", "GPT")
 
 
 def test_overwrite_is_atomic_and_failure_keeps_old(tmp_path, monkeypatch):

@@ -420,8 +420,11 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 def load(path: str | Path, cls: type[M], use_ema: bool = False) -> M:
     """Rebuild the ``cls`` module stored at ``path`` (a Mirai directory) with its weights, in eval mode.
 
-    Raises ``CheckpointError`` when the directory is missing, corrupt, or holds another kind.
+    Raises ``CheckpointError`` when the directory is missing, corrupt, or holds another kind; ``TypeError`` when
+    ``cls`` is not a class (a name such as "VQModel": import the class, ``from mirai.models import VQModel``).
     """
+    if not isinstance(cls, type):
+        raise TypeError(f"cls is the model class to build (e.g. mirai.models.GPT), not {cls!r}")
     ckpt = read_checkpoint(path)
     try:
         return ckpt.build(cls, use_ema=use_ema).eval()
