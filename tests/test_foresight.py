@@ -231,6 +231,9 @@ def test_disabled_config_builds_nothing():
     # A valid config answers for its (absent) heads instead of calling "none" an unknown source.
     assert ForesightConfig().num_heads() == 0 and ForesightConfig(k=3).schedules() == []
     assert ForesightConfig(warmup=5).warmup_spec() == (0.0, "step")
+    # A config built in Python, not through from_dict, is checked before any head is built.
+    with pytest.raises(ConfigError, match="foresight.k must be between 1 and 64 heads"):
+        build_auxiliary_loss(ForesightConfig(source="ema", k=100), tiny_gpt(), tiny_gpt())
 
 
 # ---------------------------------------------------------------------------------------- sources

@@ -60,6 +60,7 @@ def build_auxiliary_loss(
     """
     if not cfg.enabled:
         return None
+    cfg.validate()  # a config built in Python skips from_dict's checks (k > MAX_HEADS built them all)
     args = model.args
     schedules, warmup = cfg.schedules(), cfg.warmup_spec()
     common = dict(pair_with=cfg.pair_with, align_class_token=cfg.align_class_token, cells=model.sequence_cells())
