@@ -138,11 +138,11 @@ def test_steps_to_the_baselines_final_fid_per_seed_with_their_fraction():
                  "recall": 0.25, "class_accuracy": 0.5, "val_nll": None} for step, fid in zip((10, 20), fids)]
 
     results = {"baseline": curve(0, [200.0, 100.0]) + curve(1, [200.0, 120.0]) + curve(2, [200.0, 100.0]),
-               "b": curve(0, [150.0, 50.0]) + curve(1, [100.0, 80.0]) + curve(2, [150.0]),  # seed 2 unfinished
+               "b": curve(0, [150.0, 50.0]) + curve(1, [100.0, 80.0]) + curve(2, [150.0, 90.0])[1:],  # seed 2: last only
                "c": curve(0, [200.0, 110.0])}
     (b, seeds, targets, steps), (c, *_, never) = crossing_rows(bench, results)
-    assert (b, seeds, targets, c) == ("b", [0, 1], [100.0, 120.0], "c")
-    assert steps == [Crossing(15.0), Crossing(10, bound=True)] and never == [None]
+    assert (b, seeds, targets, c) == ("b", [0, 1, 2], [100.0, 120.0, 100.0], "c")
+    assert steps == [Crossing(15.0), Crossing(10, bound=True), [10]] and never == [None]
     table = format_table(bench, results, FLOORS)
-    assert "| b | 110 ± 14 | seed 0: 15, seed 1: ≤10 | ≤ 0.625 ± 0.18 | 2/2 |" in table
+    assert "| b | 106.7 ± 12 | seed 0: 15, seed 1: ≤10, seed 2: not scored at step 10 | ≤ 0.625 ± 0.18 | 2/2 |" in table
     assert "| c | 100 | seed 0: not reached | – | 0/1 |" in table

@@ -30,7 +30,9 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
 
 
-def _crossing_cell(crossing: Crossing | None) -> str:
+def _crossing_cell(crossing: Crossing | list[int] | None) -> str:
+    if isinstance(crossing, list):
+        return f"not scored at step {', '.join(map(str, crossing))}"
     return "not reached" if crossing is None else f"{'≤' if crossing.bound else ''}{crossing.step:.0f}"
 
 
@@ -152,11 +154,12 @@ def crossing_step(curve: list[tuple[int, float]], target: float) -> Crossing | N
 
 def crossing_rows(
     bench: BenchConfig, results: dict[str, list[dict]]
-) -> list[tuple[str, list[int], list[float], list[Crossing | None]]]:
-    """(variant, seeds, the reference's final FID per seed, the step at which the variant's curve reaches it per seed)
-    for every other variant, over the seeds where the reference has its final checkpoint and the variant all of
-    its scored ones: the "steps to the baseline's final FID" of benchmarks/RESULTS.md §4.12, each run on its own
-    full schedule. No rows with a single scored step, where the answer could only be "at the end or never"."""
+) -> list[tuple[str, list[int], list[float], list[Crossing | list[int] | None]]]:
+    """(variant, seeds, the reference's final FID per seed, per seed the step at which the variant's curve reaches
+    it, or the scheduled steps it was not scored at) for every other variant, over the seeds where the reference
+    has its final checkpoint: the "steps to the baseline's final FID" of benchmarks/RESULTS.md §4.12, each run on
+    its own full schedule. No rows with a single scored step, where the answer could only be "at the end or
+    never"."""
     if len(bench.schedule()) < 2:
         return []
     reference = bench.reference_variant()
@@ -168,10 +171,11 @@ def crossing_rows(
         seeds, targets, steps = [], [], []
         for seed in bench.seeds:
             curve = {r["step"]: r["fid"] for r in results.get(name, []) if r["seed"] == seed}
-            if seed in final and all(step in curve for step in schedule):
+            if seed in final and curve:
+                unscored = [step for step in schedule if step not in curve]
                 seeds.append(seed)
                 targets.append(final[seed])
-                steps.append(crossing_step([(step, curve[step]) for step in schedule], final[seed]))
+                steps.append(unscored or crossing_step([(step, curve[step]) for step in schedule], final[seed]))
         if steps:
             rows.append((name, seeds, targets, steps))
     return rows
@@ -187,14 +191,15 @@ def _crossing_table(bench: BenchConfig, results: dict[str, list[dict]]) -> list[
              f"{bench.steps}-step schedule: from where the variant's FID stays at or below it, linearly interpolated "
              "between the two scored checkpoints that bracket it (a curve that flattens reaches it a little "
              "earlier); \"≤\" where every scored checkpoint is already below it. The fraction's mean ± std is "
-             "over the seeds that reach it.", "",
+             "over the seeds that reach it; a seed not scored at every step is named, not counted.", "",
              f"| run | {reference}'s final FID | step reached, per seed | fraction of {reference}'s steps | "
              "seeds that reach it |", "|---|---|---|---|---|"]
     for name, seeds, targets, steps in crossings:
-        reached = [s for s in steps if s is not None]
+        reached = [s for s in steps if isinstance(s, Crossing)]
+        scored = [s for s in steps if not isinstance(s, list)]
         cells = ", ".join(f"seed {seed}: {_crossing_cell(s)}" for seed, s in zip(seeds, steps))
         fraction = ("≤ " if any(s.bound for s in reached) else "") + _mean_std([s.step / bench.steps for s in reached])
-        lines.append(f"| {name} | {_mean_std(targets)} | {cells} | {fraction} | {len(reached)}/{len(steps)} |")
+        lines.append(f"| {name} | {_mean_std(targets)} | {cells} | {fraction} | {len(reached)}/{len(scored)} |")
     return lines
 
 
