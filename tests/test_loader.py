@@ -88,7 +88,7 @@ def test_ddp_ranks_split_the_global_batch_in_either_path(stores, tmp_path):
 def test_training_with_workers_matches_training_without(stores, tmp_path, mirai_i):
     runs = {}
     for workers in (0, 2):
-        trainer = Trainer(make_cfg(stores, tmp_path / f"w{workers}", steps=3, dropout=False,
+        trainer = Trainer(make_cfg(stores, tmp_path / f"w{workers}", steps=3, dropout=True,
                                    **{"data.workers": workers}, **(encoder_overrides(stores) if mirai_i else {})))
         assert trainer.batch_fields == (IMAGES if mirai_i else frozenset())
         for _ in range(3):

@@ -74,8 +74,12 @@ class StepLoader:
         """Step ``step``'s micro-batches (host tensors, pinned when ``pin_memory``)."""
         if self._batches is None or step != self._next:
             self.close()
+            # A generator of its own: without one, starting workers draws their base seed from the global RNG,
+            # which dropout then reads on from, so the weights would depend on data.workers. (The steps do not
+            # use the workers' seeds: they are a function of (seed, step).)
             loader = DataLoader(_Steps(self.make_step), batch_size=None, sampler=itertools.count(step),
-                                num_workers=self.workers, prefetch_factor=self.prefetch, pin_memory=self.pin_memory)
+                                num_workers=self.workers, prefetch_factor=self.prefetch, pin_memory=self.pin_memory,
+                                generator=torch.Generator())
             self._batches = reraised_one_line(loader)
         self._next = step + 1
         try:
