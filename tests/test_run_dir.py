@@ -151,6 +151,11 @@ def test_a_resume_from_an_earlier_checkpoint_does_not_replace_the_later_ones(sto
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
     branch = train(make_cfg(stores, tmp_path / "branch", steps=4, save_every=2), resume=checkpoints / "step_0000002")
     assert branch.step == 4 and branch.checkpoint.parent == tmp_path / "branch" / "checkpoints"
+    # The command line the error suggests: the checkpoint's run config goes on in the new run_dir.
+    from mirai.cli.main import main
+
+    assert main(["train", "--resume", str(checkpoints / "step_0000002"), f"run_dir={tmp_path / 'branch2'}"]) == 0
+    assert (tmp_path / "branch2" / "checkpoints" / "step_0000004").is_dir()
 
 
 @pytest.mark.parametrize("change", [{"seed": 5}, {"model.name": "GPT-Micro"}, {"optim.batch_size": 4}, {"steps": 3}])

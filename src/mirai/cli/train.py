@@ -31,7 +31,8 @@ def _resume_and_config(args: argparse.Namespace) -> tuple[str | bool | None, str
     ``--resume`` takes an optional checkpoint, so in ``--resume steps=900`` argparse reads the override
     as one; a ``key=value`` that is no file is taken back as an override. ``--resume`` without
     ``--config`` continues with the run's own ``RUN_DIR/config.yaml`` (``run_dir`` from the overrides,
-    else from a ``RUN_DIR/checkpoints/NAME`` given to ``--resume``).
+    else from a ``RUN_DIR/checkpoints/NAME`` given to ``--resume``, whose run's config also starts a branch into a
+    new ``run_dir``).
     """
     from pathlib import Path
 
@@ -43,10 +44,15 @@ def _resume_and_config(args: argparse.Namespace) -> tuple[str | bool | None, str
         resume, overrides = True, [*overrides, resume]
     if resume is not None and config is None:
         run_dirs = [str(value) for key, value in map(parse_override, overrides) if key == ["run_dir"]]
-        if not run_dirs and isinstance(resume, str) and Path(resume).parent.name == "checkpoints":
-            run_dirs = [str(Path(resume).parent.parent)]  # RUN/checkpoints/step_N names its run
+        # RUN/checkpoints/step_N names its run
+        source = Path(resume).parent.parent if isinstance(resume, str) and Path(resume).parent.name == "checkpoints" \
+            else None
+        if not run_dirs and source is not None:
+            run_dirs = [str(source)]
             overrides.append(f"run_dir={run_dirs[0]}")
         saved = Path(run_dirs[-1]) / "config.yaml" if run_dirs else None
+        if (saved is None or not saved.is_file()) and source is not None and (source / "config.yaml").is_file():
+            saved = source / "config.yaml"  # a branch into a new run_dir goes on with its checkpoint's run config
         if saved is None or not saved.is_file():
             where = f"{saved} does not exist" if saved else "no run_dir=DIR was given"
             raise ConfigError(f"--resume without --config continues a run with its own config, but {where}: "
