@@ -251,3 +251,18 @@ def test_a_training_key_on_the_bench_command_line_names_train_overrides(monkeypa
     bench = load_bench(path, ["seeds=[1]", "train_overrides=[model.name=GPT-Micro, optim.lr=0.002]"])
     assert bench.seeds == [1] and bench.train_overrides == ["model.name=GPT-Micro", "optim.lr=0.002"]
     assert [run.cfg.optim.lr for run in plan_runs(bench)] == [0.002, 0.002]
+
+
+@pytest.mark.parametrize("cls, data, where, guess", [
+    (TrainConfig, {"val_images": 9}, "config", "did you mean data.val_images?"),
+    (TrainConfig, {"data": {"val_image": 9}}, "config", "did you mean data.val_images?"),
+    (TrainConfig, {"stepz": 9}, "config", "did you mean steps?"),
+    ("Variant", {"overide": []}, "variants.baseline", "did you mean variants.baseline.overrides?"),
+])
+def test_an_unknown_key_suggests_the_key_meant_as_a_command_line_spells_it(cls, data, where, guess):
+    from mirai.bench.config import Variant
+    from mirai.config import from_dict
+    from mirai.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=guess.replace(".", r"\.").replace("?", r"\?") + "$"):
+        from_dict(Variant if cls == "Variant" else cls, data, where)

@@ -191,7 +191,9 @@ def _did_you_mean(cls: type, unknown: list[str], where: str) -> str:
     """``"; did you mean data.val_images?"``: each unknown key as a key of one of ``cls``'s sections, or as a
     close spelling of one of its own keys; "" when neither fits."""
     hints, fields = typing.get_type_hints(cls), [f for f in dataclasses.fields(cls) if f.init]
-    prefix = where.partition(".")[2] + "." if "." in where else ""  # dotted keys as a command line gives them
+    # Dotted keys as a command line gives them: "config.data" -> "data.", "variants.baseline" -> itself.
+    section = where.removeprefix("config").lstrip(".")
+    prefix = section + "." if section else ""
     guesses = []
     for key in unknown:
         nested = [f"{prefix}{f.name}.{key}" for f in fields if dataclasses.is_dataclass(hints[f.name])
