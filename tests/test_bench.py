@@ -350,6 +350,11 @@ def test_the_same_reference_store_spelt_another_way_scores_alike(bench_stores, t
     # The refusal shows the saved value as written (1.0), though it compares as None.
     with pytest.raises(ConfigError, match=r"scored with other sampling \(sampling.top_p: 1.0 there, 0.9 now\); give"):
         check_same_scoring(from_dict(BenchConfig, bench_dict(bench_stores, out, sampling={"top_p": 0.9})), out)
+    # A bench.yaml written before a sampling key existed drew with its default (an empty "()" refusal before).
+    saved = yaml.safe_load((out / "bench.yaml").read_text())
+    del saved["sampling"]["image_size_eval"]
+    (out / "bench.yaml").write_text(yaml.safe_dump(saved))
+    check_same_scoring(from_dict(BenchConfig, bench_dict(bench_stores, out, sampling={"top_p": 1.0})), out)
 
 
 def test_par_variants_run_beside_raster_ones(bench_stores, tmp_path):

@@ -15,6 +15,7 @@ from mirai.bench.config import BenchConfig, Run
 from mirai.config import flatten, read_yaml, save_yaml, to_dict, write_text_atomic
 from mirai.errors import ConfigError, DataError
 from mirai.hub.resolve import HF_SCHEME, RELEASED_PREFIXES, resolve
+from mirai.sampling.pipeline import SampleSettings
 from mirai.sampling.record import compile_changes_draws, draws_as
 
 # Bench keys that change what a stored record means; a rerun must not mix records made differently.
@@ -212,8 +213,8 @@ def _setting(key: str, value: Any) -> Any:
     the scorer uses, so a committed asset's name is its folder), so another spelling of the same store is the
     same setting, and the sampling settings as they draw (``draws_as``: top-p 1 is no top-p). Hub addresses
     stay text: a check must not download."""
-    if key == "sampling" and isinstance(value, dict):
-        return draws_as(value)
+    if key == "sampling" and isinstance(value, dict):  # a key added since drew as its default before
+        return draws_as({**to_dict(SampleSettings()), **value})
     if key in PATH_KEYS and isinstance(value, str) and value.strip() \
             and not value.startswith((HF_SCHEME, *RELEASED_PREFIXES)):
         return os.path.realpath(resolve(value, key))
