@@ -233,6 +233,28 @@ def test_a_run_on_disk_is_the_same_run_however_its_paths_are_spelt(bench_stores,
         check_same_training(run, bench.schedule())
 
 
+def test_a_trained_run_knows_its_code_stores_by_their_data(bench_stores, tmp_path):
+    """A run's checkpoints record its stores' data (store_digest): a copy elsewhere is the same store, and another
+    store at the very path it trained on is refused, where comparing paths would accept it."""
+    from dataclasses import replace
+
+    from mirai.bench.store import check_same_training
+    from mirai.training.trainer import train
+
+    shutil.copytree(bench_stores / "codes_train", tmp_path / "codes")
+    bench = from_dict(BenchConfig, bench_dict(bench_stores, tmp_path / "b", steps=2, eval_at=[]))
+    run = plan_runs(bench)[0]
+    run = replace(run, cfg=replace(run.cfg, data=replace(run.cfg.data, codes=str(tmp_path / "codes"))))
+    train(run.cfg)
+    shutil.copytree(tmp_path / "codes", tmp_path / "copy")
+    moved = replace(run, cfg=replace(run.cfg, data=replace(run.cfg.data, codes=str(tmp_path / "copy"))))
+    assert check_same_training(moved, bench.schedule()) == moved
+    shutil.rmtree(tmp_path / "codes")
+    shutil.copytree(bench_stores / "codes_test", tmp_path / "codes")
+    with pytest.raises(ConfigError, match=r"data.codes: '.*codes' there, '.*codes' now \(another store's data\)"):
+        check_same_training(run, bench.schedule())
+
+
 def test_plan_shares_budget_and_checkpoint_schedule(bench_stores, tmp_path, capsys):
     bench = from_dict(BenchConfig, bench_dict(bench_stores, tmp_path / "b", seeds=[1, 2], steps=12, eval_at=[4, 8]))
     runs = plan_runs(bench)

@@ -13,10 +13,13 @@ from typing import Any
 
 from mirai.bench.config import BenchConfig, Run
 from mirai.config import flatten, read_yaml, save_yaml, to_dict, write_text_atomic
-from mirai.errors import ConfigError, DataError
+from mirai.checkpoint import read_meta
+from mirai.data.codes import CodeStore
+from mirai.errors import ConfigError, DataError, MiraiError
 from mirai.hub.resolve import HF_SCHEME, RELEASED_PREFIXES, resolve
 from mirai.sampling.pipeline import SampleSettings
 from mirai.sampling.record import compile_changes_draws, draws_as
+from mirai.training.state import latest_checkpoint, store_digest
 
 # Bench keys that change what a stored record means; a rerun must not mix records made differently.
 RECORD_KEYS = ("seed", "step", "fid")  # what every record has; the report reads them
@@ -232,8 +235,9 @@ def check_same_training(run: Run, schedule: list[int]) -> Run:
     if not path.is_file():
         return run
     old, new = flatten(read_yaml(path)), flatten(to_dict(run.cfg))
-    changed = sorted(k for k in old.keys() | new.keys() if not k.startswith(UNWEIGHED_KEYS)
-                     and _training_setting(k, old.get(k)) != _training_setting(k, new.get(k)))
+    by_content = _same_stores(run)  # a store recorded by its data is compared by it, not by how its path is spelt
+    changed = sorted(k for k in old.keys() | new.keys() if not k.startswith(UNWEIGHED_KEYS) and (
+        not by_content[k] if k in by_content else _training_setting(k, old.get(k)) != _training_setting(k, new.get(k))))
     if not changed:
         return run
     every = old.get("save_every")
@@ -247,9 +251,29 @@ def check_same_training(run: Run, schedule: list[int]) -> Run:
                           f"with), so step{'s' * (len(unsaved) > 1)} {', '.join(map(str, unsaved))} of this "
                           f"eval_at {'were' if len(unsaved) > 1 else 'was'} never saved; score the steps it saves "
                           f"(e.g. {fits}), or delete that run to retrain it")
-    detail = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in changed)
+    detail = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" + (
+        " (another store's data)" if k in by_content else "") for k in changed)
     raise ConfigError(f"{run.run_dir} was trained with another config ({detail}); give the values it was trained "
                       "with, use another out_dir, or delete that run to retrain it")
+
+
+def _same_stores(run: Run) -> dict[str, bool]:
+    """For each code store whose data the run's latest checkpoint records (``store_digest``), whether the store the
+    bench names now holds that data: {"data.codes": True, ...}. Stores without the record (runs saved before it)
+    or not there to read are left out, and compared by path."""
+    try:
+        recorded = read_meta(latest_checkpoint(run.run_dir)).get("data") or {}
+    except (MiraiError, OSError, ValueError, AttributeError):
+        return {}
+    same = {}
+    for key, digest in recorded.items():
+        path = getattr(run.cfg.data, key, None) if isinstance(digest, str) else None
+        if path:
+            try:
+                same[f"data.{key}"] = store_digest(CodeStore.open(path)) == digest
+            except MiraiError:
+                pass
+    return same
 
 
 def _training_setting(key: str, value: Any) -> Any:

@@ -13,13 +13,16 @@ any number of ranks (DCP re-shards on load).
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import re
 import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -37,6 +40,7 @@ from mirai.checkpoint import (
     read_weights, verify_file, write_checkpoint,
 )
 from mirai.config import load_config, to_dict
+from mirai.data.codes import CodeStore
 from mirai.errors import CheckpointError, ConfigError, MiraiError
 from mirai.foresight.base import SavedState
 from mirai.models.gpt import GPT
@@ -66,19 +70,21 @@ def _gather(obj):
 def save_training_checkpoint(
     path: Path, *, cfg: TrainConfig, step: int, best_val: float, val_nll: float | None, model: GPT, ema: GPT,
     optimizer: torch.optim.Optimizer, states: dict[str, SavedState], is_main: bool, objective: nn.Module | None = None,
-    finished: bool = False, tokenizer: dict | None = None,
+    finished: bool = False, stores: dict[str, CodeStore | None] | None = None,
 ) -> Path:
     """Collective: every rank calls it (RNG states are gathered); rank 0 writes ``path`` atomically
     and prunes step checkpoints beyond ``cfg.keep_last`` (see ``_prune``). With ``strategy: fsdp`` the training
     state is sharded (``objective``: the module the optimizer trains; see the module docstring). ``finished``: the
-    end-of-run save, after the final validation (a resume from it has nothing left to do). ``tokenizer``: the
-    training store's manifest entry of the tokenizer that made its codes; its hash, EMA flag and path are recorded
-    so that sampling and analyses can refuse another tokenizer (``mirai.sampling.grid.trained_tokenizer``)."""
+    end-of-run save, after the final validation (a resume from it has nothing left to do). ``stores``: the
+    code stores trained and validated on (``codes``, ``val_codes``); the tokenizer that made the
+    codes (hash, EMA flag, path) is recorded so that sampling and analyses can refuse another one
+    (``mirai.sampling.grid.trained_tokenizer``), and each store's ``store_digest``, by which a bench knows its
+    runs' data however its path is spelt."""
     rng = _gather(_rng_state(next(model.parameters()).device))
     if cfg.distributed.strategy == "fsdp":
         return _save_sharded(path, cfg=cfg, step=step, best_val=best_val, rng=rng, model=model, ema=ema,
                              objective=objective, optimizer=optimizer, states=states, is_main=is_main,
-                             meta=_meta(cfg, step, val_nll, finished, tokenizer))
+                             meta=_meta(cfg, step, val_nll, finished, stores))
     if not is_main:
         return path
     buffer = io.BytesIO()
@@ -90,7 +96,7 @@ def save_training_checkpoint(
         extra[f"{name}.safetensors"] = save(tensors)
     name, args = model.checkpoint_config()
     write_checkpoint(path, Checkpoint(model.checkpoint_kind, name, args, model.state_dict(), ema.state_dict(),
-                                      _meta(cfg, step, val_nll, finished, tokenizer)),
+                                      _meta(cfg, step, val_nll, finished, stores)),
                      extra_files=extra)
     _prune(path.parent, cfg.keep_last, cfg.save_every)
     return path
@@ -110,12 +116,31 @@ def link_checkpoint(source: Path, path: Path) -> Path:
     return atomic_write_dir(path, write)
 
 
-def _meta(cfg: TrainConfig, step: int, val_nll: float | None, finished: bool, tokenizer: dict | None) -> dict:
+def _meta(cfg: TrainConfig, step: int, val_nll: float | None, finished: bool,
+          stores: dict[str, CodeStore | None] | None) -> dict:
     """What ``config.json`` records of the run beside the architecture."""
     meta = {"step": step, "val_nll": val_nll, "seed": cfg.seed, "run_dir": str(Path(cfg.run_dir)), "finished": finished}
+    stores = stores or {}
+    tokenizer = stores["codes"].manifest.get("tokenizer") if stores.get("codes") is not None else None
     if tokenizer and tokenizer.get("sha256"):
         meta["tokenizer"] = {key: tokenizer.get(key) for key in ("sha256", "ema", "path")}
+    if stores:
+        meta["data"] = {key: None if store is None else store_digest(store) for key, store in stores.items()}
     return meta
+
+
+def store_digest(store: CodeStore) -> str:
+    """SHA-256 of what a code store holds: its manifest's dataset and subset, views, sizes and tokenizer weights,
+    without the paths it was read from (a copied or moved store is the same data), and the codes of its first and
+    last 16 images (two stores of one layout, e.g. class folders of the same names, differ there)."""
+    manifest = store.manifest
+    kept = {k: v for k, v in manifest.items() if k not in ("dataset", "tokenizer", "pillow_version")}
+    kept["dataset"] = {k: v for k, v in (manifest.get("dataset") or {}).items() if k != "root"}
+    kept["tokenizer"] = {k: (manifest.get("tokenizer") or {}).get(k) for k in ("sha256", "ema")}
+    digest = hashlib.sha256(json.dumps(kept, sort_keys=True).encode())
+    for rows in (store.codes[:16], store.codes[-16:]):
+        digest.update(np.ascontiguousarray(rows).tobytes())
+    return digest.hexdigest()
 
 
 def _step_dirs(folder: Path) -> list[Path]:

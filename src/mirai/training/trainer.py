@@ -241,7 +241,7 @@ class Trainer:
         components = dict(cfg=self.cfg, step=self.step, val_nll=val_nll, model=self.gpt, ema=self.ema,
                           optimizer=self.optimizer, states=self.saved_states(), is_main=self.dist.is_main,
                           objective=self.objective, finished=finished,
-                          tokenizer=self.data.store.manifest.get("tokenizer"))
+                          stores={"codes": self.data.store, "val_codes": self.data.val})
         folder = self.run_dir / "checkpoints"
         improved = val_nll is not None and val_nll < self.best_val
         if improved:  # first, so that a resume from this step knows its own validation is the best so far
