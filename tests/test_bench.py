@@ -111,6 +111,9 @@ def test_bench_writes_results_and_resumes_without_redoing_work(bench_stores, tmp
     assert re.search(never_saved, capsys.readouterr().err)
     assert main(["bench", "convergence", "--config", str(config), "--report", "eval_at=[3]"]) == 1
     assert "no chosen run was scored at step 3; the stored scores are at steps [2, 4]" in capsys.readouterr().err
+    # Runs not yet scored at their last step: no eval_at helps, so the fix named is to score them.
+    assert main(["bench", "convergence", "--config", str(config), "--report", "steps=6", "eval_at=[2]"]) == 1
+    assert "no chosen run was scored at the last step, 6, yet: run the bench for them first" in capsys.readouterr().err
     # One whose steps the runs did save (here only the last) is accepted, and nothing is trained or sampled again.
     run_convergence(from_dict(BenchConfig, bench_dict(bench_stores, out, eval_at=[])))
     assert len(trained.calls) == 3 and len(sampled.calls) == 5

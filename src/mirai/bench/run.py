@@ -185,6 +185,9 @@ def report_stored(bench: BenchConfig, variants: list[str] | None = None, seeds: 
              for r in runs}
     scored = sorted(set().union(*steps.values()))
     never = [step for step in bench.schedule() if step not in scored]
+    if bench.steps in never:  # no eval_at can leave out the last step: the report compares runs there
+        raise ConfigError(f"no chosen run was scored at the last step, {bench.steps}, yet: run the bench for them "
+                          "first (it scores only what is missing), or leave them out with --variant/--seed")
     if never:  # an eval_at naming steps no chosen run was scored at would draw empty rows over a good report
         raise ConfigError(f"no chosen run was scored at step{'s' * (len(never) > 1)} {', '.join(map(str, never))}; "
                           f"the stored scores are at steps {scored}: give an eval_at of those")
