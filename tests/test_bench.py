@@ -252,10 +252,13 @@ def test_a_trained_run_knows_its_code_stores_by_their_data(bench_stores, tmp_pat
     shutil.copytree(tmp_path / "codes", tmp_path / "copy")
     moved = replace(run, cfg=replace(run.cfg, data=replace(run.cfg.data, codes=str(tmp_path / "copy"))))
     assert check_same_training(moved, bench.schedule()) == moved
+    # A resume (a bench's interrupted run, or one extended) goes on from the copy too: the same data.
+    assert train(replace(moved.cfg, steps=3), resume=True).step == 3
     shutil.rmtree(tmp_path / "codes")
     shutil.copytree(bench_stores / "codes_test", tmp_path / "codes")
-    with pytest.raises(ConfigError, match=r"data.codes: '.*codes' there, '.*codes' now \(another store's data\)"):
-        check_same_training(run, bench.schedule())
+    with pytest.raises(ConfigError, match=r"data.codes: '.*' there, '.*codes' now \(not the data the run trained on: "
+                                          r"name that store, or extract it again as it was\)"):
+        check_same_training(replace(run, cfg=replace(run.cfg, steps=3)), bench.schedule())
 
 
 def test_plan_shares_budget_and_checkpoint_schedule(bench_stores, tmp_path, capsys):

@@ -5,8 +5,10 @@ checkpoint records about its own step."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
+import numpy as np
 import pytest
 from helpers import make_cfg, sigterm_after_step
 
@@ -135,7 +137,7 @@ def test_a_run_another_process_is_starting_is_busy_not_without_a_checkpoint(stor
         os.close(fd)
 
 
-def test_a_resume_from_an_earlier_checkpoint_does_not_replace_the_later_ones(stores, tmp_path):
+def test_a_resume_from_an_earlier_checkpoint_does_not_replace_the_later_ones(stores, tmp_path, capsys):
     """Rolling back in place would overwrite the later checkpoints, ``best`` and metrics: refused, naming both
     ways on (a new run_dir to branch, deleting the later ones to roll back); the branch then trains."""
     cfg = make_cfg(stores, tmp_path / "run", steps=4, save_every=2, keep_last=3)
@@ -156,6 +158,10 @@ def test_a_resume_from_an_earlier_checkpoint_does_not_replace_the_later_ones(sto
 
     assert main(["train", "--resume", str(checkpoints / "step_0000002"), f"run_dir={tmp_path / 'branch2'}"]) == 0
     assert (tmp_path / "branch2" / "checkpoints" / "step_0000004").is_dir()
+    # Not into a folder that holds another run (its own config would be read as a change of settings).
+    capsys.readouterr()
+    assert main(["train", "--resume", str(checkpoints / "step_0000002"), f"run_dir={tmp_path / 'branch2'}"]) != 0
+    assert re.search(r"run_dir .*branch2 already holds another run: branch from .* into a new", capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("change", [{"seed": 5}, {"model.name": "GPT-Micro"}, {"optim.batch_size": 4}, {"steps": 3}])
@@ -166,3 +172,13 @@ def test_an_ended_run_is_not_returned_for_another_config(stores, tmp_path, chang
     assert train(make_cfg(stores, tmp_path / "run", steps=4, log_every=2), resume="auto").step == 4  # resumable
     with pytest.raises(ConfigError, match="would change|past this run's 3 steps"):
         train(make_cfg(stores, tmp_path / "run", **{"steps": 4, **change}), resume="auto")
+
+
+def test_resume_refuses_another_code_store(stores, tmp_path):
+    train(make_cfg(stores, tmp_path / "run", steps=2))
+    other = shutil.copytree(stores / "codes_train", tmp_path / "other_codes")
+    np.save(other / "labels.npy", np.roll(np.load(other / "labels.npy"), 1))  # the same images, other labels
+    with pytest.raises(ConfigError, match="data.codes"):
+        train(make_cfg(stores, tmp_path / "run", steps=4, **{"data.codes": str(other)}), resume=True)
+    copy = shutil.copytree(stores / "codes_train", tmp_path / "copied_codes")  # the same data, moved: goes on
+    assert train(make_cfg(stores, tmp_path / "run", steps=4, **{"data.codes": str(copy)}), resume=True).step == 4

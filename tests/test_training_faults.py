@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 import signal
 from pathlib import Path
 
@@ -285,13 +284,6 @@ def test_resume_may_change_only_the_foresight_settings_its_source_never_reads():
                            (config(k=3), config(source="ema", k=3))):
         with pytest.raises(ConfigError, match=r"--resume would change foresight\."):
             resume_changes(saved, current)
-
-
-def test_resume_refuses_another_code_store(stores, tmp_path):
-    train(make_cfg(stores, tmp_path / "run", steps=2))
-    other = shutil.copytree(stores / "codes_train", tmp_path / "other_codes")
-    with pytest.raises(ConfigError, match="data.codes"):
-        train(make_cfg(stores, tmp_path / "run", steps=4, **{"data.codes": str(other)}), resume=True)
 
 
 # ------------------------------------------------------------------------------------ checkpoint contents

@@ -252,7 +252,8 @@ def check_same_training(run: Run, schedule: list[int]) -> Run:
                           f"eval_at {'were' if len(unsaved) > 1 else 'was'} never saved; score the steps it saves "
                           f"(e.g. {fits}), or delete that run to retrain it")
     detail = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" + (
-        " (another store's data)" if k in by_content else "") for k in changed)
+        " (not the data the run trained on: name that store, or extract it again as it was)"
+        if k in by_content else "") for k in changed)
     raise ConfigError(f"{run.run_dir} was trained with another config ({detail}); give the values it was trained "
                       "with, use another out_dir, or delete that run to retrain it")
 

@@ -51,8 +51,13 @@ def _resume_and_config(args: argparse.Namespace) -> tuple[str | bool | None, str
             run_dirs = [str(source)]
             overrides.append(f"run_dir={run_dirs[0]}")
         saved = Path(run_dirs[-1]) / "config.yaml" if run_dirs else None
-        if (saved is None or not saved.is_file()) and source is not None and (source / "config.yaml").is_file():
-            saved = source / "config.yaml"  # a branch into a new run_dir goes on with its checkpoint's run config
+        if source is not None and Path(run_dirs[-1]).resolve() != source.resolve():  # a branch into another run_dir
+            if (Path(run_dirs[-1]) / "checkpoints").is_dir():
+                raise ConfigError(f"run_dir {run_dirs[-1]} already holds another run: branch from {resume} into a "
+                                  "new run_dir")
+            # The config the checkpoint was trained with, as it saved it (the run's own may have changed since).
+            kept = [p for p in (Path(resume) / "train_config.yaml", source / "config.yaml") if p.is_file()]
+            saved = kept[0] if kept else saved
         if saved is None or not saved.is_file():
             where = f"{saved} does not exist" if saved else "no run_dir=DIR was given"
             raise ConfigError(f"--resume without --config continues a run with its own config, but {where}: "

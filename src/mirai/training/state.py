@@ -131,15 +131,17 @@ def _meta(cfg: TrainConfig, step: int, val_nll: float | None, finished: bool,
 
 def store_digest(store: CodeStore) -> str:
     """SHA-256 of what a code store holds: its manifest's dataset and subset, views, sizes and tokenizer weights,
-    without the paths it was read from (a copied or moved store is the same data), and the codes of its first and
-    last 16 images (two stores of one layout, e.g. class folders of the same names, differ there)."""
+    without the paths it was read from (a copied or moved store is the same data), every label and file name, and
+    the codes of about 1 024 images spread over the store (every image's would mean reading all of an ImageNet
+    store's codes at each checkpoint; a change to a few images' codes alone can go unseen)."""
     manifest = store.manifest
     kept = {k: v for k, v in manifest.items() if k not in ("dataset", "tokenizer", "pillow_version")}
     kept["dataset"] = {k: v for k, v in (manifest.get("dataset") or {}).items() if k != "root"}
     kept["tokenizer"] = {k: (manifest.get("tokenizer") or {}).get(k) for k in ("sha256", "ema")}
     digest = hashlib.sha256(json.dumps(kept, sort_keys=True).encode())
-    for rows in (store.codes[:16], store.codes[-16:]):
-        digest.update(np.ascontiguousarray(rows).tobytes())
+    digest.update(np.ascontiguousarray(store.labels, dtype=np.int64).tobytes())
+    digest.update("\n".join(store.files or []).encode())
+    digest.update(np.ascontiguousarray(store.codes[:: max(1, len(store.codes) // 1024)]).tobytes())
     return digest.hexdigest()
 
 

@@ -258,7 +258,11 @@ class Trainer:
         path = Path(path) if path else run_state.latest_checkpoint(self.run_dir)
         saved = path / run_state.CONFIG_FILE
         if saved.is_file():
-            self.resume_changes = resume_changes(read_yaml(saved), to_dict(self.cfg))
+            trained_with, recorded = read_yaml(saved), read_meta(path).get("data") or {}
+            for key, store in (("codes", self.data.store), ("val_codes", self.data.val)):
+                if store is not None and recorded.get(key) == run_state.store_digest(store):  # moved, not changed
+                    trained_with.setdefault("data", {})[key] = getattr(self.cfg.data, key)
+            self.resume_changes = resume_changes(trained_with, to_dict(self.cfg))
         self.step, self.best_val = run_state.load_training_checkpoint(
             path, model=self.gpt, ema=self.ema, optimizer=self.optimizer, states=self.saved_states(),
             rank=self.dist.rank, objective=self.objective, world_size=self.dist.world_size)
