@@ -182,3 +182,17 @@ def test_resume_refuses_another_code_store(stores, tmp_path):
         train(make_cfg(stores, tmp_path / "run", steps=4, **{"data.codes": str(other)}), resume=True)
     copy = shutil.copytree(stores / "codes_train", tmp_path / "copied_codes")  # the same data, moved: goes on
     assert train(make_cfg(stores, tmp_path / "run", steps=4, **{"data.codes": str(copy)}), resume=True).step == 4
+
+
+def test_a_branch_starts_from_the_config_its_checkpoint_saved(stores, tmp_path):
+    """The run went on with another learning rate after step 2; a branch from step 2 trains as step 2 was trained."""
+    from mirai.cli.main import main
+    from mirai.config import read_yaml
+
+    train(make_cfg(stores, tmp_path / "run", steps=4, save_every=2, keep_last=3))
+    train(make_cfg(stores, tmp_path / "run", steps=6, save_every=2, keep_last=3, **{"optim.lr": 1e-3}), resume=True)
+    assert read_yaml(tmp_path / "run" / "config.yaml")["optim"]["lr"] == 1e-3
+    step_2 = tmp_path / "run" / "checkpoints" / "step_0000002"
+    assert main(["train", "--resume", str(step_2), f"run_dir={tmp_path / 'branch'}"]) == 0
+    branched = read_yaml(tmp_path / "branch" / "config.yaml")
+    assert branched["optim"]["lr"] == 3e-3 and branched["steps"] == 4
