@@ -182,6 +182,9 @@ def test_resume_refuses_another_code_store(stores, tmp_path):
         train(make_cfg(stores, tmp_path / "run", steps=4, **{"data.codes": str(other)}), resume=True)
     copy = shutil.copytree(stores / "codes_train", tmp_path / "copied_codes")  # the same data, moved: goes on
     assert train(make_cfg(stores, tmp_path / "run", steps=4, **{"data.codes": str(copy)}), resume=True).step == 4
+    # The ended run, asked for again from yet another copy (as a bench does with resume="auto"): the same data too.
+    again = shutil.copytree(copy, tmp_path / "copied_again")
+    assert train(make_cfg(stores, tmp_path / "run", steps=4, **{"data.codes": str(again)}), resume="auto").step == 4
 
 
 def test_a_branch_starts_from_the_config_its_checkpoint_saved(stores, tmp_path):

@@ -13,13 +13,11 @@ from typing import Any
 
 from mirai.bench.config import BenchConfig, Run
 from mirai.config import flatten, read_yaml, save_yaml, to_dict, write_text_atomic
-from mirai.checkpoint import read_meta
-from mirai.data.codes import CodeStore
 from mirai.errors import ConfigError, DataError, MiraiError
 from mirai.hub.resolve import HF_SCHEME, RELEASED_PREFIXES, resolve
 from mirai.sampling.pipeline import SampleSettings
 from mirai.sampling.record import compile_changes_draws, draws_as
-from mirai.training.state import latest_checkpoint, store_digest
+from mirai.training.state import latest_checkpoint, recorded_data_matches
 
 # Bench keys that change what a stored record means; a rerun must not mix records made differently.
 RECORD_KEYS = ("seed", "step", "fid")  # what every record has; the report reads them
@@ -259,22 +257,13 @@ def check_same_training(run: Run, schedule: list[int]) -> Run:
 
 
 def _same_stores(run: Run) -> dict[str, bool]:
-    """For each code store whose data the run's latest checkpoint records (``store_digest``), whether the store the
-    bench names now holds that data: {"data.codes": True, ...}. Stores without the record (runs saved before it)
-    or not there to read are left out, and compared by path."""
+    """``recorded_data_matches`` of the run's latest checkpoint against the stores the bench names, by dotted key
+    ({"data.codes": True, ...}); {} for a run without checkpoints."""
     try:
-        recorded = read_meta(latest_checkpoint(run.run_dir)).get("data") or {}
-    except (MiraiError, OSError, ValueError, AttributeError):
+        latest = latest_checkpoint(run.run_dir)
+    except MiraiError:
         return {}
-    same = {}
-    for key, digest in recorded.items():
-        path = getattr(run.cfg.data, key, None) if isinstance(digest, str) else None
-        if path:
-            try:
-                same[f"data.{key}"] = store_digest(CodeStore.open(path)) == digest
-            except MiraiError:
-                pass
-    return same
+    return {f"data.{key}": same for key, same in recorded_data_matches(latest, run.cfg).items()}
 
 
 def _training_setting(key: str, value: Any) -> Any:

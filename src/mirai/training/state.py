@@ -36,15 +36,15 @@ from torch.distributed.checkpoint.state_dict import (
 
 from mirai.atomic import atomic_write_dir
 from mirai.checkpoint import (
-    Checkpoint, check_finite, load_state_dict_checked, read_checkpoint, read_torch_file,
+    Checkpoint, check_finite, load_state_dict_checked, read_checkpoint, read_meta, read_torch_file,
     read_weights, verify_file, write_checkpoint,
 )
-from mirai.config import load_config, to_dict
+from mirai.config import load_config, read_yaml, to_dict
 from mirai.data.codes import CodeStore
 from mirai.errors import CheckpointError, ConfigError, MiraiError
 from mirai.foresight.base import SavedState
 from mirai.models.gpt import GPT
-from mirai.training.config import TrainConfig
+from mirai.training.config import TrainConfig, resume_changes
 from mirai.training.fsdp import full_state_dict
 
 STATE_FILE, CONFIG_FILE = "training_state.pt", "train_config.yaml"
@@ -70,21 +70,21 @@ def _gather(obj):
 def save_training_checkpoint(
     path: Path, *, cfg: TrainConfig, step: int, best_val: float, val_nll: float | None, model: GPT, ema: GPT,
     optimizer: torch.optim.Optimizer, states: dict[str, SavedState], is_main: bool, objective: nn.Module | None = None,
-    finished: bool = False, stores: dict[str, CodeStore | None] | None = None,
+    finished: bool = False, tokenizer: dict | None = None, data: dict[str, str | None] | None = None,
 ) -> Path:
     """Collective: every rank calls it (RNG states are gathered); rank 0 writes ``path`` atomically
     and prunes step checkpoints beyond ``cfg.keep_last`` (see ``_prune``). With ``strategy: fsdp`` the training
     state is sharded (``objective``: the module the optimizer trains; see the module docstring). ``finished``: the
-    end-of-run save, after the final validation (a resume from it has nothing left to do). ``stores``: the
-    code stores trained and validated on (``codes``, ``val_codes``); the tokenizer that made the
-    codes (hash, EMA flag, path) is recorded so that sampling and analyses can refuse another one
-    (``mirai.sampling.grid.trained_tokenizer``), and each store's ``store_digest``, by which a bench knows its
-    runs' data however its path is spelt."""
+    end-of-run save, after the final validation (a resume from it has nothing left to do). ``tokenizer``: the
+    training store's manifest entry of the tokenizer that made its codes; its hash, EMA flag and path are recorded
+    so that sampling and analyses can refuse another one (``mirai.sampling.grid.trained_tokenizer``). ``data``: the
+    ``store_digest`` of the stores trained and validated on (``codes``, ``val_codes``), by which a resume and a
+    bench know the run's data however its path is spelt (``recorded_data_matches``)."""
     rng = _gather(_rng_state(next(model.parameters()).device))
     if cfg.distributed.strategy == "fsdp":
         return _save_sharded(path, cfg=cfg, step=step, best_val=best_val, rng=rng, model=model, ema=ema,
                              objective=objective, optimizer=optimizer, states=states, is_main=is_main,
-                             meta=_meta(cfg, step, val_nll, finished, stores))
+                             meta=_meta(cfg, step, val_nll, finished, tokenizer, data))
     if not is_main:
         return path
     buffer = io.BytesIO()
@@ -96,7 +96,7 @@ def save_training_checkpoint(
         extra[f"{name}.safetensors"] = save(tensors)
     name, args = model.checkpoint_config()
     write_checkpoint(path, Checkpoint(model.checkpoint_kind, name, args, model.state_dict(), ema.state_dict(),
-                                      _meta(cfg, step, val_nll, finished, stores)),
+                                      _meta(cfg, step, val_nll, finished, tokenizer, data)),
                      extra_files=extra)
     _prune(path.parent, cfg.keep_last, cfg.save_every)
     return path
@@ -116,16 +116,14 @@ def link_checkpoint(source: Path, path: Path) -> Path:
     return atomic_write_dir(path, write)
 
 
-def _meta(cfg: TrainConfig, step: int, val_nll: float | None, finished: bool,
-          stores: dict[str, CodeStore | None] | None) -> dict:
+def _meta(cfg: TrainConfig, step: int, val_nll: float | None, finished: bool, tokenizer: dict | None,
+          data: dict[str, str | None] | None) -> dict:
     """What ``config.json`` records of the run beside the architecture."""
     meta = {"step": step, "val_nll": val_nll, "seed": cfg.seed, "run_dir": str(Path(cfg.run_dir)), "finished": finished}
-    stores = stores or {}
-    tokenizer = stores["codes"].manifest.get("tokenizer") if stores.get("codes") is not None else None
     if tokenizer and tokenizer.get("sha256"):
         meta["tokenizer"] = {key: tokenizer.get(key) for key in ("sha256", "ema", "path")}
-    if stores:
-        meta["data"] = {key: None if store is None else store_digest(store) for key, store in stores.items()}
+    if data:
+        meta["data"] = data
     return meta
 
 
@@ -143,6 +141,38 @@ def store_digest(store: CodeStore) -> str:
     digest.update("\n".join(store.files or []).encode())
     digest.update(np.ascontiguousarray(store.codes[:: max(1, len(store.codes) // 1024)]).tobytes())
     return digest.hexdigest()
+
+
+def recorded_data_matches(checkpoint: Path, cfg: TrainConfig) -> dict[str, bool]:
+    """For each code store whose data ``checkpoint`` records (``store_digest``) and that ``cfg`` names and is there
+    to read: whether it holds that data, {"codes": True, ...}. Stores without the record (checkpoints saved before
+    it) are left out: they can only be compared by path."""
+    try:
+        recorded = read_meta(checkpoint).get("data") or {}
+    except (MiraiError, OSError, ValueError, AttributeError):
+        return {}
+    same = {}
+    for key, digest in recorded.items():
+        path = getattr(cfg.data, key, None) if isinstance(digest, str) else None
+        if path:
+            try:
+                same[key] = store_digest(CodeStore.open(path)) == digest
+            except MiraiError:
+                pass
+    return same
+
+
+def changes_since(checkpoint: Path, cfg: TrainConfig) -> dict[str, tuple]:
+    """``resume_changes`` between the config ``checkpoint`` was trained with (none saved: {}) and ``cfg``, where a
+    code store that holds the data the checkpoint recorded is no change, however its path is now spelt."""
+    saved = checkpoint / CONFIG_FILE
+    if not saved.is_file():
+        return {}
+    trained_with = read_yaml(saved)
+    for key, same in recorded_data_matches(checkpoint, cfg).items():
+        if same:  # moved or copied, not changed
+            trained_with.setdefault("data", {})[key] = getattr(cfg.data, key)
+    return resume_changes(trained_with, to_dict(cfg))
 
 
 def _step_dirs(folder: Path) -> list[Path]:

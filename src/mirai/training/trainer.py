@@ -16,6 +16,7 @@ import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from mirai.atomic import recover_interrupted_writes
 from mirai.checkpoint import CONFIG_FILE, read_meta
-from mirai.config import read_yaml, save_yaml, to_dict
+from mirai.config import save_yaml, to_dict
 from mirai.errors import CheckpointError, ConfigError, Interrupted, refuse_under_file
 from mirai.foresight import build_auxiliary_loss
 from mirai.foresight.base import Progress, SavedState
@@ -34,7 +35,7 @@ from mirai.models.ema import ema_decay, update_ema
 from mirai.sampling.pipeline import SampleSettings
 from mirai.training import state as run_state
 from mirai.locks import check_not_held, exclusive_dir
-from mirai.training.config import TrainConfig, resume_changes
+from mirai.training.config import TrainConfig
 from mirai.training.data import TrainingData
 from mirai.training.distributed import DistInfo, barrier, init_distributed, wrap_for_training
 from mirai.training.fsdp import gather_for_sampling, replicated
@@ -241,7 +242,7 @@ class Trainer:
         components = dict(cfg=self.cfg, step=self.step, val_nll=val_nll, model=self.gpt, ema=self.ema,
                           optimizer=self.optimizer, states=self.saved_states(), is_main=self.dist.is_main,
                           objective=self.objective, finished=finished,
-                          stores={"codes": self.data.store, "val_codes": self.data.val})
+                          tokenizer=self.data.store.manifest.get("tokenizer"), data=self.store_digests)
         folder = self.run_dir / "checkpoints"
         improved = val_nll is not None and val_nll < self.best_val
         if improved:  # first, so that a resume from this step knows its own validation is the best so far
@@ -252,17 +253,19 @@ class Trainer:
             run_state.link_checkpoint(path, folder / "best")
         return path
 
+    @cached_property
+    def store_digests(self) -> dict[str, str | None]:
+        """``store_digest`` of the training and validation stores, recorded in every checkpoint: the stores do not
+        change during a run, so they are read once."""
+        val = self.data.val
+        return {"codes": run_state.store_digest(self.data.store),
+                "val_codes": run_state.store_digest(val) if val is not None else None}
+
     def resume(self, path: str | Path | None = None) -> Path:
         """Continue from ``path`` (default: the run's latest step checkpoint), exactly, and return it. Settings
         that may change on resume (``RESUMABLE_KEYS``) are recorded by ``fit``; others are refused."""
         path = Path(path) if path else run_state.latest_checkpoint(self.run_dir)
-        saved = path / run_state.CONFIG_FILE
-        if saved.is_file():
-            trained_with, recorded = read_yaml(saved), read_meta(path).get("data") or {}
-            for key, store in (("codes", self.data.store), ("val_codes", self.data.val)):
-                if store is not None and recorded.get(key) == run_state.store_digest(store):  # moved, not changed
-                    trained_with.setdefault("data", {})[key] = getattr(self.cfg.data, key)
-            self.resume_changes = resume_changes(trained_with, to_dict(self.cfg))
+        self.resume_changes = run_state.changes_since(path, self.cfg)
         self.step, self.best_val = run_state.load_training_checkpoint(
             path, model=self.gpt, ema=self.ema, optimizer=self.optimizer, states=self.saved_states(),
             rank=self.dist.rank, objective=self.objective, world_size=self.dist.world_size)
@@ -417,8 +420,7 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> TrainRes
             # Done, unless stopped by a signal at its last step (end-of-run work left; older runs lack the flag),
             # and only for the config it ended with: another seed or model is refused as a resume refuses it.
             if latest is not None and cfg.steps and step == cfg.steps and meta.get("finished", True):
-                if (latest / run_state.CONFIG_FILE).is_file():
-                    resume_changes(read_yaml(latest / run_state.CONFIG_FILE), to_dict(cfg))
+                run_state.changes_since(latest, cfg)
                 return _ended(cfg.run_dir, step, meta, latest)
             resume = latest is not None
         if not resume and has_checkpoints:
